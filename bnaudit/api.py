@@ -1,0 +1,39 @@
+"""The Python entry point: ``bnaudit.audit(path)`` for code that wants results, not text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from .engine import AuditOptions, Auditor
+from .findings import Severity
+from .result import AuditResult
+from .selection import Selection
+
+
+def audit(
+    path: str | Path,
+    *,
+    select: Iterable[str] = ("ALL",),
+    ignore: Iterable[str] = (),
+    data: str | None = None,
+    inference: bool = False,
+    settings: dict[str, Any] | None = None,
+    plugins: Iterable[str] = (),
+    **runtime: Any,
+) -> AuditResult:
+    """Audit one model file and return its :class:`AuditResult` (never raises for a bad file).
+
+    ``select``/``ignore`` take codes or prefixes as on the command line; ``runtime``
+    keywords (``batch_size=64``...) go to the TensorFlow-backed rules.
+    """
+    options = AuditOptions(
+        selection=Selection(tuple(select), tuple(ignore)),
+        settings=dict(settings or {}),
+        data=data,
+        inference=inference,
+        runtime=runtime,
+        plugins=tuple(plugins),
+        fail_on=Severity.ERROR,
+    )
+    return Auditor(options).audit(path)

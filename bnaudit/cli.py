@@ -1,0 +1,186 @@
+"""The ``bnaudit`` command line.
+
+Output goes to stdout or ``-o FILE``; problems with input go to stderr as one line each
+(``bnaudit: error: PATH: what is wrong (what to do)``), never as a traceback unless
+``--debug``. Exit codes: 0 clean, 1 findings at or above ``--fail-on``, 2 usage error,
+unreadable model or crashed rule.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
+
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .engine import AuditOptions, Auditor, discover, exit_code
+from .findings import ExitCode, Severity
+from .output import write_atomic
+from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
+from .reporters import Report
+from .selection import Selection
+
+
+def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--select BN1,BN2 --select BN5`` -> ("BN1", "BN2", "BN5")."""
+    return tuple(code.strip().upper() for value in values for code in value.split(",") if code.strip())
+
+
+def fail(message: str) -> None:
+    """One line on stderr and exit 2: for errors the user can fix."""
+    click.echo(f"bnaudit: error: {message}", err=True)
+    sys.exit(ExitCode.ERROR)
+
+
+def use_color(stream) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bnaudit")
+def cli() -> None:
+    """Audit the BatchNormalization layers of saved Keras models."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--select", multiple=True, help="Rule codes or prefixes to run (comma-separated; default: all).")
+@click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip.")
+@click.option("--extend-select", multiple=True, help="Codes or prefixes to add to the selection.")
+@click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1.")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
+@click.option("--format", "formats", multiple=True, help="Output format (repeatable, paired in order with -o). See `bnaudit formats`.")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
+@click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
+@click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
+@click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (repeatable); `-p no:NAME` switches one off.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs.")
+def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug) -> None:
+    """Audit model files and directories (recursing into *.keras and *.h5)."""
+    if debug:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    options = AuditOptions(
+        selection=Selection(_codes(select) or ("ALL",), _codes(ignore), _codes(extend_select)),
+        fail_on=Severity.parse(fail_on),
+        data=data,
+        inference=inference,
+        plugins=tuple(plugins),
+        debug=debug,
+    )
+    try:
+        auditor = Auditor(options)
+    except PluginError as exc:
+        fail(str(exc))
+    unknown = options.selection.unknown(auditor.rules)
+    if unknown:
+        fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
+    targets = _targets(auditor, formats, outputs)
+    files, results = discover(paths)
+    for path in files:
+        results.append(auditor.audit(path))
+    for result in results:
+        for error in result.errors:
+            where = f" [{error.rule}]" if error.rule else ""
+            hint = f" ({error.hint})" if error.hint else ""
+            click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
+    _emit(auditor, results, options, targets)
+    code = exit_code(results, options.fail_on)
+    if exit_zero and code == ExitCode.FINDINGS:
+        code = ExitCode.OK
+    sys.exit(int(code))
+
+
+def _targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[tuple[Any, str | None]]:
+    """Pair each ``--format`` with its ``-o`` (in order); at most one may go to stdout."""
+    reporters = collect_reporters(auditor.pm)
+    formats = formats or ("text",)
+    if len(outputs) > len(formats):
+        if formats == ("text",) and len(outputs) == 1:
+            pass
+        else:
+            fail(f"{len(outputs)} outputs for {len(formats)} formats; give one --format per -o")
+    unknown = [f for f in formats if f not in reporters]
+    if unknown:
+        fail(f"unknown format {unknown[0]!r}; choose from {', '.join(reporters)}")
+    pairs = [(reporters[f], outputs[i] if i < len(outputs) else None) for i, f in enumerate(formats)]
+    if sum(1 for _, out in pairs if out is None) > 1:
+        fail("only one format can go to stdout; give the others -o FILE")
+    return pairs
+
+
+def _emit(auditor: Auditor, results, options: AuditOptions, targets) -> None:
+    for reporter, output in targets:
+        report = Report(
+            results=results,
+            rules=auditor.rules,
+            fail_on=options.fail_on,
+            version=__version__,
+            color=output is None and use_color(sys.stdout),
+            plugin_manager=auditor.pm,
+        )
+        text = reporter.render(report)
+        if output is None:
+            click.echo(text, nl=False)
+        else:
+            write_atomic(output, text)
+
+
+@cli.command()
+@click.argument("code", required=False)
+@click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module first.")
+def rules(code: str | None, plugins: tuple[str, ...]) -> None:
+    """List the rules, or show the documentation of one (bnaudit rules BN101)."""
+    all_rules = _rules(plugins)
+    if code is None:
+        for rule in all_rules.values():
+            needs = "+".join(sorted(rule.needs - {"graph"})) or "graph"
+            click.echo(f"{rule.code}  {rule.name:<36} {rule.severity.label:<8} {needs:<14} {rule.summary}")
+        return
+    found = all_rules.get(code.upper()) or next((r for r in all_rules.values() if r.name == code), None)
+    if found is None:
+        fail(f"no rule {code!r}; `bnaudit rules` lists them")
+    click.echo(f"# {found.code} {found.name}\n")
+    click.echo(f"Default severity: {found.severity.label}. Needs: {', '.join(sorted(found.needs))}.\n")
+    click.echo(f"{found.summary}\n\n{found.docs}")
+
+
+@cli.command()
+@click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module first.")
+def plugins(plugins: tuple[str, ...]) -> None:
+    """List the loaded plugins with their versions and the rules each adds."""
+    try:
+        pm = make_plugin_manager(plugins)
+    except PluginError as exc:
+        fail(str(exc))
+    for info in plugin_infos(pm):
+        kind = "builtin" if info.builtin else info.version
+        added = ", ".join(info.rules + [f"format:{r}" for r in info.reporters]) or "-"
+        click.echo(f"{info.name:<32} {kind:<10} {added}")
+
+
+@cli.command()
+def formats() -> None:
+    """List the output formats."""
+    for reporter in collect_reporters(make_plugin_manager()).values():
+        click.echo(f"{reporter.name:<10} {reporter.description}")
+
+
+def _rules(plugins: tuple[str, ...]):
+    try:
+        return collect_rules(make_plugin_manager(plugins))
+    except PluginError as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    """Console entry point: plugins may add commands before the command line is parsed."""
+    try:
+        make_plugin_manager().hook.bnaudit_register_commands(cli=cli)
+    except PluginError as exc:
+        fail(str(exc))
+    cli(prog_name="bnaudit")

@@ -1,0 +1,72 @@
+"""What a rule sees while it checks one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .findings import Finding, Severity
+from .loaders import LoadError
+
+if TYPE_CHECKING:
+    from .graph import Layer, ModelGraph
+    from .loaders.weights import BNArrays
+    from .result import AuditResult
+    from .rule import Rule
+
+
+class RuleContext:
+    """The model under audit, the rule's settings, and a way to report findings.
+
+    ``runtime`` is created on first use and shared by every rule of the same model, so
+    one forward pass serves all the rules that need statistics.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        graph: "ModelGraph",
+        rule: "Rule",
+        settings: dict[str, Any],
+        result: "AuditResult",
+        runtime: Callable[[], Any],
+    ) -> None:
+        self.model_path = model_path
+        self.graph = graph
+        self.rule = rule
+        self.settings = settings
+        self.result = result
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> Any:
+        return self._runtime()
+
+    def setting(self, key: str, default: Any) -> Any:
+        """A rule threshold: ``settings["bn301.mean-shift"]`` style keys, lower-case code."""
+        return self.settings.get(f"{self.rule.code.lower()}.{key}", default)
+
+    def bn_arrays(self, layer: "Layer") -> "BNArrays":
+        if self.graph.weights is None:
+            raise LoadError("the file holds no weights")
+        return self.graph.weights.bn_arrays(layer)
+
+    def finding(
+        self,
+        layer: "Layer | str",
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        fix: str = "",
+        severity: Severity | None = None,
+    ) -> Finding:
+        return Finding(
+            code=self.rule.code,
+            name=self.rule.name,
+            severity=severity or self.rule.severity,
+            message=message,
+            model=str(self.model_path),
+            layer=layer if isinstance(layer, str) else layer.path,
+            details=details or {},
+            fix=fix,
+        )

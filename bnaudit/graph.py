@@ -1,0 +1,433 @@
+"""ModelGraph: the saved architecture as a flat graph of layers, nested models expanded.
+
+Keras 2 and Keras 3 write ``inbound_nodes`` differently (nested lists with a kwargs
+dict vs. ``args``/``kwargs`` holding ``__keras_tensor__`` objects with a
+``keras_history``); :func:`build_graph` reads both, so rules never see the difference.
+Nested models (a Functional base inside a Sequential, as in transfer learning) are
+expanded: their layers get paths like ``base/bn_1`` and are wired to the layers around
+the nested call, so "the layer before this BN" looks through model boundaries.
+
+Nothing here imports Keras: the config is plain JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
+BATCHNORM_CLASSES = frozenset({"BatchNormalization", "SyncBatchNormalization"})
+
+#: Layers that neither mix channels nor change statistics in a way that matters to a
+#: BN rule, so "directly before/after" looks through them.
+IDENTITY_CLASSES = frozenset({"InputLayer", "Identity", "ActivityRegularization", "Masking"})
+#: Layers that move values around without changing them; looked through only by rules
+#: that do not depend on which axis is the channel axis.
+RESHAPE_CLASSES = frozenset({"Reshape", "Flatten", "Permute"})
+
+LINEAR_ACTIVATIONS = frozenset({None, "linear", "identity"})
+
+
+@dataclass
+class Layer:
+    """One layer of the saved model, wherever it is nested."""
+
+    path: str
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    #: Keras 3 writes the module and registered name; Keras 2 leaves both empty.
+    module: str = ""
+    registered_name: str = ""
+    #: Path of the enclosing model ("" for the top level).
+    container: str = ""
+    #: Where Keras 3's ``saving_lib`` keeps this layer's variables (``layers/.../name``).
+    save_path: str = ""
+    #: Call keyword arguments per inbound node (``{"training": True}`` when baked in).
+    call_kwargs: list[dict[str, Any]] = field(default_factory=list)
+    #: Shapes of the tensors this layer is called on, where the config records them.
+    input_shapes: list[list[Any]] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    #: ``trainable`` after applying every enclosing model's flag.
+    trainable: bool = True
+
+    @property
+    def activation(self) -> str | None:
+        """The fused or layer activation as a lower-case name, ``None`` when linear."""
+        if self.class_name == "Activation" or "activation" in self.config:
+            act = self.config.get("activation")
+            if isinstance(act, dict):  # serialized activation object
+                act = act.get("config", {}).get("name") or act.get("class_name")
+            act = str(act).lower() if act is not None else None
+            return None if act in LINEAR_ACTIVATIONS else act
+        named = {
+            "ReLU": "relu",
+            "LeakyReLU": "leaky_relu",
+            "PReLU": "prelu",
+            "ELU": "elu",
+            "Softmax": "softmax",
+            "ThresholdedReLU": "thresholded_relu",
+        }
+        return named.get(self.class_name)
+
+    @property
+    def input_rank(self) -> int | None:
+        for shape in self.input_shapes:
+            if isinstance(shape, list):
+                return len(shape)
+        shape = (self.config.get("build_config") or {}).get("input_shape")
+        return len(shape) if isinstance(shape, list) else None
+
+    @property
+    def depth(self) -> int:
+        return self.path.count("/")
+
+
+@dataclass
+class NestedModel:
+    """A model used as a layer; its call kwargs apply to every layer inside it."""
+
+    path: str
+    class_name: str
+    call_kwargs: list[dict[str, Any]]
+    trainable: bool
+
+
+@dataclass
+class ModelGraph:
+    """The flattened architecture plus what the file says about itself."""
+
+    name: str
+    class_name: str
+    layers: dict[str, Layer] = field(default_factory=dict)
+    nested: dict[str, NestedModel] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    #: "keras" (Keras 3 zip), "h5-keras3" or "h5-keras2".
+    format: str = ""
+    keras_version: str = ""
+    #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
+    weights: Any = None
+
+    # -- queries -----------------------------------------------------------------
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers.values())
+
+    def __getitem__(self, path: str) -> Layer:
+        return self.layers[path]
+
+    def of_class(self, *class_names: str | frozenset[str]) -> list[Layer]:
+        wanted: set[str] = set()
+        for item in class_names:
+            wanted |= {item} if isinstance(item, str) else set(item)
+        return [layer for layer in self if layer.class_name in wanted]
+
+    def batchnorms(self) -> list[Layer]:
+        return self.of_class(BATCHNORM_CLASSES)
+
+    def producers(self, layer: Layer) -> list[Layer]:
+        return [self.layers[p] for p in layer.producers]
+
+    def consumers(self, layer: Layer) -> list[Layer]:
+        return [self.layers[c] for c in layer.consumers]
+
+    def producer_through(
+        self, layer: Layer, through: Callable[[Layer], bool]
+    ) -> tuple[Layer | None, list[Layer]]:
+        """The first producer of ``layer`` that ``through`` does not look past.
+
+        Walks back along single-input layers. Returns the producer (None when the
+        chain starts at a model input or reaches a layer with several inputs) and the
+        layers looked through on the way.
+        """
+        passed: list[Layer] = []
+        current = layer
+        while True:
+            if len(current.producers) != 1:
+                return None, passed
+            producer = self.layers[current.producers[0]]
+            if not through(producer):
+                return producer, passed
+            passed.append(producer)
+            current = producer
+
+    def consumers_through(self, layer: Layer, through: Callable[[Layer], bool]) -> list[Layer]:
+        """The first layers after ``layer`` that ``through`` does not look past (all branches)."""
+        found: list[Layer] = []
+        stack = list(self.consumers(layer))
+        seen: set[str] = set()
+        while stack:
+            consumer = stack.pop(0)
+            if consumer.path in seen:
+                continue
+            seen.add(consumer.path)
+            if through(consumer):
+                stack.extend(self.consumers(consumer))
+            else:
+                found.append(consumer)
+        return found
+
+    def reaches_output(self, layer: Layer, through: Callable[[Layer], bool]) -> bool:
+        """True when ``layer``'s value leaves the model unchanged but for ``through`` layers."""
+        if layer.path in self.outputs:
+            return True
+        current = [layer]
+        seen: set[str] = set()
+        while current:
+            nxt = []
+            for item in current:
+                for consumer in self.consumers(item):
+                    if consumer.path in seen or not through(consumer):
+                        continue
+                    seen.add(consumer.path)
+                    if consumer.path in self.outputs:
+                        return True
+                    nxt.append(consumer)
+            current = nxt
+        return False
+
+    def enclosing_models(self, layer: Layer) -> list[NestedModel]:
+        """The nested models around ``layer``, innermost first."""
+        found = []
+        container = layer.container
+        while container:
+            model = self.nested[container]
+            found.append(model)
+            container = model.path.rpartition("/")[0]
+        return found
+
+
+def is_identity(layer: Layer) -> bool:
+    """Looked through by every rule: changes neither values nor axes."""
+    if layer.class_name in IDENTITY_CLASSES:
+        return True
+    return layer.class_name == "Activation" and layer.activation is None
+
+
+def is_value_preserving(layer: Layer) -> bool:
+    """Looked through by rules that do not care about the channel axis."""
+    return is_identity(layer) or layer.class_name in RESHAPE_CLASSES
+
+
+# -- building ------------------------------------------------------------------------
+
+_SNAKE_1 = re.compile(r"(.)([A-Z][a-z]+)")
+_SNAKE_2 = re.compile(r"([a-z])([A-Z])")
+
+
+def snake_case(name: str) -> str:
+    """Keras's ``naming.to_snake_case``: the key ``saving_lib`` files a layer under."""
+    name = re.sub(r"\W+", "", name)
+    name = _SNAKE_1.sub(r"\1_\2", name)
+    return _SNAKE_2.sub(r"\1_\2", name).lower()
+
+
+class ConfigError(ValueError):
+    """The model config is not a Keras model config bnaudit can read."""
+
+
+def build_graph(model_config: dict[str, Any]) -> ModelGraph:
+    """Flatten a Keras 2 or Keras 3 model config (the JSON of ``model.to_json()``)."""
+    if not isinstance(model_config, dict) or "class_name" not in model_config:
+        raise ConfigError("the model config has no 'class_name'")
+    class_name = model_config["class_name"]
+    if class_name not in MODEL_CLASSES:
+        raise ConfigError(
+            f"the saved object is a {class_name!r}, not a Sequential or Functional model "
+            "(subclassed models keep no architecture in the file)"
+        )
+    config = model_config.get("config") or {}
+    graph = ModelGraph(name=str(config.get("name", "")), class_name=class_name)
+    builder = _Builder(graph)
+    inputs, outputs = builder.expand_model(model_config, prefix="", save_path="", trainable=True)
+    graph.inputs, graph.outputs = inputs, outputs
+    for layer in graph:
+        for producer in layer.producers:
+            graph.layers[producer].consumers.append(layer.path)
+    return graph
+
+
+class _Builder:
+    def __init__(self, graph: ModelGraph) -> None:
+        self.graph = graph
+
+    def expand_model(
+        self, entry: dict[str, Any], prefix: str, save_path: str, trainable: bool
+    ) -> tuple[list[str], list[str]]:
+        """Add a model's layers; return the paths of its input and output leaves."""
+        config = entry.get("config") or {}
+        layers = config.get("layers")
+        if not isinstance(layers, list):
+            raise ConfigError(f"model {prefix or config.get('name')!r} has no layer list")
+        trainable = trainable and bool(config.get("trainable", True))
+        if entry["class_name"] == "Sequential":
+            return self._expand_sequential(layers, prefix, save_path, trainable)
+        return self._expand_functional(config, layers, prefix, save_path, trainable)
+
+    # Each container numbers its layers per class, as Keras's saving_lib does.
+    def _save_key(self, counters: dict[str, int], class_name: str, save_path: str) -> str:
+        base = snake_case(class_name)
+        count = counters.get(base, 0)
+        counters[base] = count + 1
+        key = base if count == 0 else f"{base}_{count}"
+        return f"{save_path}layers/{key}"
+
+    def _expand_sequential(self, layers, prefix, save_path, trainable):
+        counters: dict[str, int] = {}
+        inputs: list[str] = []
+        previous: list[str] = []
+        for index, entry in enumerate(layers):
+            _check_entry(entry, prefix)
+            if entry["class_name"] == "InputLayer" and index == 0:
+                # Sequential keeps its InputLayer out of ``model.layers``: no save key.
+                path = self._add_layer(entry, prefix, "", [], [], trainable)
+                inputs, previous = [path], [path]
+                continue
+            key = self._save_key(counters, entry["class_name"], save_path)
+            node_inputs = [(p, None) for p in previous]
+            if entry["class_name"] in MODEL_CLASSES:
+                first, previous = self._add_nested(entry, prefix, key, [node_inputs], [{}], trainable)
+            else:
+                path = self._add_layer(entry, prefix, key, [node_inputs], [{}], trainable)
+                first, previous = [path], [path]
+            if not inputs:
+                inputs = first
+        return inputs, previous
+
+    def _expand_functional(self, config, layers, prefix, save_path, trainable):
+        counters: dict[str, int] = {}
+        outputs_of: dict[str, list[str]] = {}  # local layer name -> leaf paths of its outputs
+        for entry in layers:
+            _check_entry(entry, prefix)
+            key = self._save_key(counters, entry["class_name"], save_path)
+            nodes = [_parse_node(node) for node in entry.get("inbound_nodes") or []]
+            resolved = [
+                [(self._resolve(outputs_of, ref, prefix), shape) for ref, shape in refs]
+                for refs, _ in nodes
+            ]
+            kwargs = [kw for _, kw in nodes]
+            name = _entry_name(entry)
+            if entry["class_name"] in MODEL_CLASSES:
+                _, outputs_of[name] = self._add_nested(entry, prefix, key, resolved, kwargs, trainable)
+            else:
+                outputs_of[name] = [self._add_layer(entry, prefix, key, resolved, kwargs, trainable)]
+        inputs = [self._resolve(outputs_of, ref, prefix) for ref in _refs(config.get("input_layers"))]
+        outputs = [self._resolve(outputs_of, ref, prefix) for ref in _refs(config.get("output_layers"))]
+        return inputs, outputs
+
+    def _resolve(self, outputs_of, ref, prefix) -> str:
+        name, _node, tensor = ref
+        if name not in outputs_of:
+            raise ConfigError(f"layer {prefix}{name!r} is used before it is defined")
+        leaves = outputs_of[name]
+        return leaves[tensor] if 0 <= tensor < len(leaves) else leaves[0]
+
+    def _add_layer(self, entry, prefix, save_key, nodes, kwargs, trainable) -> str:
+        config = entry.get("config") or {}
+        name = _entry_name(entry)
+        path = prefix + name
+        if path in self.graph.layers:
+            raise ConfigError(f"two layers share the path {path!r}")
+        producers: list[str] = []
+        shapes: list[list[Any]] = []
+        for refs in nodes:
+            for producer, shape in refs:
+                if producer not in producers:
+                    producers.append(producer)
+                if shape is not None:
+                    shapes.append(shape)
+        self.graph.layers[path] = Layer(
+            path=path,
+            name=name,
+            class_name=str(entry["class_name"]),
+            config=config,
+            module=str(entry.get("module") or ""),
+            registered_name=str(entry.get("registered_name") or ""),
+            container=prefix.rstrip("/"),
+            save_path=save_key,
+            call_kwargs=[k for k in kwargs],
+            input_shapes=shapes,
+            producers=producers,
+            trainable=trainable and bool(config.get("trainable", True)),
+        )
+        return path
+
+    def _add_nested(self, entry, prefix, save_key, nodes, kwargs, trainable):
+        name = _entry_name(entry)
+        path = prefix + name
+        own_trainable = trainable and bool((entry.get("config") or {}).get("trainable", True))
+        self.graph.nested[path] = NestedModel(path, entry["class_name"], list(kwargs), own_trainable)
+        inputs, outputs = self.expand_model(entry, path + "/", save_key + "/", trainable)
+        # The nested model's inputs are fed by whatever its call was fed, in order.
+        for refs in nodes:
+            for position, (producer, _shape) in enumerate(refs):
+                if position < len(inputs):
+                    leaf = self.graph.layers[inputs[position]]
+                    if producer not in leaf.producers:
+                        leaf.producers.append(producer)
+        return inputs, outputs
+
+
+def _check_entry(entry: Any, prefix: str) -> None:
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        raise ConfigError(f"a layer entry in {prefix or 'the model'!r} has no 'class_name'")
+
+
+def _entry_name(entry: dict[str, Any]) -> str:
+    name = entry.get("name") or (entry.get("config") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a {entry.get('class_name')} layer has no name")
+    return name
+
+
+def _refs(value: Any) -> list[tuple[str, int, int]]:
+    """``input_layers``/``output_layers``: one ``[name, node, tensor]`` or a list of them."""
+    if not value:
+        return []
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        value = [value]
+    return [(str(v[0]), int(v[1]), int(v[2])) for v in value]
+
+
+def _parse_node(node: Any) -> tuple[list[tuple[tuple[str, int, int], list | None]], dict]:
+    """One inbound node -> ([(producer ref, input shape)], call kwargs without tensors)."""
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        refs: list = []
+        _collect_keras3_tensors(node.get("args", []), refs)
+        kwargs = node.get("kwargs") or {}
+        _collect_keras3_tensors(kwargs, refs)
+        plain = {k: v for k, v in kwargs.items() if not _holds_tensor(v)}
+        return refs, plain
+    if isinstance(node, list):  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
+        refs = []
+        kwargs: dict[str, Any] = {}
+        for item in node:
+            if isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str):
+                refs.append(((item[0], int(item[1]), int(item[2])), None))
+                if len(item) > 3 and isinstance(item[3], dict):
+                    kwargs.update(item[3])
+        return refs, kwargs
+    raise ConfigError(f"unreadable inbound node {str(node)[:80]!r}")
+
+
+def _collect_keras3_tensors(value: Any, out: list) -> None:
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            cfg = value.get("config") or {}
+            history = cfg.get("keras_history")
+            if isinstance(history, list) and len(history) >= 3:
+                out.append(((str(history[0]), int(history[1]), int(history[2])), cfg.get("shape")))
+            return
+        for item in value.values():
+            _collect_keras3_tensors(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_keras3_tensors(item, out)
+
+
+def _holds_tensor(value: Any) -> bool:
+    found: list = []
+    _collect_keras3_tensors(value, found)
+    return bool(found)

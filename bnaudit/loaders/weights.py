@@ -1,0 +1,184 @@
+"""Lazy, read-only access to the saved BatchNormalization arrays.
+
+Only the four small vectors of each BN layer are ever read; the rest of the weights
+file (convolution kernels, which are most of its bytes) is never touched. Arrays are
+checked for shape and size before they are read, since the file is untrusted.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from . import LoadError
+
+if TYPE_CHECKING:
+    from ..graph import Layer
+
+BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
+#: A BN vector longer than this is not a real channel count: refuse to read it.
+MAX_CHANNELS = 1 << 24
+
+
+@dataclass
+class BNArrays:
+    """The saved vectors of one BN layer; ``gamma``/``beta`` are None when scale/center is off."""
+
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return int(self.moving_mean.shape[0])
+
+
+def bn_variable_names(layer: "Layer") -> list[str]:
+    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving stats."""
+    names = []
+    if layer.config.get("scale", True):
+        names.append("gamma")
+    if layer.config.get("center", True):
+        names.append("beta")
+    return names + ["moving_mean", "moving_variance"]
+
+
+def _read_vector(dataset: object, where: str) -> np.ndarray:
+    if not isinstance(dataset, h5py.Dataset):
+        raise LoadError(f"{where} is not an array in the weights file")
+    if len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS:
+        raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
+    if dataset.dtype.kind not in "fiu":
+        raise LoadError(f"{where} holds {dataset.dtype}, not numbers")
+    return np.asarray(dataset[()], dtype=np.float64)
+
+
+def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
+    missing = [n for n in ("moving_mean", "moving_variance") if n not in values]
+    if missing:
+        raise LoadError(f"{where}: no {', '.join(missing)} in the weights file")
+    sizes = {v.shape[0] for v in values.values()}
+    if len(sizes) != 1:
+        raise LoadError(f"{where}: BN vectors of different lengths {sorted(sizes)}")
+    return BNArrays(
+        values.get("gamma"), values.get("beta"), values["moving_mean"], values["moving_variance"]
+    )
+
+
+class H5Weights:
+    """Base for stores over an open ``h5py.File``; caches what was read."""
+
+    def __init__(self, h5: h5py.File) -> None:
+        self._h5 = h5
+        self._cache: dict[str, BNArrays] = {}
+
+    def bn_arrays(self, layer: "Layer") -> BNArrays:
+        if layer.path not in self._cache:
+            self._cache[layer.path] = self._read_bn(layer)
+        return self._cache[layer.path]
+
+    def _read_bn(self, layer: "Layer") -> BNArrays:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._h5.close()
+
+
+class KerasV3Weights(H5Weights):
+    """``model.weights.h5`` of a ``.keras`` zip: variables under ``<save path>/vars/<i>``."""
+
+    def _read_bn(self, layer: "Layer") -> BNArrays:
+        group = self._h5.get(f"{layer.save_path}/vars")
+        where = f"layer {layer.path!r} ({layer.save_path})"
+        if not isinstance(group, h5py.Group):
+            raise LoadError(f"{where}: no variables in the weights file")
+        names = bn_variable_names(layer)
+        if len(group) != len(names):
+            raise LoadError(f"{where}: {len(group)} variables saved, expected {len(names)}")
+        values = {name: _read_vector(group.get(str(i)), f"{where} {name}") for i, name in enumerate(names)}
+        return _assemble(values, where)
+
+
+class LegacyH5Weights(H5Weights):
+    """``model_weights`` of a full-model ``.h5`` (Keras 2 and Keras 3's legacy writer).
+
+    Each top-level layer has a group named after it whose ``weight_names`` attribute
+    lists its datasets; a nested model's group lists the weights of all its layers,
+    so a BN is found by the last two segments of the name (``bn_1/gamma[:0]``).
+    """
+
+    def _read_bn(self, layer: "Layer") -> BNArrays:
+        top = layer.path.split("/", 1)[0]
+        root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
+        group = root.get(top)
+        where = f"layer {layer.path!r}"
+        if not isinstance(group, h5py.Group):
+            raise LoadError(f"{where}: no weights group {top!r} in the file")
+        values: dict[str, np.ndarray] = {}
+        for raw in group.attrs.get("weight_names", []):
+            weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
+            parts = weight.split("/")
+            variable = parts[-1].split(":")[0]
+            if len(parts) >= 2 and parts[-2] == layer.name and variable in BN_VARIABLES:
+                values[variable] = _read_vector(group.get(weight), f"{where} {variable}")
+        return _assemble(values, where)
+
+
+class _ZipMemberFile(io.RawIOBase):
+    """A stored (uncompressed) zip member, readable in place at its offset."""
+
+    def __init__(self, path: str, start: int, size: int) -> None:
+        self._file = open(path, "rb")
+        self._start, self._size, self._pos = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), max(0, self._size - self._pos))
+        if want == 0:
+            return 0
+        self._file.seek(self._start + self._pos)
+        got = self._file.readinto(memoryview(buffer)[:want])
+        self._pos += got or 0
+        return got or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
+    """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
+
+    Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
+    lies; a compressed member (someone re-zipped the file) is decompressed into memory.
+    """
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            header = handle.read(30)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise LoadError(f"corrupt zip: bad local header for {info.filename}")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        return h5py.File(_ZipMemberFile(path, start, info.file_size), "r")
+    return h5py.File(io.BytesIO(archive.read(info)), "r")

@@ -1,0 +1,137 @@
+"""The plugin manager: hookspecs, then built-in plugins, then entry points, then ``-p``.
+
+bnaudit's own loaders, rules and reporters are plugins registered through the same
+hooks a third party uses (datasette's ``DEFAULT_PLUGINS``), so the built-ins prove the
+hooks are enough.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+from .reporters import Reporter
+from .rule import Rule
+
+DEFAULT_PLUGINS = (
+    "bnaudit.loaders.keras_zip",
+    "bnaudit.loaders.keras_h5",
+    "bnaudit.rules.placement",
+    "bnaudit.rules.weights",
+    "bnaudit.rules.safety",
+    "bnaudit.reporters.text",
+    "bnaudit.reporters.json",
+)
+ENTRY_POINT_GROUP = "bnaudit"
+AUTOLOAD_ENV = "BNAUDIT_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_PREFIX = "BN"
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or contradicts another (exit code 2)."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    rules: list[str] = field(default_factory=list)
+    reporters: list[str] = field(default_factory=list)
+    builtin: bool = False
+
+
+def make_plugin_manager(plugins: tuple[str, ...] = (), autoload: bool | None = None) -> pluggy.PluginManager:
+    """A fresh manager. ``plugins`` are ``-p`` values: a module name, or ``no:NAME`` to block."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    blocked = {p[3:] for p in plugins if p.startswith("no:")}
+    for name in blocked:
+        pm.set_blocked(name)
+    for module_name in DEFAULT_PLUGINS:
+        if module_name not in blocked:
+            pm.register(importlib.import_module(module_name), name=module_name)
+    if autoload is None:
+        autoload = not os.environ.get(AUTOLOAD_ENV)
+    if autoload:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken third-party package must not look like our crash
+            raise PluginError(f"could not load a plugin from entry point group {ENTRY_POINT_GROUP!r}: {exc}") from exc
+    for module_name in plugins:
+        if module_name.startswith("no:") or pm.is_blocked(module_name):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise PluginError(f"cannot import plugin {module_name!r} given with -p: {exc}") from exc
+        if not pm.is_registered(module):
+            pm.register(module, name=module_name)
+    pm.check_pending()
+    return pm
+
+
+def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """Each registered plugin with its version and the rules and reporters it adds."""
+    versions = {dist_name: dist.version for dist_name, dist in _entry_point_dists(pm)}
+    infos: dict[str, PluginInfo] = {}
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        builtin = name in DEFAULT_PLUGINS
+        version = _own_version() if builtin else versions.get(name, "unknown")
+        infos[name] = PluginInfo(name, version, builtin=builtin)
+    for impl in pm.hook.bnaudit_register_rules.get_hookimpls():
+        infos[impl.plugin_name].rules += [r.code for r in impl.function() or []]
+    for impl in pm.hook.bnaudit_register_reporters.get_hookimpls():
+        infos[impl.plugin_name].reporters += [r.name for r in impl.function() or []]
+    return list(infos.values())
+
+
+def collect_rules(pm: pluggy.PluginManager) -> dict[str, Rule]:
+    """All rules by code. A code or prefix claimed by two plugins is an error at start-up."""
+    rules: dict[str, Rule] = {}
+    owner_of_prefix: dict[str, str] = {}
+    for impl in reversed(pm.hook.bnaudit_register_rules.get_hookimpls()):
+        builtin = impl.plugin_name in DEFAULT_PLUGINS
+        for item in impl.function() or []:
+            if not isinstance(item, Rule):
+                raise PluginError(f"plugin {impl.plugin_name!r} registered {item!r}, which is not a bnaudit.Rule")
+            prefix = item.code.rstrip("0123456789")
+            if not builtin and prefix == BUILTIN_PREFIX:
+                raise PluginError(f"plugin {impl.plugin_name!r} uses the prefix {BUILTIN_PREFIX!r}, reserved for bnaudit's own rules")
+            owner = "bnaudit" if builtin else impl.plugin_name
+            if owner_of_prefix.setdefault(prefix, owner) != owner:
+                raise PluginError(
+                    f"rule prefix {prefix!r} is claimed by both {owner_of_prefix[prefix]!r} and {owner!r}; "
+                    "uninstall one or switch it off with -p no:NAME"
+                )
+            if item.code in rules:
+                raise PluginError(f"rule {item.code} is registered twice (by {owner!r})")
+            rules[item.code] = item
+    return dict(sorted(rules.items()))
+
+
+def collect_reporters(pm: pluggy.PluginManager) -> dict[str, Reporter]:
+    reporters: dict[str, Reporter] = {}
+    for batch in pm.hook.bnaudit_register_reporters():
+        for reporter in batch or []:
+            if reporter.name in reporters:
+                raise PluginError(f"output format {reporter.name!r} is registered twice")
+            reporters[reporter.name] = reporter
+    return dict(sorted(reporters.items()))
+
+
+def _entry_point_dists(pm: pluggy.PluginManager):
+    for plugin, dist in pm.list_plugin_distinfo():
+        yield pm.get_name(plugin), dist
+
+
+def _own_version() -> str:
+    from . import __version__
+
+    return __version__

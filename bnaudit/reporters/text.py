@@ -1,0 +1,54 @@
+"""Terminal output, grouped by model, coloured only when asked (TTY and no NO_COLOR)."""
+
+from __future__ import annotations
+
+import click
+
+from ..findings import Severity
+from ..hookspecs import hookimpl
+from . import Report, Reporter
+
+COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def render(report: Report) -> str:
+    style = (lambda text, **kw: click.style(text, **kw)) if report.color else (lambda text, **kw: text)
+    lines: list[str] = []
+    for result in report.results:
+        if not (result.findings or result.errors or result.notes):
+            continue
+        lines.append(style(result.path, bold=True))
+        for error in result.errors:
+            where = f"rule {error.rule}" if error.rule else "unreadable"
+            hint = f" ({error.hint})" if error.hint else ""
+            lines.append(f"  {style('error', fg='red', bold=True)} [{where}] {error.message}{hint}")
+        for finding in result.findings:
+            severity = style(f"{finding.severity.label:<7}", fg=COLOURS[finding.severity])
+            layer = finding.layer or "<model>"
+            lines.append(f"  {style(finding.code, bold=True)} {severity} {layer}: {finding.message}")
+            if finding.fix:
+                lines.append(f"        = fix: {finding.fix}")
+        for note in result.notes:
+            lines.append(f"  note: {note}")
+        lines.append("")
+    lines.append(summary_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(report: Report) -> str:
+    s = report.summary()
+    counts = s["by_severity"]
+    parts = [f"{counts[label]} {label}{'s' if counts[label] != 1 else ''}" for label in ("error", "warning", "info") if counts[label]]
+    models = f"{s['models']} model{'s' if s['models'] != 1 else ''}"
+    findings = f"{s['findings']} finding{'s' if s['findings'] != 1 else ''}"
+    line = f"{models}, {findings}" + (f" ({', '.join(parts)})" if parts else "")
+    if s["unreadable"]:
+        line += f", {s['unreadable']} unreadable"
+    if s["rule_errors"]:
+        line += f", {s['rule_errors']} rule error{'s' if s['rule_errors'] != 1 else ''}"
+    return line
+
+
+@hookimpl
+def bnaudit_register_reporters():
+    return [Reporter("text", "findings grouped by model, for people (default)", render, ".txt")]

@@ -1,0 +1,93 @@
+"""Rules: what a check is, how it declares what it needs, and where its docs come from.
+
+A rule is a plain function decorated with :func:`rule`. Its docstring is its user
+documentation, in ruff's shape (``## What it does``, ``## Why is this bad?``,
+``## Example``, ``## Use instead``), so the text a user reads with ``bnaudit rules CODE``
+lives next to the code that enforces it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from .findings import Finding, Severity
+
+if TYPE_CHECKING:
+    from .context import RuleContext
+
+CODE_PATTERN = re.compile(r"^[A-Z]{1,4}[0-9]{3}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
+
+#: What a rule may need. "graph" and "weights" are static (no TensorFlow);
+#: "data" needs ``--data`` or ``--stats``; "runtime" loads the model with Keras.
+NEEDS = ("graph", "weights", "data", "runtime")
+
+CheckFunction = Callable[["RuleContext"], Iterable[Finding]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    name: str
+    summary: str
+    severity: Severity
+    check: CheckFunction = field(repr=False, compare=False)
+    needs: frozenset[str] = frozenset({"graph"})
+    docs: str = ""
+    help_uri: str = ""
+
+    def __post_init__(self) -> None:
+        if not CODE_PATTERN.match(self.code):
+            raise ValueError(f"rule code {self.code!r} must match {CODE_PATTERN.pattern}")
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"rule name {self.name!r} of {self.code} must be kebab-case")
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"rule {self.code} needs unknown capabilities {sorted(unknown)}")
+
+    @property
+    def is_static(self) -> bool:
+        return self.needs <= {"graph", "weights"}
+
+    def doc_sections(self) -> dict[str, str]:
+        """The docstring split into its ``## Heading`` sections."""
+        sections: dict[str, str] = {}
+        current = None
+        for line in self.docs.splitlines():
+            if line.startswith("## "):
+                current = line[3:].strip()
+                sections[current] = ""
+            elif current is not None:
+                sections[current] += line + "\n"
+        return {k: v.strip() for k, v in sections.items()}
+
+
+def rule(
+    code: str,
+    name: str,
+    severity: Severity,
+    *,
+    needs: Iterable[str] = ("graph",),
+    help_uri: str = "",
+) -> Callable[[CheckFunction], Rule]:
+    """Turn a check function into a :class:`Rule`; the first docstring line is its summary."""
+
+    def decorate(func: CheckFunction) -> Rule:
+        doc = inspect.cleandoc(func.__doc__ or "")
+        summary, _, body = doc.partition("\n")
+        return Rule(
+            code=code,
+            name=name,
+            summary=summary.strip(),
+            severity=severity,
+            check=func,
+            needs=frozenset(needs),
+            docs=body.strip(),
+            help_uri=help_uri,
+        )
+
+    return decorate

@@ -1,0 +1,203 @@
+"""Static weight rules BN201-BN204: what the saved BN vectors say, read with h5py only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..findings import Severity
+from ..hookspecs import hookimpl
+from ..rule import rule
+
+#: The initializers Keras gives the moving statistics, and the value each leaves.
+CONSTANT_INITIALIZERS = {"Zeros": 0.0, "zeros": 0.0, "Ones": 1.0, "ones": 1.0}
+DEAD_GAMMA = 1e-6
+EXTREME_SCALE = 1e4
+MAX_LISTED_CHANNELS = 10
+
+
+def _initial_value(initializer) -> float | None:
+    """The constant an initializer config fills with, or None when it is not a constant."""
+    if isinstance(initializer, str):
+        return CONSTANT_INITIALIZERS.get(initializer)
+    if isinstance(initializer, dict):
+        name = initializer.get("class_name")
+        if name in ("Constant", "constant"):
+            value = (initializer.get("config") or {}).get("value")
+            return float(value) if isinstance(value, (int, float)) else None
+        return CONSTANT_INITIALIZERS.get(name)
+    return None
+
+
+def _channels(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)[:MAX_LISTED_CHANNELS]]
+
+
+@rule("BN201", "invalid-moving-statistics", Severity.ERROR, needs=("graph", "weights"))
+def invalid_moving_statistics(ctx):
+    """A BatchNormalization holds NaN or Inf, or a negative moving variance.
+
+    ## What it does
+    Reads gamma, beta, moving_mean and moving_variance of every BatchNormalization and
+    flags any non-finite value, or a moving_variance below zero.
+
+    ## Why is this bad?
+    Inference computes gamma * (x - mean) / sqrt(variance + epsilon) + beta with these
+    values: a NaN spreads to every output that depends on the channel, a negative
+    variance gives NaN or a huge scale.
+
+    ## Example
+    A model whose training diverged for a few steps and was saved anyway.
+
+    ## Use instead
+    Restore an earlier checkpoint, or recompute the statistics on training data
+    (`bnaudit check --data` shows what they should be).
+    """
+    for bn in ctx.graph.batchnorms():
+        arrays = ctx.bn_arrays(bn)
+        problems = {}
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            values = getattr(arrays, name)
+            if values is None:
+                continue
+            bad = ~np.isfinite(values)
+            if bad.any():
+                problems[name] = {"non_finite": int(bad.sum()), "channels": _channels(bad)}
+        negative = arrays.moving_variance < 0
+        if negative.any():
+            problems.setdefault("moving_variance", {})["negative"] = int(negative.sum())
+            problems["moving_variance"]["negative_channels"] = _channels(negative)
+        if problems:
+            summary = ", ".join(
+                f"{name}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in p.items() if isinstance(v, int))
+                for name, p in problems.items()
+            )
+            yield ctx.finding(
+                bn,
+                f"BatchNormalization {bn.path!r} holds invalid values ({summary})",
+                details={"channels": arrays.channels, "problems": problems},
+                fix="restore a checkpoint from before training diverged, or recalibrate the statistics",
+            )
+
+
+@rule("BN202", "moving-statistics-never-updated", Severity.ERROR, needs=("graph", "weights"))
+def moving_statistics_never_updated(ctx):
+    """A BatchNormalization's moving statistics still equal their initial values.
+
+    ## What it does
+    Flags a BatchNormalization whose moving_mean and moving_variance are exactly what
+    their initializers set (0 and 1 by default) on every channel.
+
+    ## Why is this bad?
+    The statistics were never learned: typically a custom training loop that called
+    the model without `training=True` (keras issue #6752), or a model saved before
+    training. Inference then normalizes with mean 0 and variance 1, which matches
+    nothing the layer was trained on.
+
+    ## Example
+    ```python
+    for x, y in data:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x))  # training=True missing
+    ```
+
+    ## Use instead
+    ```python
+    loss = loss_fn(y, model(x, training=True))
+    ```
+    """
+    for bn in ctx.graph.batchnorms():
+        mean0 = _initial_value(bn.config.get("moving_mean_initializer", "zeros"))
+        var0 = _initial_value(bn.config.get("moving_variance_initializer", "ones"))
+        if mean0 is None or var0 is None:
+            continue
+        arrays = ctx.bn_arrays(bn)
+        if np.all(arrays.moving_mean == mean0) and np.all(arrays.moving_variance == var0):
+            yield ctx.finding(
+                bn,
+                f"BatchNormalization {bn.path!r} still has its initial moving statistics "
+                f"(mean {mean0:g}, variance {var0:g} on all {arrays.channels} channels)",
+                details={"channels": arrays.channels, "moving_mean": mean0, "moving_variance": var0},
+                fix="train with training=True so the statistics update, or recalibrate them on training data",
+            )
+
+
+@rule("BN203", "dead-channels", Severity.INFO, needs=("graph", "weights"))
+def dead_channels(ctx):
+    """Some channels of a BatchNormalization have a gamma of (almost) zero.
+
+    ## What it does
+    Flags channels with |gamma| < 1e-6. Informational; a warning when more than half
+    of the layer's channels are dead.
+
+    ## Why is this bad?
+    Such a channel outputs only beta, whatever its input: the filters feeding it are
+    wasted (prunable), and many of them point to collapsed training, e.g. too much
+    weight decay on gamma.
+
+    ## Example
+    A layer trained with a strong L1 penalty on gamma (network slimming) and not pruned.
+
+    ## Use instead
+    Prune the dead channels with their producing filters, or lower the regularization.
+    """
+    for bn in ctx.graph.batchnorms():
+        gamma = ctx.bn_arrays(bn).gamma
+        if gamma is None:
+            continue
+        dead = np.abs(gamma) < DEAD_GAMMA
+        if dead.any():
+            fraction = float(dead.mean())
+            yield ctx.finding(
+                bn,
+                f"BatchNormalization {bn.path!r} has {int(dead.sum())} of {gamma.size} channels with |gamma| < {DEAD_GAMMA:g}",
+                details={"dead": int(dead.sum()), "channels": int(gamma.size), "fraction": round(fraction, 4), "dead_channels": _channels(dead)},
+                fix="prune these channels (and the filters that feed them), or revisit the regularization on gamma",
+                severity=Severity.WARNING if fraction > 0.5 else Severity.INFO,
+            )
+
+
+@rule("BN204", "extreme-normalization-scale", Severity.WARNING, needs=("graph", "weights"))
+def extreme_normalization_scale(ctx):
+    """A BatchNormalization multiplies some channel by more than 10^4.
+
+    ## What it does
+    Computes the effective scale |gamma| / sqrt(moving_variance + epsilon) of every
+    channel and flags a layer whose largest scale exceeds 1e4.
+
+    ## Why is this bad?
+    Such a channel amplifies tiny input noise ten-thousand-fold; in float16 the product
+    overflows. It usually comes from a channel whose moving variance collapsed to ~0.
+
+    ## Example
+    A channel whose input was constant during training: moving_variance ~ 1e-12.
+
+    ## Use instead
+    Raise epsilon, prune the channel, or recalibrate the statistics on representative data.
+    """
+    for bn in ctx.graph.batchnorms():
+        arrays = ctx.bn_arrays(bn)
+        epsilon = float(bn.config.get("epsilon", 1e-3))
+        gamma = np.abs(arrays.gamma) if arrays.gamma is not None else np.ones_like(arrays.moving_variance)
+        with np.errstate(all="ignore"):
+            scale = gamma / np.sqrt(arrays.moving_variance + epsilon)
+        scale = np.where(np.isfinite(scale), scale, 0.0)
+        worst = int(np.argmax(scale))
+        if scale[worst] > EXTREME_SCALE:
+            yield ctx.finding(
+                bn,
+                f"BatchNormalization {bn.path!r} scales channel {worst} by {scale[worst]:.3g} (> {EXTREME_SCALE:g})",
+                details={
+                    "max_scale": float(scale[worst]),
+                    "channel": worst,
+                    "gamma": float(gamma[worst]),
+                    "moving_variance": float(arrays.moving_variance[worst]),
+                    "epsilon": epsilon,
+                    "channels_over": int((scale > EXTREME_SCALE).sum()),
+                },
+                fix="raise epsilon, prune the channel, or recalibrate the statistics on representative data",
+            )
+
+
+@hookimpl
+def bnaudit_register_rules():
+    return [invalid_moving_statistics, moving_statistics_never_updated, dead_channels, extreme_normalization_scale]
