@@ -104,6 +104,7 @@ class Auditor:
             layers=len(graph.layers),
             batchnorm_layers=len(graph.batchnorms()),
         )
+        result.measurements["layers"] = batchnorm_neighbourhoods(graph)
         unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES})
         for class_name in unknown:
             paths = [l.path for l in graph if l.class_name == class_name]
@@ -155,6 +156,33 @@ class Auditor:
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):
             return "needs --data or --inference"
         return ""
+
+
+def batchnorm_neighbourhoods(graph) -> dict[str, dict[str, Any]]:
+    """For each BN layer (in graph order), the layers up to two steps before and after it.
+
+    Reports draw "producer -> BN -> consumer" from this without the graph, so it is kept
+    in the result (and its JSON): ``{"before": [[[path, class], ...], ...], "class": ...,
+    "after": [...]}``, steps nearest the BN last in ``before`` and first in ``after``.
+    A step lists every branch (at most four); the walk stops where the graph branches.
+    """
+
+    def steps(layer, follow) -> list[list[list[str]]]:
+        found, current = [], [layer]
+        for _ in range(2):
+            nxt = [n for c in current for n in follow(c)]
+            if not nxt:
+                break
+            found.append([[n.path, n.class_name] for n in nxt[:4]])
+            if len(nxt) != 1:
+                break
+            current = nxt
+        return found
+
+    return {
+        bn.path: {"before": steps(bn, graph.producers)[::-1], "class": bn.class_name, "after": steps(bn, graph.consumers)}
+        for bn in graph.batchnorms()
+    }
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]]:
