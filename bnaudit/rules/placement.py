@@ -72,8 +72,9 @@ def bias_before_batchnorm(ctx):
 
     ## What it does
     Flags Dense, Conv1D/2D/3D, DepthwiseConv, SeparableConv and ConvTranspose layers with
-    `use_bias=True` and a linear activation whose only consumer is a BatchNormalization
-    over their output channels.
+    `use_bias=True` and a linear activation whose every consumer is a BatchNormalization
+    over their output channels (a shared layer called twice, each call into its own BN,
+    included). One finding per BN.
 
     ## Why is this bad?
     BN subtracts the per-channel mean, which removes any per-channel constant, so the
@@ -99,8 +100,10 @@ def bias_before_batchnorm(ctx):
             continue
         if not producer.config.get("use_bias", True) or producer.activation is not None:
             continue
-        if any(len(layer.consumers) != 1 for layer in [producer, *passed]):
-            continue  # the bias still matters to another consumer
+        if any(len(layer.consumers) != 1 for layer in passed) or not all(
+            consumer.class_name in BATCHNORM_CLASSES for consumer in ctx.graph.consumers_through(producer, is_identity)
+        ):
+            continue  # the bias still matters to a consumer that is not a BN
         rank = bn.input_rank or output_rank(producer)
         axes = bn_axes(bn, rank)
         if axes is not None and channel_axis(producer, rank) is not None and axes != [channel_axis(producer, rank)]:
@@ -128,8 +131,8 @@ def activation_before_batchnorm(ctx):
     ## What it does
     Flags a BatchNormalization whose input comes straight from a non-linear activation,
     either fused (`Dense(..., activation="relu")`, `Conv2D(..., activation="relu")`) or a
-    layer (Activation, ReLU, LeakyReLU, PReLU, ELU). Softmax and sigmoid outputs are left
-    to BN104.
+    layer (Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax). A BN after the output
+    softmax/sigmoid is also BN104.
 
     ## Why is this bad?
     The canonical order is linear layer -> BN -> activation (Ioffe & Szegedy 2015; the
@@ -152,7 +155,7 @@ def activation_before_batchnorm(ctx):
     """
     for bn in ctx.graph.batchnorms():
         producer, _ = ctx.graph.producer_through(bn, is_identity)
-        if producer is None or producer.activation is None or producer.activation in OUTPUT_ACTIVATIONS:
+        if producer is None or producer.activation is None:
             continue
         fused = producer.class_name != "Activation" and "activation" in producer.config
         yield ctx.finding(
