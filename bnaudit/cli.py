@@ -22,7 +22,8 @@ from .engine import AuditOptions, Auditor, discover, exit_code
 from .findings import ExitCode, Severity
 from .output import write_atomic
 from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
-from .reporters import Report
+from .report_cli import rendering_options, report, report_options
+from .reporters import RenderError, Report
 from .selection import Selection
 
 
@@ -60,7 +61,8 @@ def cli() -> None:
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
 @click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (repeatable); `-p no:NAME` switches one off.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs.")
-def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug) -> None:
+@rendering_options
+def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug, templates, timestamp) -> None:
     """Audit model files and directories (recursing into *.keras and *.h5)."""
     if debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -80,6 +82,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     if unknown:
         fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
     targets = _targets(auditor, formats, outputs)
+    rendering = report_options(templates, timestamp)
     files, results = discover(paths)
     for path in files:
         results.append(auditor.audit(path))
@@ -88,7 +91,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
             where = f" [{error.rule}]" if error.rule else ""
             hint = f" ({error.hint})" if error.hint else ""
             click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
-    _emit(auditor, results, options, targets)
+    _emit(auditor, results, options, targets, rendering)
     code = exit_code(results, options.fail_on)
     if exit_zero and code == ExitCode.FINDINGS:
         code = ExitCode.OK
@@ -113,7 +116,7 @@ def _targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...
     return pairs
 
 
-def _emit(auditor: Auditor, results, options: AuditOptions, targets) -> None:
+def _emit(auditor: Auditor, results, options: AuditOptions, targets, rendering: dict[str, Any] | None = None) -> None:
     for reporter, output in targets:
         report = Report(
             results=results,
@@ -122,8 +125,12 @@ def _emit(auditor: Auditor, results, options: AuditOptions, targets) -> None:
             version=__version__,
             color=output is None and use_color(sys.stdout),
             plugin_manager=auditor.pm,
+            options=dict(rendering or {}),
         )
-        text = reporter.render(report)
+        try:
+            text = reporter.render(report)
+        except RenderError as exc:
+            fail(f"{reporter.name} report{f' {output}' if output else ''}: {exc}")
         if output is None:
             click.echo(text, nl=False)
         else:
@@ -168,6 +175,9 @@ def formats() -> None:
     """List the output formats."""
     for reporter in collect_reporters(make_plugin_manager()).values():
         click.echo(f"{reporter.name:<10} {reporter.description}")
+
+
+cli.add_command(report)
 
 
 def _rules(plugins: tuple[str, ...]):

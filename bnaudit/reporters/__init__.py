@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from ..rule import Rule
 
 
+class RenderError(Exception):
+    """A report could not be rendered (e.g. a broken ``--templates`` override): exit code 2."""
+
+
 @dataclass
 class Report:
     results: "list[AuditResult]"

@@ -3,6 +3,10 @@
 Version 1: ``{"version": 1, "bnaudit": ..., "models": [{"path", "findings": [{"code",
 "name", "severity", "message", "layer", "details", "fix"}], "errors", "skipped", ...}],
 "summary"}``. Fields are only ever added within a version.
+
+Durations (``meta.seconds``, ``meta.rule_seconds``) are left out unless ``--timestamp``
+asks for them, so the same models give byte-identical documents. A document reads back
+into results with :func:`results_from_document` (``bnaudit report`` re-renders from it).
 """
 
 from __future__ import annotations
@@ -10,20 +14,31 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..findings import Finding, Severity
 from ..hookspecs import hookimpl
+from ..result import AuditResult, ModelError, SkippedRule
 from . import Report, Reporter
 
 SCHEMA_VERSION = 1
+#: ``meta`` keys that differ from run to run; only written with ``--timestamp``.
+TIMING_META = ("seconds", "rule_seconds")
 
 
 def as_document(report: Report) -> dict[str, Any]:
-    return {
+    models = [result.to_dict() for result in report.results]
+    if not report.options.get("timestamp"):
+        for model in models:
+            model["meta"] = {k: v for k, v in model["meta"].items() if k not in TIMING_META}
+    document = {
         "version": SCHEMA_VERSION,
         "bnaudit": report.version,
         "fail_on": report.fail_on.label,
-        "models": [result.to_dict() for result in report.results],
+        "models": models,
         "summary": report.summary(),
     }
+    if report.options.get("timestamp"):
+        document["generated"] = report.options["timestamp"]
+    return document
 
 
 def render(report: Report) -> str:
@@ -35,6 +50,91 @@ def _fallback(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__} in JSON output")
+
+
+class DocumentError(ValueError):
+    """A results document that cannot be read back: says where and what is wrong."""
+
+
+def results_from_document(document: Any) -> list[AuditResult]:
+    """The results a version-1 document (``as_document``) was written from.
+
+    Checks only what rebuilding needs, with messages that point into the document
+    (``models[2].findings[0]: 'severity' ...``); ``docs/json-schema.json`` is the full
+    contract.
+    """
+    if not isinstance(document, dict) or "version" not in document:
+        raise DocumentError("not a bnaudit results document (no 'version'); write one with `bnaudit check --format json`")
+    if document["version"] != SCHEMA_VERSION:
+        raise DocumentError(f"document version {document['version']!r} is not supported (this bnaudit reads version {SCHEMA_VERSION})")
+    return [_result(model, f"models[{i}]") for i, model in enumerate(_list(document, "models", "document"))]
+
+
+def _result(model: Any, where: str) -> AuditResult:
+    path = _text(model, "path", where, required=True)
+    findings = []
+    for i, item in enumerate(_list(model, "findings", where)):
+        here = f"{where}.findings[{i}]"
+        label = _text(item, "severity", here, required=True)
+        try:
+            severity = Severity.parse(label)
+        except ValueError as exc:
+            raise DocumentError(f"{here}: {exc}") from None
+        findings.append(
+            Finding(
+                code=_text(item, "code", here, required=True),
+                name=_text(item, "name", here),
+                severity=severity,
+                message=_text(item, "message", here, required=True),
+                model=path,
+                layer=_text(item, "layer", here),
+                details=_mapping(item, "details", here),
+                fix=_text(item, "fix", here),
+            )
+        )
+    errors = [
+        ModelError(_text(e, "message", f"{where}.errors[{i}]", required=True), _text(e, "rule", where), _text(e, "hint", where))
+        for i, e in enumerate(_list(model, "errors", where))
+    ]
+    skipped = [
+        SkippedRule(_text(s, "code", f"{where}.skipped[{i}]", required=True), _text(s, "reason", where))
+        for i, s in enumerate(_list(model, "skipped", where))
+    ]
+    return AuditResult(
+        path=path,
+        findings=findings,
+        errors=errors,
+        skipped=skipped,
+        notes=[str(n) for n in _list(model, "notes", where)],
+        rules_run=[str(c) for c in _list(model, "rules_run", where)],
+        measurements=_mapping(model, "measurements", where),
+        meta=_mapping(model, "meta", where),
+    )
+
+
+def _field(container: Any, key: str, where: str, kind: type, required: bool) -> Any:
+    if not isinstance(container, dict):
+        raise DocumentError(f"{where}: expected an object")
+    if key not in container:
+        if required:
+            raise DocumentError(f"{where}: {key!r} is missing")
+        return kind()
+    value = container[key]
+    if not isinstance(value, kind):
+        raise DocumentError(f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _text(container: Any, key: str, where: str, required: bool = False) -> str:
+    return _field(container, key, where, str, required)
+
+
+def _list(container: Any, key: str, where: str) -> list:
+    return _field(container, key, where, list, required=False)
+
+
+def _mapping(container: Any, key: str, where: str) -> dict:
+    return _field(container, key, where, dict, required=False)
 
 
 @hookimpl

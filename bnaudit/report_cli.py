@@ -1,0 +1,90 @@
+"""``bnaudit report``: render saved JSON results again, in any format.
+
+CI keeps the JSON of ``bnaudit check --format json`` as the record of a run; this
+command turns it into HTML, SARIF, JUnit... later without auditing the models again
+(they may be gone). Several documents (e.g. from sharded CI jobs) render as one report.
+Also home of the rendering options that ``check`` shares (``--templates``, ``--timestamp``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .findings import Severity
+
+
+def rendering_options(command: Callable) -> Callable:
+    """The options that shape rendering, for every command that renders a report."""
+    command = click.option(
+        "--timestamp", is_flag=True, help="Stamp reports with the time and keep durations (off: identical input, identical output)."
+    )(command)
+    return click.option(
+        "--templates", metavar="DIR", help="Directory of HTML templates that override the built-in ones (same file names)."
+    )(command)
+
+
+def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
+    """``Report.options`` from the rendering options; exits 2 on a bad ``--templates``."""
+    from .cli import fail
+
+    if templates is not None and not Path(templates).is_dir():
+        fail(f"--templates {templates}: not a directory (give the directory holding your report.html.j2 etc.)")
+    return {
+        "templates": templates,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds") if timestamp else None,
+    }
+
+
+@click.command()
+@click.argument("documents", nargs=-1, required=True)
+@click.option("--format", "formats", multiple=True, help="Output format (repeatable, paired in order with -o). See `bnaudit formats`.")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
+@rendering_options
+@click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (for its rules' docs and its formats).")
+def report(documents, formats, outputs, templates, timestamp, plugins) -> None:
+    """Render saved results (from `check --format json`; `-` reads stdin) in other formats.
+
+    \b
+    bnaudit report results.json --format html -o report.html --format sarif -o bnaudit.sarif
+    """
+    from .cli import _emit, _targets, fail
+    from .engine import AuditOptions, Auditor
+    from .plugins import PluginError
+    from .reporters.json import DocumentError, results_from_document
+
+    results, thresholds = [], []
+    for name in documents:
+        try:
+            document = _read(name)
+            results += results_from_document(document)
+            thresholds.append(Severity.parse(str(document.get("fail_on", "error"))))
+        except (OSError, DocumentError, ValueError) as exc:
+            fail(f"{name}: {exc}")
+    fail_on = min(thresholds)  # documents written with different --fail-on: the strictest
+    try:
+        auditor = Auditor(AuditOptions(fail_on=fail_on, plugins=tuple(plugins)))
+    except PluginError as exc:
+        fail(str(exc))
+    targets = _targets(auditor, formats, outputs)
+    _emit(auditor, results, auditor.options, targets, report_options(templates, timestamp))
+
+
+def _read(name: str) -> Any:
+    """Parse one document; the errors say what to do, not just what failed."""
+    if name == "-":
+        text = sys.stdin.read()
+    elif not os.path.isfile(name):
+        raise OSError("no such file (give the JSON written by `bnaudit check --format json -o FILE`)")
+    else:
+        text = Path(name).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
