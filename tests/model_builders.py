@@ -14,7 +14,7 @@ def set_trained_statistics(model, seed: int = 0) -> None:
     import keras
 
     rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             values = []
             for variable in layer.weights:
@@ -28,11 +28,11 @@ def set_trained_statistics(model, seed: int = 0) -> None:
             layer.set_weights(values)
 
 
-def _all_layers(model):
+def all_layers(model):
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
 
 
 def keras_layer(model, path: str):

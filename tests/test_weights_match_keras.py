@@ -7,6 +7,7 @@ import pytest
 
 from bnaudit.engine import Auditor
 from bnaudit.graph import BATCHNORM_CLASSES
+from conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,10 @@ def _read_all(path):
 
 
 def _assert_same(ours, keras_model):
-    from model_builders import keras_layer
+    from model_builders import all_layers, keras_layer
 
-    assert ours, "no BN layer found"
+    keras_bns = [l for l in all_layers(keras_model) if type(l).__name__ in BATCHNORM_CLASSES]
+    assert ours and len(ours) == len(keras_bns)
     for path, arrays in ours.items():
         layer = keras_layer(keras_model, path)
         assert type(layer).__name__ in BATCHNORM_CLASSES
@@ -91,3 +93,32 @@ def test_keras3_repeated_classes_and_frozen(tmp_path):
     path = tmp_path / "repeated.keras"
     model.save(path)
     _assert_same(_read_all(path), keras.saving.load_model(path, compile=False))
+
+
+SAMPLE_FILES = sorted(
+    p.name
+    for p in (SAMPLES).iterdir()
+    if p.suffix in (".keras", ".h5") and not any(s in p.name for s in ("lambda_layer", "custom_layer"))
+)
+
+
+@pytest.mark.parametrize("name", SAMPLE_FILES)
+def test_every_sample_model(name):
+    """Each committed sample, loaded by the Keras that wrote it (tf-keras for Keras 2 files)."""
+    path = SAMPLES / name
+    ours = _read_all(path)
+    if name.startswith("k2_"):
+        import tf_keras
+
+        loaded = tf_keras.models.load_model(path, compile=False)
+        for bn_path, arrays in ours.items():
+            layer = loaded
+            for part in bn_path.split("/"):
+                layer = layer.get_layer(part)
+            for weight, value in zip(layer.weights, layer.get_weights()):
+                name_ = weight.name.split("/")[-1].split(":")[0]
+                np.testing.assert_array_equal(getattr(arrays, name_), value, err_msg=f"{bn_path}.{name_}")
+    else:
+        import keras
+
+        _assert_same(ours, keras.saving.load_model(path, compile=False))
