@@ -1,8 +1,12 @@
-"""Lazy, read-only access to the saved BatchNormalization arrays.
+"""Lazy, read-only access to the saved BatchNormalization arrays (and, for plugins, any layer's).
 
 Only the four small vectors of each BN layer are ever read; the rest of the weights
 file (convolution kernels, which are most of its bytes) is never touched. Arrays are
 checked for shape and size before they are read, since the file is untrusted.
+
+Rules about other layers (a plugin's LayerNormalization rules, say) read them with
+``weights.layer_arrays(layer, names)``: the same lookup by Keras's save path (``.keras``)
+or by layer name (legacy ``.h5``), for the variable names the caller lists.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from . import LoadError
 if TYPE_CHECKING:
     from ..graph import Layer
 
-BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 #: A BN vector longer than this is not a real channel count: refuse to read it.
 MAX_CHANNELS = 1 << 24
+#: ``layer_arrays`` refuses an array with more elements than this (1 GiB of float32).
+MAX_ARRAY_ELEMENTS = 1 << 28
 
 
 @dataclass
@@ -50,14 +55,20 @@ def bn_variable_names(layer: "Layer") -> list[str]:
     return names + ["moving_mean", "moving_variance"]
 
 
-def _read_vector(dataset: object, where: str) -> np.ndarray:
+def _read_array(dataset: object, where: str) -> np.ndarray:
     if not isinstance(dataset, h5py.Dataset):
         raise LoadError(f"{where} is not an array in the weights file")
-    if len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS:
-        raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
+    if dataset.size > MAX_ARRAY_ELEMENTS:
+        raise LoadError(f"{where} has shape {dataset.shape}, too large to read")
     if dataset.dtype.kind not in "fiu":
         raise LoadError(f"{where} holds {dataset.dtype}, not numbers")
     return np.asarray(dataset[()], dtype=np.float64)
+
+
+def _read_vector(dataset: object, where: str) -> np.ndarray:
+    if isinstance(dataset, h5py.Dataset) and (len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS):
+        raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
+    return _read_array(dataset, where)
 
 
 def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
@@ -81,10 +92,25 @@ class H5Weights:
 
     def bn_arrays(self, layer: "Layer") -> BNArrays:
         if layer.path not in self._cache:
-            self._cache[layer.path] = self._read_bn(layer)
+            where = f"layer {layer.path!r}"
+            datasets = self._datasets(layer, bn_variable_names(layer))
+            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items()}
+            self._cache[layer.path] = _assemble(values, where)
         return self._cache[layer.path]
 
-    def _read_bn(self, layer: "Layer") -> BNArrays:  # pragma: no cover - abstract
+    def layer_arrays(self, layer: "Layer", names: "list[str] | tuple[str, ...]") -> dict[str, np.ndarray]:
+        """The saved variables of any layer, as float64 arrays keyed by the given names.
+
+        ``names`` lists the variables in the order Keras creates them (a
+        LayerNormalization: ``["gamma", "beta"]``, without those its config switches
+        off), since a ``.keras`` file stores them by position. Missing variables are
+        left out on legacy ``.h5``; a wrong count is a :class:`LoadError` on ``.keras``.
+        """
+        where = f"layer {layer.path!r}"
+        return {name: _read_array(d, f"{where} {name}") for name, d in self._datasets(layer, names).items()}
+
+    def _datasets(self, layer: "Layer", names) -> dict[str, object]:  # pragma: no cover - abstract
+        """The named variables of ``layer`` as (unread) h5py objects."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -94,16 +120,14 @@ class H5Weights:
 class KerasV3Weights(H5Weights):
     """``model.weights.h5`` of a ``.keras`` zip: variables under ``<save path>/vars/<i>``."""
 
-    def _read_bn(self, layer: "Layer") -> BNArrays:
+    def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         group = self._h5.get(f"{layer.save_path}/vars")
         where = f"layer {layer.path!r} ({layer.save_path})"
         if not isinstance(group, h5py.Group):
             raise LoadError(f"{where}: no variables in the weights file")
-        names = bn_variable_names(layer)
         if len(group) != len(names):
             raise LoadError(f"{where}: {len(group)} variables saved, expected {len(names)}")
-        values = {name: _read_vector(group.get(str(i)), f"{where} {name}") for i, name in enumerate(names)}
-        return _assemble(values, where)
+        return {name: group.get(str(i)) for i, name in enumerate(names)}
 
 
 class LegacyH5Weights(H5Weights):
@@ -111,24 +135,23 @@ class LegacyH5Weights(H5Weights):
 
     Each top-level layer has a group named after it whose ``weight_names`` attribute
     lists its datasets; a nested model's group lists the weights of all its layers,
-    so a BN is found by the last two segments of the name (``bn_1/gamma[:0]``).
+    so a layer's variable is found by the last two segments of the name (``bn_1/gamma[:0]``).
     """
 
-    def _read_bn(self, layer: "Layer") -> BNArrays:
+    def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         top = layer.path.split("/", 1)[0]
         root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
         group = root.get(top)
-        where = f"layer {layer.path!r}"
         if not isinstance(group, h5py.Group):
-            raise LoadError(f"{where}: no weights group {top!r} in the file")
-        values: dict[str, np.ndarray] = {}
+            raise LoadError(f"layer {layer.path!r}: no weights group {top!r} in the file")
+        found: dict[str, object] = {}
         for raw in group.attrs.get("weight_names", []):
             weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
             parts = weight.split("/")
             variable = parts[-1].split(":")[0]
-            if len(parts) >= 2 and parts[-2] == layer.name and variable in BN_VARIABLES:
-                values[variable] = _read_vector(group.get(weight), f"{where} {variable}")
-        return _assemble(values, where)
+            if len(parts) >= 2 and parts[-2] == layer.name and variable in names:
+                found[variable] = group.get(weight)
+        return found
 
 
 class _ZipMemberFile(io.RawIOBase):
