@@ -42,8 +42,13 @@ class RuleContext:
     def runtime(self) -> Any:
         return self._runtime()
 
-    def setting(self, key: str, default: Any) -> Any:
-        """A rule threshold: ``settings["bn301.mean-shift"]`` style keys, lower-case code."""
+    def setting(self, key: str, default: Any = None) -> Any:
+        """A rule threshold: ``settings["bn301.mean-shift"]`` style keys, lower-case code.
+
+        Without ``default``, the default the rule declared (``@rule(settings=...)``).
+        """
+        if default is None:
+            default = self.rule.settings.get(key)
         return self.settings.get(f"{self.rule.code.lower()}.{key}", default)
 
     def bn_arrays(self, layer: "Layer") -> "BNArrays":

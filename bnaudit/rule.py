@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .findings import Finding, Severity
 
@@ -39,6 +39,9 @@ class Rule:
     needs: frozenset[str] = frozenset({"graph"})
     docs: str = ""
     help_uri: str = ""
+    #: Thresholds the rule reads with ``ctx.setting(key)``, with their defaults. They are
+    #: the keys a config may set (``[tool.bnaudit.bn301]``); any other key is an error.
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not CODE_PATTERN.match(self.code):
@@ -73,6 +76,7 @@ def rule(
     *,
     needs: Iterable[str] = ("graph",),
     help_uri: str = "",
+    settings: Mapping[str, Any] | None = None,
 ) -> Callable[[CheckFunction], Rule]:
     """Turn a check function into a :class:`Rule`; the first docstring line is its summary."""
 
@@ -88,6 +92,7 @@ def rule(
             needs=frozenset(needs),
             docs=body.strip(),
             help_uri=help_uri,
+            settings=dict(settings or {}),
         )
 
     return decorate
