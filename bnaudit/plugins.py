@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "bnaudit.rules.safety",
     "bnaudit.reporters.text",
     "bnaudit.reporters.json",
+    "bnaudit.reporters.sarif",
 )
 ENTRY_POINT_GROUP = "bnaudit"
 AUTOLOAD_ENV = "BNAUDIT_DISABLE_PLUGIN_AUTOLOAD"
