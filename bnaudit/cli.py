@@ -103,10 +103,7 @@ def _targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...
     reporters = collect_reporters(auditor.pm)
     formats = formats or ("text",)
     if len(outputs) > len(formats):
-        if formats == ("text",) and len(outputs) == 1:
-            pass
-        else:
-            fail(f"{len(outputs)} outputs for {len(formats)} formats; give one --format per -o")
+        fail(f"{len(outputs)} outputs for {len(formats)} formats; give one --format per -o")
     unknown = [f for f in formats if f not in reporters]
     if unknown:
         fail(f"unknown format {unknown[0]!r}; choose from {', '.join(reporters)}")

@@ -349,6 +349,11 @@ def batchnorm_axis_mismatch(ctx):
         )
 
 
+def _is_weightless(layer: Layer) -> bool:
+    """Looked through when searching a frozen BN's trainable neighbours."""
+    return layer.class_name not in PARAMETRIC_CLASSES
+
+
 def _frozen_bn_behaviour(keras_version: str) -> str:
     """How the Keras that wrote the file runs a BN with trainable=False (keras PR #9965)."""
     try:
@@ -386,15 +391,13 @@ def frozen_batchnorm(ctx):
     Keep it when fine-tuning on similar data; otherwise unfreeze the BN layers for a few
     epochs or run `bnaudit check --data` to see whether the statistics still fit.
     """
-    parametric = lambda layer: layer.class_name in PARAMETRIC_CLASSES  # noqa: E731
-    weightless = lambda layer: not parametric(layer)  # noqa: E731
     behaviour = _frozen_bn_behaviour(ctx.graph.keras_version)
     for bn in ctx.graph.batchnorms():
         if bn.trainable:
             continue
-        before, _ = ctx.graph.producer_through(bn, weightless)
-        neighbours = ([before] if before is not None else []) + ctx.graph.consumers_through(bn, weightless)
-        trainable = [n.path for n in neighbours if parametric(n) and n.trainable]
+        before, _ = ctx.graph.producer_through(bn, _is_weightless)
+        neighbours = ([before] if before is not None else []) + ctx.graph.consumers_through(bn, _is_weightless)
+        trainable = [n.path for n in neighbours if not _is_weightless(n) and n.trainable]
         if trainable:
             yield ctx.finding(
                 bn,
