@@ -27,6 +27,8 @@ DEFAULT_PLUGINS = (
     "bnaudit.reporters.text",
     "bnaudit.reporters.json",
     "bnaudit.reporters.sarif",
+    "bnaudit.reporters.junit",
+    "bnaudit.reporters.github",
 )
 ENTRY_POINT_GROUP = "bnaudit"
 AUTOLOAD_ENV = "BNAUDIT_DISABLE_PLUGIN_AUTOLOAD"
