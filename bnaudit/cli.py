@@ -13,17 +13,22 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
 
 import sys
+import time
 from typing import Any
 
 import click
 
 from . import __version__
+from . import baseline as baselines
+from .config import ConfigError, config_options, given_on_command_line, load as load_config
 from .engine import AuditOptions, Auditor, discover, exit_code
 from .findings import ExitCode, Severity
 from .output import write_atomic
+from .parallel import audit_models, run_options, timing_lines
 from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
 from .report_cli import rendering_options, report, report_options
 from .reporters import RenderError, Report
+from .reporters.text import summary_line
 from .selection import Selection
 
 
@@ -62,8 +67,12 @@ def cli() -> None:
 @click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (repeatable); `-p no:NAME` switches one off.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs.")
 @rendering_options
-def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug, templates, timestamp) -> None:
-    """Audit model files and directories (recursing into *.keras and *.h5)."""
+@config_options
+@baselines.baseline_options
+@run_options
+def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug, templates, timestamp,
+          config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose) -> None:
+    """Audit model files, directories (recursing into *.keras and *.h5) and globs."""
     if debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     options = AuditOptions(
@@ -75,25 +84,43 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         debug=debug,
     )
     try:
+        project = load_config(config_file, isolated)
+        options = project.apply(options, given_on_command_line(click.get_current_context()))
         auditor = Auditor(options)
-    except PluginError as exc:
+        project.validate(auditor.rules)
+        accepted = baselines.Baseline.read(baseline) if baseline else None
+    except (PluginError, ConfigError, baselines.BaselineError) as exc:
         fail(str(exc))
     unknown = options.selection.unknown(auditor.rules)
     if unknown:
         fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
     targets = _targets(auditor, formats, outputs)
-    rendering = report_options(templates, timestamp)
+    rendering = {**report_options(templates, timestamp), "quiet": quiet}
+    started = time.perf_counter()
     files, results = discover(paths)
-    for path in files:
-        results.append(auditor.audit(path))
+    results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
+    notices = [f"config: {project.name}"] if verbose else []
+    if write_baseline:
+        notices.append(f"wrote {baselines.write(write_baseline, results, __version__)} findings to the baseline {write_baseline}")
+    outcome = accepted.apply(results) if accepted else None
+    if outcome:
+        notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
     for result in results:
         for error in result.errors:
             where = f" [{error.rule}]" if error.rule else ""
             hint = f" ({error.hint})" if error.hint else ""
             click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
     _emit(auditor, results, options, targets, rendering)
+    if not any(reporter.name == "text" and output is None for reporter, output in targets):
+        notices.append(summary_line(Report(results=results, rules=auditor.rules)))
+    if verbose:
+        notices += timing_lines(results, time.perf_counter() - started)
+    for line in [] if quiet else notices:
+        click.echo(line, err=True)
     code = exit_code(results, options.fail_on)
-    if exit_zero and code == ExitCode.FINDINGS:
+    if outcome and fail_on_stale and outcome.stale and code == ExitCode.OK:
+        code = ExitCode.FINDINGS
+    if (exit_zero and code == ExitCode.FINDINGS) or (write_baseline and code == ExitCode.FINDINGS):
         code = ExitCode.OK
     sys.exit(int(code))
 
@@ -150,6 +177,9 @@ def rules(code: str | None, plugins: tuple[str, ...]) -> None:
         fail(f"no rule {code!r}; `bnaudit rules` lists them")
     click.echo(f"# {found.code} {found.name}\n")
     click.echo(f"Default severity: {found.severity.label}. Needs: {', '.join(sorted(found.needs))}.\n")
+    if found.settings:
+        thresholds = ", ".join(f"{key} = {value!r}" for key, value in found.settings.items())
+        click.echo(f"Thresholds ([tool.bnaudit.{found.code.lower()}] in the config): {thresholds}.\n")
     click.echo(f"{found.summary}\n\n{found.docs}")
 
 

@@ -13,9 +13,11 @@ COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cy
 
 def render(report: Report) -> str:
     style = (lambda text, **kw: click.style(text, **kw)) if report.color else (lambda text, **kw: text)
+    quiet = report.options.get("quiet")  # -q: findings and errors only, no notes or summary
     lines: list[str] = []
     for result in report.results:
-        if not (result.findings or result.errors or result.notes):
+        notes = [] if quiet else result.notes
+        if not (result.findings or result.errors or notes):
             continue
         lines.append(style(result.path, bold=True))
         for error in result.errors:
@@ -28,11 +30,12 @@ def render(report: Report) -> str:
             lines.append(f"  {style(finding.code, bold=True)} {severity} {layer}: {finding.message}")
             if finding.fix:
                 lines.append(f"        = fix: {finding.fix}")
-        for note in result.notes:
+        for note in notes:
             lines.append(f"  note: {note}")
         lines.append("")
-    lines.append(summary_line(report))
-    return "\n".join(lines) + "\n"
+    if not quiet:
+        lines.append(summary_line(report))
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def summary_line(report: Report) -> str:

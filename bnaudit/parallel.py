@@ -1,0 +1,155 @@
+"""Audit many models, in this process or spread over worker processes (``-j N``).
+
+Workers are started by a clean 'forkserver' process ('spawn' where there is none), never
+by forking the command itself: a process that forks after TensorFlow started its
+threads can deadlock. Each worker builds its plugin manager once and imports TensorFlow
+only when a runtime rule first asks for it, then keeps it for the models that follow.
+Results come back in the order the models were given, so ``-j N`` reports exactly what
+``-j 1`` does. A worker that dies (a native crash on a hostile file) costs only the
+model it was auditing: the others are audited again in fresh processes.
+
+TensorFlow writes its start-up logs from C++ straight to file descriptor 2, past
+``TF_CPP_MIN_LOG_LEVEL``; while models are audited that descriptor points at
+``/dev/null`` unless ``--debug``. bnaudit's own messages are written after the audit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pluggy
+
+from .engine import AuditOptions, Auditor
+from .plugins import make_plugin_manager
+from .result import AuditResult, ModelError
+
+Job = tuple[Path, AuditOptions]
+
+
+def run_options(command):
+    """``-j``, ``-q`` and ``-v`` for ``bnaudit check``."""
+    import click
+
+    command = click.option("-v", "--verbose", is_flag=True, help="Also print the time each check took (stderr).")(command)
+    command = click.option("-q", "--quiet", is_flag=True, help="Print findings and errors only: no notes, no summary.")(command)
+    return click.option(
+        "-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True, help="Audit models in N processes (0: one per CPU)."
+    )(command)
+
+
+class Auditors:
+    """One :class:`Auditor` per distinct options, all sharing one plugin manager.
+
+    Per-file ignores and per-glob data give a few option variants in one run; each
+    variant's rule selection is built once, not once per model.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, first: Auditor | None = None) -> None:
+        self.pm = pm
+        self._by_options: dict[str, Auditor] = {repr(first.options): first} if first else {}
+
+    def audit(self, path: Path, options: AuditOptions) -> AuditResult:
+        key = repr(options)
+        if key not in self._by_options:
+            self._by_options[key] = Auditor(options, pm=self.pm)
+        return self._by_options[key].audit(path)
+
+
+def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[AuditResult]:
+    """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU)."""
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    debug = auditor.options.debug
+    if workers <= 1:
+        auditors = Auditors(auditor.pm, auditor)
+        with native_stderr_silenced(not debug):
+            return [auditors.audit(path, options) for path, options in jobs]
+    results: list[AuditResult | None] = _in_pool(jobs, workers, auditor.options.plugins, debug)
+    for index, result in enumerate(results):
+        if result is None:  # its worker died, perhaps because of another model: alone this time
+            results[index] = _in_pool([jobs[index]], 1, auditor.options.plugins, debug)[0] or _died(jobs[index][0])
+    return results  # type: ignore[return-value]
+
+
+def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> list[AuditResult | None]:
+    """Results in job order; None for a job whose worker process died."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload([__name__])
+    results: list[AuditResult | None] = []
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(plugins, debug)) as pool:
+        futures = [pool.submit(_audit_in_worker, path, options) for path, options in jobs]
+        for (path, _), future in zip(jobs, futures):
+            try:
+                results.append(future.result())
+            except BrokenProcessPool:
+                results.append(None)
+            except Exception as exc:  # a result that cannot travel back, or a bug: this model only
+                results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
+    return results
+
+
+def _died(path: Path) -> AuditResult:
+    return AuditResult(
+        str(path),
+        errors=[ModelError("the process auditing this model died (a crash in a native library)", hint="run with -j 1 --debug to see why")],
+    )
+
+
+_worker: dict[str, Auditors] = {}
+
+
+def _start_worker(plugins: tuple[str, ...], debug: bool) -> None:
+    if not debug:
+        _point_stderr_at_devnull()
+    _worker["auditors"] = Auditors(make_plugin_manager(plugins))
+
+
+def _audit_in_worker(path: Path, options: AuditOptions) -> AuditResult:
+    return _worker["auditors"].audit(path, options)
+
+
+def _point_stderr_at_devnull() -> int:
+    """Send fd 2 to /dev/null; return a duplicate of what it was."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    return saved
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+    """Drop whatever native libraries write to fd 2 inside the block (when ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    saved = _point_stderr_at_devnull()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def timing_lines(results: Sequence[AuditResult], wall_seconds: float) -> list[str]:
+    """``-v``: seconds per check summed over the models, slowest first, then per model."""
+    per_rule: dict[str, float] = defaultdict(float)
+    for result in results:
+        for code, seconds in result.meta.get("rule_seconds", {}).items():
+            per_rule[code] += seconds
+    lines = [f"timings: {len(results)} models in {wall_seconds:.2f} s wall time; seconds per check, summed over the models:"]
+    lines += [f"  {code:<8} {seconds:8.3f}" for code, seconds in sorted(per_rule.items(), key=lambda item: -item[1])]
+    lines.append("seconds per model (loading included):")
+    lines += [f"  {r.meta['seconds']:8.3f}  {r.path}" for r in results if "seconds" in r.meta]
+    return lines
