@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "bnaudit.reporters.sarif",
     "bnaudit.reporters.junit",
     "bnaudit.reporters.github",
+    "bnaudit.reporters.html",
 )
 ENTRY_POINT_GROUP = "bnaudit"
 AUTOLOAD_ENV = "BNAUDIT_DISABLE_PLUGIN_AUTOLOAD"
