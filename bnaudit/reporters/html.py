@@ -38,7 +38,7 @@ def environment(report: Report) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
     if report.options.get("templates"):
         loaders.append(jinja2.FileSystemLoader(str(report.options["templates"])))
-    loaders += [builtin, jinja2.PrefixLoader({"default": builtin})]
+    loaders += [builtin, jinja2.PrefixLoader({"default": builtin}, delimiter=":")]
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=True,
