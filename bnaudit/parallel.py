@@ -3,7 +3,9 @@
 Workers are started by a clean 'forkserver' process ('spawn' where there is none), never
 by forking the command itself: a process that forks after TensorFlow started its
 threads can deadlock. Each worker builds its plugin manager once and imports TensorFlow
-only when a runtime rule first asks for it, then keeps it for the models that follow.
+only when a runtime rule first asks for it, then keeps it for the models that follow;
+its thread pools are sized to its share of the CPUs, since N workers each using every
+core would only fight over them.
 Results come back in the order the models were given, so ``-j N`` reports exactly what
 ``-j 1`` does. A worker that dies (a native crash on a hostile file) costs only the
 model it was auditing: the others are audited again in fresh processes.
@@ -85,7 +87,8 @@ def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug:
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
     results: list[AuditResult | None] = []
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(plugins, debug)) as pool:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(plugins, debug, threads)) as pool:
         futures = [pool.submit(_audit_in_worker, path, options) for path, options in jobs]
         for (path, _), future in zip(jobs, futures):
             try:
@@ -107,7 +110,13 @@ def _died(path: Path) -> AuditResult:
 _worker: dict[str, Auditors] = {}
 
 
-def _start_worker(plugins: tuple[str, ...], debug: bool) -> None:
+#: What TensorFlow (and the oneDNN/OpenMP kernels under it) read for their thread counts.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
+
+
+def _start_worker(plugins: tuple[str, ...], debug: bool, threads: int) -> None:
+    for variable in THREAD_VARIABLES:  # before TensorFlow is imported; the user's choice wins
+        os.environ.setdefault(variable, str(threads))
     if not debug:
         _point_stderr_at_devnull()
     _worker["auditors"] = Auditors(make_plugin_manager(plugins))
