@@ -63,7 +63,7 @@ def render(report: Report) -> str:
             report=report,
             css=Markup(css),
             script=Markup(script),
-            csp=content_security_policy(css, script),
+            csp=Markup(content_security_policy(css, script)),  # fixed words and base64: nothing to escape
             generated=report.options.get("timestamp"),
             **context,
         )

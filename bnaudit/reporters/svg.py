@@ -51,7 +51,7 @@ def thin(values: Sequence[float], limit: int = MAX_POINTS) -> list[tuple[int, fl
 def _frame(label: str, lo: float, hi: float, x_label: str, body: list[str]) -> Markup:
     plot_h = HEIGHT - TOP - BOTTOM
     parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(label)}">',
         f"<title>{escape(label)}</title>",
         f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}"/>',
         f'<line class="axis" x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - RIGHT}" y2="{TOP + plot_h}"/>',
@@ -110,9 +110,9 @@ def line_chart(series: dict[str, Sequence[float]], *, label: str, x_label: str =
 def severity_bar(counts: dict[str, int], *, width: int = 200, height: int = 12) -> Markup:
     """A stacked bar of findings by severity (empty grey when there are none)."""
     total = sum(counts.values())
-    label = ", ".join(f"{n} {name}" for name, n in counts.items()) or "no findings"
+    label = ", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no findings"
     parts = [
-        f'<svg class="sevbar" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<svg class="sevbar" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(label)}">',
         f"<title>{escape(label)}</title>",
         f'<rect class="sev-none" x="0" y="0" width="{width}" height="{height}"/>',
     ]

@@ -23,6 +23,7 @@ from ..findings import Finding, Severity
 from ..result import AuditResult
 from ..rule import Rule
 from . import Report
+from .json import TIMING_META
 from .svg import bar_chart, finite, line_chart, severity_bar
 
 #: Measurement topics with their own section; any other topic is shown as tables.
@@ -42,6 +43,8 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
     hidden_rows: int = 0
+    #: Rows whose record says it did not pass (``"passed": false``), highlighted.
+    failed_rows: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -136,6 +139,8 @@ def build(report: Report) -> dict[str, Any]:
 
 def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
     measurements = result.measurements if isinstance(result.measurements, dict) else {}
+    if not report.options.get("timestamp"):
+        measurements = without_timings(measurements)
     inference = measurements.get("inference")
     skipped: dict[str, list[str]] = {}
     for item in result.skipped:
@@ -292,18 +297,31 @@ def topic_tables(topic: str, value: Any, key_names: tuple[str, ...] = ()) -> lis
     """Tables for one measurement topic: its scalars as a settings table, then one table
     per entry that holds records (a list of objects, or nested mappings)."""
     if not isinstance(value, dict):
-        table = records_table(topic, value, key_names)
+        table = records_table(_title(topic), value, key_names)
         return [table] if table else []
     tables = []
-    scalars = [[str(k), format_value(v)] for k, v in value.items() if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(i, dict) for i in v))]
+    holds_records = [k for k, v in value.items() if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(i, dict) for i in v))]
+    scalars = [[str(k), format_value(v)] for k, v in value.items() if k not in holds_records]
     if scalars:
-        tables.append(Table(f"{topic}: settings", ["name", "value"], scalars))
-    for key, item in value.items():
-        if isinstance(item, dict) or (isinstance(item, list) and any(isinstance(i, dict) for i in item)):
-            table = records_table(f"{topic}: {key}", item, key_names)
-            if table:
-                tables.append(table)
+        tables.append(Table(f"{_title(topic)}: settings", ["name", "value"], scalars))
+    for key in holds_records:
+        table = records_table(f"{_title(topic)}: {_title(key)}", value[key], key_names)
+        if table:
+            tables.append(table)
     return tables
+
+
+def _title(key: str) -> str:
+    return str(key).replace("_", " ").capitalize()
+
+
+def without_timings(value: Any) -> Any:
+    """``value`` minus durations anywhere inside, so reports without --timestamp are identical."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_META}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
 
 
 def records_table(title: str, value: Any, key_names: tuple[str, ...] = ()) -> Table | None:
@@ -319,7 +337,8 @@ def records_table(title: str, value: Any, key_names: tuple[str, ...] = ()) -> Ta
         [*keys, *[""] * (depth - len(keys)), *[format_value(fields[c]) if c in fields else "" for c in columns]]
         for keys, fields in records
     ]
-    return Table(title, key_columns + columns, rows[:MAX_ROWS], max(len(rows) - MAX_ROWS, 0))
+    failed = frozenset(i for i, (_, fields) in enumerate(records[:MAX_ROWS]) if fields.get("passed") is False)
+    return Table(title, key_columns + columns, rows[:MAX_ROWS], max(len(rows) - MAX_ROWS, 0), failed)
 
 
 def _records(value: Any, keys: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:

@@ -1,0 +1,232 @@
+"""The HTML report: escaped, offline, summary first, overridable, small, shipped in the wheel."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from html import unescape
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_bnaudit
+
+MODELS = ["sample_models/bn_training_baked.keras", "sample_models/dropout_before_bn.keras", "sample_models/custom_layer.keras", "sample_models/nope.keras"]
+SCRIPT_NAME = "<script>alert(1)</script>"
+ATTRIBUTE_NAME = 'bn"><img src=x onerror=alert(2)>'
+
+
+def save_hostile_model(path: Path) -> None:
+    """A model, saved by Keras, whose layer names are markup (Keras refuses "/" only at call time)."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((4,), name="x")
+    dense = layers.Dense(3, name="dense")  # a bias before BN: BN102 names this layer in its details
+    bn = layers.BatchNormalization(name=ATTRIBUTE_NAME)
+    model = keras.Model(inp, layers.Dense(1, name="out")(bn(dense(inp))))
+    dense.name = SCRIPT_NAME
+    model.save(path)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hostile")
+    save_hostile_model(out / "hostile.keras")
+    return out / "hostile.keras"
+
+
+def render(tmp_path: Path, *args: str, cwd: Path = ROOT) -> tuple[str, dict]:
+    run = run_bnaudit("check", *args, "--format", "json", "-o", str(tmp_path / "r.json"), "--format", "html", "-o", str(tmp_path / "r.html"), cwd=cwd)
+    assert "Traceback" not in run.stderr, run.stderr
+    return (tmp_path / "r.html").read_text(), json.loads((tmp_path / "r.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("page"), *MODELS)
+
+
+def test_layer_names_from_the_model_are_escaped(hostile, tmp_path):
+    html, document = render(tmp_path, str(hostile))
+    [model] = document["models"]
+    assert SCRIPT_NAME in json.dumps(model["measurements"]["layers"])  # the name reached the report...
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # ...and is shown as text
+    assert "bn&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "alert(1)</script>" not in html and "<img" not in html
+    assert html.count("<script") == 1  # bnaudit's own, pinned by the CSP
+
+
+def test_summary_first_with_a_card_per_model(page):
+    html, document = page
+    assert html.index('id="summary"') < html.index('id="findings"') < html.index('id="models"')
+    cards = re.findall(r'<article class="card verdict-(\w+)">(.*?)</article>', html, re.DOTALL)
+    assert len(cards) == len(document["models"])
+    verdicts = {re.search(r'<a href="#model-\d+">(.*?)</a>', body).group(1): verdict for verdict, body in cards}
+    assert verdicts == {
+        "sample_models/nope.keras": "unreadable",
+        "sample_models/bn_training_baked.keras": "fail",
+        "sample_models/dropout_before_bn.keras": "pass",
+        "sample_models/custom_layer.keras": "pass",
+    }
+    for verdict, body in cards:
+        path = re.search(r'<a href="#model-\d+">(.*?)</a>', body).group(1)
+        model = next(m for m in document["models"] if m["path"] == path)
+        if model["errors"]:
+            assert "no such file or directory" in body
+            continue
+        assert f"<dd>{model['meta']['batchnorm_layers']} of {model['meta']['layers']} layers</dd>" in body
+        assert f"Keras {model['meta']['keras_version']} ({model['meta']['format']})" in body
+        assert f"<summary>{len(model['rules_run'])} rules</summary>{', '.join(model['rules_run'])}" in body
+        for item in model["skipped"]:
+            assert item["reason"] in body and item["code"] in body
+        assert "none (no inference run)" in body
+
+
+def test_findings_are_grouped_by_severity_and_rule_with_docs_fix_and_the_layers_around(page):
+    html, _ = page
+    findings = html[html.index('id="findings"') : html.index('id="models"')]
+    sections = re.findall(r'<section class="severity sev-(\w+)" data-severity="\w+">(.*?)</section>', findings, re.DOTALL)
+    assert [s for s, _ in sections] == ["error", "warning"]
+    rules = {severity: re.findall(r'<span class="code">(BN\d+)</span>', body) for severity, body in sections}
+    assert rules == {"error": ["BN106"], "warning": ["BN101", "BN501"]}
+    bn101 = findings[findings.index('id="rule-warning-BN101"') :]
+    bn101 = bn101[: bn101.index("</article>")]
+    assert "<h5>What it does</h5>" in bn101 and "<h5>Why is this bad?</h5>" in bn101 and "<pre><code>" in bn101
+    assert "<strong>Fix:</strong> move &#39;drop&#39; after the BN" in bn101
+    nodes = re.findall(r'<span class="node([^"]*)"><code>([^<]*)</code>', bn101)
+    assert nodes == [("", "conv2"), (" involved", "drop"), (" marked bn", "bn2"), ("", "relu2"), ("", "gap")]
+
+
+def test_the_page_loads_nothing_and_pins_its_style_and_script(page):
+    html, _ = page
+    assert not re.search(r"""\s(src|srcset|action|poster|data)\s*=|<link|<iframe|<object|<embed|@import|url\(""", html, re.IGNORECASE)
+    assert not re.search(r"""href=(?!["']?#)""", html)  # only links within the page
+    style = re.search(r"<style>(.*?)</style>", html, re.DOTALL).group(1)
+    script = re.search(r"<script>(.*?)</script>", html, re.DOTALL).group(1)
+    csp = unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1))
+
+    def pinned(text):
+        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+    assert csp.startswith("default-src 'none'; ")
+    assert f"style-src {pinned(style)};" in csp and f"script-src {pinned(script)};" in csp
+
+
+def test_templates_override_blocks_and_styles(tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "report.html.j2").write_text('{% extends "default:report.html.j2" %}{% block title %}Nightly BN audit{% endblock %}')
+    (templates / "report.css").write_text("body { font-size: 20px; }")
+    run = run_bnaudit("check", MODELS[0], "--templates", str(templates), "--format", "html", cwd=ROOT)
+    assert run.returncode == 1, run.stderr
+    assert "<title>Nightly BN audit</title>" in run.stdout
+    assert "<style>body { font-size: 20px; }</style>" in run.stdout
+    assert "BN106" in run.stdout  # the rest is the built-in report
+    digest = base64.b64encode(hashlib.sha256(b"body { font-size: 20px; }").digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in run.stdout
+
+
+def test_a_plugin_adjusts_the_jinja_environment(tmp_path):
+    (tmp_path / "brand_plugin.py").write_text(
+        "import jinja2\n"
+        "from bnaudit import hookimpl\n\n"
+        "@hookimpl\n"
+        "def bnaudit_prepare_jinja2_environment(env):\n"
+        "    env.loader = jinja2.ChoiceLoader([jinja2.DictLoader({'report.js': '/* branded */'}), env.loader])\n"
+    )
+    run = run_bnaudit("check", MODELS[0], "-p", "brand_plugin", "--format", "html", cwd=ROOT, env={"PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 1, run.stderr
+    assert "<script>/* branded */</script>" in run.stdout
+
+
+def test_measurements_render_whatever_their_shape(page, tmp_path):
+    """Statistics and inference numbers come from other rules: shown generically, absent parts omitted."""
+    _, document = page
+    model = next(m for m in document["models"] if m["path"] == MODELS[1])
+    channels = 8
+    model["measurements"]["statistics"] = {
+        "batch_size": 32,
+        "layers": {
+            bn: {
+                "drift": 0.1 * (i + 1),
+                "worst_channel": i,
+                "moving_mean": [0.1 * c for c in range(channels)],
+                "batch_mean": [0.1 * c + i for c in range(channels)],
+                "moving_variance": [1.0] * channels,
+                "batch_variance": [1.5] * channels,
+                "mean_shift": [float(i)] * channels,
+            }
+            for i, bn in enumerate(model["measurements"]["layers"])
+        },
+    }
+    model["measurements"]["inference"] = {
+        "devices": ["CPU:0", "CPU:1"],
+        "device_table": [
+            {"output": "head", "run": "CPU:1", "max_abs": 0.0, "passed": True},
+            {"output": "head", "run": "GPU:0", "max_abs": 0.5, "passed": False},
+        ],
+        "seconds": {"predict CPU:0": 1.25},
+    }
+    model["measurements"]["thermal"] = {"zones": {"a": {"celsius": 41}}, "sensor": "<b>x</b>"}
+    odd = next(m for m in document["models"] if m["path"] == MODELS[0])
+    odd["measurements"].update(statistics="not a mapping", inference=[1, 2], layers={"bn1": {"before": "garbage"}})
+    (tmp_path / "edited.json").write_text(json.dumps(document))
+    run = run_bnaudit("report", str(tmp_path / "edited.json"), "--format", "html", cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    html = run.stdout
+    detail = html[html.index('<section class="model" id="model-3">') :]
+    detail = detail[: detail.index("</section>")]
+    assert detail.count('<rect class="bar') == 2  # one drift bar per BN layer
+    assert "drift per BN layer, input to output" in detail
+    assert detail.count('<details class="channels">') == 2  # collapsed by default
+    assert "<figcaption>mean</figcaption>" in detail and "<figcaption>variance</figcaption>" in detail
+    assert "<figcaption>per channel</figcaption>" in detail  # mean_shift is charted apart
+    assert "Devices: CPU:0, CPU:1." in detail
+    assert re.search(r'<tr class="failed"><td>head</td><td>GPU:0</td><td>0.5</td>', detail)
+    assert "predict CPU:0" not in detail  # durations only with --timestamp
+    assert "&lt;b&gt;x&lt;/b&gt;" in detail and "<td>41</td>" in detail
+    card = html[html.index('<a href="#model-3">') :]
+    assert "<dd>CPU:0, CPU:1</dd>" in card[: card.index("</article>")]
+
+
+@pytest.mark.slow
+def test_a_resnet50_report_stays_under_2_mb(tmp_path):
+    import keras
+
+    keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3)).save(tmp_path / "resnet50.keras")
+    html, document = render(tmp_path, str(tmp_path / "resnet50.keras"))
+    assert document["models"][0]["meta"]["batchnorm_layers"] == 53
+    assert html.count("<tr><td><code>conv") + html.count('<tr class="marked"><td><code>conv') == 53
+    assert len(html.encode()) <= 2 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_templates(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT, source, symlinks=True,
+        ignore=shutil.ignore_patterns(".git", "sample_models", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "benchmarks", "plugins"),
+    )
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("bnaudit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n for n in names if n.startswith("bnaudit/templates/"))
+    assert shipped == sorted(f"bnaudit/templates/{p.name}" for p in (ROOT / "templates").iterdir())
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)], check=True, capture_output=True)
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    where = subprocess.run(
+        [sys.executable, "-c", "from bnaudit.reporters.html import BUILTIN_TEMPLATES as t; print(t)"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert where.stdout.strip() == str(tmp_path / "site" / "bnaudit" / "templates"), where.stderr
+    installed = subprocess.run(
+        [sys.executable, "-m", "bnaudit", "check", str(ROOT / MODELS[1]), "--format", "html"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert "dropout-before-batchnorm" in installed.stdout
