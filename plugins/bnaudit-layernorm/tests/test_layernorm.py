@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +14,14 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def findings(*args) -> dict[tuple[str, str], dict]:
-    """(code, layer) -> finding, for the LN rules on the models given."""
+def findings(*args, cwd=None) -> dict[tuple[str, str, str], dict]:
+    """(model file name, code, layer) -> finding, for the LN rules on the models given."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bnaudit", "check", "--select", "LN", "--format", "json", "--isolated", *map(str, args)],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        [sys.executable, "-m", "bnaudit", "check", "--select", "LN", "--format", "json", *map(str, args)],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd=cwd,
     )
     assert proc.returncode in (0, 1), proc.stderr
-    return {(f["code"], f["layer"]): f for model in json.loads(proc.stdout)["models"] for f in model["findings"]}
+    return {(Path(m["path"]).name, f["code"], f["layer"]): f for m in json.loads(proc.stdout)["models"] for f in m["findings"]}
 
 
 @pytest.fixture(scope="session")
@@ -61,27 +62,22 @@ def models(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("suffix", [".keras", ".h5"])
-def test_each_rule_fires_on_the_layer_it_is_about(models, suffix):
-    found = findings(models["broken" + suffix])
-    assert set(found) == {("LN101", "gn_width"), ("LN201", "ln_nan"), ("LN202", "ln_collapsed")}
-    assert found[("LN101", "gn_width")]["details"]["channel_axis"] == 1
-    assert found[("LN201", "ln_nan")]["details"]["problems"] == {"gamma": {"non_finite": 1, "features": [1]}}
-    assert found[("LN202", "ln_collapsed")]["details"]["dead"] == 4
-    assert found[("LN202", "ln_collapsed")]["severity"] == "warning"  # 4 of 6 features
-
-
-@pytest.mark.parametrize("suffix", [".keras", ".h5"])
-def test_a_well_built_model_gives_nothing(models, suffix):
-    assert findings(models["clean" + suffix]) == {}
+def test_each_rule_fires_on_the_layer_it_is_about_and_only_there(models):
+    found = findings("--isolated", *models.values())
+    for suffix in (".keras", ".h5"):
+        model = "broken" + suffix
+        assert {key for key in found if key[0] == model} == {(model, "LN101", "gn_width"), (model, "LN201", "ln_nan"), (model, "LN202", "ln_collapsed")}
+        assert found[(model, "LN101", "gn_width")]["details"]["channel_axis"] == 1
+        assert found[(model, "LN201", "ln_nan")]["details"]["problems"] == {"gamma": {"non_finite": 1, "features": [1]}}
+        assert found[(model, "LN202", "ln_collapsed")]["details"]["dead"] == 4
+        assert found[(model, "LN202", "ln_collapsed")]["severity"] == "warning"  # 4 of 6 features
+    assert not any(key[0].startswith("clean") for key in found)
 
 
 def test_the_collapse_threshold_comes_from_the_config(models, tmp_path):
     (tmp_path / "bnaudit.toml").write_text("[ln202]\ndead-gamma = 2.0\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnaudit", "check", "--select", "LN202", "--format", "json", str(models["clean.keras"])],
-        capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=120,
-    )
-    found = {f["layer"]: f["details"] for m in json.loads(proc.stdout)["models"] for f in m["findings"]}
-    assert found == {"gn": {"dead": 4, "features": 4, "fraction": 1.0, "dead_features": [0, 1, 2, 3]},
-                     "ln": {"dead": 6, "features": 6, "fraction": 1.0, "dead_features": [0, 1, 2, 3, 4, 5]}}
+    found = findings(models["clean.keras"], cwd=tmp_path)
+    assert {key[2]: f["details"] for key, f in found.items()} == {
+        "gn": {"dead": 4, "features": 4, "fraction": 1.0, "dead_features": [0, 1, 2, 3]},
+        "ln": {"dead": 6, "features": 6, "fraction": 1.0, "dead_features": [0, 1, 2, 3, 4, 5]},
+    }
