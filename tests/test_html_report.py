@@ -194,6 +194,9 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     assert "&lt;b&gt;x&lt;/b&gt;" in detail and "<td>41</td>" in detail
     card = html[html.index('<a href="#model-3">') :]
     assert "<dd>CPU:0, CPU:1</dd>" in card[: card.index("</article>")]
+    for stamp in ((), ("--timestamp",)):
+        again = run_bnaudit("report", str(tmp_path / "edited.json"), "--format", "json", *stamp, cwd=ROOT)
+        assert ("seconds" in json.loads(again.stdout)["models"][2]["measurements"]["inference"]) == bool(stamp)
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@ Version 1: ``{"version": 1, "bnaudit": ..., "models": [{"path", "findings": [{"c
 "name", "severity", "message", "layer", "details", "fix"}], "errors", "skipped", ...}],
 "summary"}``. Fields are only ever added within a version.
 
-Durations (``meta.seconds``, ``meta.rule_seconds``) are left out unless ``--timestamp``
-asks for them, so the same models give byte-identical documents. A document reads back
+Durations (``meta.seconds``, ``meta.rule_seconds``, any ``seconds`` in measurements) are
+left out unless ``--timestamp`` asks for them, so the same models give byte-identical
+documents. A document reads back
 into results with :func:`results_from_document` (``bnaudit report`` re-renders from it).
 """
 
@@ -20,15 +21,25 @@ from ..result import AuditResult, ModelError, SkippedRule
 from . import Report, Reporter
 
 SCHEMA_VERSION = 1
-#: ``meta`` keys that differ from run to run; only written with ``--timestamp``.
-TIMING_META = ("seconds", "rule_seconds")
+#: Keys whose values differ from run to run; only written with ``--timestamp``.
+TIMING_KEYS = ("seconds", "rule_seconds")
+
+
+def without_timings(value: Any) -> Any:
+    """``value`` minus durations anywhere inside, so reports without --timestamp are identical."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
 
 
 def as_document(report: Report) -> dict[str, Any]:
     models = [result.to_dict() for result in report.results]
     if not report.options.get("timestamp"):
         for model in models:
-            model["meta"] = {k: v for k, v in model["meta"].items() if k not in TIMING_META}
+            model["meta"] = without_timings(model["meta"])
+            model["measurements"] = without_timings(model["measurements"])
     document = {
         "version": SCHEMA_VERSION,
         "bnaudit": report.version,

@@ -23,7 +23,7 @@ from ..findings import Finding, Severity
 from ..result import AuditResult
 from ..rule import Rule
 from . import Report
-from .json import TIMING_META
+from .json import without_timings
 from .svg import bar_chart, finite, line_chart, severity_bar
 
 #: Measurement topics with their own section; any other topic is shown as tables.
@@ -313,15 +313,6 @@ def topic_tables(topic: str, value: Any, key_names: tuple[str, ...] = ()) -> lis
 
 def _title(key: str) -> str:
     return str(key).replace("_", " ").capitalize()
-
-
-def without_timings(value: Any) -> Any:
-    """``value`` minus durations anywhere inside, so reports without --timestamp are identical."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_META}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def records_table(title: str, value: Any, key_names: tuple[str, ...] = ()) -> Table | None:
