@@ -157,7 +157,8 @@ def timing_lines(results: Sequence[AuditResult], wall_seconds: float) -> list[st
     for result in results:
         for code, seconds in result.meta.get("rule_seconds", {}).items():
             per_rule[code] += seconds
-    lines = [f"timings: {len(results)} models in {wall_seconds:.2f} s wall time; seconds per check, summed over the models:"]
+    models = f"{len(results)} model{'s' if len(results) != 1 else ''}"
+    lines = [f"timings: {models} in {wall_seconds:.2f} s wall time; seconds per check, summed over the models:"]
     lines += [f"  {code:<8} {seconds:8.3f}" for code, seconds in sorted(per_rule.items(), key=lambda item: -item[1])]
     lines.append("seconds per model (loading included):")
     lines += [f"  {r.meta['seconds']:8.3f}  {r.path}" for r in results if "seconds" in r.meta]
