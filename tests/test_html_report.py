@@ -155,16 +155,20 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
         "batch_size": 32,
         "layers": {
             bn: {
-                "drift": 0.1 * (i + 1),
+                "drift_score": 0.1 * (i + 1),
                 "worst_channel": i,
-                "moving_mean": [0.1 * c for c in range(channels)],
-                "batch_mean": [0.1 * c + i for c in range(channels)],
-                "moving_variance": [1.0] * channels,
-                "batch_variance": [1.5] * channels,
-                "mean_shift": [float(i)] * channels,
+                "per_channel": {
+                    "moving_mean": [0.1 * c for c in range(channels)],
+                    "data_mean": [0.1 * c + i for c in range(channels)],
+                    "moving_variance": [1.0] * channels,
+                    "data_variance": [1.5] * channels,
+                    "mean_shift": [float(i)] * channels,
+                    "batch_mean_std": [0.01] * channels,
+                },
             }
             for i, bn in enumerate(model["measurements"]["layers"])
         },
+        "seconds": 3.5,
     }
     model["measurements"]["inference"] = {
         "devices": ["CPU:0", "CPU:1"],
@@ -184,10 +188,14 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     detail = html[html.index('<section class="model" id="model-3">') :]
     detail = detail[: detail.index("</section>")]
     assert detail.count('<rect class="bar') == 2  # one drift bar per BN layer
-    assert "drift per BN layer, input to output" in detail
+    assert "drift_score per BN layer, input to output" in detail
+    first_layer = detail[detail.index('<details class="channels">') : detail.index("</details>", detail.index('<details class="channels">'))]
+    legends = {
+        caption: re.findall(r'<text class="legend"[^>]*>([^<]+)</text>', chart)
+        for chart, caption in re.findall(r'<figure class="chart">(<svg.*?</svg>)<figcaption>([^<]+)</figcaption>', first_layer)
+    }
+    assert legends == {"mean": ["moving_mean", "data_mean"], "variance": ["moving_variance", "data_variance"], "per channel": ["mean_shift", "batch_mean_std"]}
     assert detail.count('<details class="channels">') == 2  # collapsed by default
-    assert "<figcaption>mean</figcaption>" in detail and "<figcaption>variance</figcaption>" in detail
-    assert "<figcaption>per channel</figcaption>" in detail  # mean_shift is charted apart
     assert "Devices: CPU:0, CPU:1." in detail
     assert re.search(r'<tr class="failed"><td>head</td><td>GPU:0</td><td>0.5</td>', detail)
     assert "predict CPU:0" not in detail  # durations only with --timestamp

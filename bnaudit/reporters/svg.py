@@ -82,6 +82,10 @@ def bar_chart(labels: Sequence[str], values: Sequence[float | None], *, label: s
             f'width="{_num(max(step * 0.8, 0.5))}" height="{_num(max(bottom - top, 0.5))}">'
             f"<title>{escape(name)}: {escape(_fmt(value))}</title></rect>"
         )
+    if labels:  # name the first and the last bar; the others say theirs on hover
+        body.append(f'<text class="tick" x="{LEFT}" y="{HEIGHT - 6}">{escape(labels[0])}</text>')
+        if len(labels) > 1:
+            body.append(f'<text class="tick" x="{WIDTH - RIGHT}" y="{HEIGHT - 6}" text-anchor="end">{escape(labels[-1])}</text>')
     return _frame(label, lo, hi, x_label or f"{len(labels)} layers, input to output", body)
 
 

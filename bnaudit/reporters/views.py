@@ -32,9 +32,10 @@ KNOWN_TOPICS = ("layers", "statistics", "inference")
 MAX_ROWS = 200
 #: Preferred per-layer drift number, by the first of these its name contains.
 DRIFT_HINTS = ("drift", "score", "kl", "shift")
-#: Per-channel arrays that compare rather than describe (``mean_shift``): charted apart
-#: from the means and variances, whose scale they do not share.
-COMPARISON_WORDS = frozenset({"shift", "ratio", "kl", "score", "drift", "log", "diff", "delta"})
+#: Per-channel arrays that compare or spread rather than describe (``mean_shift``,
+#: ``batch_mean_std``): charted apart from the means and variances, whose scale they do
+#: not share.
+COMPARISON_WORDS = frozenset({"shift", "ratio", "kl", "score", "drift", "log", "diff", "delta", "std", "spread"})
 
 
 @dataclass
@@ -425,19 +426,26 @@ def _drift_key(numeric: dict[str, dict[str, float]]) -> str | None:
 
 
 def channel_charts(layer: str, series: dict[str, list]) -> list[tuple[str, Markup]]:
-    """Means together, variances together, anything else per channel together."""
+    """Means together, variances together, anything else per channel together.
+
+    Legends use the last part of a dotted name (``per_channel.data_mean`` -> ``data_mean``)
+    when that is still unique.
+    """
+    short = {name: name.rpartition(".")[2] for name in series}
+    if len(set(short.values())) < len(short):
+        short = {name: name for name in series}
     groups: dict[str, dict[str, list]] = {"mean": {}, "variance": {}, "per channel": {}}
     for name, values in series.items():
-        words = set(re.split(r"[^a-z]+", name.lower()))
+        words = set(re.split(r"[^a-z]+", short[name].lower()))
         if words & COMPARISON_WORDS:
             kind = "per channel"
         elif words & {"mean", "mu"}:
             kind = "mean"
-        elif words & {"var", "variance", "std", "sigma"}:
+        elif words & {"var", "variance", "sigma"}:
             kind = "variance"
         else:
             kind = "per channel"
-        groups[kind][name] = values
+        groups[kind][short[name]] = values
     charts = []
     for kind, members in groups.items():
         if members and finite(v for values in members.values() for v in values):
