@@ -64,6 +64,13 @@ def cli() -> None:
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
+@click.option("--devices", help="Devices the BN4xx re-runs compare with the first CPU, e.g. CPU:1,GPU:0 (default: all).")
+@click.option("--reference", type=click.Choice(["cpu", "float64"]), default="cpu", show_default=True, help="BN401 compares every device with the first CPU, or with a float64 run on it.")
+@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance of the BN4xx comparisons (default: by compute dtype, 1e-4 for float32).")
+@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance of the BN4xx comparisons (default: by compute dtype, 1e-3 for float32).")
+@click.option("--allow-tf32", is_flag=True, help="Leave TensorFloat-32 on for GPU matmuls and convolutions during the BN4xx re-runs.")
+@click.option("--unsafe-load", is_flag=True, help="Let the runtime rules load models with Lambda or custom layers (executes their code: trusted models only).")
+@click.option("--custom-objects", metavar="MODULE:DICT", help="Custom layer classes for --unsafe-load, as a dict in an importable module.")
 @click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (repeatable); `-p no:NAME` switches one off.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs.")
 @rendering_options
@@ -71,7 +78,8 @@ def cli() -> None:
 @baselines.baseline_options
 @run_options
 def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug, templates, timestamp,
-          config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose) -> None:
+          config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose,
+          devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> None:
     """Audit model files, directories (recursing into *.keras and *.h5) and globs."""
     if debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -80,6 +88,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         fail_on=Severity.parse(fail_on),
         data=data,
         inference=inference,
+        runtime=_inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects),
         plugins=tuple(plugins),
         debug=debug,
     )
@@ -123,6 +132,22 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     if (exit_zero and code == ExitCode.FINDINGS) or (write_baseline and code == ExitCode.FINDINGS):
         code = ExitCode.OK
     sys.exit(int(code))
+
+
+def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> dict[str, Any]:
+    """The BN4xx flags as ``AuditOptions.runtime`` keys (see docs/inference.md)."""
+    if custom_objects and not unsafe_load:
+        fail("--custom-objects imports code for the model's custom layers: it needs --unsafe-load")
+    given = {
+        "devices": devices,
+        "reference": reference,
+        "atol": atol,
+        "rtol": rtol,
+        "allow_tf32": allow_tf32,
+        "unsafe_load": unsafe_load,
+        "custom_objects": custom_objects,
+    }
+    return {key: value for key, value in given.items() if value is not None and value is not False}  # keep --atol 0
 
 
 def _targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[tuple[Any, str | None]]:

@@ -1,0 +1,461 @@
+"""Re-run a saved model's inference on every device and call path, and measure the differences.
+
+One :func:`run_inference_checks` per model serves the four rules BN401-BN404 (the rules
+share it through ``Runtime.memo("inference")``). With N samples in batches of B, and
+the first batch of F = min(B, N) samples, it runs, in this order:
+
+1. ``model.predict`` of all N samples on each device, the reference CPU first  (BN401)
+2. with ``--reference float64``: a float64 copy of the model, on the reference CPU (BN401)
+3. ``model.predict`` of the first batch again, on the reference CPU              (BN404)
+4. ``model.predict`` of the subset, each sample in a batch of its own             (BN402)
+5. ``model(x)`` of the first batch, twice                                          (BN403, BN404)
+6. ``model(x)`` of each subset sample alone                                        (BN402)
+
+The subset is :data:`SUBSET_SIZE` samples evenly spaced over the first batch (its first
+and last included), so a sample alone is compared with the very batch it sat in.
+Beyond one ``predict`` per device this costs about three batches and ``2 x SUBSET_SIZE``
+single samples. Direct calls run last, and the model's non-trainable state (moving
+statistics, dropout seeds) is restored after them: a BatchNormalization called with a
+baked-in ``training=True`` updates its moving statistics on every ``model(x)``, and other
+rules share this loaded model.
+
+Two runs are compared Polygraphy-style, element by element, in the model's compute
+dtype: absolute error ``|a - r|``, relative error ``|a - r| / |r|``, each summarised by
+max, mean and 99th percentile (relative error over the elements whose reference is not
+0); an element passes when ``|a - r| <= atol + rtol * |r|`` (NumPy's ``allclose`` rule).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from ..rules.layers import dtype_policy
+from . import import_tensorflow
+from .devices import DevicePlan, plan_devices
+from .synthetic import integer_high, synthetic_inputs
+
+if TYPE_CHECKING:
+    from . import Runtime
+
+#: Samples run (synthetic or the first of ``--data``) unless ``max_samples`` says otherwise.
+DEFAULT_SAMPLES = 128
+DEFAULT_BATCH_SIZE = 32
+#: Samples of the first batch that are also run alone (BN402).
+SUBSET_SIZE = 4
+#: The two call paths, as findings and tables name them.
+PREDICT = "model.predict"
+CALL = "model(x)"
+
+#: Floating dtypes, coarsest first: a model is compared in the coarsest one it computes in.
+PRECISIONS = ("bfloat16", "float16", "float32", "float64")
+
+#: Default (atol, rtol) per compute dtype. Devices, batch sizes and call paths legitimately
+#: pick other kernels and reorder sums, which changes the last bits and grows with depth:
+#: a ResNet50 in float32 differs from its float64 twin by up to 2.9e-6 on unit-scale
+#: logits (docs/inference.md). 1e-4/1e-3 leave over an order of magnitude above that,
+#: while a BN on batch statistics moves outputs by about 1e-1. float16 (epsilon 9.8e-4)
+#: and bfloat16 (7.8e-3) get about ten of their epsilons; float64 keeps float32's ratio
+#: to its epsilon.
+DEFAULT_TOLERANCES = {
+    "float64": (1e-10, 1e-9),
+    "float32": (1e-4, 1e-3),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (5e-2, 5e-2),
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    #: Where the numbers come from: "default for float16", "--atol/--rtol".
+    source: str
+
+
+def compute_dtype(policies: Iterable[str]) -> str:
+    """The coarsest floating dtype among the layers' dtype policies ("mixed_float16" -> float16)."""
+    found = {p.removeprefix("mixed_") for p in policies}
+    return next((d for d in PRECISIONS if d in found), "float32")
+
+
+def tolerance(dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    """The user's ``--atol``/``--rtol`` where given, else the default for ``dtype``."""
+    default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
+    given = [flag for flag, value in (("--atol", atol), ("--rtol", rtol)) if value is not None]
+    source = "/".join(given) if given else f"default for {dtype}"
+    return Tolerance(
+        default_atol if atol is None else float(atol),
+        default_rtol if rtol is None else float(rtol),
+        source,
+    )
+
+
+@dataclass
+class Comparison:
+    """One output of one run against the same output of a reference run: a table row."""
+
+    output: str
+    run: str
+    reference: str
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    max_rel: float
+    mean_rel: float
+    p99_rel: float
+    #: Elements beyond ``atol + rtol * |reference|``, of ``elements``.
+    mismatched: int
+    elements: int
+    #: The element furthest beyond tolerance (the largest error when all pass):
+    #: its sample number in the inputs, index within the sample, both values, errors.
+    worst: dict[str, Any]
+    #: The call path both runs took (``model.predict`` or ``model(x)``), when they share one.
+    path: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatched == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        row = {k: _json_number(v) for k, v in vars(self).items() if k != "worst"}
+        row["passed"] = self.passed
+        row["worst"] = {k: _json_number(v) if isinstance(v, float) else v for k, v in self.worst.items()}
+        return row
+
+    def describe_worst(self) -> str:
+        w = self.worst
+        where = f"sample {w['sample']}" + (f", index {w['index']}" if w["index"] else "")
+        return f"{where}: {w['value']:.6g} vs {w['reference']:.6g}"
+
+
+def compare(
+    output: str,
+    run: str,
+    reference: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    tol: Tolerance,
+    dtype: str,
+    samples: list[int] | None = None,
+) -> Comparison:
+    """Compare ``actual`` with ``expected`` in ``dtype``; ``samples`` maps axis 0 to sample numbers."""
+    a = _as_compute_dtype(actual, dtype)
+    e = _as_compute_dtype(expected, dtype)
+    if a.shape != e.shape:
+        raise ValueError(f"output {output!r}: {run} gives shape {a.shape}, {reference} {e.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - e)
+        same = (np.isnan(a) & np.isnan(e)) | (a == e)  # equal infinities and NaN-for-NaN agree
+        diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+        scale = np.abs(np.where(np.isfinite(e), e, 0.0))
+        defined = scale > 0  # relative error means nothing where the reference is 0
+        rel = np.where(defined, diff / np.where(defined, scale, 1.0), np.nan)
+        allowed = tol.atol + tol.rtol * scale
+        beyond = diff > allowed
+        excess = np.where(diff == 0, 0.0, diff / np.where(allowed > 0, allowed, np.finfo(np.float64).tiny))
+    flat = int(np.argmax(excess if beyond.any() else diff)) if diff.size else 0
+    position = np.unravel_index(flat, diff.shape) if diff.size else (0,)
+    sample = int(position[0]) if diff.ndim else 0
+    worst = {
+        "sample": samples[sample] if samples is not None else sample,
+        "index": [int(i) for i in position[1:]],
+        "value": float(a[position]) if diff.size else 0.0,
+        "reference": float(e[position]) if diff.size else 0.0,
+        "abs": float(diff[position]) if diff.size else 0.0,
+        "rel": float(rel[position]) if diff.size and defined[position] else None,
+    }
+    return Comparison(
+        output=output,
+        run=run,
+        reference=reference,
+        max_abs=_stat(np.max, diff),
+        mean_abs=_stat(np.mean, diff),
+        p99_abs=_p99(diff),
+        max_rel=_stat(np.max, rel[defined]),
+        mean_rel=_stat(np.mean, rel[defined]),
+        p99_rel=_p99(rel[defined]),
+        mismatched=int(beyond.sum()),
+        elements=int(diff.size),
+        worst=worst,
+    )
+
+
+@dataclass
+class InferenceResults:
+    """Every comparison the re-runs made, grouped by the rule that judges them."""
+
+    plan: DevicePlan
+    #: The run every device is compared with: the reference CPU, or its float64 copy.
+    reference: str
+    inputs: dict[str, Any]
+    compute_dtype: str
+    tolerance: Tolerance
+    devices: list[Comparison] = field(default_factory=list)  # BN401
+    batch_dependence: list[Comparison] = field(default_factory=list)  # BN402
+    call_vs_predict: list[Comparison] = field(default_factory=list)  # BN403
+    repeatability: list[Comparison] = field(default_factory=list)  # BN404
+    #: Paths whose repeat differed: their batch-dependence rows say nothing (noise).
+    unrepeatable_paths: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``AuditResult.measurements["inference"]``: the device x output table and the rest."""
+        return {
+            "devices": self.plan.all,
+            "reference": self.reference,
+            "gpu": self.plan.gpu_status,
+            "tf32": self.plan.tf32,
+            "inputs": self.inputs,
+            "compute_dtype": self.compute_dtype,
+            "tolerance": vars(self.tolerance),
+            "device_table": [row.to_dict() for row in self.devices],
+            "batch_dependence": [row.to_dict() for row in self.batch_dependence],
+            "call_vs_predict": [row.to_dict() for row in self.call_vs_predict],
+            "repeatability": [row.to_dict() for row in self.repeatability],
+            "seconds": self.seconds,
+        }
+
+
+def run_inference_checks(runtime: "Runtime") -> InferenceResults:
+    """Run every pass of the module docstring on ``runtime.model`` and compare the outputs."""
+    tf = import_tensorflow()
+    options = runtime.options.runtime
+    seconds: dict[str, float] = {}
+    with _Timer(seconds)("load model"):  # ~0 when another rule loaded it first
+        model = runtime.model
+    plan = plan_devices(tf, options.get("devices"), bool(options.get("allow_tf32")))
+    batch_size = int(options.get("batch_size") or DEFAULT_BATCH_SIZE)
+    inputs, described = _inputs(runtime, batch_size)
+    dtype = compute_dtype(dtype_policy(layer) for layer in runtime.graph)
+    float64 = options.get("reference") == "float64"
+    results = InferenceResults(
+        plan=plan,
+        reference=f"{plan.reference} (float64)" if float64 else plan.reference,
+        inputs=described,
+        compute_dtype=dtype,
+        tolerance=tolerance(dtype, options.get("atol"), options.get("rtol")),
+        seconds=seconds,
+    )
+    passes = _Passes(tf, model, _output_names(model, runtime.graph), plan, results, batch_size)
+    reference = float64_copy(model, safe_mode=not options.get("unsafe_load")) if float64 else None
+    base = passes.on_devices(inputs, reference)
+    first = min(batch_size, len(inputs[0]))
+    subset = sorted({int(round(i)) for i in np.linspace(0, first - 1, SUBSET_SIZE)}) if first > 1 else []
+    if not subset:
+        results.notes.append("batch dependence (BN402) was not checked: it needs at least 2 samples")
+    passes.predict_path(inputs, base, first, subset)
+    passes.call_path(inputs, base, first, subset)
+    results.notes.insert(0, _devices_note(plan, results.reference))
+    return results
+
+
+class _Passes:
+    """The runs of one model and the comparisons they feed (see the module docstring)."""
+
+    def __init__(self, tf, model, names: list[str], plan: DevicePlan, results: InferenceResults, batch_size: int) -> None:
+        self.tf, self.model, self.names, self.plan = tf, model, names, plan
+        self.results, self.batch_size = results, batch_size
+        self.timer = _Timer(results.seconds)
+
+    def on_devices(self, inputs: list[np.ndarray], float64_model=None) -> list[np.ndarray]:
+        """``predict`` on every device, compared with the reference; returns the reference CPU's outputs."""
+        outputs = {}
+        for device in self.plan.all:
+            with self.timer(f"predict {device}"):
+                outputs[device] = self._predict(self.model, device, inputs, self.batch_size)
+        if float64_model is not None:
+            with self.timer("predict float64"):
+                reference = self._predict(float64_model, self.plan.reference, inputs, self.batch_size)
+            runs = self.plan.all
+        else:
+            reference, runs = outputs[self.plan.reference], self.plan.compared
+        for device in runs:
+            self.results.devices += self._compare(PREDICT, device, self.results.reference, outputs[device], reference)
+        return outputs[self.plan.reference]
+
+    def predict_path(self, inputs, base, first: int, subset: list[int]) -> None:
+        """The first batch again (BN404) and the subset one sample per batch (BN402)."""
+        with self.timer("predict repeat"):
+            again = self._predict(self.model, self.plan.reference, [x[:first] for x in inputs], self.batch_size)
+        self._check_repeat(PREDICT, again, [o[:first] for o in base])
+        if subset:
+            with self.timer("predict alone"):
+                alone = self._predict(self.model, self.plan.reference, [x[subset] for x in inputs], 1)
+            self.results.batch_dependence += self._compare(
+                PREDICT, f"{PREDICT}, each sample alone", f"{PREDICT}, in a batch of {first}", alone, [o[subset] for o in base], subset
+            )
+
+    def call_path(self, inputs, base, first: int, subset: list[int]) -> None:
+        """``model(x)`` on the first batch twice (BN403, BN404) and on each subset sample (BN402)."""
+        head = [x[:first] for x in inputs]
+        with _state_restored(self.model), self.timer("call"):
+            called = self._call(head)
+            called_again = self._call(head)
+            alone = [self._call([x[i : i + 1] for x in inputs]) for i in subset]
+        self.results.call_vs_predict += self._compare("", CALL, PREDICT, called, [o[:first] for o in base])
+        self._check_repeat(CALL, called_again, called)
+        if subset:
+            stacked = [np.concatenate(parts) for parts in zip(*alone)]
+            self.results.batch_dependence += self._compare(
+                CALL, f"{CALL}, each sample alone", f"{CALL}, in a batch of {first}", stacked, [o[subset] for o in called], subset
+            )
+
+    def _check_repeat(self, path: str, again, first_run) -> None:
+        rows = self._compare(path, f"{path} on {self.plan.reference}, repeated", f"{path}, first run", again, first_run)
+        self.results.repeatability += rows
+        if not all(row.passed for row in rows):
+            self.results.unrepeatable_paths.append(path)
+
+    def _compare(self, path, run, reference, actual, expected, samples=None) -> list[Comparison]:
+        results = self.results
+        rows = [
+            compare(name, run, reference, a, e, results.tolerance, results.compute_dtype, samples)
+            for name, a, e in zip(self.names, actual, expected)
+        ]
+        for row in rows:
+            row.path = path
+        return rows
+
+    def _predict(self, model, device: str, inputs: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+        with self.tf.device(f"/{device}"):
+            return _flat(model.predict(_feed(inputs), batch_size=batch_size, verbose=0))
+
+    def _call(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        with self.tf.device(f"/{self.plan.reference}"):
+            return _flat(self.model(_feed(inputs)))
+
+
+def float64_copy(model, safe_mode: bool = True):
+    """The model rebuilt with every layer computing in float64, holding the same weights.
+
+    Layers are rebuilt from their serialised form, in the same safe mode the model was
+    loaded in (a Lambda needs ``--unsafe-load`` here too).
+    """
+    import keras
+
+    def to_float64(layer):
+        serialized = keras.saving.serialize_keras_object(layer)
+        if "dtype" in serialized["config"]:
+            serialized["config"]["dtype"] = "float64"
+        own_class = {type(layer).__name__: type(layer)}  # custom classes resolve without a registry
+        return keras.saving.deserialize_keras_object(serialized, custom_objects=own_class, safe_mode=safe_mode)
+
+    copy = keras.models.clone_model(model, clone_function=to_float64, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _inputs(runtime: "Runtime", batch_size: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The samples to run: from ``--data`` (through ``data.iter_batches``) or synthetic."""
+    options = runtime.options
+    limit = int(options.runtime.get("max_samples") or DEFAULT_SAMPLES)
+    if options.data:
+        from .data import iter_batches
+
+        batches = list(iter_batches(options.data, runtime.model, batch_size, limit))
+        arrays = [np.concatenate(parts) for parts in zip(*batches)]
+        described = {"source": "data", "data": str(options.data)}
+    else:
+        seed = int(options.runtime.get("seed") or 0)
+        arrays = synthetic_inputs(runtime.model, limit, seed, integer_high(runtime.graph))
+        described = {"source": "synthetic", "seed": seed, "distribution": "N(0, 1) floats, uniform integers"}
+    described.update(samples=len(arrays[0]), batch_size=batch_size, shapes=[list(a.shape) for a in arrays])
+    return arrays, described
+
+
+def _feed(arrays: list[np.ndarray]):
+    return arrays[0] if len(arrays) == 1 else list(arrays)
+
+
+def _flat(outputs) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
+
+
+@contextmanager
+def _state_restored(model):
+    """Undo what direct calls change: moving statistics under a baked-in training=True, seeds."""
+    saved = [(variable, np.array(variable.numpy())) for variable in model.non_trainable_variables]
+    try:
+        yield
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+
+
+def _output_names(model, graph) -> list[str]:
+    """Output layer paths as the static rules name them, else Keras's output names."""
+    count = len(model.outputs)
+    if len(graph.outputs) == count:
+        return list(graph.outputs)
+    names = list(getattr(model, "output_names", None) or [])
+    return names if len(names) == count else [f"output_{i}" for i in range(count)]
+
+
+def _devices_note(plan: DevicePlan, reference: str) -> str:
+    ran = ", ".join(plan.all)
+    if plan.gpus:
+        return f"inference re-runs on {ran}; compared with {reference}; {plan.gpu_status}"
+    if plan.compared:
+        return f"inference re-runs on {ran}; compared with {reference}; no GPU found: the CPU-GPU comparison was skipped"
+    return f"inference re-runs on {ran} only; no GPU found: the cross-device comparison (BN401) compared nothing"
+
+
+def _as_compute_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` rounded to ``dtype`` (a float16 model is judged in float16), as float64."""
+    target = _numpy_dtype(dtype)
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and np.finfo(values.dtype).bits > _bits(target):
+        values = values.astype(target)
+    return values.astype(np.float64)
+
+
+def _numpy_dtype(name: str):
+    if name == "bfloat16":
+        import ml_dtypes  # shipped with Keras 3
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _bits(dtype) -> int:
+    return 16 if dtype.name == "bfloat16" else np.finfo(dtype).bits
+
+
+def _stat(function, values: np.ndarray) -> float:
+    return float(function(values)) if values.size else 0.0
+
+
+def _p99(values: np.ndarray) -> float:
+    """99th percentile as an element of ``values`` (no interpolation across an infinity)."""
+    return float(np.percentile(values, 99, method="higher")) if values.size else 0.0
+
+
+def _json_number(value: Any) -> Any:
+    """JSON has no NaN or infinity: those become the strings "nan", "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class _Timer:
+    """``with timer("pass"):`` adds the pass's wall time, in seconds, to a dict."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 4)
