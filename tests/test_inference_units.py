@@ -89,7 +89,7 @@ def test_select_devices_refuses_a_device_tensorflow_does_not_list():
     with pytest.raises(LoadError) as info:
         select_devices(["CPU:0", "CPU:1"], "GPU:0")
     assert info.value.message == "--devices names 'GPU:0', which TensorFlow does not list"
-    assert info.value.hint == "choose from CPU:0, CPU:1 (no GPU found)"
+    assert info.value.hint == "choose from CPU:0, CPU:1; no GPU found"
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def select_devices(available: list[str], wanted: str | None) -> tuple[str, list[
         if name not in available:
             raise LoadError(
                 f"--devices names {raw.strip()!r}, which TensorFlow does not list",
-                f"choose from {', '.join(available)}" + ("" if any(d.startswith("GPU:") for d in available) else f" ({NO_GPU})"),
+                f"choose from {', '.join(available)}" + ("" if any(d.startswith("GPU:") for d in available) else f"; {NO_GPU}"),
             )
         if name != reference and name not in chosen:
             chosen.append(name)

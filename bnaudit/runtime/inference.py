@@ -159,16 +159,15 @@ def compare(
         allowed = tol.atol + tol.rtol * scale
         beyond = diff > allowed
         excess = np.where(diff == 0, 0.0, diff / np.where(allowed > 0, allowed, np.finfo(np.float64).tiny))
-    flat = int(np.argmax(excess if beyond.any() else diff)) if diff.size else 0
-    position = np.unravel_index(flat, diff.shape) if diff.size else (0,)
-    sample = int(position[0]) if diff.ndim else 0
+    position = np.unravel_index(int(np.argmax(excess if beyond.any() else diff)), diff.shape)
+    sample = int(position[0])
     worst = {
         "sample": samples[sample] if samples is not None else sample,
         "index": [int(i) for i in position[1:]],
-        "value": float(a[position]) if diff.size else 0.0,
-        "reference": float(e[position]) if diff.size else 0.0,
-        "abs": float(diff[position]) if diff.size else 0.0,
-        "rel": float(rel[position]) if diff.size and defined[position] else None,
+        "value": float(a[position]),
+        "reference": float(e[position]),
+        "abs": float(diff[position]),
+        "rel": float(rel[position]) if defined[position] else None,
     }
     return Comparison(
         output=output,
@@ -431,6 +430,7 @@ def _bits(dtype) -> int:
 
 
 def _stat(function, values: np.ndarray) -> float:
+    """``function(values)``, 0 for no values (no element has a relative error)."""
     return float(function(values)) if values.size else 0.0
 
 
