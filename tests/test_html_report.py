@@ -208,14 +208,33 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resnet50_report_stays_under_2_mb(tmp_path):
+def test_a_resnet50_report_stays_under_2_mb_even_with_per_channel_statistics(tmp_path):
+    """Static audit as it comes, then with nine per-channel series of noise on every BN
+    layer (its real channel count): the worst case for the charts' size."""
     import keras
+    import numpy as np
 
-    keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3)).save(tmp_path / "resnet50.keras")
+    model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
+    model.save(tmp_path / "resnet50.keras")
     html, document = render(tmp_path, str(tmp_path / "resnet50.keras"))
     assert document["models"][0]["meta"]["batchnorm_layers"] == 53
     assert html.count("<tr><td><code>conv") + html.count('<tr class="marked"><td><code>conv') == 53
     assert len(html.encode()) <= 2 * 1024 * 1024
+    rng = np.random.default_rng(0)
+    series = ("data_mean", "data_variance", "moving_mean", "moving_variance", "mean_shift", "log_variance_ratio", "symmetric_kl", "batch_mean_std", "batch_variance_std")
+    channels = {layer.name: int(layer.gamma.shape[0]) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    document["models"][0]["measurements"]["statistics"] = {
+        "layers": {
+            bn: {"channels": n, "drift_score": float(rng.random()), "per_channel": {name: rng.normal(size=n).tolist() for name in series}}
+            for bn, n in channels.items()
+        }
+    }
+    (tmp_path / "with_data.json").write_text(json.dumps(document))
+    run = run_bnaudit("report", str(tmp_path / "with_data.json"), "--format", "html", "-o", str(tmp_path / "with_data.html"))
+    assert run.returncode == 0, run.stderr
+    with_data = (tmp_path / "with_data.html").read_text()
+    assert with_data.count('<details class="channels">') == 53 and sum(channels.values()) == 26560
+    assert len(with_data.encode()) <= 2 * 1024 * 1024, len(with_data.encode())
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from markupsafe import Markup, escape
 
-MAX_POINTS = 512
+MAX_POINTS = 256
 WIDTH, HEIGHT = 720, 200
 LEFT, RIGHT, TOP, BOTTOM = 56, 8, 10, 26
 
@@ -103,7 +103,7 @@ def line_chart(series: dict[str, Sequence[float]], *, label: str, x_label: str =
     x_scale = plot_w / max(count - 1, 1)
     body = []
     for n, (name, points) in enumerate(thinned.items()):
-        coords = " ".join(f"{_num(LEFT + i * x_scale)},{_num(TOP + plot_h * (hi - v) / (hi - lo))}" for i, v in points)
+        coords = " ".join(f"{LEFT + i * x_scale:.0f},{_num(TOP + plot_h * (hi - v) / (hi - lo))}" for i, v in points)
         body.append(f'<polyline class="series series-{n % 6}" points="{coords}"><title>{escape(name)}</title></polyline>')
         legend_y = TOP + 14 + 16 * n
         body.append(f'<line class="series series-{n % 6}" x1="{WIDTH - 146}" y1="{legend_y - 4}" x2="{WIDTH - 130}" y2="{legend_y - 4}"/>')
