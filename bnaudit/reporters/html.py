@@ -25,7 +25,8 @@ from markupsafe import Markup, escape
 
 from ..hookspecs import hookimpl
 from . import RenderError, Report, Reporter
-from .views import build, format_value
+from .measurements import format_value
+from .views import build
 
 #: ``bnaudit/templates``: the top-level ``templates/`` in a checkout (a symlink), a real
 #: directory inside the wheel.
