@@ -16,7 +16,20 @@ def write_atomic(path: str | Path, text: str | bytes) -> None:
         binary = isinstance(text, bytes)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
             handle.write(text)
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would leave: the file's own if it exists, else
+    0o666 less the umask (``mkstemp`` makes 0o600 files that CI artifact uploaders or a
+    web server running as another user could not read)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,17 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
     write_atomic(target, "new")
     assert target.read_text() == "new"
+
+
+def test_written_reports_are_as_readable_as_any_new_file(first_run, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "fresh.html", "x")
+        (tmp_path / "kept.html").write_text("old")
+        (tmp_path / "kept.html").chmod(0o640)
+        write_atomic(tmp_path / "kept.html", "new")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "fresh.html").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "kept.html").stat().st_mode & 0o777 == 0o640
+    assert (first_run / "report.html").stat().st_mode & 0o777 == 0o666 & ~umask
