@@ -170,11 +170,12 @@ def test_text_output_says_which_devices_ran_and_that_no_gpu_was_found(shared_run
 def test_float64_reference_with_zero_tolerance_names_output_devices_and_worst_element(models, tmp_path):
     out = tmp_path / "out.json"
     run = run_bnaudit(
-        "check", models / "clean.keras", "--inference", "--select", "BN401",
+        "check", models / "clean.keras", "--inference", "--select", "BN401", "--devices", "CPU:1",
         "--reference", "float64", "--atol", "0", "--rtol", "0", "--format", "json", "-o", out,
     )  # fmt: skip
     assert run.returncode == 1, run.stderr
     [model] = json.loads(out.read_text())["models"]
+    assert model["measurements"]["inference"]["devices"] == ["CPU:0", "CPU:1"]  # the reference CPU always runs
     findings = sorted((f["layer"], f["details"]["run"]) for f in model["findings"])
     assert findings == [("aux", "CPU:0"), ("aux", "CPU:1"), ("head", "CPU:0"), ("head", "CPU:1")]
     for finding in model["findings"]:
@@ -208,13 +209,15 @@ def test_data_from_npy_feeds_the_same_checks(models, tmp_path):
     out = tmp_path / "out.json"
     run = run_bnaudit(
         "check", SAMPLES / "bn_training_baked.keras", "--data", models / "images.npy", "--select", "BN4",
-        "--format", "json", "-o", out,
+        "--allow-tf32", "--format", "json", "-o", out,
     )  # fmt: skip
     assert run.returncode == 1, run.stderr
     [model] = json.loads(out.read_text())["models"]
     assert bn4(model) == [("BN402", "head"), ("BN403", "head")]
-    inputs = model["measurements"]["inference"]["inputs"]
-    assert inputs["source"] == "data" and inputs["samples"] == 40 and inputs["shapes"] == [[40, 8, 8, 3]]
+    inference = model["measurements"]["inference"]
+    assert inference["inputs"]["source"] == "data" and inference["inputs"]["samples"] == 40
+    assert inference["inputs"]["shapes"] == [[40, 8, 8, 3]]
+    assert inference["tf32"] is None and inference["gpu"] == "no GPU found"  # --allow-tf32 has no GPU to act on
 
 
 def test_without_data_or_inference_the_rules_are_skipped(models):
