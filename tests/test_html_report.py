@@ -192,9 +192,13 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     first_layer = detail[detail.index('<details class="channels">') : detail.index("</details>", detail.index('<details class="channels">'))]
     legends = {
         caption: re.findall(r'<text class="legend"[^>]*>([^<]+)</text>', chart)
-        for chart, caption in re.findall(r'<figure class="chart">(<svg.*?</svg>)<figcaption>([^<]+)</figcaption>', first_layer)
+        for caption, chart in re.findall(r'<figure class="chart"><figcaption>([^<]+)</figcaption>(<svg.*?</svg>)', first_layer)
     }
-    assert legends == {"mean": ["moving_mean", "data_mean"], "variance": ["moving_variance", "data_variance"], "per channel": ["mean_shift", "batch_mean_std"]}
+    assert legends == {
+        "mean per channel": ["moving_mean", "data_mean"],
+        "variance per channel": ["moving_variance", "data_variance"],
+        "other numbers per channel": ["mean_shift", "batch_mean_std"],
+    }
     assert detail.count('<details class="channels">') == 2  # collapsed by default
     assert "Devices: CPU:0, CPU:1." in detail
     assert re.search(r'<tr class="failed"><td>head</td><td>GPU:0</td><td>0.5</td>', detail)

@@ -229,20 +229,21 @@ def channel_charts(layer: str, series: dict[str, list]) -> list[tuple[str, Marku
     short = {name: name.rpartition(".")[2] for name in series}
     if len(set(short.values())) < len(short):
         short = {name: name for name in series}
-    groups: dict[str, dict[str, list]] = {"mean": {}, "variance": {}, "per channel": {}}
+    groups: dict[str, dict[str, list]] = {"mean": {}, "variance": {}, "other": {}}
     for name, values in series.items():
         words = set(re.split(r"[^a-z]+", short[name].lower()))
         if words & COMPARISON_WORDS:
-            kind = "per channel"
+            kind = "other"
         elif words & {"mean", "mu"}:
             kind = "mean"
         elif words & {"var", "variance", "sigma"}:
             kind = "variance"
         else:
-            kind = "per channel"
+            kind = "other"
         groups[kind][short[name]] = values
     charts = []
     for kind, members in groups.items():
         if members and finite(v for values in members.values() for v in values):
-            charts.append((kind, line_chart(members, label=f"{layer}: {kind} per channel")))
+            title = f"{kind} per channel" if kind != "other" else "other numbers per channel"
+            charts.append((title, line_chart(members, label=f"{layer}: {title}")))
     return charts
