@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnaudit.output import write_atomic
+from bnaudit.reporters.json import DocumentError, results_from_document
 from conftest import ROOT, run_bnaudit
 
 MODELS = [
@@ -111,8 +112,6 @@ def test_report_reads_standard_input(first_run):
         (None, "no such file (give the JSON written by `bnaudit check --format json -o FILE`)"),
         ("{not json", "not JSON (Expecting property name enclosed in double quotes at line 1, column 2)"),
         ('{"version": 2, "models": []}', "document version 2 is not supported (this bnaudit reads version 1)"),
-        ('{"version": 1, "models": [{"path": "m.keras", "findings": [{"code": "BN101", "message": "m"}]}]}', "models[0].findings[0]: 'severity' is missing"),
-        ('{"version": 1, "models": {}}', "document.models: expected list, got dict"),
     ],
 )
 def test_unreadable_documents_give_one_line_and_exit_2(tmp_path, content, message):
@@ -123,6 +122,24 @@ def test_unreadable_documents_give_one_line_and_exit_2(tmp_path, content, messag
     assert run.returncode == 2
     assert run.stderr == f"bnaudit: error: {document}: {message}\n"
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({"models": []}, "not a bnaudit results document (no 'version'); write one with `bnaudit check --format json`"),
+        ({"version": 1, "models": {}}, "document.models: expected list, got dict"),
+        ({"version": 1, "models": [{"findings": []}]}, "models[0]: 'path' is missing"),
+        ({"version": 1, "models": [{"path": "m.keras", "findings": [{"code": "BN101", "message": "m"}]}]}, "models[0].findings[0]: 'severity' is missing"),
+        ({"version": 1, "models": [{"path": "m.keras", "findings": [{"code": "BN101", "message": "m", "severity": "bad"}]}]},
+         "models[0].findings[0]: unknown severity 'bad' (choose from info, warning, error)"),
+        ({"version": 1, "models": [{"path": "m.keras", "errors": [{"rule": "BN101"}]}]}, "models[0].errors[0]: 'message' is missing"),
+    ],
+)
+def test_documents_are_checked_where_it_matters(document, message):
+    with pytest.raises(DocumentError) as raised:
+        results_from_document(document)
+    assert str(raised.value) == message
 
 
 @pytest.mark.parametrize(
