@@ -59,7 +59,7 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str,
     if risky and not unsafe:
         raise LoadError(
             f"refusing to load a model that can execute code: {', '.join(risky[:3])}",
-            "pass --unsafe-load (and --custom-objects module:dict for custom layers) only for models you trust",
+            "only for models you trust: pass --unsafe-load, plus --custom-objects module:dict for custom layers",
         )
     import_tensorflow()
     import keras
