@@ -1,8 +1,9 @@
 """Benchmark: `bnaudit check DIR -j 2` against `-j 1` on a directory of 16 small models.
 
 Builds 16 small Conv/BN models with Keras in a temporary directory, then times the real
-command (a subprocess, as a CI job runs it) serially and in parallel, twice each, taking
-the best run. Two workloads:
+command (a subprocess, as a CI job runs it) serially and in parallel, alternating, three
+times each, and keeps the best run of each (the least disturbed by other work on the
+machine). Two workloads:
 
 - static rules only (the default `check`): milliseconds per model, so start-up decides;
 - `--inference` (BN4xx, the model loaded by Keras and re-run): seconds per model, the
@@ -10,7 +11,7 @@ the best run. Two workloads:
 
 The findings of both runs are compared, and the ratio serial/parallel printed.
 
-    python benchmarks/parallel.py [--jobs 2] [--models 16]
+    python benchmarks/parallel.py [--jobs 2] [--models 16] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -72,13 +73,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--models", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         build_models(directory, args.models)
         for label, extra in (("static rules", []), ("--inference --select BN4", ["--inference", "--select", "BN4"])):
-            serial = min(run(directory, 1, extra) for _ in range(2))
-            parallel = min(run(directory, args.jobs, extra) for _ in range(2))
+            serial, parallel = [], []
+            for _ in range(args.repeat):
+                serial.append(run(directory, 1, extra))
+                parallel.append(run(directory, args.jobs, extra))
+            serial, parallel = min(serial), min(parallel)
             same = "same findings" if serial[1] == parallel[1] else "DIFFERENT FINDINGS"
             print(
                 f"{args.models} models, {label}: -j 1 {serial[0]:.2f} s, -j {args.jobs} {parallel[0]:.2f} s, "

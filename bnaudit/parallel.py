@@ -8,7 +8,8 @@ its thread pools are sized to its share of the CPUs, since N workers each using 
 core would only fight over them.
 Results come back in the order the models were given, so ``-j N`` reports exactly what
 ``-j 1`` does. A worker that dies (a native crash on a hostile file) costs only the
-model it was auditing: the others are audited again in fresh processes.
+model it was auditing: each worker marks the model it is on, so after a crash the
+marked models are audited again one at a time and the unmarked ones together.
 
 TensorFlow writes its start-up logs from C++ straight to file descriptor 2, past
 ``TF_CPP_MIN_LOG_LEVEL``; while models are audited that descriptor points at
@@ -21,6 +22,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import tempfile
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -73,31 +75,38 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Au
         auditors = Auditors(auditor.pm, auditor)
         with native_stderr_silenced(not debug):
             return [auditors.audit(path, options) for path, options in jobs]
-    results: list[AuditResult | None] = _in_pool(jobs, workers, auditor.options.plugins, debug)
-    for index, result in enumerate(results):
-        if result is None:  # its worker died, perhaps because of another model: alone this time
-            results[index] = _in_pool([jobs[index]], 1, auditor.options.plugins, debug)[0] or _died(jobs[index][0])
+    plugins = auditor.options.plugins
+    results, suspects = _in_pool(jobs, workers, plugins, debug)
+    lost = [index for index, result in enumerate(results) if result is None]
+    suspects = (suspects & set(lost)) or set(lost)  # none marked: a worker died between audits
+    for index in sorted(suspects):
+        results[index] = _in_pool([jobs[index]], 1, plugins, debug)[0][0] or _died(jobs[index][0])
+    innocent = [index for index in lost if index not in suspects]
+    if innocent:  # cut short by another model's crash: together again
+        for index, result in zip(innocent, audit_models([jobs[i] for i in innocent], workers, auditor)):
+            results[index] = result
     return results  # type: ignore[return-value]
 
 
-def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> list[AuditResult | None]:
-    """Results in job order; None for a job whose worker process died."""
+def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> tuple[list[AuditResult | None], set[int]]:
+    """Results in job order, None where a worker died; and the jobs a dead worker was on."""
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
     results: list[AuditResult | None] = []
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(plugins, debug, threads)) as pool:
-        futures = [pool.submit(_audit_in_worker, path, options) for path, options in jobs]
-        for (path, _), future in zip(jobs, futures):
-            try:
-                results.append(future.result())
-            except BrokenProcessPool:
-                results.append(None)
-            except Exception as exc:  # a result that cannot travel back, or a bug: this model only
-                results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
-    return results
+    with tempfile.TemporaryDirectory(prefix="bnaudit-jobs-") as markers:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(plugins, debug, threads)) as pool:
+            futures = [pool.submit(_audit_in_worker, index, path, options, markers) for index, (path, options) in enumerate(jobs)]
+            for (path, _), future in zip(jobs, futures):
+                try:
+                    results.append(future.result())
+                except BrokenProcessPool:
+                    results.append(None)
+                except Exception as exc:  # a result that cannot travel back, or a bug: this model only
+                    results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
+        return results, {int(name) for name in os.listdir(markers)}
 
 
 def _died(path: Path) -> AuditResult:
@@ -122,8 +131,13 @@ def _start_worker(plugins: tuple[str, ...], debug: bool, threads: int) -> None:
     _worker["auditors"] = Auditors(make_plugin_manager(plugins))
 
 
-def _audit_in_worker(path: Path, options: AuditOptions) -> AuditResult:
-    return _worker["auditors"].audit(path, options)
+def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str) -> AuditResult:
+    """Audit one model, with a marker file naming it while it is being audited."""
+    marker = Path(markers, str(index))
+    marker.touch()
+    result = _worker["auditors"].audit(path, options)
+    marker.unlink()
+    return result
 
 
 def _point_stderr_at_devnull() -> int:
