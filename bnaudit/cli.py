@@ -30,6 +30,7 @@ from .report_cli import rendering_options, report, report_options
 from .reporters import RenderError, Report
 from .reporters.text import summary_line
 from .selection import Selection
+from .stats_cli import merge, statistics_options, statistics_runtime, stats
 
 
 def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -64,6 +65,7 @@ def cli() -> None:
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
+@statistics_options
 @click.option("--devices", help="Devices the BN4xx re-runs compare with the first CPU, e.g. CPU:1,GPU:0 (default: all).")
 @click.option("--reference", type=click.Choice(["cpu", "float64"]), default="cpu", show_default=True, help="BN401 compares every device with the first CPU, or with a float64 run on it.")
 @click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance of the BN4xx comparisons (default: by compute dtype, 1e-4 for float32).")
@@ -79,7 +81,8 @@ def cli() -> None:
 @run_options
 def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug, templates, timestamp,
           config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose,
-          devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> None:
+          devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects,
+          batch_size, max_samples, upstream, per_channel, stats_file) -> None:
     """Audit model files, directories (recursing into *.keras and *.h5) and globs."""
     if debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -88,7 +91,10 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         fail_on=Severity.parse(fail_on),
         data=data,
         inference=inference,
-        runtime=_inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects),
+        runtime={
+            **_inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects),
+            **statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file),
+        },
         plugins=tuple(plugins),
         debug=debug,
     )
@@ -230,6 +236,8 @@ def formats() -> None:
 
 
 cli.add_command(report)
+cli.add_command(stats)
+cli.add_command(merge)
 
 
 def _rules(plugins: tuple[str, ...]):

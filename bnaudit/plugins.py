@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "bnaudit.rules.placement",
     "bnaudit.rules.weights",
     "bnaudit.rules.safety",
+    "bnaudit.rules.statistics",
     "bnaudit.rules.inference",
     "bnaudit.reporters.text",
     "bnaudit.reporters.json",

@@ -1,8 +1,8 @@
 """``--data`` sources: arrays, image directories and factories, fed to real Keras models.
 
-Most tests call :func:`bnaudit.runtime.data.iter_batches` directly (it is the API the
-statistics and inference rules share); one runs the real command to show that bad data
-is one line on stderr and exit code 2.
+The tests call :func:`bnaudit.runtime.data.iter_batches` directly (it is the API the
+statistics and inference rules share); tests/test_statistics.py runs the real command
+with data that does not fit (one line on stderr, exit code 2).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import run_bnaudit
 
 
 @pytest.fixture(scope="module")
@@ -216,18 +215,3 @@ def test_unknown_sources_say_what_data_takes(tmp_path, mlp, monkeypatch, spec, m
     (tmp_path / "table.csv").write_text("1,2\n")
     with pytest.raises(DataError, match=message):
         batches(spec, mlp)
-
-
-def test_bad_data_on_the_command_line_is_one_line_and_exit_2(tmp_path, keras):
-    inp = keras.Input((8,), name="features")
-    x = keras.layers.BatchNormalization(name="bn")(inp)
-    keras.Model(inp, keras.layers.Dense(2, name="out")(x)).save(tmp_path / "m.keras")
-    np.save(tmp_path / "wrong.npy", np.zeros((4, 5), np.float32))
-    run = run_bnaudit("check", tmp_path / "m.keras", "--data", tmp_path / "wrong.npy", "--select", "BN3")
-    assert run.returncode == 2
-    errors = [line for line in run.stderr.splitlines() if line.startswith("bnaudit: error")]
-    assert errors == [
-        f"bnaudit: error: {tmp_path / 'm.keras'} [BN301]: --data {tmp_path / 'wrong.npy'}: input 'features' expects shape "
-        "(None, 8) float32; the data has shape (4, 5) float32 (reshape the data to the model's input shape)"
-    ]
-    assert "Traceback" not in run.stderr

@@ -32,6 +32,7 @@ from . import import_tensorflow
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+DEFAULT_BATCH_SIZE = 32
 DATA_HINT = "--data takes a .npy or .npz file, an image directory, or package.module:function"
 
 
@@ -89,7 +90,7 @@ class Batches:
 def iter_batches(
     spec: str,
     model,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_samples: int | None = None,
     *,
     shard: tuple[int, int] | None = None,

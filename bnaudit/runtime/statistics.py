@@ -16,7 +16,9 @@ same batch, for BN302.
 
 With more than one device (several GPUs, or ``BNAUDIT_LOGICAL_CPUS``) the step runs
 under a ``tf.distribute.MirroredStrategy``: each replica measures its slice of the
-batch and the per-replica moments are merged like any others.
+batch and the per-replica moments are merged like any others. In training mode the
+replicas normalize with the statistics of the whole batch (an all-reduce, as
+synchronized BN does), so results do not depend on the number of devices.
 
 Statistics are saved as ``.npz`` (:meth:`DataStatistics.save`) so that shards measured
 on different machines merge (:meth:`DataStatistics.merge`) to the single-pass result.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -334,7 +337,9 @@ class _Instrument:
                 sink.append((path, count, mean, variance))
             if not train:
                 return original(inputs, training=False, mask=mask)
-            # Batch statistics, applied here: Keras would also update the moving statistics.
+            # Statistics of the whole batch (whatever the replicas), applied here rather
+            # than by Keras, which would also update the moving statistics.
+            mean, variance = whole_batch_moments(count, mean, variance)
             shape = [1] * len(x.shape)
             shape[axis] = -1
 
@@ -368,9 +373,24 @@ def channel_moments(x, axis: int):
     def total(values):
         return tf.reduce_sum(tf.cast(tf.matmul(ones, values, transpose_a=True), tf.float64), [0, 1])
 
-    mean = total(rows) / count
-    variance = total(tf.square(rows - tf.cast(mean, tf.float32))) / count
+    mean = tf.math.divide_no_nan(total(rows), count)  # a replica may get no samples of a short batch
+    variance = tf.math.divide_no_nan(total(tf.square(rows - tf.cast(mean, tf.float32))), count)
     return count, mean, variance
+
+
+def whole_batch_moments(count, mean, variance):
+    """Mean and variance of the whole batch from each replica's share (one all-reduce).
+
+    So that training-mode BN sees the chosen batch size however many devices run it
+    (synchronized BN). Sums of x^2 are safe here: they are float64.
+    """
+    tf = import_tensorflow()
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return mean, variance
+    sums = context.all_reduce("sum", tf.stack([tf.fill(tf.shape(mean), count), count * mean, count * (variance + mean * mean)]))
+    whole_mean = sums[1] / sums[0]
+    return whole_mean, sums[2] / sums[0] - whole_mean * whole_mean
 
 
 def devices_for_pass() -> list[str] | None:
@@ -495,18 +515,29 @@ def _gather(strategy, value) -> np.ndarray:
 
 
 class Progress:
-    """Samples, batches per second and ETA on one rewritten stderr line; for terminals only."""
+    """Samples, batches per second and ETA on one rewritten line of the user's terminal.
 
-    def __init__(self, total: int | None, stream: TextIO | None = None, every: float = 0.5) -> None:
+    The command line names the terminal its stderr is attached to before any audit
+    starts (``Runtime`` options ``progress_terminal``): while models are audited, fd 2
+    itself points at /dev/null to keep native libraries quiet, and workers of ``-j``
+    run in other processes. No terminal, no progress.
+    """
+
+    def __init__(self, total: int | None, stream: TextIO, every: float = 0.5) -> None:
         self.total = total
-        self.stream = stream or sys.stderr
+        self.stream = stream
         self.every = every
         self.started = time.perf_counter()
         self.shown = 0.0
 
     @classmethod
-    def for_terminal(cls, total: int | None) -> "Progress | None":
-        return cls(total) if sys.stderr.isatty() else None
+    def on_terminal(cls, terminal: str | None, total: int | None) -> "Progress | None":
+        if not terminal:
+            return None
+        try:
+            return cls(total, open(terminal, "w", encoding="utf-8"))
+        except OSError:  # the terminal went away: carry on without progress
+            return None
 
     def update(self, samples: int, batches: int) -> None:
         now = time.perf_counter()
@@ -524,4 +555,12 @@ class Progress:
     def done(self) -> None:
         if self.shown:
             self.stream.write("\r\033[K")
-            self.stream.flush()
+        self.stream.close()
+
+
+def terminal_of_stderr() -> str | None:
+    """The terminal device stderr writes to (``/dev/pts/3``), or None when it is not one."""
+    try:
+        return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None

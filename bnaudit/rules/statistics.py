@@ -1,0 +1,469 @@
+"""Data-driven rules BN301-BN303: what the supplied data does at each BatchNormalization.
+
+All three share one statistics pass per model (``ctx.runtime.memo("statistics")``):
+from ``--data`` (:func:`bnaudit.runtime.statistics.collect`, which loads the model with
+Keras) or from a merged statistics file given with ``--stats`` (which needs no
+TensorFlow). The moving statistics they are compared with are read from the file like
+every static rule reads them.
+
+Per channel, with v = variance + epsilon (what the layer divides by):
+
+* standardized mean shift ``|mu_d - mu_m| / sqrt(v_m)``;
+* log variance ratio ``ln(v_d / v_m)``;
+* symmetric KL divergence of N(mu_d, v_d) and N(mu_m, v_m):
+  ``(v_d/v_m + v_m/v_d - 2)/2 + (mu_d - mu_m)^2 (1/v_d + 1/v_m)/2``.
+
+A layer's drift score is the mean symmetric KL over its live channels (channels BN303
+calls dead are left out: a constant channel has an unbounded KL and its own rule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..findings import Severity
+from ..hookspecs import hookimpl
+from ..loaders import LoadError
+from ..result import SkippedRule
+from ..rule import rule
+
+if TYPE_CHECKING:
+    from ..context import RuleContext
+    from ..runtime.statistics import DataStatistics, LayerStatistics
+
+#: Defaults of the ``bn301.*`` settings. A model's own training data stays well below
+#: them (drift score ~0.01-0.1, see docs/statistics.md); a mean shift of 0.7 standard
+#: deviations on every channel, or a 2.6x variance change, reaches a score of 0.5.
+BN301_DEFAULTS = {
+    "drift-score": 0.5,
+    "mean-shift": 1.0,
+    "log-variance-ratio": math.log(4.0),
+    "channel-fraction": 0.25,
+}
+#: CKA 0.75 as in TheDeepChecker; below 80% top-1 agreement one prediction in five
+#: changes with the normalization mode (a weakly trained model's own data gave ~89%).
+BN302_DEFAULTS = {"cka": 0.75, "agreement": 0.8}
+#: A channel is dead on the data when its variance there is below this fraction of its moving variance.
+BN303_DEFAULTS = {"variance-ratio": 1e-6}
+MAX_LISTED_CHANNELS = 10
+
+
+@dataclass
+class LayerDrift:
+    """Data vs. moving statistics of one BN layer, per channel and summarised."""
+
+    path: str
+    epsilon: float
+    statistics: "LayerStatistics"
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+    mean_shift: np.ndarray
+    log_variance_ratio: np.ndarray
+    symmetric_kl: np.ndarray
+    dead: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return int(self.moving_mean.shape[0])
+
+    @property
+    def live(self) -> np.ndarray:
+        return ~self.dead
+
+    @property
+    def drift_score(self) -> float:
+        return float(self.symmetric_kl[self.live].mean()) if self.live.any() else 0.0
+
+    @property
+    def worst_channel(self) -> int | None:
+        if not self.live.any():
+            return None
+        return int(np.flatnonzero(self.live)[np.argmax(self.symmetric_kl[self.live])])
+
+    def drifted(self, mean_shift: float, log_variance_ratio: float) -> np.ndarray:
+        """Live channels beyond either per-channel threshold."""
+        return self.live & ((self.mean_shift > mean_shift) | (np.abs(self.log_variance_ratio) > log_variance_ratio))
+
+    def summary(self) -> dict[str, Any]:
+        """The per-layer numbers of the JSON output and the ``stats`` table."""
+        worst = self.worst_channel
+        live = self.live
+        moments = self.statistics.moments
+        spread_scale = np.sqrt(moments.variance + self.epsilon)
+        return {
+            "channels": self.channels,
+            "values_per_channel": int(moments.count[0]) if moments.channels else 0,
+            "drift_score": _number(self.drift_score),
+            "worst_channel": worst,
+            "worst_channel_kl": _number(self.symmetric_kl[worst]) if worst is not None else None,
+            "mean_shift": _number(self.mean_shift[live].mean()) if live.any() else None,
+            "max_mean_shift": _number(self.mean_shift[live].max()) if live.any() else None,
+            "variance_ratio": _number(np.exp(self.log_variance_ratio[live].mean())) if live.any() else None,
+            "max_abs_log_variance_ratio": _number(np.abs(self.log_variance_ratio[live]).max()) if live.any() else None,
+            "dead_channels": int(self.dead.sum()),
+            "full_batches": int(self.statistics.batch_means.count[0]) if moments.channels else 0,
+            # Spread across batches, relative to the data's own scale: what training-mode BN sees.
+            "batch_mean_spread": _number(np.nanmean(self.statistics.batch_means.std / spread_scale)),
+            "batch_variance_spread": _number(np.nanmean(self.statistics.batch_variances.std / (moments.variance + self.epsilon))),
+        }
+
+    def per_channel(self) -> dict[str, list]:
+        moments = self.statistics.moments
+        return {
+            "data_mean": _numbers(moments.mean),
+            "data_variance": _numbers(moments.variance),
+            "moving_mean": _numbers(self.moving_mean),
+            "moving_variance": _numbers(self.moving_variance),
+            "mean_shift": _numbers(self.mean_shift),
+            "log_variance_ratio": _numbers(self.log_variance_ratio),
+            "symmetric_kl": _numbers(self.symmetric_kl),
+            "batch_mean_std": _numbers(self.statistics.batch_means.std),
+            "batch_variance_std": _numbers(self.statistics.batch_variances.std),
+        }
+
+
+def compare_layer(
+    statistics: "LayerStatistics",
+    moving_mean: np.ndarray,
+    moving_variance: np.ndarray,
+    epsilon: float,
+    dead_ratio: float = BN303_DEFAULTS["variance-ratio"],
+) -> LayerDrift:
+    data_mean = statistics.moments.mean
+    data_variance = statistics.moments.variance
+    v_d = np.maximum(data_variance, 0.0) + epsilon
+    v_m = np.maximum(moving_variance, 0.0) + epsilon
+    delta = data_mean - moving_mean
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        symmetric_kl = 0.5 * (v_d / v_m + v_m / v_d - 2.0) + 0.5 * delta * delta * (1.0 / v_d + 1.0 / v_m)
+        dead = (data_variance < dead_ratio * moving_variance) & (moving_variance > epsilon)
+    return LayerDrift(
+        path=statistics.path,
+        epsilon=epsilon,
+        statistics=statistics,
+        moving_mean=moving_mean,
+        moving_variance=moving_variance,
+        mean_shift=np.abs(delta) / np.sqrt(v_m),
+        log_variance_ratio=np.log(v_d / v_m),
+        symmetric_kl=symmetric_kl,
+        dead=dead,
+    )
+
+
+def _number(value: Any) -> float | None:
+    """A JSON-safe float (reports refuse NaN), rounded to what a person reads."""
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _numbers(values: np.ndarray) -> list[float | None]:
+    return [_number(v) for v in values]
+
+
+def _channels(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)[:MAX_LISTED_CHANNELS]]
+
+
+# -- the shared pass -----------------------------------------------------------------
+
+
+class _Failed:
+    """A statistics pass that failed: reported once, by the first rule that needed it."""
+
+    def __init__(self, error: LoadError, reported_by: str) -> None:
+        self.error = error
+        self.reported_by = reported_by
+
+
+def data_statistics(ctx: "RuleContext") -> "DataStatistics | None":
+    """The model's statistics from ``--data`` or ``--stats``, measured once per model.
+
+    Returns None when an earlier rule already reported that they cannot be had; this
+    rule is then listed as skipped rather than repeating the same error.
+    """
+    outcome = ctx.runtime.memo("statistics", lambda: _measure_or_fail(ctx))
+    if isinstance(outcome, _Failed):
+        if outcome.reported_by == ctx.rule.code:
+            raise outcome.error
+        ctx.result.skipped.append(SkippedRule(ctx.rule.code, f"the statistics could not be measured (see the error of {outcome.reported_by})"))
+        return None
+    _record_pass(ctx, outcome)
+    return outcome
+
+
+def _measure_or_fail(ctx: "RuleContext"):
+    try:
+        return measure(ctx)
+    except LoadError as error:
+        return _Failed(error, ctx.rule.code)
+
+
+def measure(ctx: "RuleContext") -> "DataStatistics":
+    """Read ``--stats`` (checked against this model) or run the pass over ``--data``.
+
+    Runtime options read: ``stats``, ``batch_size``, ``max_samples``, ``upstream``,
+    ``shard`` (K, N), ``save_statistics`` (write the moments to this ``.npz``) and
+    ``progress_terminal`` (where to show progress).
+    """
+    from ..runtime.statistics import DataStatistics, Progress, collect, fingerprint
+
+    options = ctx.runtime.options
+    runtime = options.runtime
+    if runtime.get("stats"):
+        statistics = DataStatistics.load(runtime["stats"])
+        if not statistics.complete:
+            raise LoadError(
+                f"{runtime['stats']} holds shards {statistics.shards} of {statistics.shard_count}",
+                "merge every shard with `bnaudit merge` before auditing",
+            )
+        expected = fingerprint((bn.path, *_moving(ctx, bn)) for bn in ctx.graph.batchnorms())
+        if statistics.fingerprint != expected:
+            raise LoadError(
+                f"{runtime['stats']} was measured on another model (or other moving statistics)",
+                "measure the statistics on this model file",
+            )
+        return statistics
+    from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
+
+    model = ctx.runtime.model
+    batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
+    shard = runtime.get("shard")
+    batches = iter_batches(options.data, model, batch_size, runtime.get("max_samples"), shard=shard)
+    try:
+        statistics = collect(
+            model,
+            batches,
+            batch_size=batch_size,
+            upstream=runtime.get("upstream", "inference"),
+            compare_modes=options.selection.is_selected("BN302"),
+            progress=Progress.on_terminal(runtime.get("progress_terminal"), batches.total),
+            shard=shard,
+        )
+    except LoadError:
+        raise
+    except Exception as exc:  # TensorFlow refusing the data inside the model, out of memory...
+        if options.debug:
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
+    if runtime.get("save_statistics"):
+        try:
+            statistics.save(runtime["save_statistics"])
+        except OSError as exc:
+            raise LoadError(f"cannot write {runtime['save_statistics']}: {exc.strerror or exc}", "check the directory exists and is writable") from None
+    return statistics
+
+
+def _moving(ctx: "RuleContext", bn) -> tuple[np.ndarray, np.ndarray]:
+    arrays = ctx.bn_arrays(bn)
+    return arrays.moving_mean, arrays.moving_variance
+
+
+def _record_pass(ctx: "RuleContext", statistics: "DataStatistics") -> None:
+    measured = ctx.result.measurements.setdefault("statistics", {})
+    measured.update(
+        samples=statistics.samples,
+        batches=statistics.batches,
+        batch_size=statistics.batch_size,
+        upstream=statistics.upstream,
+        replicas=statistics.replicas,
+        source="stats" if ctx.runtime.options.runtime.get("stats") else "data",
+        seconds=statistics.seconds,
+    )
+
+
+def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[LayerDrift]:
+    """Every measured BN layer compared with its moving statistics; also fills the measurements."""
+    dead_ratio = float(ctx.settings.get("bn303.variance-ratio", BN303_DEFAULTS["variance-ratio"]))
+    drifts = []
+    per_channel = bool(ctx.runtime.options.runtime.get("per_channel"))
+    layers = ctx.result.measurements.setdefault("statistics", {}).setdefault("layers", {})
+    for bn in ctx.graph.batchnorms():
+        measured = statistics.layers.get(bn.path)
+        if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:
+            continue  # a BN the forward pass never reached (an unused branch)
+        mean, variance = _moving(ctx, bn)
+        drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
+        layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
+        drifts.append(drift)
+    return drifts
+
+
+def thresholds(ctx: "RuleContext") -> dict[str, float]:
+    """The rule's thresholds: the declared defaults, overridden by the project's settings."""
+    return {key: float(ctx.setting(key)) for key in ctx.rule.settings}
+
+
+# -- rules ---------------------------------------------------------------------------
+
+
+@rule("BN301", "moving-statistics-drift", Severity.WARNING, needs=("graph", "weights", "data"), settings=BN301_DEFAULTS)
+def moving_statistics_drift(ctx):
+    """On the supplied data, a BatchNormalization's input statistics differ from its moving statistics.
+
+    ## What it does
+    Runs the model once over `--data` (or reads `--stats`), measures the per-channel
+    mean and variance of every BatchNormalization's input, and compares them with the
+    layer's moving mean and variance: standardized mean shift, log variance ratio and
+    the symmetric KL divergence of the two Gaussians. A layer fires when its drift
+    score (mean symmetric KL over channels) exceeds `bn301.drift-score` (0.5), or when
+    at least `bn301.channel-fraction` (25%) of its channels shift their mean by more
+    than `bn301.mean-shift` (1.0) standard deviations or their variance by more than
+    a factor `exp(bn301.log-variance-ratio)` (4).
+
+    ## Why is this bad?
+    At inference the layer normalizes with its moving statistics. When the data the
+    model now sees has other statistics, every later layer receives inputs unlike
+    those it was trained on: distribution shift (new camera, other preprocessing), or
+    moving statistics that went stale (fine-tuning with frozen BN, a wrong momentum).
+
+    ## Example
+    A model trained on images scaled to [0, 1] fed images in [0, 255]: the first BN
+    sees a mean shift of hundreds of standard deviations.
+
+    ## Use instead
+    Feed the data with the training preprocessing; if the data is right and the
+    statistics are stale, recompute them on representative data (`bnaudit recalibrate`
+    where available, or a few training-mode passes with frozen weights).
+    """
+    statistics = data_statistics(ctx)
+    if statistics is None:
+        return
+    limits = thresholds(ctx)
+    for drift in layer_drifts(ctx, statistics):
+        drifted = drift.drifted(limits["mean-shift"], limits["log-variance-ratio"])
+        fraction = float(drifted.sum() / drift.channels)
+        score = drift.drift_score
+        if score <= limits["drift-score"] and fraction < limits["channel-fraction"]:
+            continue
+        worst = drift.worst_channel
+        summary = drift.summary()
+        yield ctx.finding(
+            drift.path,
+            f"on the data, {drift.path!r} drifts from its moving statistics: drift score {score:.3g} "
+            f"(threshold {limits['drift-score']:g}), {int(drifted.sum())} of {drift.channels} channels beyond "
+            f"mean shift {limits['mean-shift']:g} or variance ratio x{math.exp(limits['log-variance-ratio']):.3g}; "
+            f"worst channel {worst}: mean shift {drift.mean_shift[worst]:.3g} std, "
+            f"variance ratio {math.exp(drift.log_variance_ratio[worst]):.3g}",
+            details={
+                **summary,
+                "drifted_channels": int(drifted.sum()),
+                "drifted_fraction": _number(fraction),
+                "drifted_channel_list": _channels(drifted),
+                "thresholds": limits,
+                "samples": statistics.samples,
+                "upstream": statistics.upstream,
+            },
+            fix="check that the data is preprocessed as in training; if it is, recompute the moving statistics on representative data",
+        )
+
+
+@rule("BN302", "train-inference-divergence", Severity.WARNING, needs=("graph", "data", "runtime"), settings=BN302_DEFAULTS)
+def train_inference_divergence(ctx):
+    """The model's outputs with BN on batch statistics and on moving statistics diverge.
+
+    ## What it does
+    On the same batches of `--data`, runs the model once with every BatchNormalization
+    normalizing with the batch's own statistics (as in training; frozen layers stay on
+    their moving statistics, as in `fit`) and once with the moving statistics (as in
+    inference), everything else in inference mode. It compares the outputs with linear
+    CKA (minibatch form with unbiased HSIC, summed over batches) and, for outputs with
+    a class axis, top-1 agreement. Fires when CKA < `bn302.cka` (0.75, as in
+    TheDeepChecker) or agreement < `bn302.agreement` (0.8).
+
+    ## Why is this bad?
+    The model learned its weights against batch statistics; if the moving statistics
+    do not reproduce them, the deployed model computes something other than what was
+    trained and validated in training mode.
+
+    ## Example
+    Moving statistics from a short training run with momentum 0.99: they still hold
+    mostly their initial 0 and 1, and inference outputs barely resemble training ones.
+
+    ## Use instead
+    Recompute the moving statistics on training data, train longer or with a lower
+    momentum, or use larger batches so batch statistics are stable.
+    """
+    statistics = data_statistics(ctx)
+    if statistics is None:
+        return
+    if statistics.comparison is None:
+        ctx.result.skipped.append(SkippedRule(ctx.rule.code, "statistics files hold no model outputs; BN302 needs --data"))
+        return
+    limits = thresholds(ctx)
+    cka, agreement = statistics.comparison.cka, statistics.comparison.agreement
+    ctx.result.measurements["train_inference"] = {
+        "cka": _number(cka) if cka is not None else None,
+        "top1_agreement": _number(agreement) if agreement is not None else None,
+        "compared_predictions": statistics.comparison.compared,
+        "samples": statistics.samples,
+    }
+    low_cka = cka is not None and cka < limits["cka"]
+    low_agreement = agreement is not None and agreement < limits["agreement"]
+    if not (low_cka or low_agreement):
+        return
+    parts = []
+    if cka is not None:
+        parts.append(f"linear CKA {cka:.3f} (threshold {limits['cka']:g})")
+    if agreement is not None:
+        parts.append(f"top-1 agreement {agreement:.1%} (threshold {limits['agreement']:.0%})")
+    yield ctx.finding(
+        "",
+        f"outputs with BN on batch statistics and on moving statistics diverge on the data: {', '.join(parts)}",
+        details={**ctx.result.measurements["train_inference"], "thresholds": limits, "batch_size": statistics.batch_size},
+        fix="recompute the moving statistics on training data (or train longer / with a lower BN momentum)",
+    )
+
+
+@rule("BN303", "channels-dead-on-data", Severity.INFO, needs=("graph", "weights", "data"), settings=BN303_DEFAULTS)
+def channels_dead_on_data(ctx):
+    """Some channels of a BatchNormalization never vary on the data, though they did in training.
+
+    ## What it does
+    Flags channels whose input variance on `--data` is below `bn303.variance-ratio`
+    (1e-6) times their moving variance, while the moving variance itself is above the
+    layer's epsilon.
+
+    ## Why is this bad?
+    The data never activates these channels (e.g. a ReLU before the BN that is always
+    off): the layer outputs a constant there, the filters feeding them are wasted on
+    this data, and the data may not cover what the model was trained for.
+
+    ## Example
+    A ReLU -> BatchNormalization where, on the new data, one unit's pre-activation is
+    always negative.
+
+    ## Use instead
+    Check that the data covers the training distribution; if it should, prune the
+    channels or retrain.
+    """
+    statistics = data_statistics(ctx)
+    if statistics is None:
+        return
+    ratio = thresholds(ctx)["variance-ratio"]
+    for drift in layer_drifts(ctx, statistics):
+        if not drift.dead.any():
+            continue
+        yield ctx.finding(
+            drift.path,
+            f"{int(drift.dead.sum())} of {drift.channels} channels of {drift.path!r} never vary on the data "
+            f"(variance < {ratio:g} x moving variance): channels {_channels(drift.dead)}",
+            details={
+                "dead": int(drift.dead.sum()),
+                "channels": drift.channels,
+                "dead_channels": _channels(drift.dead),
+                "data_variance": [_number(v) for v in drift.statistics.moments.variance[drift.dead][:MAX_LISTED_CHANNELS]],
+                "moving_variance": [_number(v) for v in drift.moving_variance[drift.dead][:MAX_LISTED_CHANNELS]],
+                "variance_ratio": ratio,
+            },
+            fix="check that the data covers what the model was trained on; otherwise prune these channels",
+        )
+
+
+@hookimpl
+def bnaudit_register_rules():
+    return [moving_statistics_drift, train_inference_divergence, channels_dead_on_data]

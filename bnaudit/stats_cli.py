@@ -1,0 +1,164 @@
+"""``bnaudit stats`` and ``bnaudit merge``: the statistics behind BN301/BN303, without a verdict.
+
+``stats`` runs the same measurement as ``check`` (it audits the model with BN301 only
+and reads the per-layer numbers from the result, so both commands always agree) and
+prints them as a table or JSON. ``--shard K/N -o part.npz`` measures one shard of the
+data and writes its partial moments; ``merge`` combines the parts into the statistics
+of the whole data, which ``check --stats`` and ``stats --stats`` read without loading
+TensorFlow. How to run the shards on an existing scheduler: docs/statistics.md.
+
+Also home of the statistics options ``check`` shares (:func:`statistics_options`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .findings import ExitCode
+from .loaders import LoadError
+
+UPSTREAM_HELP = "BN layers before the measured one normalize with moving statistics (inference, default) or batch statistics (training)."
+
+
+def statistics_options(command: Callable) -> Callable:
+    """The options of the statistics pass, for ``check`` and ``stats``."""
+    for decorator in reversed(
+        [
+            click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of --data (default: 32, or batch-size in the config)."),
+            click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data."),
+            click.option("--upstream", type=click.Choice(["inference", "training"]), default="inference", show_default=True, help=UPSTREAM_HELP),
+            click.option("--per-channel", is_flag=True, help="Add per-channel arrays to the statistics in the JSON output."),
+            click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
+        ]
+    ):
+        command = decorator(command)
+    return command
+
+
+def statistics_runtime(data: str | None, batch_size: int | None, max_samples: int | None, upstream: str, per_channel: bool, stats_file: str | None) -> dict[str, Any]:
+    """The statistics options as ``AuditOptions.runtime`` keys; exits 2 on a contradiction."""
+    from .cli import fail
+
+    if data and stats_file:
+        fail("give --data (measure now) or --stats (measured before), not both")
+    if stats_file and not Path(stats_file).is_file():
+        fail(f"--stats {stats_file}: no such file (write it with `bnaudit merge`)")
+    from .runtime.statistics import terminal_of_stderr
+
+    given = {
+        "batch_size": batch_size,
+        "max_samples": max_samples,
+        "upstream": upstream,
+        "per_channel": per_channel,
+        "stats": stats_file,
+        "progress_terminal": terminal_of_stderr(),
+    }
+    return {key: value for key, value in given.items() if value not in (None, False)}
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(), help="Data to measure: .npy, .npz, an image directory or package.module:function.")
+@statistics_options
+@click.option("--shard", metavar="K/N", help="Measure only shard K of N (batches K, K+N, ...) and write its partial moments with -o.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the measured moments to FILE (.npz) for `bnaudit merge` / --stats.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="How to print the per-layer table.")
+@click.option("--unsafe-load", is_flag=True, help="Load models with Lambda or custom layers (executes their code: trusted models only).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_file, shard, output, output_format, unsafe_load, debug) -> None:
+    """Print, per BN layer, how the data's statistics compare with the moving statistics."""
+    from .cli import fail
+    from .engine import AuditOptions, Auditor
+    from .parallel import native_stderr_silenced
+    from .plugins import PluginError
+    from .selection import Selection
+
+    if not data and not stats_file:
+        fail("stats needs --data DATA (or --stats FILE from `bnaudit merge`)")
+    runtime = statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file)
+    if shard:
+        if not output:
+            fail("--shard writes partial moments: give -o FILE.npz")
+        try:
+            from .runtime.data import parse_shard
+
+            runtime["shard"] = parse_shard(shard)
+        except LoadError as exc:
+            fail(f"{exc.message} ({exc.hint})")
+    if output:
+        runtime["save_statistics"] = output
+    runtime["unsafe_load"] = unsafe_load
+    options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime, debug=debug)
+    try:
+        auditor = Auditor(options)
+    except PluginError as exc:
+        fail(str(exc))
+    with native_stderr_silenced(not debug):  # TensorFlow's start-up chatter; progress has its own line
+        result = auditor.audit(model)
+    for error in result.errors:
+        hint = f" ({error.hint})" if error.hint else ""
+        click.echo(f"bnaudit: error: {model}: {error.message}{hint}", err=True)
+    if result.errors:
+        sys.exit(ExitCode.ERROR)
+    measured = result.measurements.get("statistics") or {}
+    if shard:
+        click.echo(f"bnaudit: wrote shard {shard} of {model} ({measured.get('samples', 0)} samples) to {output}", err=True)
+    elif output_format == "json":
+        click.echo(json.dumps(measured, indent=2, allow_nan=False))
+    else:
+        click.echo(table(measured), nl=False)
+
+
+def table(measured: dict[str, Any]) -> str:
+    """The per-layer table: layer, channels, drift score, worst channel, mean shift, variance ratio."""
+    header = ("layer", "channels", "drift score", "worst channel", "mean shift", "variance ratio")
+    rows = [
+        (
+            path,
+            str(layer["channels"]),
+            _fmt(layer["drift_score"]),
+            "-" if layer["worst_channel"] is None else str(layer["worst_channel"]),
+            _fmt(layer["mean_shift"]),
+            _fmt(layer["variance_ratio"]),
+        )
+        for path, layer in (measured.get("layers") or {}).items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    replicas = measured.get("replicas", 1)
+    lines.append(
+        f"{measured.get('samples', 0)} samples in {measured.get('batches', 0)} batches of {measured.get('batch_size')}; "
+        f"upstream BN in {measured.get('upstream')} mode"
+        + (f"; {replicas} replicas" if replicas > 1 else "")
+        + "; mean shift in moving standard deviations, averaged over channels; variance ratio data/moving, geometric mean"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+@click.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the merged statistics (.npz).")
+def merge(parts: tuple[str, ...], output: str) -> None:
+    """Merge partial moments written by `bnaudit stats --shard K/N -o PART` into one statistics file."""
+    from .cli import fail
+    from .runtime.statistics import DataStatistics
+
+    try:
+        loaded = sorted((DataStatistics.load(part) for part in parts), key=lambda s: s.shards)
+        merged = loaded[0]
+        for part in loaded[1:]:
+            merged = merged.merge(part)
+        merged.save(output)
+    except LoadError as exc:
+        fail(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+    status = "complete" if merged.complete else f"shards {merged.shards} of {merged.shard_count}: merge the rest before auditing"
+    click.echo(f"bnaudit: merged {len(parts)} part(s) into {output}: {merged.samples} samples, {merged.batches} batches ({status})", err=True)
