@@ -126,7 +126,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
             hint = f" ({error.hint})" if error.hint else ""
             click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
     _emit(auditor, results, options, targets, rendering)
-    if not any(reporter.name == "text" and output is None for reporter, output in targets):
+    if all(output is not None for _, output in targets):  # every report in a file: the verdict still shows
         notices.append(summary_line(Report(results=results, rules=auditor.rules)))
     if verbose:
         notices += timing_lines(results, time.perf_counter() - started)

@@ -49,11 +49,14 @@ def test_quiet_prints_findings_and_errors_only(models):
     assert quiet.stderr == loud.stderr  # errors are never silenced
 
 
-def test_machine_formats_leave_the_summary_line_on_stderr(models):
-    proc = run_bnaudit("check", "models", "--isolated", "--format", "json", cwd=models)
-    assert proc.stdout.startswith("{")
-    assert proc.stderr.splitlines()[-1] == "3 models, 3 findings (1 warning, 2 infos), 1 unreadable"
-    assert run_bnaudit("check", "models", "--isolated", "--format", "json", "-q", cwd=models).stderr.count("\n") == 1  # the error only
+def test_reports_written_to_files_leave_the_summary_line_on_stderr(models):
+    to_files = run_bnaudit("check", "models", "--isolated", "--format", "json", "-o", "r.json", "--format", "sarif", "-o", "r.sarif", cwd=models)
+    assert to_files.stdout == ""
+    assert to_files.stderr.splitlines()[1:] == ["3 models, 3 findings (1 warning, 2 infos), 1 unreadable"]
+    on_stdout = run_bnaudit("check", "models", "--isolated", "--format", "json", cwd=models)
+    assert on_stdout.stdout.startswith("{") and on_stdout.stderr == to_files.stderr.splitlines(keepends=True)[0]  # the error only
+    quiet = run_bnaudit("check", "models", "--isolated", "--format", "json", "-o", "r.json", "-q", cwd=models)
+    assert quiet.stderr == on_stdout.stderr
 
 
 @pytest.mark.slow
