@@ -1,8 +1,9 @@
 """Audit many models, in this process or spread over worker processes (``-j N``).
 
-Workers are started by a clean 'forkserver' process ('spawn' where there is none), never
-by forking the command itself: a process that forks after TensorFlow started its
-threads can deadlock. Each worker builds its plugin manager once and imports TensorFlow
+Workers are forked from the command while it has not imported TensorFlow (it never
+does on the static path, so workers start in milliseconds); otherwise they come from a
+clean 'forkserver' process ('spawn' where there is none): a process that forks after
+TensorFlow started its threads can deadlock. Each worker builds its plugin manager once and imports TensorFlow
 only when a runtime rule first asks for it, then keeps it for the models that follow;
 its thread pools are sized to its share of the CPUs, since N workers each using every
 core would only fight over them.
@@ -90,8 +91,7 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Au
 
 def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> tuple[list[AuditResult | None], set[int]]:
     """Results in job order, None where a worker died; and the jobs a dead worker was on."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    context = multiprocessing.get_context(_start_method())
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
     results: list[AuditResult | None] = []
@@ -107,6 +107,15 @@ def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug:
                 except Exception as exc:  # a result that cannot travel back, or a bug: this model only
                     results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
         return results, {int(name) for name in os.listdir(markers)}
+
+
+def _start_method() -> str:
+    """'fork' while no TensorFlow thread exists here (the static path): a worker starts in
+    milliseconds. Otherwise a clean 'forkserver' ('spawn' where there is none)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "tensorflow" not in sys.modules and "fork" in methods:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def _died(path: Path) -> AuditResult:
