@@ -12,6 +12,7 @@ Also home of the statistics options ``check`` shares (:func:`statistics_options`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,13 +74,12 @@ def statistics_runtime(data: str | None, batch_size: int | None, max_samples: in
 def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_file, shard, output, output_format, unsafe_load, debug) -> None:
     """Print, per BN layer, how the data's statistics compare with the moving statistics."""
     from .cli import fail
+    from .config import ConfigError, given_on_command_line, load as load_config
     from .engine import AuditOptions, Auditor
     from .parallel import native_stderr_silenced
     from .plugins import PluginError
     from .selection import Selection
 
-    if not data and not stats_file:
-        fail("stats needs --data DATA (or --stats FILE from `bnaudit merge`)")
     runtime = statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file)
     if shard:
         if not output:
@@ -94,10 +94,16 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
         runtime["save_statistics"] = output
     runtime["unsafe_load"] = unsafe_load
     options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime, debug=debug)
-    try:
+    try:  # the project's config: batch-size, data per model, the BN303 threshold that marks dead channels
+        project = load_config()
+        options = project.options_for(model, project.apply(options, given_on_command_line(click.get_current_context())))
+        options = dataclasses.replace(options, selection=Selection(("BN301",)))
         auditor = Auditor(options)
-    except PluginError as exc:
+        project.validate(auditor.rules)
+    except (PluginError, ConfigError) as exc:
         fail(str(exc))
+    if not options.data and not stats_file:
+        fail("stats needs --data DATA (or --stats FILE from `bnaudit merge`)")
     with native_stderr_silenced(not debug):  # TensorFlow's start-up chatter; progress has its own line
         result = auditor.audit(model)
     for error in result.errors:
