@@ -33,6 +33,7 @@ import os
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
@@ -197,6 +198,10 @@ class DataStatistics:
     def load(cls, path: str | Path) -> "DataStatistics":
         """Read a file written by :meth:`save`; a LoadError names what is wrong with it."""
         hint = "write it with `bnaudit stats -o` or `bnaudit merge`"
+        if not Path(path).is_file():
+            raise LoadError(f"{path}: no such statistics file", hint)
+        if not zipfile.is_zipfile(path):
+            raise LoadError(f"{path} is not a bnaudit statistics file (not an .npz)", hint)
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 header = json.loads(str(arrays["header"]))
