@@ -23,6 +23,7 @@ from . import baseline as baselines
 from .config import ConfigError, config_options, given_on_command_line, load as load_config
 from .engine import AuditOptions, Auditor, discover, exit_code
 from .findings import ExitCode, Severity
+from .format_pairing import FormatOutputCommand, pair_formats_and_outputs
 from .output import write_atomic
 from .parallel import audit_models, run_options, timing_lines
 from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
@@ -54,14 +55,14 @@ def cli() -> None:
     """Audit the BatchNormalization layers of saved Keras models."""
 
 
-@cli.command()
+@cli.command(cls=FormatOutputCommand)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--select", multiple=True, help="Rule codes or prefixes to run (comma-separated; default: all).")
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip.")
 @click.option("--extend-select", multiple=True, help="Codes or prefixes to add to the selection.")
 @click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
-@click.option("--format", "formats", multiple=True, help="Output format (repeatable, paired in order with -o). See `bnaudit formats`.")
+@click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`.")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
@@ -165,7 +166,7 @@ def _targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...
     unknown = [f for f in formats if f not in reporters]
     if unknown:
         fail(f"unknown format {unknown[0]!r}; choose from {', '.join(reporters)}")
-    pairs = [(reporters[f], outputs[i] if i < len(outputs) else None) for i, f in enumerate(formats)]
+    pairs = [(reporters[f], output) for f, output in pair_formats_and_outputs(formats, outputs)]
     if sum(1 for _, out in pairs if out is None) > 1:
         fail("only one format can go to stdout; give the others -o FILE")
     return pairs

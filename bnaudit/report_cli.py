@@ -18,6 +18,7 @@ from typing import Any, Callable
 import click
 
 from .findings import Severity
+from .format_pairing import FormatOutputCommand
 
 
 def rendering_options(command: Callable) -> Callable:
@@ -42,7 +43,7 @@ def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
     }
 
 
-@click.command()
+@click.command(cls=FormatOutputCommand)
 @click.argument("documents", nargs=-1, required=True)
 @click.option("--format", "formats", multiple=True, help="Output format (repeatable, paired in order with -o). See `bnaudit formats`.")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")

@@ -150,3 +150,13 @@ def test_p_plugin_rules_run_and_a_crashing_rule_is_an_error_not_a_stop(bias_mode
     listing = run_bnaudit("plugins", "-p", "xy_plugin", env=env).stdout
     assert "xy_plugin" in listing and "XY001, XY002" in listing
     assert run_bnaudit("check", "-p", "missing_plugin_module", bias_model).returncode == 2
+
+
+def test_each_output_file_goes_with_the_format_written_just_before_it(bias_model, tmp_path):
+    out = tmp_path / "r.json"
+    run = run_bnaudit("check", "--format", "text", "--format", "json", "-o", out, bias_model)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out.read_text())["version"] == 1
+    assert "BN101 warning bn2:" in run.stdout
+    run = run_bnaudit("check", "--format=json", f"--output={out}", "--format", "text", bias_model)
+    assert json.loads(out.read_text())["version"] == 1 and "BN101 warning bn2:" in run.stdout
