@@ -45,7 +45,7 @@ def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
 
 @click.command(cls=FormatOutputCommand)
 @click.argument("documents", nargs=-1, required=True)
-@click.option("--format", "formats", multiple=True, help="Output format (repeatable, paired in order with -o). See `bnaudit formats`.")
+@click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`.")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
 @rendering_options
 @click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (for its rules' docs and its formats).")
