@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 
 
+def pytest_configure(config):
+    """Split the CPU before any test builds a model: TensorFlow fixes its devices at first use,
+    so the in-process multi-device tests depend on this running first, whatever the order."""
+    from bnaudit.runtime import import_tensorflow
+
+    import_tensorflow()
+
+
 @dataclass
 class Run:
     returncode: int
