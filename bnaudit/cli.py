@@ -12,6 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
 
+import importlib.util
 import sys
 import time
 from typing import Any
@@ -110,6 +111,8 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     unknown = options.selection.unknown(auditor.rules)
     if unknown:
         fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
+    if (options.data or options.inference) and importlib.util.find_spec("tensorflow") is None:
+        fail('--data and --inference run the model with TensorFlow, which is not installed (pip install "bnaudit[tensorflow]")')
     targets = _targets(auditor, formats, outputs)
     rendering = {**report_options(templates, timestamp), "quiet": quiet}
     started = time.perf_counter()
