@@ -25,7 +25,7 @@ from .config import ConfigError, config_options, given_on_command_line, load as 
 from .engine import AuditOptions, Auditor, discover, exit_code
 from .findings import ExitCode, Severity
 from .format_pairing import FormatOutputCommand, pair_formats_and_outputs
-from .output import write_atomic
+from .output import OutputError, write_atomic
 from .parallel import audit_models, run_options, timing_lines
 from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
 from .report_cli import rendering_options, report, report_options
@@ -257,4 +257,7 @@ def main() -> None:
         make_plugin_manager().hook.bnaudit_register_commands(cli=cli)
     except PluginError as exc:
         fail(str(exc))
-    cli(prog_name="bnaudit")
+    try:
+        cli(prog_name="bnaudit")
+    except OutputError as exc:
+        fail(f"{exc} (check the path and its permissions)")

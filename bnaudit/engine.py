@@ -71,7 +71,12 @@ class Auditor:
         finally:
             if graph.weights is not None:
                 graph.weights.close()
-        self.pm.hook.bnaudit_modify_findings(findings=result.findings, result=result)
+        try:
+            self.pm.hook.bnaudit_modify_findings(findings=result.findings, result=result)
+        except Exception as exc:  # a plugin's bug costs its own change, not the audit
+            if self.options.debug:
+                raise
+            result.errors.append(ModelError(f"bnaudit_modify_findings failed: {type(exc).__name__}: {exc}", rule="plugin", hint="run with --debug for the traceback"))
         result.findings = [f for f in result.findings if self.options.selection.is_selected(f.code)]
         result.findings.sort(key=lambda f: (-f.severity, f.code, f.layer))
         result.meta["seconds"] = round(time.perf_counter() - started, 4)
@@ -80,11 +85,13 @@ class Auditor:
     def _load(self, path: Path):
         if not path.is_file():
             raise LoadError("no such file", "check the path")
-        check_not_lfs_pointer(path)
         try:
+            check_not_lfs_pointer(path)
             graph = self.pm.hook.bnaudit_load_model(path=path)
         except LoadError:
             raise
+        except OSError as exc:
+            raise LoadError(f"cannot be read ({exc.strerror or exc})", "check the file's permissions") from None
         except Exception as exc:  # a loader bug or a file that defeats it: say which
             if self.options.debug:
                 raise

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+
+class OutputError(Exception):
+    """An output file could not be written (exit 2, one line)."""
 
 
 def write_atomic(path: str | Path, text: str | bytes) -> None:
     """Write ``text`` (UTF-8) or ``bytes`` (as they are) to ``path`` via a temporary file."""
     path = Path(path)
+    try:
+        _write_atomic(path, text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -33,3 +45,11 @@ def _mode_for(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def terminal_of_stderr() -> str | None:
+    """The terminal device stderr writes to (``/dev/pts/3``), or None when it is not one."""
+    try:
+        return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None

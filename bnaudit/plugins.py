@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 
 import pluggy
 

@@ -19,6 +19,11 @@ class ModelError:
     rule: str = ""
     hint: str = ""
 
+    def __post_init__(self) -> None:
+        # Library messages (Keras, h5py) span lines; every error is one line on stderr.
+        self.message = " ".join(self.message.split())
+        self.hint = " ".join(self.hint.split())
+
     def to_dict(self) -> dict[str, str]:
         return {"rule": self.rule, "message": self.message, "hint": self.hint}
 

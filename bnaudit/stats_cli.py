@@ -22,6 +22,7 @@ import click
 
 from .findings import ExitCode
 from .loaders import LoadError
+from .output import terminal_of_stderr
 
 UPSTREAM_HELP = "BN layers before the measured one normalize with moving statistics (inference, default) or batch statistics (training)."
 
@@ -49,8 +50,6 @@ def statistics_runtime(data: str | None, batch_size: int | None, max_samples: in
         fail("give --data (measure now) or --stats (measured before), not both")
     if stats_file and not Path(stats_file).is_file():
         fail(f"--stats {stats_file}: no such file (write it with `bnaudit merge`)")
-    from .runtime.statistics import terminal_of_stderr
-
     given = {
         "batch_size": batch_size,
         "max_samples": max_samples,

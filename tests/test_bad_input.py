@@ -132,6 +132,25 @@ def test_directory_is_searched_recursively_and_sample_copy_is_untouched(tmp_path
     shutil.copy(sample, copy)
     digest = _digest(copy)
     run = run_bnaudit("check", "--format", "json", "--exit-zero", tmp_path)
-    assert run.returncode in (0, 2)
+    assert run.returncode == 0, run.stderr
     assert [m["path"] for m in json.loads(run.stdout)["models"]] == [str(copy)]
     assert _digest(copy) == digest
+
+
+def test_nan_in_the_config_reaches_json_and_sarif_as_strict_json(tmp_path, good_model):
+    """json.loads accepts NaN in config.json; bnaudit's own outputs must stay valid JSON."""
+    broken = tmp_path / "nan_momentum.keras"
+    with zipfile.ZipFile(good_model) as src, zipfile.ZipFile(broken, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                data = data.replace(b'"momentum": 0.99', b'"momentum": NaN')
+            dst.writestr(info, data)
+    for fmt in ("json", "sarif"):
+        run = run_bnaudit("check", "--format", fmt, broken)
+        assert "Traceback" not in run.stderr
+        document = json.loads(run.stdout, parse_constant=lambda c: pytest.fail(f"{fmt} output holds {c}"))
+        assert document
+    run = run_bnaudit("check", "--format", "json", broken)
+    [finding] = json.loads(run.stdout)["models"][0]["findings"]
+    assert (finding["code"], finding["layer"], finding["details"]["momentum"]) == ("BN109", "bn", "nan")

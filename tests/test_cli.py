@@ -158,5 +158,15 @@ def test_each_output_file_goes_with_the_format_written_just_before_it(bias_model
     assert run.returncode == 0, run.stderr
     assert json.loads(out.read_text())["version"] == 1
     assert "BN101 warning bn2:" in run.stdout
+    out.unlink()
     run = run_bnaudit("check", "--format=json", f"--output={out}", "--format", "text", bias_model)
     assert json.loads(out.read_text())["version"] == 1 and "BN101 warning bn2:" in run.stdout
+
+
+def test_an_unwritable_output_is_one_line_and_exit_2(bias_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    run = run_bnaudit("check", "--format", "json", "-o", blocker / "r.json", bias_model)
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"bnaudit: error: cannot write {blocker / 'r.json'}: ") and line.endswith("(check the path and its permissions)")

@@ -13,6 +13,7 @@ into results with :func:`results_from_document` (``bnaudit report`` re-renders f
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..findings import Finding, Severity
@@ -53,14 +54,24 @@ def as_document(report: Report) -> dict[str, Any]:
 
 
 def render(report: Report) -> str:
-    return json.dumps(as_document(report), indent=2, sort_keys=False, allow_nan=False, default=_fallback) + "\n"
+    return dumps(as_document(report))
 
 
-def _fallback(value: Any) -> Any:
-    """numpy scalars and arrays that slip into details."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__} in JSON output")
+def dumps(document: Any) -> str:
+    """Strict JSON: a NaN or infinity (a model config may hold one) becomes a string."""
+    return json.dumps(_finite(document), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays that slip into details
+        return _finite(value.tolist())
+    return value
 
 
 class DocumentError(ValueError):

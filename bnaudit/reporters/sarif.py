@@ -20,14 +20,13 @@ did not run (e.g. need ``--data``) become ``toolConfigurationNotifications``.
 from __future__ import annotations
 
 import hashlib
-import json
 from importlib import metadata
 from typing import Any
 
 from ..findings import Finding, Severity
 from ..hookspecs import hookimpl
 from . import Report, Reporter
-from .json import _fallback
+from .json import dumps
 from .locations import artifact_uri
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -37,7 +36,7 @@ PYPI_PAGE = "https://pypi.org/project/bnaudit/"
 
 
 def render(report: Report) -> str:
-    return json.dumps(as_sarif(report), indent=2, allow_nan=False, default=_fallback) + "\n"
+    return dumps(as_sarif(report))
 
 
 def as_sarif(report: Report) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def batchnorm_after_output(ctx):
 
     ## What it does
     Flags a BatchNormalization whose result leaves the model unchanged (it is the final
-    layer), or whose input is a softmax, log-softmax or sigmoid.
+    layer), saying so when it normalizes a softmax, log-softmax or sigmoid output.
 
     ## Why is this bad?
     Normalizing probabilities or final outputs rescales and shifts them with statistics
@@ -192,6 +192,8 @@ def batchnorm_after_output(ctx):
     ```
     """
     for bn in ctx.graph.batchnorms():
+        if not ctx.graph.reaches_output(bn, is_value_preserving):
+            continue  # a hidden softmax/sigmoid before a BN is BN103's business
         activation = _output_activation_before(ctx.graph, bn)
         if activation is not None:
             yield ctx.finding(
@@ -200,7 +202,7 @@ def batchnorm_after_output(ctx):
                 details={"producer": activation.path, "activation": activation.activation},
                 fix="remove this BN, or move it before the output layer",
             )
-        elif ctx.graph.reaches_output(bn, is_value_preserving):
+        else:
             yield ctx.finding(
                 bn,
                 f"BatchNormalization {bn.path!r} is the model's final layer",

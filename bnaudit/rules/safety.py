@@ -8,7 +8,10 @@ from ..keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
 from ..rule import rule
 
 
-def _why_unsafe(class_name: str, module: str, registered_name: str) -> str:
+def why_unsafe(class_name: str, module: str, registered_name: str) -> str:
+    """Why loading this layer would run code from outside Keras ("" when it would not).
+
+    Shared with the runtime, which refuses to load exactly what this rule flags."""
     if class_name in CODE_CARRYING_CLASSES:
         return f"{class_name} layers carry code or an external graph"
     if class_name not in KERAS_LAYER_CLASSES:
@@ -45,7 +48,7 @@ def unsafe_layer(ctx):
     ```
     """
     for layer in ctx.graph:
-        why = _why_unsafe(layer.class_name, layer.module, layer.registered_name)
+        why = why_unsafe(layer.class_name, layer.module, layer.registered_name)
         if why:
             yield ctx.finding(
                 layer,

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
 from ..loaders import LoadError
+from ..rules.safety import why_unsafe
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions
@@ -28,7 +28,13 @@ LOGICAL_CPUS_ENV = "BNAUDIT_LOGICAL_CPUS"
 def import_tensorflow():
     """Import TensorFlow quietly, once, and apply ``BNAUDIT_LOGICAL_CPUS`` before devices start."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise LoadError(
+            "this check runs the model with TensorFlow, which is not installed",
+            'pip install "bnaudit[tensorflow]"',
+        ) from None
 
     wanted = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
     if wanted > 1:
@@ -45,11 +51,7 @@ def import_tensorflow():
 
 def unsafe_layers(graph: "ModelGraph") -> list[str]:
     """Layers whose loading would run code: refused unless ``--unsafe-load``."""
-    return [
-        f"{layer.path} ({layer.class_name})"
-        for layer in graph
-        if layer.class_name in CODE_CARRYING_CLASSES or layer.class_name not in KERAS_LAYER_CLASSES
-    ]
+    return [f"{layer.path} ({layer.class_name})" for layer in graph if why_unsafe(layer.class_name, layer.module, layer.registered_name)]
 
 
 def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str, Any]):

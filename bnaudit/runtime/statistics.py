@@ -29,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import sys
 import threading
 import time
 import zipfile
@@ -560,11 +558,3 @@ class Progress:
         if self.shown:
             self.stream.write("\r\033[K")
         self.stream.close()
-
-
-def terminal_of_stderr() -> str | None:
-    """The terminal device stderr writes to (``/dev/pts/3``), or None when it is not one."""
-    try:
-        return os.ttyname(sys.stderr.fileno()) if sys.stderr.isatty() else None
-    except (OSError, ValueError, AttributeError):
-        return None
