@@ -56,11 +56,6 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
     fix: str = ""
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """Identity that survives retraining: (model path, rule, layer path)."""
-        return (self.model, self.code, self.layer)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "code": self.code,

@@ -80,10 +80,6 @@ class Layer:
         shape = (self.config.get("build_config") or {}).get("input_shape")
         return len(shape) if isinstance(shape, list) else None
 
-    @property
-    def depth(self) -> int:
-        return self.path.count("/")
-
 
 @dataclass
 class NestedModel:

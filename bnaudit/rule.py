@@ -52,10 +52,6 @@ class Rule:
         if unknown:
             raise ValueError(f"rule {self.code} needs unknown capabilities {sorted(unknown)}")
 
-    @property
-    def is_static(self) -> bool:
-        return self.needs <= {"graph", "weights"}
-
     def doc_sections(self) -> dict[str, str]:
         """The docstring split into its ``## Heading`` sections."""
         sections: dict[str, str] = {}

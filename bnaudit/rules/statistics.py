@@ -333,8 +333,8 @@ def moving_statistics_drift(ctx):
 
     ## Use instead
     Feed the data with the training preprocessing; if the data is right and the
-    statistics are stale, recompute them on representative data (`bnaudit recalibrate`
-    where available, or a few training-mode passes with frozen weights).
+    statistics are stale, recompute them on representative data (a few training-mode
+    passes with every other weight frozen).
     """
     statistics = data_statistics(ctx)
     if statistics is None:

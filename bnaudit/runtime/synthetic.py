@@ -12,7 +12,7 @@ values, and to be of the scale BN-normalised networks work at. Hence:
 * boolean inputs: fair coin flips;
 * a dimension the spec leaves open (``None`` besides the batch) gets :data:`OPEN_DIM`.
 
-The generator is NumPy's PCG64 seeded with ``--seed`` (default 0), one stream drawn
+The generator is NumPy's PCG64 seeded with the runtime option ``seed`` (default 0; ``bnaudit.audit(..., seed=N)``), one stream drawn
 input by input in the model's input order, so the same model and seed always give the
 same arrays on every machine.
 """
