@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..graph import BATCHNORM_CLASSES, Layer
 
 DROPOUT_CLASSES = frozenset(
@@ -81,3 +83,12 @@ def dtype_policy(layer: Layer) -> str:
     if isinstance(dtype, dict):
         return str((dtype.get("config") or {}).get("name", ""))
     return str(dtype or "")
+
+
+#: Findings list at most this many channel indices; the count is always given in full.
+MAX_LISTED_CHANNELS = 10
+
+
+def listed_channels(mask: np.ndarray) -> list[int]:
+    """The first channel indices where ``mask`` holds, for a finding's details."""
+    return [int(i) for i in np.flatnonzero(mask)[:MAX_LISTED_CHANNELS]]

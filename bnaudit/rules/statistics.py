@@ -30,6 +30,7 @@ from ..hookspecs import hookimpl
 from ..loaders import LoadError
 from ..result import SkippedRule
 from ..rule import rule
+from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
     from ..context import RuleContext
@@ -49,7 +50,6 @@ BN301_DEFAULTS = {
 BN302_DEFAULTS = {"cka": 0.75, "agreement": 0.8}
 #: A channel is dead on the data when its variance there is below this fraction of its moving variance.
 BN303_DEFAULTS = {"variance-ratio": 1e-6}
-MAX_LISTED_CHANNELS = 10
 
 
 @dataclass
@@ -169,9 +169,6 @@ def _finite_mean(values: np.ndarray) -> float | None:
 def _numbers(values: np.ndarray) -> list[float | None]:
     return [_number(v) for v in values]
 
-
-def _channels(mask: np.ndarray) -> list[int]:
-    return [int(i) for i in np.flatnonzero(mask)[:MAX_LISTED_CHANNELS]]
 
 
 # -- the shared pass -----------------------------------------------------------------
@@ -359,7 +356,7 @@ def moving_statistics_drift(ctx):
                 **summary,
                 "drifted_channels": int(drifted.sum()),
                 "drifted_fraction": _number(fraction),
-                "drifted_channel_list": _channels(drifted),
+                "drifted_channel_list": listed_channels(drifted),
                 "thresholds": limits,
                 "samples": statistics.samples,
                 "upstream": statistics.upstream,
@@ -457,11 +454,11 @@ def channels_dead_on_data(ctx):
         yield ctx.finding(
             drift.path,
             f"{int(drift.dead.sum())} of {drift.channels} channels of {drift.path!r} never vary on the data "
-            f"(variance < {ratio:g} x moving variance): channels {_channels(drift.dead)}",
+            f"(variance < {ratio:g} x moving variance): channels {listed_channels(drift.dead)}",
             details={
                 "dead": int(drift.dead.sum()),
                 "channels": drift.channels,
-                "dead_channels": _channels(drift.dead),
+                "dead_channels": listed_channels(drift.dead),
                 "data_variance": [_number(v) for v in drift.statistics.moments.variance[drift.dead][:MAX_LISTED_CHANNELS]],
                 "moving_variance": [_number(v) for v in drift.moving_variance[drift.dead][:MAX_LISTED_CHANNELS]],
                 "variance_ratio": ratio,

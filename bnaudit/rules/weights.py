@@ -7,12 +7,12 @@ import numpy as np
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..rule import rule
+from .layers import listed_channels
 
 #: The initializers Keras gives the moving statistics, and the value each leaves.
 CONSTANT_INITIALIZERS = {"Zeros": 0.0, "zeros": 0.0, "Ones": 1.0, "ones": 1.0}
 DEAD_GAMMA = 1e-6
 EXTREME_SCALE = 1e4
-MAX_LISTED_CHANNELS = 10
 
 
 def _initial_value(initializer) -> float | None:
@@ -27,9 +27,6 @@ def _initial_value(initializer) -> float | None:
         return CONSTANT_INITIALIZERS.get(name)
     return None
 
-
-def _channels(mask: np.ndarray) -> list[int]:
-    return [int(i) for i in np.flatnonzero(mask)[:MAX_LISTED_CHANNELS]]
 
 
 @rule("BN201", "invalid-moving-statistics", Severity.ERROR, needs=("graph", "weights"))
@@ -61,11 +58,11 @@ def invalid_moving_statistics(ctx):
                 continue
             bad = ~np.isfinite(values)
             if bad.any():
-                problems[name] = {"non_finite": int(bad.sum()), "channels": _channels(bad)}
+                problems[name] = {"non_finite": int(bad.sum()), "channels": listed_channels(bad)}
         negative = arrays.moving_variance < 0
         if negative.any():
             problems.setdefault("moving_variance", {})["negative"] = int(negative.sum())
-            problems["moving_variance"]["negative_channels"] = _channels(negative)
+            problems["moving_variance"]["negative_channels"] = listed_channels(negative)
         if problems:
             summary = ", ".join(
                 f"{name}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in p.items() if isinstance(v, int))
@@ -150,7 +147,7 @@ def dead_channels(ctx):
             yield ctx.finding(
                 bn,
                 f"BatchNormalization {bn.path!r} has {int(dead.sum())} of {gamma.size} channels with |gamma| < {DEAD_GAMMA:g}",
-                details={"dead": int(dead.sum()), "channels": int(gamma.size), "fraction": round(fraction, 4), "dead_channels": _channels(dead)},
+                details={"dead": int(dead.sum()), "channels": int(gamma.size), "fraction": round(fraction, 4), "dead_channels": listed_channels(dead)},
                 fix="prune these channels (and the filters that feed them), or revisit the regularization on gamma",
                 severity=Severity.WARNING if fraction > 0.5 else Severity.INFO,
             )
