@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .findings import Finding, Severity
 from .loaders import LoadError
+from .result import SkippedRule
 
 if TYPE_CHECKING:
     from .graph import Layer, ModelGraph
@@ -42,6 +43,28 @@ class RuleContext:
     def runtime(self) -> Any:
         return self._runtime()
 
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """What several rules of this model need (one statistics pass, one set of re-runs),
+        computed once through the runtime.
+
+        When computing it fails, the rule that tried reports the error and every later
+        rule is listed as skipped, pointing at it, and gets None: one cause, one error.
+        """
+
+        def attempt() -> Any:
+            try:
+                return compute()
+            except Exception as error:
+                return _SharedFailure(error, self.rule.code)
+
+        outcome = self.runtime.memo(key, attempt)
+        if isinstance(outcome, _SharedFailure):
+            if outcome.rule == self.rule.code:
+                raise outcome.error
+            self.result.skipped.append(SkippedRule(self.rule.code, f"not checked: see the error of {outcome.rule}"))
+            return None
+        return outcome
+
     def setting(self, key: str, default: Any = None) -> Any:
         """A rule threshold: ``settings["bn301.mean-shift"]`` style keys, lower-case code.
 
@@ -75,3 +98,11 @@ class RuleContext:
             details=details or {},
             fix=fix,
         )
+
+
+class _SharedFailure:
+    """A shared computation that failed, and the rule that reports it."""
+
+    def __init__(self, error: Exception, rule: str) -> None:
+        self.error = error
+        self.rule = rule

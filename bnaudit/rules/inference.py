@@ -13,41 +13,24 @@ from typing import Any
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
-from ..loaders import LoadError
 from ..rule import rule
 
 NEEDS = ("graph", "runtime")
 
 
-class _Failed:
-    """The re-runs failed; the first rule reports why, the others point to it."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.reported = False
-
-
 def _results(ctx):
-    """The shared re-runs of this model, computed by whichever BN40x rule runs first."""
+    """The shared re-runs of this model, computed by whichever BN40x rule runs first;
+    None when they failed and another rule reported why."""
 
     def compute() -> Any:
         from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
 
-        try:
-            results = run_inference_checks(ctx.runtime)
-        except Exception as exc:  # reported once, by the rule that hit it
-            return _Failed(exc)
+        results = run_inference_checks(ctx.runtime)
         ctx.result.measurements["inference"] = results.to_dict()
         ctx.result.notes.extend(results.notes)
         return results
 
-    outcome = ctx.runtime.memo("inference", compute)
-    if isinstance(outcome, _Failed):
-        if outcome.reported:
-            raise LoadError("not checked: the inference re-runs failed (see the error above)")
-        outcome.reported = True
-        raise outcome.error
-    return outcome
+    return ctx.shared("inference", compute)
 
 
 def _numbers(row, tol) -> str:
@@ -90,6 +73,8 @@ def device_mismatch(ctx):
     the difference is acceptable, say so with `--atol`/`--rtol`.
     """
     results = _results(ctx)
+    if results is None:
+        return
     for row in results.devices:
         if not row.passed:
             yield ctx.finding(
@@ -128,6 +113,8 @@ def batch_dependent_inference(ctx):
     ```
     """
     results = _results(ctx)
+    if results is None:
+        return
     for row in results.batch_dependence:
         if not row.passed and row.path not in results.unrepeatable_paths:
             yield ctx.finding(
@@ -164,6 +151,8 @@ def call_predict_mismatch(ctx):
     ```
     """
     results = _results(ctx)
+    if results is None:
+        return
     for row in results.call_vs_predict:
         if not row.passed:
             yield ctx.finding(
@@ -198,6 +187,8 @@ def nondeterministic_inference(ctx):
     ```
     """
     results = _results(ctx)
+    if results is None:
+        return
     for row in results.repeatability:
         if not row.passed:
             yield ctx.finding(

@@ -174,35 +174,16 @@ def _numbers(values: np.ndarray) -> list[float | None]:
 # -- the shared pass -----------------------------------------------------------------
 
 
-class _Failed:
-    """A statistics pass that failed: reported once, by the first rule that needed it."""
-
-    def __init__(self, error: LoadError, reported_by: str) -> None:
-        self.error = error
-        self.reported_by = reported_by
-
-
 def data_statistics(ctx: "RuleContext") -> "DataStatistics | None":
     """The model's statistics from ``--data`` or ``--stats``, measured once per model.
 
     Returns None when an earlier rule already reported that they cannot be had; this
     rule is then listed as skipped rather than repeating the same error.
     """
-    outcome = ctx.runtime.memo("statistics", lambda: _measure_or_fail(ctx))
-    if isinstance(outcome, _Failed):
-        if outcome.reported_by == ctx.rule.code:
-            raise outcome.error
-        ctx.result.skipped.append(SkippedRule(ctx.rule.code, f"the statistics could not be measured (see the error of {outcome.reported_by})"))
-        return None
-    _record_pass(ctx, outcome)
+    outcome = ctx.shared("statistics", lambda: measure(ctx))
+    if outcome is not None:
+        _record_pass(ctx, outcome)
     return outcome
-
-
-def _measure_or_fail(ctx: "RuleContext"):
-    try:
-        return measure(ctx)
-    except LoadError as error:
-        return _Failed(error, ctx.rule.code)
 
 
 def measure(ctx: "RuleContext") -> "DataStatistics":
