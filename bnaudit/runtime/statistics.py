@@ -452,29 +452,31 @@ def collect(
         def step(inputs):
             return strategy.run(replica_step, args=(inputs,))
 
-        for batch in batches:
-            slices = [np.array_split(array, strategy.num_replicas_in_sync) for array in batch]
-            inputs = strategy.experimental_distribute_values_from_function(
-                lambda ctx: [s[ctx.replica_id_in_sync_group] for s in slices]
-            )
-            outputs, flat, compared = step(inputs)
-            widths = [n for _, n in layout]
-            replicas = zip(*(strategy.experimental_local_results(t) for t in flat))
-            totals.add(
-                [Moments.of_batch(np.repeat(np.asarray(c), widths), np.asarray(m), np.asarray(v)) for c, m, v in replicas],
-                full_batch=len(batch[0]) == batch_size,
-            )
-            if compare_modes:
-                first = [_gather(strategy, o) for o in outputs]
-                second = [_gather(strategy, o) for o in compared]
-                inference, training = (first, second) if upstream == "inference" else (second, first)
-                result.comparison.add(inference, training)
-            result.samples += len(batch[0])
-            result.batches += 1
+        try:
+            for batch in batches:
+                slices = [np.array_split(array, strategy.num_replicas_in_sync) for array in batch]
+                inputs = strategy.experimental_distribute_values_from_function(
+                    lambda ctx: [s[ctx.replica_id_in_sync_group] for s in slices]
+                )
+                outputs, flat, compared = step(inputs)
+                widths = [n for _, n in layout]
+                replicas = zip(*(strategy.experimental_local_results(t) for t in flat))
+                totals.add(
+                    [Moments.of_batch(np.repeat(np.asarray(c), widths), np.asarray(m), np.asarray(v)) for c, m, v in replicas],
+                    full_batch=len(batch[0]) == batch_size,
+                )
+                if compare_modes:
+                    first = [_gather(strategy, o) for o in outputs]
+                    second = [_gather(strategy, o) for o in compared]
+                    inference, training = (first, second) if upstream == "inference" else (second, first)
+                    result.comparison.add(inference, training)
+                result.samples += len(batch[0])
+                result.batches += 1
+                if progress:
+                    progress.update(result.samples, result.batches)
+        finally:  # the progress line never outlives the pass, even when it fails
             if progress:
-                progress.update(result.samples, result.batches)
-    if progress:
-        progress.done()
+                progress.done()
     result.layers = totals.per_layer(layout, {path: int(layer.moving_mean.shape[0]) for path, layer in layers.items()})
     result.seconds = round(time.perf_counter() - started, 3)
     return result
