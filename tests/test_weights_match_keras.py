@@ -122,3 +122,21 @@ def test_every_sample_model(name):
         import keras
 
         _assert_same(ours, keras.saving.load_model(path, compile=False))
+
+
+def test_a_rezipped_compressed_keras_file_reads_the_same_arrays(tmp_path):
+    """Keras stores model.weights.h5 uncompressed (read in place); a deflated copy must agree."""
+    import zipfile
+
+    source = SAMPLES / "nested_transfer.keras"
+    deflated = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert zipfile.ZipFile(deflated).getinfo("model.weights.h5").compress_type == zipfile.ZIP_DEFLATED
+    stored, compressed = _read_all(source), _read_all(deflated)
+    assert stored.keys() == compressed.keys() and stored
+    for path in stored:
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            a, b = getattr(stored[path], name), getattr(compressed[path], name)
+            assert (a is None and b is None) or np.array_equal(a, b), (path, name)

@@ -12,7 +12,9 @@ or by layer name (legacy ``.h5``), for the variable names the caller lists.
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -193,7 +195,7 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
 
     Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
-    lies; a compressed member (someone re-zipped the file) is decompressed into memory.
+    lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
     """
     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
         with open(path, "rb") as handle:
@@ -203,5 +205,19 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
             raise LoadError(f"corrupt zip: bad local header for {info.filename}")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         start = info.header_offset + 30 + name_len + extra_len
-        return h5py.File(_ZipMemberFile(path, start, info.file_size), "r")
-    return h5py.File(io.BytesIO(archive.read(info)), "r")
+        member = _ZipMemberFile(path, start, info.file_size)
+        try:
+            return h5py.File(member, "r")
+        except BaseException:
+            member.close()
+            raise
+    # Decompressed into an anonymous temporary file, not memory: the size is untrusted.
+    spill = tempfile.TemporaryFile()
+    try:
+        with archive.open(info) as source:
+            shutil.copyfileobj(source, spill, 1 << 20)
+        spill.seek(0)
+        return h5py.File(spill, "r")
+    except BaseException:
+        spill.close()
+        raise
