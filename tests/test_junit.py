@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from junitparser import Error, Failure, JUnitXml, Skipped
+from junitparser import Error, Failure, JUnitXml
 
 from conftest import ROOT, run_bnaudit
 
@@ -67,8 +67,7 @@ def test_skipped_rules_are_skipped_cases_with_the_reason(default_run):
     xml, models = default_run
     for suite in xml:
         skipped = {case.classname.split(".")[0]: case.result[0].message for case in suite if case.is_skipped}
-        assert skipped == {s["code"]: s["reason"] for s in models[suite.name]["skipped"]}
-        assert all(isinstance(case.result[0], Skipped) for case in suite if case.is_skipped)
+        assert skipped and skipped == {s["code"]: s["reason"] for s in models[suite.name]["skipped"]}
 
 
 def test_fail_on_warning_turns_warnings_into_failures(tmp_path):
