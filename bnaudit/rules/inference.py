@@ -33,6 +33,16 @@ def _results(ctx):
     return ctx.shared("inference", compute)
 
 
+def _mismatches(ctx, table: str):
+    """The failing rows of one comparison table of the shared re-runs, each with the runs."""
+    results = _results(ctx)
+    if results is None:
+        return
+    for row in getattr(results, table):
+        if not row.passed:
+            yield row, results
+
+
 def _numbers(row, tol) -> str:
     return (
         f"max abs error {row.max_abs:.3g}, max rel error {row.max_rel:.3g}; "
@@ -72,17 +82,13 @@ def device_mismatch(ctx):
     Fix the precision problem (larger epsilon, float32 BN under mixed precision), or, when
     the difference is acceptable, say so with `--atol`/`--rtol`.
     """
-    results = _results(ctx)
-    if results is None:
-        return
-    for row in results.devices:
-        if not row.passed:
-            yield ctx.finding(
-                row.output,
-                f"output {row.output!r} on {row.run} differs from {row.reference}: {_numbers(row, results.tolerance)}",
-                details=_details(row, results),
-                fix="look for reduced-precision kernels or device-specific ops; if the difference is acceptable, raise --atol/--rtol",
-            )
+    for row, results in _mismatches(ctx, "devices"):
+        yield ctx.finding(
+            row.output,
+            f"output {row.output!r} on {row.run} differs from {row.reference}: {_numbers(row, results.tolerance)}",
+            details=_details(row, results),
+            fix="look for reduced-precision kernels or device-specific ops; if the difference is acceptable, raise --atol/--rtol",
+        )
 
 
 @rule("BN402", "batch-dependent-inference", Severity.ERROR, needs=NEEDS)
@@ -112,11 +118,8 @@ def batch_dependent_inference(ctx):
     x = layers.BatchNormalization()(x)
     ```
     """
-    results = _results(ctx)
-    if results is None:
-        return
-    for row in results.batch_dependence:
-        if not row.passed and row.path not in results.unrepeatable_paths:
+    for row, results in _mismatches(ctx, "batch_dependence"):
+        if row.path not in results.unrepeatable_paths:
             yield ctx.finding(
                 row.output,
                 f"with {row.path}, output {row.output!r} of a sample run alone differs from the same sample run "
@@ -150,17 +153,13 @@ def call_predict_mismatch(ctx):
     x = layers.BatchNormalization()(x)  # or serve with model(x, training=False)
     ```
     """
-    results = _results(ctx)
-    if results is None:
-        return
-    for row in results.call_vs_predict:
-        if not row.passed:
-            yield ctx.finding(
-                row.output,
-                f"output {row.output!r} of model(x) differs from model.predict(x) on the same batch: {_numbers(row, results.tolerance)}",
-                details=_details(row, results),
-                fix="remove training=True from layer calls (see BN106) and rebuild, or serve with model(x, training=False)",
-            )
+    for row, results in _mismatches(ctx, "call_vs_predict"):
+        yield ctx.finding(
+            row.output,
+            f"output {row.output!r} of model(x) differs from model.predict(x) on the same batch: {_numbers(row, results.tolerance)}",
+            details=_details(row, results),
+            fix="remove training=True from layer calls (see BN106) and rebuild, or serve with model(x, training=False)",
+        )
 
 
 @rule("BN404", "nondeterministic-inference", Severity.WARNING, needs=NEEDS)
@@ -186,17 +185,13 @@ def nondeterministic_inference(ctx):
     x = layers.Dropout(0.5)(x)  # active in fit() only
     ```
     """
-    results = _results(ctx)
-    if results is None:
-        return
-    for row in results.repeatability:
-        if not row.passed:
-            yield ctx.finding(
-                row.output,
-                f"with {row.path}, output {row.output!r} differs between two runs of the same batch: {_numbers(row, results.tolerance)}",
-                details=_details(row, results),
-                fix="remove training=True from Dropout/GaussianNoise calls, or enable deterministic ops (tf.config.experimental.enable_op_determinism)",
-            )
+    for row, results in _mismatches(ctx, "repeatability"):
+        yield ctx.finding(
+            row.output,
+            f"with {row.path}, output {row.output!r} differs between two runs of the same batch: {_numbers(row, results.tolerance)}",
+            details=_details(row, results),
+            fix="remove training=True from Dropout/GaussianNoise calls, or enable deterministic ops (tf.config.experimental.enable_op_determinism)",
+        )
 
 
 @hookimpl
