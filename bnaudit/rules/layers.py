@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..graph import BATCHNORM_CLASSES, Layer
+from ..graph import BATCHNORM_CLASSES, Layer, ModelGraph, is_identity
 
 DROPOUT_CLASSES = frozenset(
     {
@@ -76,6 +78,34 @@ def bn_axes(bn: Layer, rank: int | None) -> list[int] | None:
     if rank is None:
         return axes if all(a >= 0 for a in axes) else None
     return [a % rank if -rank <= a < rank else a for a in axes]
+
+
+@dataclass(frozen=True)
+class AxisMismatch:
+    """A normalization layer's ``axis`` misses the channel axis of the layer feeding it."""
+
+    producer: Layer
+    channel_axis: int
+    rank: int | None
+
+    @property
+    def data_format(self) -> str:
+        return self.producer.config.get("data_format") or "channels_last"
+
+
+def channel_axis_mismatch(graph: ModelGraph, layer: Layer, producer_classes: frozenset[str]) -> AxisMismatch | None:
+    """Where ``layer`` (any normalization with an ``axis``) normalizes other axes than the
+    channel axis of its producer (looked for through identity layers), if that producer
+    is one of ``producer_classes``. Shared by BN107 and plugins for other normalizations."""
+    producer, _ = graph.producer_through(layer, is_identity)
+    if producer is None or producer.class_name not in producer_classes:
+        return None
+    rank = layer.input_rank or output_rank(producer)
+    expected = channel_axis(producer, rank)
+    axes = bn_axes(layer, rank)
+    if expected is None or axes is None or expected in axes:
+        return None
+    return AxisMismatch(producer, expected, rank)
 
 
 def dtype_policy(layer: Layer) -> str:

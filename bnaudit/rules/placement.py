@@ -12,13 +12,13 @@ from ..graph import BATCHNORM_CLASSES, Layer, ModelGraph, is_identity, is_value_
 from ..hookspecs import hookimpl
 from ..rule import rule
 from .layers import (
-    CONV_RANKS,
     DROPOUT_CLASSES,
     LINEAR_CLASSES,
     OUTPUT_ACTIVATIONS,
     PARAMETRIC_CLASSES,
     bn_axes,
     channel_axis,
+    channel_axis_mismatch,
     dtype_policy,
     output_rank,
 )
@@ -335,18 +335,15 @@ def batchnorm_axis_mismatch(ctx):
                 fix="set axis to the channel axis of the input",
             )
             continue
-        if producer is None or (producer.class_name not in CONV_RANKS and producer.class_name != "Dense"):
+        mismatch = channel_axis_mismatch(ctx.graph, bn, LINEAR_CLASSES)
+        if mismatch is None:
             continue
-        expected = channel_axis(producer, rank)
-        positive = bn_axes(bn, rank)
-        if expected is None or positive is None or expected in positive:
-            continue
-        data_format = producer.config.get("data_format") or "channels_last"
+        producer, expected = mismatch.producer, mismatch.channel_axis
         yield ctx.finding(
             bn,
             f"BatchNormalization {bn.path!r} normalizes axis {axis}, but {producer.path!r} "
-            f"({data_format}) puts channels on axis {expected}",
-            details={"axis": axis, "channel_axis": expected, "rank": rank, "producer": producer.path, "data_format": data_format},
+            f"({mismatch.data_format}) puts channels on axis {expected}",
+            details={"axis": axis, "channel_axis": expected, "rank": mismatch.rank, "producer": producer.path, "data_format": mismatch.data_format},
             fix=f"set axis={expected} on {bn.path!r}",
         )
 

@@ -11,10 +11,10 @@ import numpy as np
 
 import bnaudit
 from bnaudit import Severity, rule
-from bnaudit.graph import is_identity
-from bnaudit.rules.layers import CONV_RANKS, bn_axes, channel_axis, output_rank
+from bnaudit.rules.layers import CONV_RANKS, channel_axis_mismatch
 
 NORMALIZATION_CLASSES = frozenset({"LayerNormalization", "GroupNormalization"})
+CONV_CLASSES = frozenset(CONV_RANKS)
 MAX_LISTED = 10
 
 
@@ -66,20 +66,15 @@ def normalization_axis_not_channels(ctx):
     ```
     """
     for layer in normalizations(ctx.graph):
-        producer, _ = ctx.graph.producer_through(layer, is_identity)
-        if producer is None or producer.class_name not in CONV_RANKS:
+        mismatch = channel_axis_mismatch(ctx.graph, layer, CONV_CLASSES)
+        if mismatch is None:
             continue
-        rank = layer.input_rank or output_rank(producer)
-        expected = channel_axis(producer, rank)
-        axes = bn_axes(layer, rank)
-        if expected is None or axes is None or expected in axes:
-            continue
-        data_format = producer.config.get("data_format") or "channels_last"
+        producer, expected = mismatch.producer, mismatch.channel_axis
         yield ctx.finding(
             layer,
             f"{layer.class_name} {layer.path!r} normalizes axis {layer.config.get('axis', -1)}, "
-            f"but {producer.path!r} ({data_format}) puts channels on axis {expected}",
-            details={"axis": layer.config.get("axis", -1), "channel_axis": expected, "producer": producer.path, "data_format": data_format},
+            f"but {producer.path!r} ({mismatch.data_format}) puts channels on axis {expected}",
+            details={"axis": layer.config.get("axis", -1), "channel_axis": expected, "producer": producer.path, "data_format": mismatch.data_format},
             fix=f"set axis={expected} on {layer.path!r}",
         )
 
