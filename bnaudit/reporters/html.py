@@ -20,7 +20,8 @@ import hashlib
 import re
 from pathlib import Path
 
-import jinja2
+from typing import TYPE_CHECKING
+
 from markupsafe import Markup, escape
 
 from ..hookspecs import hookimpl
@@ -28,13 +29,18 @@ from . import RenderError, Report, Reporter
 from .measurements import format_value
 from .views import build
 
+if TYPE_CHECKING:
+    import jinja2
+
 #: ``bnaudit/templates``: the top-level ``templates/`` in a checkout (a symlink), a real
 #: directory inside the wheel.
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PAGE = "report.html.j2"
 
 
-def environment(report: Report) -> jinja2.Environment:
+def environment(report: Report) -> "jinja2.Environment":
+    import jinja2  # only when an HTML report is rendered: every other run starts faster
+
     builtin = jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES))
     loaders: list[jinja2.BaseLoader] = []
     if report.options.get("templates"):
@@ -55,6 +61,8 @@ def environment(report: Report) -> jinja2.Environment:
 
 
 def render(report: Report) -> str:
+    import jinja2
+
     context = build(report)
     env = environment(report)
     try:
