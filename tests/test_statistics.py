@@ -332,7 +332,7 @@ def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
 
 
 def test_moments_merge_in_any_grouping_equals_numpy_on_the_whole():
-    from bnaudit.runtime.moments import Moments
+    from bnaudit.analysis.moments import Moments
 
     rng = np.random.default_rng(5)
     values = rng.normal(1e3, 1e-2, size=(1000, 3))  # a large mean: where sums of squares cancel

@@ -5,7 +5,7 @@ the wrapper reduces the layer's input to per-channel count, mean and variance on
 device, and returns those vectors from the compiled step next to the model outputs.
 So a single ``tf.function`` call per batch measures every BN layer, nested models and
 shared layers included, and only per-channel vectors leave the device; the host merges
-them in float64 (:mod:`.moments`), so memory does not grow with the data.
+them in float64 (:mod:`bnaudit.analysis.moments`), so memory does not grow with the data.
 
 The wrapper also chooses how each BN normalizes: ``"inference"`` (moving statistics,
 what deployment sees) or ``"training"`` (the batch's own statistics, computed here
@@ -40,7 +40,7 @@ import numpy as np
 
 from ..loaders import LoadError
 from . import import_tensorflow
-from .moments import Moments
+from ..analysis.moments import Moments
 
 FORMAT = "bnaudit-statistics"
 FORMAT_VERSION = 1
