@@ -155,14 +155,14 @@ def _fmt(value: float | None) -> str:
 def merge(parts: tuple[str, ...], output: str) -> None:
     """Merge partial moments written by `bnaudit stats --shard K/N -o PART` into one statistics file."""
     from .cli import fail
-    from .runtime.statistics import DataStatistics
+    from .analysis import statistics_file
 
     try:
-        loaded = sorted((DataStatistics.load(part) for part in parts), key=lambda s: s.shards)
+        loaded = sorted((statistics_file.load(part) for part in parts), key=lambda s: s.shards)
         merged = loaded[0]
         for part in loaded[1:]:
             merged = merged.merge(part)
-        merged.save(output)
+        statistics_file.save(merged, output)
     except LoadError as exc:
         fail(exc.message + (f" ({exc.hint})" if exc.hint else ""))
     status = "complete" if merged.complete else f"shards {merged.shards} of {merged.shard_count}: merge the rest before auditing"

@@ -34,7 +34,7 @@ from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
     from ..context import RuleContext
-    from ..runtime.statistics import DataStatistics, LayerStatistics
+    from ..analysis.statistics import DataStatistics, LayerStatistics
 
 #: Defaults of the ``bn301.*`` settings. A model's own training data stays far below
 #: them (drift scores of 0.002-0.003 in the tests, see docs/statistics.md); a mean shift
@@ -193,12 +193,13 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     ``shard`` (K, N), ``save_statistics`` (write the moments to this ``.npz``) and
     ``progress_terminal`` (where to show progress).
     """
-    from ..runtime.statistics import DataStatistics, Progress, collect, fingerprint
+    from ..analysis import statistics_file
+    from ..analysis.statistics import fingerprint
 
     options = ctx.runtime.options
     runtime = options.runtime
     if runtime.get("stats"):
-        statistics = DataStatistics.load(runtime["stats"])
+        statistics = statistics_file.load(runtime["stats"])
         if not statistics.complete:
             raise LoadError(
                 f"{runtime['stats']} holds shards {statistics.shards} of {statistics.shard_count}",
@@ -211,7 +212,9 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
                 "measure the statistics on this model file",
             )
         return statistics
+    from ..progress import Progress
     from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
+    from ..runtime.statistics import collect
 
     model = ctx.runtime.model
     batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
@@ -236,7 +239,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
     if runtime.get("save_statistics"):
         try:
-            statistics.save(runtime["save_statistics"])
+            statistics_file.save(statistics, runtime["save_statistics"])
         except OSError as exc:
             raise LoadError(f"cannot write {runtime['save_statistics']}: {exc.strerror or exc}", "check the directory exists and is writable") from None
     return statistics
