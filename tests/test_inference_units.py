@@ -1,4 +1,4 @@
-"""The numbers behind BN401-BN404: error statistics, tolerances, device choice, inputs, float64 copies."""
+"""The runtime side of BN401-BN404: device choice, synthetic inputs, float64 copies (the comparisons: test_analysis.py)."""
 
 from __future__ import annotations
 
@@ -7,69 +7,7 @@ import pytest
 
 from bnaudit.loaders import LoadError
 from bnaudit.runtime.devices import select_devices
-from bnaudit.analysis.tolerances import Tolerance, compare, compute_dtype, tolerance
 
-TIGHT = Tolerance(atol=1e-3, rtol=0.0, source="test")
-
-
-def test_error_statistics_and_worst_element():
-    expected = np.zeros((100, 2))
-    expected[:, 1] = 1.0
-    actual = expected.copy()
-    actual[7, 1] += 0.5  # the one element beyond tolerance
-    actual[:, 0] += 1e-4  # everywhere, within atol; relative error undefined (reference 0)
-    row = compare("out", "GPU:0", "CPU:0", actual, expected, TIGHT, "float64")
-    assert (row.mismatched, row.elements, row.passed) == (1, 200, False)
-    assert row.max_abs == pytest.approx(0.5)
-    assert row.mean_abs == pytest.approx((0.5 + 100 * 1e-4) / 200)
-    assert row.p99_abs == pytest.approx(1e-4)
-    assert row.max_rel == pytest.approx(0.5) and row.mean_rel == pytest.approx(0.5 / 100)
-    assert row.worst == {"sample": 7, "index": [1], "value": 1.5, "reference": 1.0, "abs": 0.5, "rel": 0.5}
-    assert row.describe_worst() == "sample 7, index [1]: 1.5 vs 1"
-
-
-def test_worst_is_the_element_furthest_beyond_tolerance_not_the_largest_error():
-    expected = np.array([[1000.0, 0.01]])
-    actual = np.array([[1000.5, 0.02]])  # 0.5 is within rtol of 1000; 0.01 is not within atol
-    row = compare("out", "a", "b", actual, expected, Tolerance(1e-3, 1e-3, "test"), "float64", samples=[42])
-    assert row.mismatched == 1 and row.worst["sample"] == 42 and row.worst["index"] == [1]
-
-
-def test_nan_agrees_with_nan_and_differs_from_numbers():
-    expected = np.array([[np.nan, 1.0, np.inf]])
-    same = compare("out", "a", "b", expected.copy(), expected, TIGHT, "float64")
-    assert same.passed and same.max_abs == 0.0
-    other = compare("out", "a", "b", np.array([[0.0, 1.0, np.inf]]), expected, TIGHT, "float64")
-    assert other.mismatched == 1 and other.to_dict()["max_abs"] == "inf"  # JSON has no infinity
-
-
-def test_outputs_are_compared_in_the_compute_dtype():
-    expected = np.array([[1.0]], dtype=np.float32)
-    actual = expected + np.float32(1e-4)  # below float16 resolution at 1.0 (9.8e-4)
-    exact = Tolerance(0.0, 0.0, "test")
-    assert not compare("out", "a", "b", actual, expected, exact, "float32").passed
-    assert compare("out", "a", "b", actual, expected, exact, "float16").passed
-
-
-@pytest.mark.parametrize(
-    "policies, dtype",
-    [
-        (["float32", "float32"], "float32"),
-        (["float32", "mixed_float16", "float32"], "float16"),
-        (["mixed_bfloat16", "float32"], "bfloat16"),
-        (["float64"], "float64"),
-        (["int32", ""], "float32"),
-    ],
-)
-def test_compute_dtype_is_the_coarsest_float_policy(policies, dtype):
-    assert compute_dtype(policies) == dtype
-
-
-def test_tolerances_default_by_dtype_and_yield_to_flags():
-    assert tolerance("float32") == Tolerance(1e-4, 1e-3, "default for float32")
-    assert tolerance("float16") == Tolerance(1e-2, 1e-2, "default for float16")
-    assert tolerance("float32", atol=0.0) == Tolerance(0.0, 1e-3, "--atol")
-    assert tolerance("bfloat16", 1.0, 2.0) == Tolerance(1.0, 2.0, "--atol/--rtol")
 
 
 @pytest.mark.parametrize(

@@ -330,20 +330,3 @@ def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
     assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: give --data (measure now) or --stats (measured before), not both"
     run = run_bnaudit("check", SAMPLES / "clean_conv_bn_relu.keras", "--stats", trained / "merged.npz", "--select", "BN301")
     assert run.returncode == 2 and "was measured on another model" in run.stderr
-
-
-def test_moments_merge_in_any_grouping_equals_numpy_on_the_whole():
-    from bnaudit.analysis.moments import Moments
-
-    rng = np.random.default_rng(5)
-    values = rng.normal(1e3, 1e-2, size=(1000, 3))  # a large mean: where sums of squares cancel
-    cuts = [0, 1, 1, 7, 300, 301, 1000]  # including an empty piece and single rows
-    pieces = [values[a:b] for a, b in zip(cuts, cuts[1:])]
-    merged = Moments.empty(3)
-    for piece in pieces:
-        nan = np.full(3, np.nan)  # what an empty replica slice reports
-        merged = merged.merge(Moments.of_batch(len(piece), piece.mean(0) if len(piece) else nan, piece.var(0) if len(piece) else nan))
-    np.testing.assert_allclose(merged.mean, values.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(merged.variance, values.var(0), rtol=1e-9)
-    assert np.all(merged.count == 1000)
-    assert np.all(np.isnan(Moments.empty(3).variance))

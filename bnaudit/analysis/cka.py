@@ -1,9 +1,6 @@
-"""Linear CKA between the outputs of two normalization modes, summed over batches.
+"""How much a model's outputs change between its two normalization modes (BN302): CKA, top-1 agreement.
 
-Linear CKA is the minibatch form of Nguyen et al. (2021): unbiased HSIC estimates
-(Song et al., 2012) summed over batches, so no more than one batch is ever held.
-BN302 uses it to say how much a model's outputs change between BN on batch statistics
-and BN on moving statistics. numpy only.
+numpy only; the outputs come from the statistics pass (:mod:`bnaudit.runtime.statistics`).
 """
 
 from __future__ import annotations
