@@ -20,13 +20,9 @@ TensorFlow writes its start-up logs from C++ straight to file descriptor 2, past
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import sys
-import tempfile
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -91,6 +87,11 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Au
 
 def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> tuple[list[AuditResult | None], set[int]]:
     """Results in job order, None where a worker died; and the jobs a dead worker was on."""
+    import multiprocessing  # only with -j: a single-process run starts without it
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     context = multiprocessing.get_context(_start_method())
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
@@ -112,6 +113,8 @@ def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug:
 def _start_method() -> str:
     """'fork' while no TensorFlow thread exists here (the static path): a worker starts in
     milliseconds. Otherwise a clean 'forkserver' ('spawn' where there is none)."""
+    import multiprocessing
+
     methods = multiprocessing.get_all_start_methods()
     if "tensorflow" not in sys.modules and "fork" in methods:
         return "fork"

@@ -12,39 +12,71 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
 
+import importlib
+
 import click
 
 from .. import __version__
-from ..output import OutputError
-from ..plugins import PluginError, make_plugin_manager
-from .check import check
-from .formats import formats
-from .options import fail
-from .plugins import plugins
-from .report import report
-from .rules import rules
-from .stats import merge, stats
+
+#: Built-in commands and the module of each: a command's module (and what it needs:
+#: the engine, the reporters, TensorFlow for ``stats``) is imported only when it runs.
+COMMANDS = {
+    "check": "check",
+    "report": "report",
+    "stats": "stats",
+    "merge": "stats",
+    "rules": "rules",
+    "plugins": "plugins",
+    "formats": "formats",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The ``bnaudit`` group: built-in commands imported on use, plugins' commands on demand.
+
+    Plugins add commands through ``bnaudit_register_commands``; asking for them loads
+    every plugin, so that happens only for a name that is not built in, or to list
+    the commands (``--help``), never on the way to ``check``.
+    """
+
+    plugins_asked = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            return getattr(importlib.import_module(f"{__name__}.{COMMANDS[name]}"), name)
+        self._add_plugin_commands()
+        return super().get_command(ctx, name)
+
+    def _add_plugin_commands(self) -> None:
+        if self.plugins_asked:
+            return
+        self.plugins_asked = True
+        from ..plugins import PluginError, make_plugin_manager
+        from .options import fail
+
+        try:
+            make_plugin_manager().hook.bnaudit_register_commands(cli=self)
+        except PluginError as exc:
+            fail(str(exc))
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bnaudit")
 def cli() -> None:
     """Audit the BatchNormalization layers of saved Keras models."""
 
 
-
-
-for command in (check, rules, plugins, formats, report, stats, merge):
-    cli.add_command(command)
-
-
 def main() -> None:
-    """Console entry point: plugins may add commands before the command line is parsed."""
-    try:
-        make_plugin_manager().hook.bnaudit_register_commands(cli=cli)
-    except PluginError as exc:
-        fail(str(exc))
+    """Console entry point (``bnaudit``): one line on stderr, exit 2, for an output that cannot be written."""
+    from ..output import OutputError
+
     try:
         cli(prog_name="bnaudit")
     except OutputError as exc:
+        from .options import fail
+
         fail(f"{exc} (check the path and its permissions)")

@@ -1,0 +1,79 @@
+"""Start-up of a static check against the floor of any h5py-based tool, as whole processes.
+
+Builds a ResNet50 (224x224x3) and an EfficientNetB7 (600x600x3) `.keras` with
+``weights=None`` (or reuses them from ``--models DIR``), then times, interleaved, the
+floor ``python -c "import h5py, numpy"`` and ``bnaudit check MODEL`` as the console
+script runs it (``from bnaudit.cli import main; main()``). Prints the median wall time
+of each, their ratio per model, and whether it is within the target of 1.5x the floor.
+
+    python benchmarks/startup.py [--repeat 15] [--models DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 1.5
+MODELS = {
+    "resnet50.keras": "keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))",
+    "efficientnetb7.keras": "keras.applications.EfficientNetB7(weights=None, input_shape=(600, 600, 3))",
+}
+FLOOR = [sys.executable, "-c", "import h5py, numpy"]
+#: The body of the ``bnaudit`` console script (pyproject's ``bnaudit = "bnaudit.cli:main"``).
+CONSOLE_SCRIPT = "import sys; sys.argv[0] = 'bnaudit'; from bnaudit.cli import main; sys.exit(main())"
+
+
+def build(directory: Path) -> None:
+    """Save the models not yet in ``directory`` (a minute or two: Keras builds them)."""
+    missing = {name: code for name, code in MODELS.items() if not (directory / name).is_file()}
+    if not missing:
+        return
+    lines = ["import os", "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'", "import keras"]
+    lines += [f"{code}.save({str(directory / name)!r})" for name, code in missing.items()]
+    subprocess.run([sys.executable, "-c", "\n".join(lines)], check=True, stderr=subprocess.DEVNULL)
+
+
+def wall_time(command: list[str]) -> float:
+    """Seconds from start to exit of one whole process (exit 0 or 1: findings are fine)."""
+    started = time.perf_counter()
+    code = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    elapsed = time.perf_counter() - started
+    if code not in (0, 1):
+        raise SystemExit(f"{' '.join(command[-3:])} exited with {code}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15, help="runs of each command (median reported)")
+    parser.add_argument("--models", type=Path, help="directory to keep the built models in (built when missing)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.models or Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        build(directory)
+        print(f"{'command':<32} {'median s':>9} {'x floor':>8}")
+        for name in MODELS:
+            check = [sys.executable, "-c", CONSOLE_SCRIPT, "check", str(directory / name)]
+            wall_time(check)  # warm the page cache once
+            floor, ours = [], []
+            for _ in range(args.repeat):  # interleaved: load on the machine hits both alike
+                floor.append(wall_time(FLOOR))
+                ours.append(wall_time(check))
+            floor_s, ours_s = statistics.median(floor), statistics.median(ours)
+            ratio = ours_s / floor_s
+            verdict = "within" if ratio <= TARGET else "OVER"
+            print(f"{'import h5py, numpy':<32} {floor_s:9.3f} {1.0:8.2f}")
+            print(f"{'bnaudit check ' + name:<32} {ours_s:9.3f} {ratio:8.2f}  ({verdict} the {TARGET}x target)")
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.repeat} interleaved runs each")
+
+
+if __name__ == "__main__":
+    main()
