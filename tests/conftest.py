@@ -1,4 +1,15 @@
-"""Shared test plumbing: quiet TensorFlow, two logical CPUs, and running the real command."""
+"""Shared test plumbing: quiet TensorFlow, two logical CPUs for the tests that import it, and the command.
+
+TensorFlow is imported only by the tests that need it: a static test run never pays for
+it. Whoever imports it first (a fixture's ``import keras``, bnaudit's runtime), the CPU
+is split into two logical devices right after TensorFlow's own import, before any
+device can start, so the in-process multi-device tests hold whatever the order.
+
+``invoke`` runs the command line in this process (what most CLI tests need: exit code,
+stdout, stderr); ``run_bnaudit`` runs ``python -m bnaudit`` as a real subprocess, for
+what only a process shows (start-up imports, plugins found on another PYTHONPATH,
+worker processes, TensorFlow's native logs on fd 2).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The multi-device code paths run for real on two logical CPU devices (no GPU here).
 os.environ.setdefault("BNAUDIT_LOGICAL_CPUS", "2")
 
+import importlib.abc
+import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,12 +32,40 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 
 
-def pytest_configure(config):
-    """Split the CPU before any test builds a model: TensorFlow fixes its devices at first use,
-    so the in-process multi-device tests depend on this running first, whatever the order."""
-    from bnaudit.runtime import import_tensorflow
+class SplitCPUOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs ``bnaudit.runtime.import_tensorflow`` (which applies ``BNAUDIT_LOGICAL_CPUS``)
+    the moment TensorFlow's module has executed, whoever imported it.
 
-    import_tensorflow()
+    TensorFlow fixes its devices at first use, so the split must come before any test
+    builds a model; doing it on import rather than at start-up spares the tests that
+    never touch TensorFlow the seconds its import takes.
+    """
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the real finders answer from here on
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        from bnaudit.runtime import import_tensorflow
+
+        import_tensorflow()
+
+
+def pytest_configure(config):
+    if "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, SplitCPUOnImport())
 
 
 @dataclass
@@ -50,9 +91,25 @@ def run_bnaudit(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.fixture
-def bnaudit_cmd():
-    return run_bnaudit
+def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Run:
+    """Run ``bnaudit ARGS`` in this process (click's runner): exit code, stdout and stderr as
+    the console script gives them. The working directory and environment are restored
+    after; an exception other than the command's own exit is raised, never read as exit 1."""
+    from click.testing import CliRunner
+
+    from bnaudit.cli import cli
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        os.chdir(cwd or ROOT)
+        result = CliRunner().invoke(cli, [str(arg) for arg in args], env=env, prog_name="bnaudit")
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Run(result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture(scope="session")
