@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLES, run_bnaudit
+from conftest import SAMPLES, invoke
 
 MODELS = ("bias_before_bn.keras", "dropout_before_bn.keras", "bn_training_baked.keras")
 
@@ -21,14 +21,14 @@ def repo(tmp_path) -> Path:
     (tmp_path / "models").mkdir()
     for name in MODELS:
         shutil.copy(SAMPLES / name, tmp_path / "models" / name)
-    proc = run_bnaudit("check", "models", "--isolated", "--write-baseline", "ci/baseline.json", cwd=tmp_path)
+    proc = invoke("check", "models", "--isolated", "--write-baseline", "ci/baseline.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # BN106 is an error, but writing the baseline accepts it
     assert "wrote 4 findings to the baseline ci/baseline.json" in proc.stderr
     return tmp_path
 
 
 def check(repo: Path, *args: str, cwd: Path | None = None):
-    proc = run_bnaudit("check", *args, "--isolated", "--format", "json", cwd=cwd or repo)
+    proc = invoke("check", *args, "--isolated", "--format", "json", cwd=cwd or repo)
     document = json.loads(proc.stdout) if proc.stdout else {"models": []}
     found = {(Path(m["path"]).name, f["code"], f["layer"]) for m in document["models"] for f in m["findings"]}
     notes = {Path(m["path"]).name: m["notes"] for m in document["models"] if m["notes"]}
@@ -97,7 +97,7 @@ def test_retraining_a_model_keeps_its_entries(tmp_path):
     model.fit(rng.normal(size=(32, 4)), rng.normal(size=(32, 1)), epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     before = hashlib.sha256((tmp_path / "m.keras").read_bytes()).hexdigest()
-    assert run_bnaudit("check", "m.keras", "--isolated", "--write-baseline", "b.json", cwd=tmp_path).returncode == 0
+    assert invoke("check", "m.keras", "--isolated", "--write-baseline", "b.json", cwd=tmp_path).returncode == 0
     model.fit(rng.normal(size=(32, 4)), rng.normal(size=(32, 1)), epochs=2, verbose=0)  # retrained: new weights
     model.save(tmp_path / "m.keras")
     assert hashlib.sha256((tmp_path / "m.keras").read_bytes()).hexdigest() != before
@@ -117,5 +117,5 @@ def test_retraining_a_model_keeps_its_entries(tmp_path):
 def test_a_bad_baseline_is_one_line_and_exit_2(repo, content, message):
     if content is not None:
         (repo / "b.json").write_text(content)
-    proc = run_bnaudit("check", "models", "--isolated", "--baseline", "b.json", cwd=repo)
+    proc = invoke("check", "models", "--isolated", "--baseline", "b.json", cwd=repo)
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"bnaudit: error: {message}\n")

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_bnaudit
+from conftest import invoke, run_bnaudit
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _codes(run):
 
 
 def test_json_document_shape(bias_model):
-    run = run_bnaudit("check", "--format", "json", bias_model)
+    run = invoke("check", "--format", "json", bias_model)
     assert run.returncode == 0  # only a warning and an info: below the default fail-on=error
     document = json.loads(run.stdout)
     assert document["version"] == 1
@@ -73,7 +73,7 @@ def test_json_document_shape(bias_model):
     ],
 )
 def test_exit_codes(bias_model, args, code):
-    assert run_bnaudit("check", *args, bias_model).returncode == code
+    assert invoke("check", *args, bias_model).returncode == code
 
 
 @pytest.mark.parametrize(
@@ -86,19 +86,19 @@ def test_exit_codes(bias_model, args, code):
     ],
 )
 def test_select_and_ignore(bias_model, args, expected):
-    assert _codes(run_bnaudit("check", "--format", "json", *args, bias_model)) == expected
+    assert _codes(invoke("check", "--format", "json", *args, bias_model)) == expected
 
 
 def test_unknown_code_and_format_are_usage_errors(bias_model):
-    run = run_bnaudit("check", "--select", "BN999", bias_model)
+    run = invoke("check", "--select", "BN999", bias_model)
     assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: BN999 match no rule; `bnaudit rules` lists the codes"
-    run = run_bnaudit("check", "--format", "yaml", bias_model)
+    run = invoke("check", "--format", "yaml", bias_model)
     assert run.returncode == 2 and "unknown format 'yaml'" in run.stderr
 
 
 def test_output_file_and_text_format(bias_model, tmp_path):
     out = tmp_path / "deep" / "r.json"
-    run = run_bnaudit("check", "--format", "json", "-o", out, "--format", "text", bias_model)
+    run = invoke("check", "--format", "json", "-o", out, "--format", "text", bias_model)
     assert run.returncode == 0
     assert _codes(type("R", (), {"stdout": out.read_text()})) == [("BN101", "bn2"), ("BN102", "bn1")]
     assert "BN101 warning bn2:" in run.stdout
@@ -107,13 +107,13 @@ def test_output_file_and_text_format(bias_model, tmp_path):
 
 
 def test_rules_command_lists_and_documents():
-    listing = run_bnaudit("rules").stdout
+    listing = invoke("rules").stdout
     assert listing.count("\n") >= 14 and "BN106  batchnorm-training-baked" in listing
-    doc = run_bnaudit("rules", "BN101").stdout
+    doc = invoke("rules", "BN101").stdout
     for section in ("## What it does", "## Why is this bad?", "## Example", "## Use instead"):
         assert section in doc
-    assert run_bnaudit("rules", "dropout-before-batchnorm").stdout == doc
-    assert run_bnaudit("rules", "BN999").returncode == 2
+    assert invoke("rules", "dropout-before-batchnorm").stdout == doc
+    assert invoke("rules", "BN999").returncode == 2
 
 
 PLUGIN = textwrap.dedent(
@@ -149,24 +149,24 @@ def test_p_plugin_rules_run_and_a_crashing_rule_is_an_error_not_a_stop(bias_mode
     assert run.stderr.strip() == f"bnaudit: error: {bias_model} [XY002]: rule crashed: RuntimeError: boom (run with --debug for the traceback)"
     listing = run_bnaudit("plugins", "-p", "xy_plugin", env=env).stdout
     assert "xy_plugin" in listing and "XY001, XY002" in listing
-    assert run_bnaudit("check", "-p", "missing_plugin_module", bias_model).returncode == 2
+    assert invoke("check", "-p", "missing_plugin_module", bias_model).returncode == 2
 
 
 def test_each_output_file_goes_with_the_format_written_just_before_it(bias_model, tmp_path):
     out = tmp_path / "r.json"
-    run = run_bnaudit("check", "--format", "text", "--format", "json", "-o", out, bias_model)
+    run = invoke("check", "--format", "text", "--format", "json", "-o", out, bias_model)
     assert run.returncode == 0, run.stderr
     assert json.loads(out.read_text())["version"] == 1
     assert "BN101 warning bn2:" in run.stdout
     out.unlink()
-    run = run_bnaudit("check", "--format=json", f"--output={out}", "--format", "text", bias_model)
+    run = invoke("check", "--format=json", f"--output={out}", "--format", "text", bias_model)
     assert json.loads(out.read_text())["version"] == 1 and "BN101 warning bn2:" in run.stdout
 
 
 def test_an_unwritable_output_is_one_line_and_exit_2(bias_model, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    run = run_bnaudit("check", "--format", "json", "-o", blocker / "r.json", bias_model)
+    run = invoke("check", "--format", "json", "-o", blocker / "r.json", bias_model)
     assert run.returncode == 2
     [line] = run.stderr.strip().splitlines()
     assert line.startswith(f"bnaudit: error: cannot write {blocker / 'r.json'}: ") and line.endswith("(check the path and its permissions)")

@@ -9,7 +9,7 @@ from bnaudit.findings import Finding, Severity
 from bnaudit.reporters import Report
 from bnaudit.reporters.github import escape_data, escape_property, step_summary
 from bnaudit.result import AuditResult
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, invoke
 
 
 def test_escaping_follows_the_runner():
@@ -21,7 +21,7 @@ def test_one_annotation_per_finding_with_file_and_rule_title(tmp_path):
     odd = tmp_path / "odd:name,1.keras"
     shutil.copy(ROOT / "sample_models/bn_training_baked.keras", odd)
     shutil.copy(ROOT / "sample_models/dropout_before_bn.keras", tmp_path / "dropout.keras")
-    run = run_bnaudit("check", odd.name, "dropout.keras", "--format", "github", cwd=tmp_path, env={"GITHUB_STEP_SUMMARY": ""})
+    run = invoke("check", odd.name, "dropout.keras", "--format", "github", cwd=tmp_path, env={"GITHUB_STEP_SUMMARY": ""})
     assert run.returncode == 1
     lines = run.stdout.splitlines()
     assert lines[0].startswith(
@@ -35,7 +35,7 @@ def test_one_annotation_per_finding_with_file_and_rule_title(tmp_path):
 def test_capped_at_ten_per_severity_and_everything_in_the_step_summary(tmp_path):
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
-    run = run_bnaudit(
+    run = invoke(
         "check", "sample_models", "nope.keras", "--exit-zero", "--format", "json", "-o", str(tmp_path / "r.json"), "--format", "github",
         cwd=ROOT, env={"GITHUB_STEP_SUMMARY": str(summary)},
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, invoke, run_bnaudit
 
 MODELS = ["sample_models/bn_training_baked.keras", "sample_models/dropout_before_bn.keras", "sample_models/custom_layer.keras", "sample_models/nope.keras"]
 SCRIPT_NAME = "<script>alert(1)</script>"
@@ -43,7 +43,7 @@ def hostile(tmp_path_factory) -> Path:
 
 
 def render(tmp_path: Path, *args: str, cwd: Path = ROOT) -> tuple[str, dict]:
-    run = run_bnaudit("check", *args, "--format", "json", "-o", str(tmp_path / "r.json"), "--format", "html", "-o", str(tmp_path / "r.html"), cwd=cwd)
+    run = invoke("check", *args, "--format", "json", "-o", str(tmp_path / "r.json"), "--format", "html", "-o", str(tmp_path / "r.html"), cwd=cwd)
     assert "Traceback" not in run.stderr, run.stderr
     return (tmp_path / "r.html").read_text(), json.loads((tmp_path / "r.json").read_text())
 
@@ -124,7 +124,7 @@ def test_templates_override_blocks_and_styles(tmp_path):
     templates.mkdir()
     (templates / "report.html.j2").write_text('{% extends "default:report.html.j2" %}{% block title %}Nightly BN audit{% endblock %}')
     (templates / "report.css").write_text("body { font-size: 20px; }")
-    run = run_bnaudit("check", MODELS[0], "--templates", str(templates), "--format", "html", cwd=ROOT)
+    run = invoke("check", MODELS[0], "--templates", str(templates), "--format", "html", cwd=ROOT)
     assert run.returncode == 1, run.stderr
     assert "<title>Nightly BN audit</title>" in run.stdout
     assert "<style>body { font-size: 20px; }</style>" in run.stdout
@@ -182,7 +182,7 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     odd = next(m for m in document["models"] if m["path"] == MODELS[0])
     odd["measurements"].update(statistics="not a mapping", inference=[1, 2], layers={"bn1": {"before": "garbage"}})
     (tmp_path / "edited.json").write_text(json.dumps(document))
-    run = run_bnaudit("report", str(tmp_path / "edited.json"), "--format", "html", cwd=ROOT)
+    run = invoke("report", str(tmp_path / "edited.json"), "--format", "html", cwd=ROOT)
     assert run.returncode == 0, run.stderr
     html = run.stdout
     detail = html[html.index('<section class="model" id="model-3">') :]
@@ -207,7 +207,7 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     card = html[html.index('<a href="#model-3">') :]
     assert "<dd>CPU:0, CPU:1</dd>" in card[: card.index("</article>")]
     for stamp in ((), ("--timestamp",)):
-        again = run_bnaudit("report", str(tmp_path / "edited.json"), "--format", "json", *stamp, cwd=ROOT)
+        again = invoke("report", str(tmp_path / "edited.json"), "--format", "json", *stamp, cwd=ROOT)
         assert ("seconds" in json.loads(again.stdout)["models"][2]["measurements"]["inference"]) == bool(stamp)
 
 
@@ -234,7 +234,7 @@ def test_a_resnet50_report_stays_under_2_mb_even_with_per_channel_statistics(tmp
         }
     }
     (tmp_path / "with_data.json").write_text(json.dumps(document))
-    run = run_bnaudit("report", str(tmp_path / "with_data.json"), "--format", "html", "-o", str(tmp_path / "with_data.html"))
+    run = invoke("report", str(tmp_path / "with_data.json"), "--format", "html", "-o", str(tmp_path / "with_data.html"))
     assert run.returncode == 0, run.stderr
     with_data = (tmp_path / "with_data.html").read_text()
     assert with_data.count('<details class="channels">') == 53 and sum(channels.values()) == 26560

@@ -7,13 +7,13 @@ import json
 import pytest
 from junitparser import Error, Failure, JUnitXml
 
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, invoke
 
 MODELS = ["sample_models/dropout_before_bn.keras", "sample_models/bn_training_baked.keras", "sample_models/custom_layer.keras", "sample_models/nope.keras"]
 
 
 def junit(tmp_path, *extra):
-    run = run_bnaudit(
+    run = invoke(
         "check", *MODELS, *extra, "--format", "junit", "-o", str(tmp_path / "junit.xml"), "--format", "json", "-o", str(tmp_path / "r.json"), cwd=ROOT
     )
     assert "Traceback" not in run.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from bnaudit.output import write_atomic
 from bnaudit.reporters.json import DocumentError, results_from_document
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, invoke
 
 MODELS = [
     "sample_models/dropout_before_bn.keras",
@@ -26,7 +26,7 @@ NO_SUMMARY = {"GITHUB_STEP_SUMMARY": ""}
 
 def check_all_formats(out: Path, *extra: str):
     args = [a for name, file in FORMATS.items() for a in ("--format", name, "-o", str(out / file))]
-    return run_bnaudit("check", *MODELS, *args, *extra, cwd=ROOT, env=NO_SUMMARY)
+    return invoke("check", *MODELS, *args, *extra, cwd=ROOT, env=NO_SUMMARY)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_format_is_identical_when_run_again(first_run, tmp_path):
 
 def test_report_re_renders_every_format_exactly_as_check_wrote_it(first_run, tmp_path):
     args = [a for name, file in FORMATS.items() for a in ("--format", name, "-o", str(tmp_path / file))]
-    run = run_bnaudit("report", str(first_run / "results.json"), *args, cwd=ROOT, env=NO_SUMMARY)
+    run = invoke("report", str(first_run / "results.json"), *args, cwd=ROOT, env=NO_SUMMARY)
     assert run.returncode == 0, run.stderr
     for file in FORMATS.values():
         assert (tmp_path / file).read_text() == (first_run / file).read_text(), file
@@ -70,7 +70,7 @@ def test_the_saved_results_hold_what_the_reports_need(first_run):
 
 
 def test_timestamp_stamps_reports_and_keeps_durations(tmp_path):
-    run = run_bnaudit(
+    run = invoke(
         "check", MODELS[0], "--timestamp", "--format", "json", "-o", str(tmp_path / "r.json"),
         "--format", "html", "-o", str(tmp_path / "r.html"), "--format", "junit", "-o", str(tmp_path / "j.xml"), cwd=ROOT,
     )
@@ -84,9 +84,9 @@ def test_timestamp_stamps_reports_and_keeps_durations(tmp_path):
 
 
 def test_several_documents_render_as_one_report(first_run, tmp_path):
-    run = run_bnaudit("check", MODELS[1], "--format", "json", "-o", str(tmp_path / "b.json"), cwd=ROOT)
+    run = invoke("check", MODELS[1], "--format", "json", "-o", str(tmp_path / "b.json"), cwd=ROOT)
     assert run.returncode == 1
-    merged = run_bnaudit("report", str(first_run / "results.json"), str(tmp_path / "b.json"), "--format", "json", cwd=ROOT)
+    merged = invoke("report", str(first_run / "results.json"), str(tmp_path / "b.json"), "--format", "json", cwd=ROOT)
     assert merged.returncode == 0, merged.stderr
     document = json.loads(merged.stdout)
     first = json.loads((first_run / "results.json").read_text())
@@ -118,7 +118,7 @@ def test_unreadable_documents_give_one_line_and_exit_2(tmp_path, content, messag
     document = tmp_path / "results.json"
     if content is not None:
         document.write_text(content)
-    run = run_bnaudit("report", str(document), "--format", "html", "-o", str(tmp_path / "r.html"))
+    run = invoke("report", str(document), "--format", "html", "-o", str(tmp_path / "r.html"))
     assert run.returncode == 2
     assert run.stderr == f"bnaudit: error: {document}: {message}\n"
     assert not (tmp_path / "r.html").exists()
@@ -156,7 +156,7 @@ def test_a_failed_render_leaves_the_previous_file_and_no_partial_one(first_run, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.html").write_text("the previous report")
-    run = run_bnaudit(
+    run = invoke(
         "report", str(first_run / "results.json"), "--templates", str(templates),
         "--format", "json", "-o", str(out / "results.json"), "--format", "html", "-o", str(out / "report.html"),
     )
@@ -167,7 +167,7 @@ def test_a_failed_render_leaves_the_previous_file_and_no_partial_one(first_run, 
 
 
 def test_templates_must_be_a_directory(first_run, tmp_path):
-    run = run_bnaudit("report", str(first_run / "results.json"), "--templates", str(tmp_path / "nope"), "--format", "html")
+    run = invoke("report", str(first_run / "results.json"), "--templates", str(tmp_path / "nope"), "--format", "html")
     assert run.returncode == 2
     assert run.stderr.startswith(f"bnaudit: error: --templates {tmp_path / 'nope'}: not a directory")
 

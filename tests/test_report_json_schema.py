@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, invoke
 
 SCHEMA = json.loads((ROOT / "docs" / "json-schema.json").read_text())
 
@@ -25,11 +25,11 @@ def documents(tmp_path_factory):
     out = tmp_path_factory.mktemp("json")
     (out / "not_a_model.keras").write_text("hello")
     runs = [
-        run_bnaudit("check", "sample_models", "--format", "json", "--exit-zero", cwd=ROOT),
-        run_bnaudit("check", "sample_models/dropout_before_bn.keras", str(out / "not_a_model.keras"), "nope.h5", "--timestamp", "--format", "json", cwd=ROOT),
+        invoke("check", "sample_models", "--format", "json", "--exit-zero", cwd=ROOT),
+        invoke("check", "sample_models/dropout_before_bn.keras", str(out / "not_a_model.keras"), "nope.h5", "--timestamp", "--format", "json", cwd=ROOT),
     ]
     (out / "a.json").write_text(runs[0].stdout)
-    runs.append(run_bnaudit("report", str(out / "a.json"), "--format", "json", cwd=ROOT))
+    runs.append(invoke("report", str(out / "a.json"), "--format", "json", cwd=ROOT))
     for run in runs:
         assert "Traceback" not in run.stderr
     return [json.loads(run.stdout) for run in runs]

@@ -10,14 +10,14 @@ import json
 
 import pytest
 
-from conftest import SAMPLES, run_bnaudit
+from conftest import SAMPLES, invoke
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def audited():
-    run = run_bnaudit("check", "--format", "json", "--exit-zero", *sorted(EXPECTED), cwd=SAMPLES)
+    run = invoke("check", "--format", "json", "--exit-zero", *sorted(EXPECTED), cwd=SAMPLES)
     assert "Traceback" not in run.stderr
     return {m["path"]: m for m in json.loads(run.stdout)["models"]}
 

@@ -9,14 +9,14 @@ import shutil
 import jsonschema
 import pytest
 
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, invoke
 
 SARIF_SCHEMA = ROOT.parent / "shared" / "schemas" / "sarif-schema-2.1.0.json"
 MODELS = ["sample_models/dropout_before_bn.keras", "sample_models/bn_training_baked.keras", "sample_models/nested_transfer.keras"]
 
 
 def sarif(*args, cwd=ROOT):
-    run = run_bnaudit("check", *args, "--format", "sarif", cwd=cwd)
+    run = invoke("check", *args, "--format", "sarif", cwd=cwd)
     assert "Traceback" not in run.stderr
     return json.loads(run.stdout)
 

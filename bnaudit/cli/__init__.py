@@ -51,6 +51,16 @@ class Commands(click.Group):
         self._add_plugin_commands()
         return super().get_command(ctx, name)
 
+    def invoke(self, ctx: click.Context):
+        from ..output import OutputError
+
+        try:
+            return super().invoke(ctx)
+        except OutputError as exc:  # a report that cannot be written: one line, exit 2
+            from .options import fail
+
+            fail(f"{exc} (check the path and its permissions)")
+
     def _add_plugin_commands(self) -> None:
         if self.plugins_asked:
             return
@@ -71,12 +81,5 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point (``bnaudit``): one line on stderr, exit 2, for an output that cannot be written."""
-    from ..output import OutputError
-
-    try:
-        cli(prog_name="bnaudit")
-    except OutputError as exc:
-        from .options import fail
-
-        fail(f"{exc} (check the path and its permissions)")
+    """Console entry point (``bnaudit``)."""
+    cli(prog_name="bnaudit")
