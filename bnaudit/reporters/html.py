@@ -15,22 +15,19 @@ the built-ins; a template in DIR can extend the built-in of the same name as
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 from pathlib import Path
-
 from typing import TYPE_CHECKING
-
-from markupsafe import Markup, escape
 
 from ..hookspecs import hookimpl
 from . import RenderError, Report, Reporter
-from .measurements import format_value
-from .views import build
 
 if TYPE_CHECKING:
     import jinja2
+    from markupsafe import Markup
+
+# jinja2, markupsafe and the views behind the page are imported when an HTML report is
+# rendered: registering the format costs every other run nothing.
 
 #: ``bnaudit/templates``: the top-level ``templates/`` in a checkout (a symlink), a real
 #: directory inside the wheel.
@@ -39,7 +36,9 @@ PAGE = "report.html.j2"
 
 
 def environment(report: Report) -> "jinja2.Environment":
-    import jinja2  # only when an HTML report is rendered: every other run starts faster
+    import jinja2
+
+    from .measurements import format_value
 
     builtin = jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES))
     loaders: list[jinja2.BaseLoader] = []
@@ -62,6 +61,9 @@ def environment(report: Report) -> "jinja2.Environment":
 
 def render(report: Report) -> str:
     import jinja2
+    from markupsafe import Markup
+
+    from .views import build
 
     context = build(report)
     env = environment(report)
@@ -87,6 +89,8 @@ def render(report: Report) -> str:
 
 def content_security_policy(css: str, script: str) -> str:
     """Nothing may load; only the exact inline style and script of this page may apply."""
+    import base64
+    import hashlib
 
     def digest(text: str) -> str:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
@@ -103,6 +107,8 @@ def markdown(text: str) -> Markup:
 
     Everything is escaped first; only the markup this function adds is trusted.
     """
+    from markupsafe import Markup, escape
+
     html: list[str] = []
     position = 0
     for match in _FENCE.finditer(text):
@@ -128,6 +134,8 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def _inline(text: str) -> str:
+    from markupsafe import escape
+
     return _INLINE_CODE.sub(r"<code>\1</code>", str(escape(text)))
 
 

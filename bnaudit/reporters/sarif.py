@@ -19,8 +19,6 @@ did not run (e.g. need ``--data``) become ``toolConfigurationNotifications``.
 
 from __future__ import annotations
 
-import hashlib
-from importlib import metadata
 from typing import Any
 
 from ..findings import Finding, Severity
@@ -121,6 +119,8 @@ def _result(finding: Finding, index: dict[str, int]) -> dict[str, Any]:
 
 def fingerprint(finding: Finding) -> str:
     """Stable across re-runs and retraining: the rule and the layer path, nothing measured."""
+    import hashlib  # here, like every import only a SARIF report needs: other runs start faster
+
     return hashlib.sha256(f"{finding.code}\0{finding.layer}".encode()).hexdigest()[:32]
 
 
@@ -158,6 +158,8 @@ def _configuration_notifications(report: Report) -> list[dict[str, Any]]:
 
 def documentation_url() -> str:
     """The project's documentation URL from its metadata, else its PyPI page."""
+    from importlib import metadata
+
     try:
         urls = metadata.metadata("bnaudit").get_all("Project-URL") or []
     except metadata.PackageNotFoundError:
