@@ -69,7 +69,12 @@ def bnaudit_prepare_jinja2_environment(env: "jinja2.Environment") -> None:
 
 @hookspec
 def bnaudit_register_commands(cli: "click.Group") -> None:
-    """Add sub-commands to the ``bnaudit`` command line with ``cli.add_command``."""
+    """Add sub-commands to the ``bnaudit`` command line with ``cli.add_command``.
+
+    Called once per process, and only when the command line is asked for a command
+    bnaudit does not ship or for the list of commands (``bnaudit --help``): the
+    built-in commands start without loading any plugin for it.
+    """
 
 
 @hookspec
