@@ -55,8 +55,9 @@ def targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...]
     return pairs
 
 
-def emit(auditor: Auditor, results, options: AuditOptions, targets, rendering: dict[str, Any] | None = None) -> None:
-    for reporter, output in targets:
+def emit(auditor: Auditor, results, options: AuditOptions, pairs, rendering: dict[str, Any] | None = None) -> None:
+    """Render ``results`` with each (reporter, output) of :func:`targets`: to stdout, or atomically to the file."""
+    for reporter, output in pairs:
         report = Report(
             results=results,
             rules=auditor.rules,
