@@ -114,7 +114,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     if (options.data or options.inference) and importlib.util.find_spec("tensorflow") is None:
         fail('--data and --inference run the model with TensorFlow, which is not installed (pip install "bnaudit[tensorflow]")')
     targets = _targets(auditor, formats, outputs)
-    rendering = {**report_options(templates, timestamp), "quiet": quiet}
+    rendering = {**report_options(templates, timestamp), "quiet": quiet, "errors_on_stderr": True}
     started = time.perf_counter()
     files, results = discover(paths)
     results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
@@ -126,7 +126,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
     for result in results:
         for error in result.errors:
-            where = f" [{error.rule}]" if error.rule else ""
+            where = f" [{error.where}]" if error.rules else ""
             hint = f" ({error.hint})" if error.hint else ""
             click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
     _emit(auditor, results, options, targets, rendering)
@@ -184,7 +184,8 @@ def _emit(auditor: Auditor, results, options: AuditOptions, targets, rendering: 
             version=__version__,
             color=output is None and use_color(sys.stdout),
             plugin_manager=auditor.pm,
-            options=dict(rendering or {}),
+            # ``check`` writes every error on stderr; a text report on stdout leaves them out.
+            options={**(rendering or {}), "errors_on_stderr": output is None and bool((rendering or {}).get("errors_on_stderr"))},
         )
         try:
             text = reporter.render(report)

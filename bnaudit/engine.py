@@ -15,14 +15,14 @@ from typing import Any, Iterable
 
 import pluggy
 
-from .findings import ExitCode, Severity
+from .findings import ExitCode, Finding, Severity
 from .keras_builtins import KERAS_LAYER_CLASSES
 from .loaders import LoadError, check_not_lfs_pointer
 from .plugins import collect_rules, make_plugin_manager
-from .result import AuditResult, ModelError, SkippedRule
-from .rule import Rule
+from .context import RuleContext, RuleStopped, error_from
+from .result import AuditResult, ModelError, RuleOutcome, Status
+from .rule import Measurement, Note, Rule, SkipRule
 from .selection import Selection
-from .context import RuleContext
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -134,26 +134,45 @@ class Auditor:
             for rule in self.selected_rules():
                 reason = self._skip_reason(rule, graph)
                 if reason:
-                    result.skipped.append(SkippedRule(rule.code, reason))
+                    result.outcomes.append(RuleOutcome(rule.code, Status.SKIPPED, reason=reason))
                     continue
                 rule_started = time.perf_counter()
-                context = RuleContext(path, graph, rule, self.options.settings, result, runtime)
-                try:
-                    result.findings.extend(rule.check(context) or [])
-                except LoadError as exc:
-                    result.errors.append(ModelError(exc.message, rule=rule.code, hint=exc.hint))
-                except Exception as exc:
-                    if self.options.debug:
-                        traceback.print_exc()
-                    result.errors.append(
-                        ModelError(f"rule crashed: {type(exc).__name__}: {exc}", rule=rule.code, hint="run with --debug for the traceback")
-                    )
-                result.rules_run.append(rule.code)
+                context = RuleContext(path, graph, rule, self.options.settings, runtime)
+                result.outcomes.append(self._check(rule, context, result))
                 result.meta.setdefault("rule_seconds", {})[rule.code] = round(time.perf_counter() - rule_started, 4)
         finally:
             closer = getattr(runtime_cache.get("runtime"), "close", None)
             if closer:
                 closer()
+
+    def _check(self, rule: Rule, context: RuleContext, result: AuditResult) -> RuleOutcome:
+        """Run one rule, keep what it yields, and say how it ended.
+
+        An error shared by several rules (:class:`RuleStopped`) is recorded once: the
+        rule that met it first failed with it, each later one is skipped pointing at it,
+        and the error names them all.
+        """
+        try:
+            for item in rule.check(context) or ():
+                record(result, item)
+        except SkipRule as skip:
+            return RuleOutcome(rule.code, Status.SKIPPED, reason=str(skip))
+        except RuleStopped as stopped:
+            error = stopped.error
+            if error.rule != rule.code:
+                error.rules.append(rule.code)
+                return RuleOutcome(rule.code, Status.SKIPPED, reason=f"not checked: see the error of {error.rule}")
+            if self.options.debug and not isinstance(stopped.__cause__, LoadError):
+                traceback.print_exception(stopped.__cause__)
+            result.errors.append(error)
+            return RuleOutcome(rule.code, Status.FAILED, error=error)
+        except Exception as exc:
+            if self.options.debug and not isinstance(exc, LoadError):
+                traceback.print_exc()
+            error = error_from(exc, rule.code)
+            result.errors.append(error)
+            return RuleOutcome(rule.code, Status.FAILED, error=error)
+        return RuleOutcome(rule.code, Status.RAN)
 
     def _skip_reason(self, rule: Rule, graph) -> str:
         if "weights" in rule.needs and graph.weights is None:
@@ -163,6 +182,34 @@ class Auditor:
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):
             return "needs --data or --inference"
         return ""
+
+
+def record(result: AuditResult, item: Any) -> None:
+    """Put one thing a rule yielded where it belongs in ``result``.
+
+    Mappings yielded under one measurement topic by several rules merge key by key (the
+    rules sharing one statistics pass each add their part); a note is kept once.
+    """
+    if isinstance(item, Finding):
+        result.findings.append(item)
+    elif isinstance(item, Measurement):
+        current = result.measurements.get(item.topic)
+        if isinstance(current, dict) and isinstance(item.value, dict):
+            result.measurements[item.topic] = _merged(current, item.value)
+        else:
+            result.measurements[item.topic] = item.value
+    elif isinstance(item, Note):
+        if item.text not in result.notes:
+            result.notes.append(item.text)
+    else:
+        raise TypeError(f"a rule yielded {type(item).__name__}; rules yield Finding, Measurement or Note")
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old)
+    for key, value in new.items():
+        merged[key] = _merged(merged[key], value) if isinstance(merged.get(key), dict) and isinstance(value, dict) else value
+    return merged
 
 
 def batchnorm_neighbourhoods(graph) -> dict[str, dict[str, Any]]:

@@ -28,8 +28,7 @@ import numpy as np
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..loaders import LoadError
-from ..result import SkippedRule
-from ..rule import rule
+from ..rule import Measurement, SkipRule, rule
 from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
@@ -174,16 +173,13 @@ def _numbers(values: np.ndarray) -> list[float | None]:
 # -- the shared pass -----------------------------------------------------------------
 
 
-def data_statistics(ctx: "RuleContext") -> "DataStatistics | None":
+def data_statistics(ctx: "RuleContext") -> "DataStatistics":
     """The model's statistics from ``--data`` or ``--stats``, measured once per model.
 
-    Returns None when an earlier rule already reported that they cannot be had; this
-    rule is then listed as skipped rather than repeating the same error.
+    When they cannot be had, every rule that asks is stopped by the one error of the
+    rule that tried first (``RuleContext.shared``).
     """
-    outcome = ctx.shared("statistics", lambda: measure(ctx))
-    if outcome is not None:
-        _record_pass(ctx, outcome)
-    return outcome
+    return ctx.shared("statistics", lambda: measure(ctx))
 
 
 def measure(ctx: "RuleContext") -> "DataStatistics":
@@ -247,25 +243,29 @@ def _moving(ctx: "RuleContext", bn) -> tuple[np.ndarray, np.ndarray]:
     return arrays.moving_mean, arrays.moving_variance
 
 
-def _record_pass(ctx: "RuleContext", statistics: "DataStatistics") -> None:
-    measured = ctx.result.measurements.setdefault("statistics", {})
-    measured.update(
-        samples=statistics.samples,
-        batches=statistics.batches,
-        batch_size=statistics.batch_size,
-        upstream=statistics.upstream,
-        replicas=statistics.replicas,
-        source="stats" if ctx.runtime.options.runtime.get("stats") else "data",
-        seconds=statistics.seconds,
+def pass_measurement(ctx: "RuleContext", statistics: "DataStatistics") -> Measurement:
+    """How the statistics were measured (samples, batches, where from), for the reports."""
+    return Measurement(
+        "statistics",
+        {
+            "samples": statistics.samples,
+            "batches": statistics.batches,
+            "batch_size": statistics.batch_size,
+            "upstream": statistics.upstream,
+            "replicas": statistics.replicas,
+            "source": "stats" if ctx.runtime.options.runtime.get("stats") else "data",
+            "seconds": statistics.seconds,
+        },
     )
 
 
-def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[LayerDrift]:
-    """Every measured BN layer compared with its moving statistics; also fills the measurements."""
+def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list[LayerDrift], Measurement]:
+    """Every measured BN layer compared with its moving statistics, and the per-layer
+    summaries as the ``statistics`` measurement (``{"layers": {path: summary}}``)."""
     dead_ratio = float(ctx.settings.get("bn303.variance-ratio", BN303_DEFAULTS["variance-ratio"]))
     drifts = []
     per_channel = bool(ctx.runtime.options.runtime.get("per_channel"))
-    layers = ctx.result.measurements.setdefault("statistics", {}).setdefault("layers", {})
+    layers: dict[str, Any] = {}
     for bn in ctx.graph.batchnorms():
         measured = statistics.layers.get(bn.path)
         if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:
@@ -274,7 +274,7 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[Layer
         drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
         layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
         drifts.append(drift)
-    return drifts
+    return drifts, Measurement("statistics", {"layers": layers})
 
 
 def thresholds(ctx: "RuleContext") -> dict[str, float]:
@@ -315,10 +315,11 @@ def moving_statistics_drift(ctx):
     passes with every other weight frozen).
     """
     statistics = data_statistics(ctx)
-    if statistics is None:
-        return
+    yield pass_measurement(ctx, statistics)
+    drifts, measured = layer_drifts(ctx, statistics)
+    yield measured
     limits = thresholds(ctx)
-    for drift in layer_drifts(ctx, statistics):
+    for drift in drifts:
         drifted = drift.drifted(limits["mean-shift"], limits["log-variance-ratio"])
         fraction = float(drifted.sum() / drift.channels)
         score = drift.drift_score
@@ -373,19 +374,18 @@ def train_inference_divergence(ctx):
     momentum, or use larger batches so batch statistics are stable.
     """
     statistics = data_statistics(ctx)
-    if statistics is None:
-        return
+    yield pass_measurement(ctx, statistics)
     if statistics.comparison is None:
-        ctx.result.skipped.append(SkippedRule(ctx.rule.code, "statistics files hold no model outputs; BN302 needs --data"))
-        return
+        raise SkipRule("statistics files hold no model outputs; BN302 needs --data")
     limits = thresholds(ctx)
     cka, agreement = statistics.comparison.cka, statistics.comparison.agreement
-    ctx.result.measurements["train_inference"] = {
+    compared = {
         "cka": _number(cka) if cka is not None else None,
         "top1_agreement": _number(agreement) if agreement is not None else None,
         "compared_predictions": statistics.comparison.compared,
         "samples": statistics.samples,
     }
+    yield Measurement("train_inference", compared)
     low_cka = cka is not None and cka < limits["cka"]
     low_agreement = agreement is not None and agreement < limits["agreement"]
     if not (low_cka or low_agreement):
@@ -398,7 +398,7 @@ def train_inference_divergence(ctx):
     yield ctx.finding(
         "",
         f"outputs with BN on batch statistics and on moving statistics diverge on the data: {', '.join(parts)}",
-        details={**ctx.result.measurements["train_inference"], "thresholds": limits, "batch_size": statistics.batch_size},
+        details={**compared, "thresholds": limits, "batch_size": statistics.batch_size},
         fix="recompute the moving statistics on training data (or train longer / with a lower BN momentum)",
     )
 
@@ -426,10 +426,11 @@ def channels_dead_on_data(ctx):
     channels or retrain.
     """
     statistics = data_statistics(ctx)
-    if statistics is None:
-        return
+    yield pass_measurement(ctx, statistics)
+    drifts, measured = layer_drifts(ctx, statistics)
+    yield measured
     ratio = thresholds(ctx)["variance-ratio"]
-    for drift in layer_drifts(ctx, statistics):
+    for drift in drifts:
         if not drift.dead.any():
             continue
         yield ctx.finding(
