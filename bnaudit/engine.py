@@ -18,6 +18,7 @@ import pluggy
 from .findings import ExitCode, Finding, Severity
 from .keras_builtins import KERAS_LAYER_CLASSES
 from .loaders import LoadError, check_not_lfs_pointer
+from .options import RuntimeOptions, check_selection, check_settings
 from .plugins import collect_rules, make_plugin_manager
 from .context import RuleContext, RuleStopped, error_from
 from .result import AuditResult, ModelError, RuleOutcome, Status
@@ -40,7 +41,7 @@ class AuditOptions:
     #: Re-run inference on synthetic inputs even without data (``--inference``).
     inference: bool = False
     #: Options only the TensorFlow runtime reads (batch size, devices, tolerances...).
-    runtime: dict[str, Any] = field(default_factory=dict)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     #: ``-p`` plugin modules, and ``no:NAME`` to block one.
     plugins: tuple[str, ...] = ()
     debug: bool = False
@@ -52,6 +53,12 @@ class Auditor:
         self.pm = pm or make_plugin_manager(self.options.plugins)
         self.rules: dict[str, Rule] = collect_rules(self.pm)
         self.pm.hook.bnaudit_configure(settings=self.options.settings)
+
+    def check_options(self, keys: tuple[str, str, str] = ("select", "ignore", "extend-select")) -> None:
+        """Raise :class:`~bnaudit.options.OptionsError` for a selected code or a setting
+        that matches no rule of this run (its plugins included); ``keys`` name the lists."""
+        check_selection(self.options.selection, self.rules, keys)
+        check_settings(self.options.settings, self.rules)
 
     def selected_rules(self) -> list[Rule]:
         return [r for c, r in self.rules.items() if self.options.selection.is_selected(c)]
@@ -177,7 +184,7 @@ class Auditor:
     def _skip_reason(self, rule: Rule, graph) -> str:
         if "weights" in rule.needs and graph.weights is None:
             return "the file holds no weights"
-        if "data" in rule.needs and not self.options.data and not self.options.runtime.get("stats"):
+        if "data" in rule.needs and not self.options.data and not self.options.runtime.statistics.stats:
             return "needs --data"
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):
             return "needs --data or --inference"

@@ -43,7 +43,7 @@ def statistics_options(command: Callable) -> Callable:
 
 
 def statistics_runtime(data: str | None, batch_size: int | None, max_samples: int | None, upstream: str, per_channel: bool, stats_file: str | None) -> dict[str, Any]:
-    """The statistics options as ``AuditOptions.runtime`` keys; exits 2 on a contradiction."""
+    """The statistics flags as :func:`~bnaudit.options.runtime_options` keys; exits 2 on a contradiction."""
     from .cli import fail
 
     if data and stats_file:
@@ -75,6 +75,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     from .cli import fail
     from .config import ConfigError, given_on_command_line, load as load_config
     from .engine import AuditOptions, Auditor
+    from .options import runtime_options
     from .parallel import native_stderr_silenced
     from .plugins import PluginError
     from .selection import Selection
@@ -92,7 +93,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     if output:
         runtime["save_statistics"] = output
     runtime["unsafe_load"] = unsafe_load
-    options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime, debug=debug)
+    options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime_options(runtime), debug=debug)
     try:  # the project's config: batch-size, data per model, the BN303 threshold that marks dead channels
         project = load_config()
         options = project.options_for(model, project.apply(options, given_on_command_line(click.get_current_context())))

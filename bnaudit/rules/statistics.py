@@ -185,42 +185,42 @@ def data_statistics(ctx: "RuleContext") -> "DataStatistics":
 def measure(ctx: "RuleContext") -> "DataStatistics":
     """Read ``--stats`` (checked against this model) or run the pass over ``--data``.
 
-    Runtime options read: ``stats``, ``batch_size``, ``max_samples``, ``upstream``,
-    ``shard`` (K, N), ``save_statistics`` (write the moments to this ``.npz``) and
-    ``progress_terminal`` (where to show progress).
+    Options read: ``RuntimeOptions.batch_size`` and ``max_samples``, and every field of
+    :class:`~bnaudit.options.StatisticsOptions`.
     """
     from ..runtime.statistics import DataStatistics, Progress, collect, fingerprint
 
     options = ctx.runtime.options
     runtime = options.runtime
-    if runtime.get("stats"):
-        statistics = DataStatistics.load(runtime["stats"])
+    wanted = runtime.statistics
+    if wanted.stats:
+        statistics = DataStatistics.load(wanted.stats)
         if not statistics.complete:
             raise LoadError(
-                f"{runtime['stats']} holds shards {statistics.shards} of {statistics.shard_count}",
+                f"{wanted.stats} holds shards {statistics.shards} of {statistics.shard_count}",
                 "merge every shard with `bnaudit merge` before auditing",
             )
         expected = fingerprint((bn.path, *_moving(ctx, bn)) for bn in ctx.graph.batchnorms())
         if statistics.fingerprint != expected:
             raise LoadError(
-                f"{runtime['stats']} was measured on another model (or other moving statistics)",
+                f"{wanted.stats} was measured on another model (or other moving statistics)",
                 "measure the statistics on this model file",
             )
         return statistics
     from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
 
     model = ctx.runtime.model
-    batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
-    shard = runtime.get("shard")
-    batches = iter_batches(options.data, model, batch_size, runtime.get("max_samples"), shard=shard)
+    batch_size = runtime.batch_size or DEFAULT_BATCH_SIZE
+    shard = wanted.shard
+    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard)
     try:
         statistics = collect(
             model,
             batches,
             batch_size=batch_size,
-            upstream=runtime.get("upstream", "inference"),
+            upstream=wanted.upstream,
             compare_modes=options.selection.is_selected("BN302"),
-            progress=Progress.on_terminal(runtime.get("progress_terminal"), batches.total),
+            progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
             shard=shard,
         )
     except LoadError:
@@ -230,11 +230,11 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
-    if runtime.get("save_statistics"):
+    if wanted.save_statistics:
         try:
-            statistics.save(runtime["save_statistics"])
+            statistics.save(wanted.save_statistics)
         except OSError as exc:
-            raise LoadError(f"cannot write {runtime['save_statistics']}: {exc.strerror or exc}", "check the directory exists and is writable") from None
+            raise LoadError(f"cannot write {wanted.save_statistics}: {exc.strerror or exc}", "check the directory exists and is writable") from None
     return statistics
 
 
@@ -253,7 +253,7 @@ def pass_measurement(ctx: "RuleContext", statistics: "DataStatistics") -> Measur
             "batch_size": statistics.batch_size,
             "upstream": statistics.upstream,
             "replicas": statistics.replicas,
-            "source": "stats" if ctx.runtime.options.runtime.get("stats") else "data",
+            "source": "stats" if ctx.runtime.options.runtime.statistics.stats else "data",
             "seconds": statistics.seconds,
         },
     )
@@ -264,7 +264,7 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list
     summaries as the ``statistics`` measurement (``{"layers": {path: summary}}``)."""
     dead_ratio = float(ctx.settings.get("bn303.variance-ratio", BN303_DEFAULTS["variance-ratio"]))
     drifts = []
-    per_channel = bool(ctx.runtime.options.runtime.get("per_channel"))
+    per_channel = ctx.runtime.options.runtime.statistics.per_channel
     layers: dict[str, Any] = {}
     for bn in ctx.graph.batchnorms():
         measured = statistics.layers.get(bn.path)
