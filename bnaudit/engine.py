@@ -1,7 +1,9 @@
 """Run the selected rules over models: load, check, collect, select.
 
-One :class:`Auditor` holds the plugin manager and the rule set for a whole run; each
-model is audited independently, so one unreadable model never stops the others.
+One :class:`Auditor` holds the plugin manager and the rule set for a whole run, built
+once (``bnaudit_register_rules`` and ``bnaudit_configure`` are called once per run);
+each model is audited independently, with its own options where the config gives it
+some (per-file ignores, data per glob), so one unreadable model never stops the others.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class AuditOptions:
 
 
 class Auditor:
+    """The plugin manager, the rules and the settings of one run.
+
+    ``options`` are the run's; :meth:`audit` takes a model's own options (the run's with
+    that model's per-file ignores and data) without rebuilding anything.
+    """
+
     def __init__(self, options: AuditOptions | None = None, pm: pluggy.PluginManager | None = None) -> None:
         self.options = options or AuditOptions()
         self.pm = pm or make_plugin_manager(self.options.plugins)
@@ -60,10 +68,13 @@ class Auditor:
         check_selection(self.options.selection, self.rules, keys)
         check_settings(self.options.settings, self.rules)
 
-    def selected_rules(self) -> list[Rule]:
-        return [r for c, r in self.rules.items() if self.options.selection.is_selected(c)]
+    def selected_rules(self, options: AuditOptions | None = None) -> list[Rule]:
+        selection = (options or self.options).selection
+        return [r for c, r in self.rules.items() if selection.is_selected(c)]
 
-    def audit(self, path: str | Path) -> AuditResult:
+    def audit(self, path: str | Path, options: AuditOptions | None = None) -> AuditResult:
+        """Audit one model with ``options`` (default: the run's); never raises for a bad file."""
+        options = options or self.options
         path = Path(path)
         result = AuditResult(path=str(path))
         started = time.perf_counter()
@@ -74,7 +85,7 @@ class Auditor:
             return result
         try:
             self._describe(graph, result)
-            self._run_rules(path, graph, result)
+            self._run_rules(path, graph, result, options)
         finally:
             if graph.weights is not None:
                 graph.weights.close()
@@ -84,7 +95,7 @@ class Auditor:
             if self.options.debug:
                 raise
             result.errors.append(ModelError(f"bnaudit_modify_findings failed: {type(exc).__name__}: {exc}", rule="plugin", hint="run with --debug for the traceback"))
-        result.findings = [f for f in result.findings if self.options.selection.is_selected(f.code)]
+        result.findings = [f for f in result.findings if options.selection.is_selected(f.code)]
         result.findings.sort(key=lambda f: (-f.severity, f.code, f.layer))
         result.meta["seconds"] = round(time.perf_counter() - started, 4)
         return result
@@ -127,24 +138,24 @@ class Auditor:
                 "treated as an opaque layer; rules do not look through it"
             )
 
-    def _run_rules(self, path: Path, graph, result: AuditResult) -> None:
+    def _run_rules(self, path: Path, graph, result: AuditResult, options: AuditOptions) -> None:
         runtime_cache: dict[str, Any] = {}
 
         def runtime() -> Any:
             if "runtime" not in runtime_cache:
                 from .runtime import open_runtime  # TensorFlow only from here on
 
-                runtime_cache["runtime"] = open_runtime(path, graph, self.options)
+                runtime_cache["runtime"] = open_runtime(path, graph, options)
             return runtime_cache["runtime"]
 
         try:
-            for rule in self.selected_rules():
-                reason = self._skip_reason(rule, graph)
+            for rule in self.selected_rules(options):
+                reason = _skip_reason(rule, graph, options)
                 if reason:
                     result.outcomes.append(RuleOutcome(rule.code, Status.SKIPPED, reason=reason))
                     continue
                 rule_started = time.perf_counter()
-                context = RuleContext(path, graph, rule, self.options.settings, runtime)
+                context = RuleContext(path, graph, rule, options.settings, runtime)
                 result.outcomes.append(self._check(rule, context, result))
                 result.meta.setdefault("rule_seconds", {})[rule.code] = round(time.perf_counter() - rule_started, 4)
         finally:
@@ -181,14 +192,17 @@ class Auditor:
             return RuleOutcome(rule.code, Status.FAILED, error=error)
         return RuleOutcome(rule.code, Status.RAN)
 
-    def _skip_reason(self, rule: Rule, graph) -> str:
-        if "weights" in rule.needs and graph.weights is None:
-            return "the file holds no weights"
-        if "data" in rule.needs and not self.options.data and not self.options.runtime.statistics.stats:
-            return "needs --data"
-        if "runtime" in rule.needs and not (self.options.data or self.options.inference):
-            return "needs --data or --inference"
-        return ""
+
+
+def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
+    """Why ``rule`` cannot run on this model with these options; empty when it can."""
+    if "weights" in rule.needs and graph.weights is None:
+        return "the file holds no weights"
+    if "data" in rule.needs and not options.data and not options.runtime.statistics.stats:
+        return "needs --data"
+    if "runtime" in rule.needs and not (options.data or options.inference):
+        return "needs --data or --inference"
+    return ""
 
 
 def record(result: AuditResult, item: Any) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from .context import RuleContext
 from .engine import exit_code
 from .findings import ExitCode, Finding, Severity
-from .graph import Layer, ModelGraph
+from .graph import Layer, ModelGraph, build_graph, is_identity
 from .hookspecs import hookimpl
 from .loaders import LoadError
 from .reporters import RenderError, Report, Reporter
@@ -53,9 +53,11 @@ __all__ = [
     "SkipRule",
     "Severity",
     "Status",
+    "build_graph",
     "channel_axis_mismatch",
     "exit_code",
     "hookimpl",
+    "is_identity",
     "rule",
     "summary_line",
 ]

@@ -344,7 +344,7 @@ def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
     assert run.returncode == 0 and "shards [1, 3] of 3: merge the rest before auditing" in run.stderr
     run = run_bnaudit("check", trained / "mlp.keras", "--stats", tmp_path / "partial.npz", "--select", "BN3")
     assert run.returncode == 2
-    assert f"[BN301]: {tmp_path / 'partial.npz'} holds shards [1, 3] of 3 (merge every shard with `bnaudit merge`" in run.stderr
+    assert f"[BN301, BN303]: {tmp_path / 'partial.npz'} holds shards [1, 3] of 3 (merge every shard with `bnaudit merge`" in run.stderr
     run = run_bnaudit("check", trained / "mlp.keras", "--stats", trained / "merged.npz", "--data", trained / "train.npy")
     assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: give --data (measure now) or --stats (measured before), not both"
     run = run_bnaudit("check", SAMPLES / "clean_conv_bn_relu.keras", "--stats", trained / "merged.npz", "--select", "BN301")
