@@ -42,6 +42,11 @@ class ModelError:
         """``"BN301, BN302"``: the rules it stopped, for one-line messages."""
         return ", ".join(self.rules)
 
+    @property
+    def label(self) -> str:
+        """``"rule BN301"`` or ``"rules BN301, BN302"``: what it stopped; empty for an unreadable model."""
+        return f"rule{'s' if len(self.rules) > 1 else ''} {self.where}" if self.rules else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "rules": list(self.rules), "message": self.message, "hint": self.hint}
 

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--regen-gold", action="store_true", help="Rewrite the gold files of tests/test_gold.py from this run.")
+
+
 def pytest_configure(config):
     """Split the CPU before any test builds a model: TensorFlow fixes its devices at first use,
     so the in-process multi-device tests depend on this running first, whatever the order."""

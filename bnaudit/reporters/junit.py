@@ -9,7 +9,7 @@ model without BN layers gets one case per rule. ``classname`` is the rule
 Findings at or above ``--fail-on`` are ``<failure>``s; findings below it keep their case
 passing and are printed in its ``<system-out>``, so the dashboard agrees with the exit
 code. Rules that did not run are ``<skipped>`` with the reason; an unreadable model or a
-crashed rule is an ``<error>``. Durations and a timestamp only with ``--timestamp``.
+failed rule is an ``<error>`` (a rule stopped by another's error is skipped, pointing at it). Durations and a timestamp only with ``--timestamp``.
 """
 
 from __future__ import annotations

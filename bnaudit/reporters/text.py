@@ -24,7 +24,7 @@ def render(report: Report) -> str:
             continue
         lines.append(style(result.path, bold=True))
         for error in errors:
-            where = f"rule{'s' if len(error.rules) > 1 else ''} {error.where}" if error.rules else "unreadable"
+            where = error.label or "unreadable"
             hint = f" ({error.hint})" if error.hint else ""
             lines.append(f"  {style('error', fg='red', bold=True)} [{where}] {error.message}{hint}")
         for finding in result.findings:
