@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -168,7 +169,7 @@ def _checked(key: str, value: Any, hint: Any) -> Any:
         if value in choices:
             return value
         raise OptionsError(f"option {key!r} = {value!r}: choose from {', '.join(map(repr, choices))}")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):  # "X | None": None was handled by the caller
         hint = choices[0]
         origin = typing.get_origin(hint)
     if origin is tuple:
@@ -178,8 +179,10 @@ def _checked(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return float(value)
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or key == "seed") and value >= 0:
+        minimum = ZERO_ALLOWED.get(key, 1)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
             return value
+        raise OptionsError(f"option {key!r} = {value!r}: expected {'a positive integer' if minimum else 'an integer >= 0'}")
     elif hint is bool:
         if isinstance(value, bool):
             return value
@@ -192,7 +195,9 @@ def _checked(key: str, value: Any, hint: Any) -> Any:
     raise OptionsError(f"option {key!r} = {value!r}: expected {_KINDS.get(kind, kind)}")
 
 
-_KINDS = {"int": "a positive integer", "float": "a number >= 0", "bool": "True or False", "str": "text", "tuple": "(K, N)"}
+#: Integer options that may be 0 (a seed); every other integer option counts something.
+ZERO_ALLOWED = {"seed": 0}
+_KINDS = {"float": "a number >= 0", "bool": "True or False", "str": "text", "tuple": "(K, N)"}
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
