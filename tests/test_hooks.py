@@ -17,7 +17,7 @@ from bnaudit.config import parse
 from bnaudit.engine import AuditOptions, Auditor
 from bnaudit.hookspecs import hookimpl
 from bnaudit.parallel import audit_models
-from bnaudit.plugin_api import Finding, Measurement, Reporter, Severity, rule
+from bnaudit.plugin_api import Measurement, Reporter, Severity, rule
 from bnaudit.plugins import collect_reporters, make_plugin_manager, plugin_infos
 from bnaudit.reporters import Report
 from conftest import SAMPLES, run_bnaudit

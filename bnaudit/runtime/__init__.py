@@ -3,7 +3,8 @@
 A :class:`Runtime` is created per model on the first call to ``ctx.runtime`` and shared
 by every rule of that model: the model is loaded once (``safe_mode=True``), and what one
 rule computes (a statistics pass, an inference run) is memoised for the others through
-:meth:`Runtime.memo`.
+:meth:`Runtime.memo`, which ``RuleContext.shared`` uses (a failure there is one error
+for every rule it stops).
 """
 
 from __future__ import annotations
