@@ -24,9 +24,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .findings import Severity
+from .options import OptionsError, check_selection, check_setting
 from .rule import CODE_PATTERN
 from .selection import Selection
 
@@ -42,7 +43,7 @@ BNAUDIT_TOML = "bnaudit.toml"
 KNOWN_KEYS = ("select", "ignore", "extend-select", "per-file-ignores", "fail-on", "data", "batch-size")
 
 
-class ConfigError(Exception):
+class ConfigError(OptionsError):
     """The config file is missing, not TOML, or says something bnaudit does not know."""
 
 
@@ -73,9 +74,9 @@ class Config:
         """``options`` built from the flags, completed by this config where no flag was ``given``."""
         flags = options.selection
         select = flags.select if "select" in given or self.select is None else self.select
-        runtime = dict(options.runtime)
-        if self.batch_size is not None and "batch_size" not in given:
-            runtime.setdefault("batch_size", self.batch_size)
+        runtime = options.runtime
+        if self.batch_size is not None and "batch_size" not in given and runtime.batch_size is None:
+            runtime = runtime.replace(batch_size=self.batch_size)
         settings = {f"{code.lower()}.{key}": value for code, table in self.thresholds.items() for key, value in table.items()}
         return dataclasses.replace(
             options,
@@ -110,22 +111,18 @@ class Config:
         return "/" not in pattern and fnmatch.fnmatchcase(resolved.name, pattern)
 
     def validate(self, rules: "dict[str, Rule]") -> None:
-        """Every code must match a rule and every threshold must be one its rule declares."""
+        """Every code must match a rule and every threshold must be one its rule declares
+        (the checks :mod:`bnaudit.options` applies to every way in), named by file and key."""
         lists = {"select": self.select or (), "ignore": self.ignore, "extend-select": self.extend_select}
         lists.update({f"per-file-ignores {pattern!r}": codes for pattern, codes in self.per_file_ignores.items()})
-        for key, codes in lists.items():
-            unknown = Selection(tuple(codes)).unknown(rules)
-            if unknown:
-                raise ConfigError(f"{self.name}: {key}: {', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
-        for code, table in self.thresholds.items():
-            rule = rules.get(code)
-            if rule is None:
-                raise ConfigError(f"{self.name}: [{code.lower()}]: there is no rule {code}; `bnaudit rules` lists the codes")
-            for key, value in table.items():
-                if key not in rule.settings:
-                    declared = ", ".join(rule.settings) or "none"
-                    raise ConfigError(f"{self.name}: [{code.lower()}]: unknown threshold {key!r} (the thresholds of {code}: {declared})")
-                _check_type(self.name, f"{code.lower()}.{key}", value, rule.settings[key])
+        try:
+            for key, codes in lists.items():
+                check_selection(Selection(tuple(codes)), rules, keys=(f"{key}:", "", ""))
+            for code, table in self.thresholds.items():
+                for key, value in table.items():
+                    check_setting(rules, code, key, value, where=f"[{code.lower()}]: ")
+        except OptionsError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
 
 
 def load(config_file: str | None = None, isolated: bool = False, start: Path | None = None) -> Config:
@@ -237,11 +234,3 @@ def _data_path(name: str, root: Path, pattern: str, value: Any) -> str:
     if not (root / value).exists():
         raise ConfigError(f"{name}: data {pattern!r}: {root / value} does not exist")
     return str(root / value)
-
-
-def _check_type(name: str, key: str, value: Any, default: Any) -> None:
-    """A threshold takes the kind of value its declared default is (a number, a bool, text)."""
-    kinds: Iterable[type] = (int, float) if isinstance(default, (int, float)) and not isinstance(default, bool) else (type(default),)
-    if default is None or (isinstance(value, tuple(kinds)) and isinstance(value, bool) == isinstance(default, bool)):
-        return
-    raise ConfigError(f"{name}: {key} = {value!r}: expected a {type(default).__name__} like its default {default!r}")

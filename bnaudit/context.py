@@ -7,17 +7,20 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .findings import Finding, Severity
 from .loaders import LoadError
-from .result import SkippedRule
+from .result import ModelError
 
 if TYPE_CHECKING:
     from .graph import Layer, ModelGraph
     from .loaders.weights import BNArrays
-    from .result import AuditResult
     from .rule import Rule
 
 
 class RuleContext:
-    """The model under audit, the rule's settings, and a way to report findings.
+    """The model under audit, the rule's settings, and a way to make findings.
+
+    A rule never edits the result: it yields findings, :class:`~bnaudit.rule.Measurement`
+    and :class:`~bnaudit.rule.Note` values, or raises :class:`~bnaudit.rule.SkipRule`,
+    and the engine records them with the rule's outcome.
 
     ``runtime`` is created on first use and shared by every rule of the same model, so
     one forward pass serves all the rules that need statistics.
@@ -29,14 +32,12 @@ class RuleContext:
         graph: "ModelGraph",
         rule: "Rule",
         settings: dict[str, Any],
-        result: "AuditResult",
         runtime: Callable[[], Any],
     ) -> None:
         self.model_path = model_path
         self.graph = graph
         self.rule = rule
         self.settings = settings
-        self.result = result
         self._runtime = runtime
 
     @property
@@ -47,22 +48,21 @@ class RuleContext:
         """What several rules of this model need (one statistics pass, one set of re-runs),
         computed once through the runtime.
 
-        When computing it fails, the rule that tried reports the error and every later
-        rule is listed as skipped, pointing at it, and gets None: one cause, one error.
+        When computing it fails, the failure becomes one :class:`ModelError` of the rule
+        that tried; that rule and every later one that asks raise :class:`RuleStopped`
+        with it, and the engine records the first as failed and the others as skipped,
+        all named by that one error: one cause, one error.
         """
 
         def attempt() -> Any:
             try:
                 return compute()
-            except Exception as error:
-                return _SharedFailure(error, self.rule.code)
+            except Exception as error:  # noqa: BLE001 - recorded, and re-raised as RuleStopped
+                return _SharedFailure(error_from(error, self.rule.code), error)
 
         outcome = self.runtime.memo(key, attempt)
         if isinstance(outcome, _SharedFailure):
-            if outcome.rule == self.rule.code:
-                raise outcome.error
-            self.result.skipped.append(SkippedRule(self.rule.code, f"not checked: see the error of {outcome.rule}"))
-            return None
+            raise RuleStopped(outcome.error) from outcome.cause
         return outcome
 
     def setting(self, key: str, default: Any = None) -> Any:
@@ -100,9 +100,25 @@ class RuleContext:
         )
 
 
-class _SharedFailure:
-    """A shared computation that failed, and the rule that reports it."""
+class RuleStopped(Exception):
+    """A rule could not run because of ``error``, which may have stopped other rules too."""
 
-    def __init__(self, error: Exception, rule: str) -> None:
+    def __init__(self, error: ModelError) -> None:
+        super().__init__(error.message)
         self.error = error
-        self.rule = rule
+
+
+class _SharedFailure:
+    """A shared computation that failed: the error to report, and the exception behind it."""
+
+    def __init__(self, error: ModelError, cause: Exception) -> None:
+        self.error = error
+        self.cause = cause
+
+
+def error_from(exc: Exception, code: str) -> ModelError:
+    """The one-line error of rule ``code`` for ``exc``: a :class:`LoadError` says what to
+    do; anything else is a crash of the rule."""
+    if isinstance(exc, LoadError):
+        return ModelError(exc.message, rule=code, hint=exc.hint)
+    return ModelError(f"rule crashed: {type(exc).__name__}: {exc}", rule=code, hint="run with --debug for the traceback")

@@ -1,7 +1,9 @@
 """Run the selected rules over models: load, check, collect, select.
 
-One :class:`Auditor` holds the plugin manager and the rule set for a whole run; each
-model is audited independently, so one unreadable model never stops the others.
+One :class:`Auditor` holds the plugin manager and the rule set for a whole run, built
+once (``bnaudit_register_rules`` and ``bnaudit_configure`` are called once per run);
+each model is audited independently, with its own options where the config gives it
+some (per-file ignores, data per glob), so one unreadable model never stops the others.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from typing import Any, Iterable
 
 import pluggy
 
-from .findings import ExitCode, Severity
+from .findings import ExitCode, Finding, Severity
 from .keras_builtins import KERAS_LAYER_CLASSES
 from .loaders import LoadError, check_not_lfs_pointer
+from .options import RuntimeOptions, check_selection, check_settings
 from .plugins import collect_rules, make_plugin_manager
-from .result import AuditResult, ModelError, SkippedRule
-from .rule import Rule
+from .context import RuleContext, RuleStopped, error_from
+from .result import AuditResult, ModelError, RuleOutcome, Status
+from .rule import Measurement, Note, Rule, SkipRule
 from .selection import Selection
-from .context import RuleContext
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -40,23 +43,38 @@ class AuditOptions:
     #: Re-run inference on synthetic inputs even without data (``--inference``).
     inference: bool = False
     #: Options only the TensorFlow runtime reads (batch size, devices, tolerances...).
-    runtime: dict[str, Any] = field(default_factory=dict)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     #: ``-p`` plugin modules, and ``no:NAME`` to block one.
     plugins: tuple[str, ...] = ()
     debug: bool = False
 
 
 class Auditor:
+    """The plugin manager, the rules and the settings of one run.
+
+    ``options`` are the run's; :meth:`audit` takes a model's own options (the run's with
+    that model's per-file ignores and data) without rebuilding anything.
+    """
+
     def __init__(self, options: AuditOptions | None = None, pm: pluggy.PluginManager | None = None) -> None:
         self.options = options or AuditOptions()
         self.pm = pm or make_plugin_manager(self.options.plugins)
         self.rules: dict[str, Rule] = collect_rules(self.pm)
         self.pm.hook.bnaudit_configure(settings=self.options.settings)
 
-    def selected_rules(self) -> list[Rule]:
-        return [r for c, r in self.rules.items() if self.options.selection.is_selected(c)]
+    def check_options(self, keys: tuple[str, str, str] = ("select", "ignore", "extend-select")) -> None:
+        """Raise :class:`~bnaudit.options.OptionsError` for a selected code or a setting
+        that matches no rule of this run (its plugins included); ``keys`` name the lists."""
+        check_selection(self.options.selection, self.rules, keys)
+        check_settings(self.options.settings, self.rules)
 
-    def audit(self, path: str | Path) -> AuditResult:
+    def selected_rules(self, options: AuditOptions | None = None) -> list[Rule]:
+        selection = (options or self.options).selection
+        return [r for c, r in self.rules.items() if selection.is_selected(c)]
+
+    def audit(self, path: str | Path, options: AuditOptions | None = None) -> AuditResult:
+        """Audit one model with ``options`` (default: the run's); never raises for a bad file."""
+        options = options or self.options
         path = Path(path)
         result = AuditResult(path=str(path))
         started = time.perf_counter()
@@ -67,7 +85,7 @@ class Auditor:
             return result
         try:
             self._describe(graph, result)
-            self._run_rules(path, graph, result)
+            self._run_rules(path, graph, result, options)
         finally:
             if graph.weights is not None:
                 graph.weights.close()
@@ -77,7 +95,7 @@ class Auditor:
             if self.options.debug:
                 raise
             result.errors.append(ModelError(f"bnaudit_modify_findings failed: {type(exc).__name__}: {exc}", rule="plugin", hint="run with --debug for the traceback"))
-        result.findings = [f for f in result.findings if self.options.selection.is_selected(f.code)]
+        result.findings = [f for f in result.findings if options.selection.is_selected(f.code)]
         result.findings.sort(key=lambda f: (-f.severity, f.code, f.layer))
         result.meta["seconds"] = round(time.perf_counter() - started, 4)
         return result
@@ -120,49 +138,99 @@ class Auditor:
                 "treated as an opaque layer; rules do not look through it"
             )
 
-    def _run_rules(self, path: Path, graph, result: AuditResult) -> None:
+    def _run_rules(self, path: Path, graph, result: AuditResult, options: AuditOptions) -> None:
         runtime_cache: dict[str, Any] = {}
 
         def runtime() -> Any:
             if "runtime" not in runtime_cache:
                 from .runtime import open_runtime  # TensorFlow only from here on
 
-                runtime_cache["runtime"] = open_runtime(path, graph, self.options)
+                runtime_cache["runtime"] = open_runtime(path, graph, options)
             return runtime_cache["runtime"]
 
         try:
-            for rule in self.selected_rules():
-                reason = self._skip_reason(rule, graph)
+            for rule in self.selected_rules(options):
+                reason = _skip_reason(rule, graph, options)
                 if reason:
-                    result.skipped.append(SkippedRule(rule.code, reason))
+                    result.outcomes.append(RuleOutcome(rule.code, Status.SKIPPED, reason=reason))
                     continue
                 rule_started = time.perf_counter()
-                context = RuleContext(path, graph, rule, self.options.settings, result, runtime)
-                try:
-                    result.findings.extend(rule.check(context) or [])
-                except LoadError as exc:
-                    result.errors.append(ModelError(exc.message, rule=rule.code, hint=exc.hint))
-                except Exception as exc:
-                    if self.options.debug:
-                        traceback.print_exc()
-                    result.errors.append(
-                        ModelError(f"rule crashed: {type(exc).__name__}: {exc}", rule=rule.code, hint="run with --debug for the traceback")
-                    )
-                result.rules_run.append(rule.code)
+                context = RuleContext(path, graph, rule, options.settings, runtime)
+                result.outcomes.append(self._check(rule, context, result))
                 result.meta.setdefault("rule_seconds", {})[rule.code] = round(time.perf_counter() - rule_started, 4)
         finally:
             closer = getattr(runtime_cache.get("runtime"), "close", None)
             if closer:
                 closer()
 
-    def _skip_reason(self, rule: Rule, graph) -> str:
-        if "weights" in rule.needs and graph.weights is None:
-            return "the file holds no weights"
-        if "data" in rule.needs and not self.options.data and not self.options.runtime.get("stats"):
-            return "needs --data"
-        if "runtime" in rule.needs and not (self.options.data or self.options.inference):
-            return "needs --data or --inference"
-        return ""
+    def _check(self, rule: Rule, context: RuleContext, result: AuditResult) -> RuleOutcome:
+        """Run one rule, keep what it yields, and say how it ended.
+
+        An error shared by several rules (:class:`RuleStopped`) is recorded once: the
+        rule that met it first failed with it, each later one is skipped pointing at it,
+        and the error names them all.
+        """
+        try:
+            for item in rule.check(context) or ():
+                record(result, item)
+        except SkipRule as skip:
+            return RuleOutcome(rule.code, Status.SKIPPED, reason=str(skip))
+        except RuleStopped as stopped:
+            error = stopped.error
+            if error.rule != rule.code:
+                error.rules.append(rule.code)
+                return RuleOutcome(rule.code, Status.SKIPPED, reason=f"not checked: see the error of {error.rule}")
+            if self.options.debug and not isinstance(stopped.__cause__, LoadError):
+                traceback.print_exception(stopped.__cause__)
+            result.errors.append(error)
+            return RuleOutcome(rule.code, Status.FAILED, error=error)
+        except Exception as exc:
+            if self.options.debug and not isinstance(exc, LoadError):
+                traceback.print_exc()
+            error = error_from(exc, rule.code)
+            result.errors.append(error)
+            return RuleOutcome(rule.code, Status.FAILED, error=error)
+        return RuleOutcome(rule.code, Status.RAN)
+
+
+
+def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
+    """Why ``rule`` cannot run on this model with these options; empty when it can."""
+    if "weights" in rule.needs and graph.weights is None:
+        return "the file holds no weights"
+    if "data" in rule.needs and not options.data and not options.runtime.statistics.stats:
+        return "needs --data"
+    if "runtime" in rule.needs and not (options.data or options.inference):
+        return "needs --data or --inference"
+    return ""
+
+
+def record(result: AuditResult, item: Any) -> None:
+    """Put one thing a rule yielded where it belongs in ``result``.
+
+    Mappings yielded under one measurement topic by several rules merge key by key (the
+    rules sharing one statistics pass each add their part); a note is kept once.
+    """
+    if isinstance(item, Finding):
+        result.findings.append(item)
+    elif isinstance(item, Measurement):
+        current = result.measurements.get(item.topic)
+        if isinstance(current, dict) and isinstance(item.value, dict):
+            result.measurements[item.topic] = _merged(current, item.value)
+        else:
+            result.measurements[item.topic] = item.value
+    elif isinstance(item, Note):
+        if item.text not in result.notes:
+            result.notes.append(item.text)
+    else:
+        raise TypeError(f"a rule yielded {type(item).__name__}; rules yield Finding, Measurement or Note")
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old)
+    for key, value in new.items():
+        merged[key] = _merged(merged[key], value) if isinstance(merged.get(key), dict) and isinstance(value, dict) else value
+    return merged
 
 
 def batchnorm_neighbourhoods(graph) -> dict[str, dict[str, Any]]:

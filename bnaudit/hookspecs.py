@@ -33,7 +33,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def bnaudit_register_rules() -> "list[Rule]":
     """Return the rules this plugin adds.
 
-    Called once per plugin manager. Codes must match ``^[A-Z]{1,4}[0-9]{3}$`` and a
+    Called once per plugin manager, when the run's rule set is built (``bnaudit check``,
+    ``rules``, ``stats``, ``report``, ``bnaudit.audit()``; each ``-j`` worker process has
+    its own manager), before any model is audited; per-file ignores only select among
+    these rules, they do not call it again. ``bnaudit plugins`` calls it once more per
+    plugin to list what each adds. Codes must match ``^[A-Z]{1,4}[0-9]{3}$`` and a
     plugin's prefix must not be used by another plugin (``BN`` is bnaudit's own).
     """
 
@@ -42,29 +46,48 @@ def bnaudit_register_rules() -> "list[Rule]":
 def bnaudit_load_model(path: "Path") -> "ModelGraph | None":
     """Read the model file at ``path`` into a :class:`bnaudit.graph.ModelGraph`.
 
-    Return None when the file is not in a format this loader knows, so the next loader
-    is asked; raise :class:`bnaudit.loaders.LoadError` when it is, but cannot be read.
-    The first non-None result wins. Loaders must not execute anything from the file.
+    Called once per model file, before its rules run. Return None when the file is not
+    in a format this loader knows, so the next loader is asked; raise
+    :class:`bnaudit.loaders.LoadError` when it is, but cannot be read. The first
+    non-None result wins. Loaders must not execute anything from the file.
+
+    :param path: the model file, as found on the command line or under a directory given.
     """
 
 
 @hookspec
 def bnaudit_modify_findings(findings: "list[Finding]", result: "AuditResult") -> None:
-    """Change, add or remove findings of one model in place, after all rules ran.
+    """Change, add or remove findings of one model in place, after all its rules ran.
 
-    Called before selection by config and baseline, so a plugin can e.g. raise the
-    severity of findings on layers it knows matter.
+    Called once per model that could be read, after its rules and before selection by
+    ``--select``/``--ignore``, per-file ignores and the baseline, so a plugin can e.g.
+    raise the severity of findings on layers it knows matter. An exception here becomes
+    an error of that model, not a crash of the run.
+
+    :param findings: the model's findings so far (``result.findings``); edit the list in place.
+    :param result: the model's :class:`~bnaudit.result.AuditResult`, for its outcomes,
+        measurements and meta; read it, do not edit it.
     """
 
 
 @hookspec
 def bnaudit_register_reporters() -> "list[Reporter]":
-    """Return the output formats this plugin adds (``--format NAME``)."""
+    """Return the output formats this plugin adds (``--format NAME``).
+
+    Called once per command that renders (``check``, ``report``, ``formats``), before
+    any model is audited, and once more per plugin by ``bnaudit plugins``.
+    """
 
 
 @hookspec
 def bnaudit_prepare_jinja2_environment(env: "jinja2.Environment") -> None:
-    """Adjust the jinja2 environment of the HTML report (filters, globals, loaders)."""
+    """Adjust the jinja2 environment of the HTML report (filters, globals, loaders).
+
+    Called once per HTML report, after bnaudit set up its own environment and before
+    the template renders.
+
+    :param env: the environment the report's templates render in.
+    """
 
 
 @hookspec
@@ -74,6 +97,8 @@ def bnaudit_register_commands(cli: "click.Group") -> None:
     Called once per process, and only when the command line is asked for a command
     bnaudit does not ship or for the list of commands (``bnaudit --help``): the
     built-in commands start without loading any plugin for it.
+
+    :param cli: the ``bnaudit`` click group.
     """
 
 
@@ -81,6 +106,10 @@ def bnaudit_register_commands(cli: "click.Group") -> None:
 def bnaudit_configure(settings: "dict[str, Any]") -> None:
     """Read (or adjust) the resolved settings before any model is audited.
 
-    ``settings`` holds rule thresholds and options (e.g. ``"bn301.threshold"``); a
-    plugin reads its own keys here.
+    Called once per plugin manager, right after the rule set is built (so once per run,
+    and once per ``-j`` worker process), never between models.
+
+    :param settings: rule thresholds by ``"code.threshold"`` key (``"bn301.drift-score"``),
+        from the config file and ``bnaudit.audit(settings=...)``; each is checked against
+        the thresholds its rule declares. A plugin reads its own keys here.
     """

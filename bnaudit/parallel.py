@@ -3,7 +3,7 @@
 Workers are forked from the command while it has not imported TensorFlow (it never
 does on the static path, so workers start in milliseconds); otherwise they come from a
 clean 'forkserver' process ('spawn' where there is none): a process that forks after
-TensorFlow started its threads can deadlock. Each worker builds its plugin manager once and imports TensorFlow
+TensorFlow started its threads can deadlock. Each worker builds its plugin manager and rules once and imports TensorFlow
 only when a runtime rule first asks for it, then keeps it for the models that follow;
 its thread pools are sized to its share of the CPUs, since N workers each using every
 core would only fight over them.
@@ -26,10 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import pluggy
 
 from .engine import AuditOptions, Auditor
-from .plugins import make_plugin_manager
 from .result import AuditResult, ModelError
 
 Job = tuple[Path, AuditOptions]
@@ -46,38 +44,18 @@ def run_options(command):
     )(command)
 
 
-class Auditors:
-    """One :class:`Auditor` per distinct options, all sharing one plugin manager.
-
-    Per-file ignores and per-glob data give a few option variants in one run; each
-    variant's rule selection is built once, not once per model.
-    """
-
-    def __init__(self, pm: pluggy.PluginManager, first: Auditor | None = None) -> None:
-        self.pm = pm
-        self._by_options: dict[str, Auditor] = {repr(first.options): first} if first else {}
-
-    def audit(self, path: Path, options: AuditOptions) -> AuditResult:
-        key = repr(options)
-        if key not in self._by_options:
-            self._by_options[key] = Auditor(options, pm=self.pm)
-        return self._by_options[key].audit(path)
-
-
 def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[AuditResult]:
     """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU)."""
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     debug = auditor.options.debug
     if workers <= 1:
-        auditors = Auditors(auditor.pm, auditor)
         with native_stderr_silenced(not debug):
-            return [auditors.audit(path, options) for path, options in jobs]
-    plugins = auditor.options.plugins
-    results, suspects = _in_pool(jobs, workers, plugins, debug)
+            return [auditor.audit(path, options) for path, options in jobs]
+    results, suspects = _in_pool(jobs, workers, auditor.options)
     lost = [index for index, result in enumerate(results) if result is None]
     suspects = (suspects & set(lost)) or set(lost)  # none marked: a worker died between audits
     for index in sorted(suspects):
-        results[index] = _in_pool([jobs[index]], 1, plugins, debug)[0][0] or _died(jobs[index][0])
+        results[index] = _in_pool([jobs[index]], 1, auditor.options)[0][0] or _died(jobs[index][0])
     innocent = [index for index in lost if index not in suspects]
     if innocent:  # cut short by another model's crash: together again
         for index, result in zip(innocent, audit_models([jobs[i] for i in innocent], workers, auditor)):
@@ -85,7 +63,7 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Au
     return results  # type: ignore[return-value]
 
 
-def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> tuple[list[AuditResult | None], set[int]]:
+def _in_pool(jobs: Sequence[Job], workers: int, options: AuditOptions) -> tuple[list[AuditResult | None], set[int]]:
     """Results in job order, None where a worker died; and the jobs a dead worker was on."""
     import multiprocessing  # only with -j: a single-process run starts without it
     import tempfile
@@ -98,7 +76,7 @@ def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug:
     results: list[AuditResult | None] = []
     threads = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="bnaudit-jobs-") as markers:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(plugins, debug, threads)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(options, threads)) as pool:
             futures = [pool.submit(_audit_in_worker, index, path, options, markers) for index, (path, options) in enumerate(jobs)]
             for (path, _), future in zip(jobs, futures):
                 try:
@@ -128,26 +106,27 @@ def _died(path: Path) -> AuditResult:
     )
 
 
-_worker: dict[str, Auditors] = {}
+_worker: dict[str, Auditor] = {}
 
 
 #: What TensorFlow (and the oneDNN/OpenMP kernels under it) read for their thread counts.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 
 
-def _start_worker(plugins: tuple[str, ...], debug: bool, threads: int) -> None:
+def _start_worker(options: AuditOptions, threads: int) -> None:
+    """The worker's one :class:`Auditor`: its plugin manager and rules, built once."""
     for variable in THREAD_VARIABLES:  # before TensorFlow is imported; the user's choice wins
         os.environ.setdefault(variable, str(threads))
-    if not debug:
+    if not options.debug:
         _point_stderr_at_devnull()
-    _worker["auditors"] = Auditors(make_plugin_manager(plugins))
+    _worker["auditor"] = Auditor(options)
 
 
 def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str) -> AuditResult:
     """Audit one model, with a marker file naming it while it is being audited."""
     marker = Path(markers, str(index))
     marker.touch()
-    result = _worker["auditors"].audit(path, options)
+    result = _worker["auditor"].audit(path, options)
     marker.unlink()
     return result
 

@@ -81,35 +81,44 @@ def make_plugin_manager(plugins: tuple[str, ...] = (), autoload: bool | None = N
 
 
 def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    """Each registered plugin with its version and the rules and reporters it adds."""
+    """Each registered plugin with its version and the rules and reporters it adds,
+    asked through pluggy's own hook callers (one plugin at a time), never by calling an
+    implementation directly, so an implementation taking fewer arguments still works."""
     versions = {dist_name: dist.version for dist_name, dist in _entry_point_dists(pm)}
-    infos: dict[str, PluginInfo] = {}
+    infos: list[PluginInfo] = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
         builtin = name in DEFAULT_PLUGINS
-        version = _own_version() if builtin else versions.get(name, "unknown")
-        infos[name] = PluginInfo(name, version, builtin=builtin)
-    for impl in pm.hook.bnaudit_register_rules.get_hookimpls():
-        infos[impl.plugin_name].rules += [r.code for r in impl.function() or []]
-    for impl in pm.hook.bnaudit_register_reporters.get_hookimpls():
-        infos[impl.plugin_name].reporters += [r.name for r in impl.function() or []]
-    return list(infos.values())
+        info = PluginInfo(name, _own_version() if builtin else versions.get(name, "unknown"), builtin=builtin)
+        info.rules = [r.code for r in _from_plugin(pm, "bnaudit_register_rules", plugin)]
+        info.reporters = [r.name for r in _from_plugin(pm, "bnaudit_register_reporters", plugin)]
+        infos.append(info)
+    return infos
+
+
+def _from_plugin(pm: pluggy.PluginManager, hook: str, plugin: object) -> list:
+    """What ``plugin`` alone returns from a list-returning hook, called through pluggy."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    return [item for batch in pm.subset_hook_caller(hook, remove_plugins=others)() for item in batch or []]
 
 
 def collect_rules(pm: pluggy.PluginManager) -> dict[str, Rule]:
-    """All rules by code. A code or prefix claimed by two plugins is an error at start-up."""
+    """All rules by code, asked once per plugin through pluggy. A code or prefix claimed
+    by two plugins is an error at start-up."""
     rules: dict[str, Rule] = {}
     owner_of_prefix: dict[str, str] = {}
-    for impl in reversed(pm.hook.bnaudit_register_rules.get_hookimpls()):
-        builtin = impl.plugin_name in DEFAULT_PLUGINS
-        for item in impl.function() or []:
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        builtin = name in DEFAULT_PLUGINS
+        for item in _from_plugin(pm, "bnaudit_register_rules", plugin):
             if not isinstance(item, Rule):
-                raise PluginError(f"plugin {impl.plugin_name!r} registered {item!r}, which is not a bnaudit.Rule")
+                raise PluginError(f"plugin {name!r} registered {item!r}, which is not a bnaudit.Rule")
             prefix = item.code.rstrip("0123456789")
             if not builtin and prefix == BUILTIN_PREFIX:
-                raise PluginError(f"plugin {impl.plugin_name!r} uses the prefix {BUILTIN_PREFIX!r}, reserved for bnaudit's own rules")
-            owner = "bnaudit" if builtin else impl.plugin_name
+                raise PluginError(f"plugin {name!r} uses the prefix {BUILTIN_PREFIX!r}, reserved for bnaudit's own rules")
+            owner = "bnaudit" if builtin else name
             if owner_of_prefix.setdefault(prefix, owner) != owner:
                 raise PluginError(
                     f"rule prefix {prefix!r} is claimed by both {owner_of_prefix[prefix]!r} and {owner!r}; "

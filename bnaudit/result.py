@@ -1,7 +1,14 @@
-"""What one audit of one model produced, built before anything is rendered."""
+"""What one audit of one model produced, built before anything is rendered.
+
+The engine records one :class:`RuleOutcome` per selected rule: it *ran*, was
+*skipped* (and why), or *failed* (and with which error). Every report reads what ran
+and what did not from these outcomes, so a rule that did not run is never shown as
+passed, and a baseline judges staleness only against rules that ran.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,22 +17,38 @@ from .findings import Finding, Severity
 
 @dataclass
 class ModelError:
-    """A failure that stopped part of an audit: the model could not be read, or a rule crashed.
+    """A failure that stopped part of an audit: the model could not be read, or a rule failed.
 
-    ``rule`` is empty when the model itself was unreadable.
+    ``rule`` is the rule that met the failure first (empty when the model itself was
+    unreadable); ``rules`` every rule it stopped, that one first. One cause shared by
+    several rules (the model cannot be loaded with Keras, ``--data`` does not fit) is
+    one error naming all of them, never one copy per rule.
     """
 
     message: str
     rule: str = ""
     hint: str = ""
+    rules: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Library messages (Keras, h5py) span lines; every error is one line on stderr.
         self.message = " ".join(self.message.split())
         self.hint = " ".join(self.hint.split())
+        if self.rule and self.rule not in self.rules:
+            self.rules.insert(0, self.rule)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message, "hint": self.hint}
+    @property
+    def where(self) -> str:
+        """``"BN301, BN302"``: the rules it stopped, for one-line messages."""
+        return ", ".join(self.rules)
+
+    @property
+    def label(self) -> str:
+        """``"rule BN301"`` or ``"rules BN301, BN302"``: what it stopped; empty for an unreadable model."""
+        return f"rule{'s' if len(self.rules) > 1 else ''} {self.where}" if self.rules else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "rules": list(self.rules), "message": self.message, "hint": self.hint}
 
 
 @dataclass
@@ -39,6 +62,33 @@ class SkippedRule:
         return {"code": self.code, "reason": self.reason}
 
 
+class Status(str, enum.Enum):
+    """What became of one selected rule on one model."""
+
+    RAN = "ran"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass
+class RuleOutcome:
+    """One selected rule on one model: ran, skipped (``reason``) or failed (``error``)."""
+
+    code: str
+    status: Status
+    reason: str = ""
+    error: ModelError | None = None
+
+    def to_dict(self, errors: list[ModelError]) -> dict[str, Any]:
+        """JSON form; a failure points into the model's ``errors`` list by index."""
+        entry: dict[str, Any] = {"code": self.code, "status": self.status.value}
+        if self.status is Status.SKIPPED:
+            entry["reason"] = self.reason
+        if self.error is not None:
+            entry["error"] = next(i for i, e in enumerate(errors) if e is self.error)
+        return entry
+
+
 @dataclass
 class AuditResult:
     """Everything bnaudit learned about one model file."""
@@ -46,9 +96,9 @@ class AuditResult:
     path: str
     findings: list[Finding] = field(default_factory=list)
     errors: list[ModelError] = field(default_factory=list)
-    skipped: list[SkippedRule] = field(default_factory=list)
+    #: One per selected rule, in the order the rules were checked.
+    outcomes: list[RuleOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    rules_run: list[str] = field(default_factory=list)
     #: Per-layer numbers measured by data-driven and inference rules, keyed by topic.
     measurements: dict[str, Any] = field(default_factory=dict)
     #: Format, Keras version that wrote the file, layer counts, durations.
@@ -57,6 +107,19 @@ class AuditResult:
     @property
     def unreadable(self) -> bool:
         return any(not e.rule for e in self.errors)
+
+    @property
+    def rules_run(self) -> list[str]:
+        """Codes of the rules that ran to the end on this model (not skipped, not failed)."""
+        return [o.code for o in self.outcomes if o.status is Status.RAN]
+
+    @property
+    def skipped(self) -> list[SkippedRule]:
+        return [SkippedRule(o.code, o.reason) for o in self.outcomes if o.status is Status.SKIPPED]
+
+    @property
+    def failed(self) -> list[RuleOutcome]:
+        return [o for o in self.outcomes if o.status is Status.FAILED]
 
     def counts(self) -> dict[str, int]:
         counts = {s.label: 0 for s in Severity}
@@ -72,6 +135,7 @@ class AuditResult:
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
             "rules_run": list(self.rules_run),
+            "outcomes": [o.to_dict(self.errors) for o in self.outcomes],
             "measurements": self.measurements,
             "meta": self.meta,
         }

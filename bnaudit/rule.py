@@ -26,7 +26,34 @@ DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
 #: "data" needs ``--data`` or ``--stats``; "runtime" loads the model with Keras.
 NEEDS = ("graph", "weights", "data", "runtime")
 
-CheckFunction = Callable[["RuleContext"], Iterable[Finding]]
+CheckFunction = Callable[["RuleContext"], Iterable["Finding | Measurement | Note"]]
+
+
+class SkipRule(Exception):
+    """Raised by a check that cannot judge this model (``raise SkipRule("needs --data")``).
+
+    The engine records the rule as skipped with the message as the reason; findings the
+    rule yielded before raising are kept.
+    """
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Numbers a rule measured, yielded next to its findings, kept under ``topic``.
+
+    ``value`` is JSON-serialisable; when several rules yield a mapping under one topic
+    (a statistics pass serves BN301-BN303) the engine merges their keys.
+    """
+
+    topic: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Note:
+    """A remark about the whole audit of one model (which devices ran...), shown once."""
+
+    text: str
 
 
 @dataclass(frozen=True)

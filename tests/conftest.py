@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--regen-gold", action="store_true", help="Rewrite the gold files of tests/test_gold.py from this run.")
+
+
 class SplitCPUOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Runs ``bnaudit.runtime.import_tensorflow`` (which applies ``BNAUDIT_LOGICAL_CPUS``)
     the moment TensorFlow's module has executed, whoever imported it.

@@ -91,7 +91,7 @@ def test_select_and_ignore(bias_model, args, expected):
 
 def test_unknown_code_and_format_are_usage_errors(bias_model):
     run = invoke("check", "--select", "BN999", bias_model)
-    assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: BN999 match no rule; `bnaudit rules` lists the codes"
+    assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: --select BN999 match no rule; `bnaudit rules` lists the codes"
     run = invoke("check", "--format", "yaml", bias_model)
     assert run.returncode == 2 and "unknown format 'yaml'" in run.stderr
 
@@ -145,7 +145,11 @@ def test_p_plugin_rules_run_and_a_crashing_rule_is_an_error_not_a_stop(bias_mode
     [model] = json.loads(run.stdout)["models"]
     assert ("XY001", "") in {(f["code"], f["layer"]) for f in model["findings"]}
     assert {"BN101", "BN102"} <= {f["code"] for f in model["findings"]}
-    assert model["errors"] == [{"rule": "XY002", "message": "rule crashed: RuntimeError: boom", "hint": "run with --debug for the traceback"}]
+    assert model["errors"] == [
+        {"rule": "XY002", "rules": ["XY002"], "message": "rule crashed: RuntimeError: boom", "hint": "run with --debug for the traceback"}
+    ]
+    assert {"code": "XY002", "status": "failed", "error": 0} in model["outcomes"] and "XY002" not in model["rules_run"]
+    assert {"code": "XY001", "status": "ran"} in model["outcomes"] and "XY001" in model["rules_run"]
     assert run.stderr.strip() == f"bnaudit: error: {bias_model} [XY002]: rule crashed: RuntimeError: boom (run with --debug for the traceback)"
     listing = run_bnaudit("plugins", "-p", "xy_plugin", env=env).stdout
     assert "xy_plugin" in listing and "XY001, XY002" in listing

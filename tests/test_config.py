@@ -10,6 +10,7 @@ import pytest
 
 from bnaudit.config import ConfigError, find, load, parse
 from bnaudit.engine import AuditOptions
+from bnaudit.options import RuntimeOptions
 from bnaudit.findings import Severity
 from bnaudit.plugins import collect_rules, make_plugin_manager
 from bnaudit.rule import rule
@@ -130,7 +131,7 @@ def test_an_unknown_key_is_one_line_naming_it_and_exit_2(project):
 def test_an_unknown_threshold_of_a_plugin_rule_is_an_error_too(project):
     (project / "pyproject.toml").write_text('[tool.bnaudit.th101]\nlimt = 1\n')
     code, _, stderr = audit(project, "-p", "plugin_th")
-    assert (code, stderr) == (2, f"bnaudit: error: {project / 'pyproject.toml'}: [th101]: unknown threshold 'limt' (the thresholds of TH101: limit)\n")
+    assert (code, stderr) == (2, f"bnaudit: error: {project / 'pyproject.toml'}: [th101]: unknown threshold 'limt' (did you mean 'limit'?) (the thresholds of TH101: limit)\n")
 
 
 @pytest.mark.parametrize(
@@ -187,16 +188,16 @@ def test_per_glob_data_and_batch_size_reach_each_models_options(tmp_path):
         tmp_path / "pyproject.toml",
     )
     options = config.apply(AuditOptions(), given=set())
-    assert options.runtime == {"batch_size": 16}
+    assert options.runtime == RuntimeOptions(batch_size=16)
     vision = config.options_for(tmp_path / "models" / "vision" / "a.keras", options)
     assert vision.data == str(tmp_path / "data" / "vision.npz")
     assert config.options_for(tmp_path / "models" / "text" / "b.keras", options).data is None
     assert config.options_for(tmp_path / "other", options).data == "pkg.data:load"
     legacy = config.options_for(tmp_path / "models" / "old.h5", options)
     assert not legacy.selection.is_selected("BN201") and legacy.selection.is_selected("BN101")
-    flagged = config.apply(AuditOptions(data="cli.npz", runtime={"batch_size": 4}), given={"data", "batch_size"})
+    flagged = config.apply(AuditOptions(data="cli.npz", runtime=RuntimeOptions(batch_size=4)), given={"data", "batch_size"})
     assert config.options_for(tmp_path / "models" / "vision" / "a.keras", flagged).data == "cli.npz"
-    assert flagged.runtime == {"batch_size": 4}
+    assert flagged.runtime == RuntimeOptions(batch_size=4)
 
 
 def test_search_stops_at_the_nearest_file(tmp_path):

@@ -153,13 +153,45 @@ def test_lambda_model_is_refused_and_the_others_still_run(shared_run):
     assert "inference" not in model["measurements"]
     [first] = model["errors"]  # one cause, one error: the other three rules are skipped
     assert first["rule"] == "BN401" and first["message"].startswith("refusing to load a model that can execute code: rescale_lambda (Lambda)")
+    assert first["rules"] == ["BN401", "BN402", "BN403", "BN404"]
+    assert not any(code.startswith("BN4") for code in model["rules_run"])
     assert "--unsafe-load" in first["hint"]
     assert [(s["code"], s["reason"]) for s in model["skipped"] if s["code"].startswith("BN4")] == [
         (code, "not checked: see the error of BN401") for code in ("BN402", "BN403", "BN404")
     ]
     refusals = [line for line in run.stderr.splitlines() if "refusing to load" in line]
-    assert len(refusals) == 1 and "lambda_layer.keras [BN401]" in refusals[0]
+    assert len(refusals) == 1 and "lambda_layer.keras [BN401, BN402, BN403, BN404]" in refusals[0]
+    assert "refusing to load" not in run.stdout  # the text report on stdout does not repeat stderr
     assert all("measurements" in m and m["errors"] == [] for name, m in by_name.items() if name != "lambda_layer.keras")
+
+
+def test_rules_a_runtime_failure_stopped_are_not_passed_and_their_baseline_entries_not_stale(tmp_path):
+    """`--devices GPU:7` where there is no such device: BN401 fails, BN402-BN404 are
+    skipped pointing at it; JUnit has no passing case for them and the baseline's
+    accepted BN402/BN403 entries are not called stale (those rules did not run)."""
+    import xml.etree.ElementTree as ET
+
+    model = tmp_path / "baked.keras"
+    model.write_bytes((SAMPLES / "bn_training_baked.keras").read_bytes())
+    entries = [("BN106", "bn1"), ("BN402", "head"), ("BN403", "head")]
+    baseline = {"version": 1, "tool": "bnaudit", "findings": [{"model": "baked.keras", "code": c, "layer": l} for c, l in entries]}
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    run = run_bnaudit(
+        "check", "baked.keras", "--isolated", "--inference", "--devices", "GPU:7", "--baseline", "baseline.json",
+        "--fail-on-stale", "--format", "junit", "-o", "out.xml", "--format", "json", "-o", "out.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("bnaudit: error")]
+    assert error.startswith("bnaudit: error: baked.keras [BN401, BN402, BN403, BN404]: ") and "GPU:7" in error
+    assert "stale entries: 0" in run.stderr and "stale" not in " ".join(json.loads((tmp_path / "out.json").read_text())["models"][0]["notes"])
+    suite = ET.parse(tmp_path / "out.xml").getroot().find("testsuite")
+    cases = {}
+    for case in suite.iter("testcase"):
+        cases.setdefault(case.get("classname").split(".")[0], []).append([child.tag for child in case])
+    assert cases["BN401"] == [["error"]]
+    assert cases["BN402"] == cases["BN403"] == cases["BN404"] == [["skipped"]]
+    assert suite.get("errors") == "1"
+    assert cases["BN106"] and all(case == [] for case in cases["BN106"])  # ran; its finding accepted by the baseline: passing
 
 
 def test_text_output_says_which_devices_ran_and_that_no_gpu_was_found(shared_run):

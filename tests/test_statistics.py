@@ -122,13 +122,33 @@ def test_data_that_does_not_fit_is_one_line_exit_2_and_the_other_models_still_ru
     assert run.returncode == 2
     errors = [line for line in run.stderr.splitlines() if line.startswith("bnaudit: error")]
     assert errors == [
-        f"bnaudit: error: wrong.keras [BN301]: --data {trained / 'wrong.npy'}: input 'features' expects shape "
+        f"bnaudit: error: wrong.keras [BN301, BN302, BN303]: --data {trained / 'wrong.npy'}: input 'features' expects shape "
         "(None, 16) float32; the data has shape (4, 15) float32 (reshape the data to the model's input shape)"
     ]
     assert "Traceback" not in run.stderr
     reason = "not checked: see the error of BN301"
     assert models["wrong"]["skipped"] == [{"code": "BN302", "reason": reason}, {"code": "BN303", "reason": reason}]
+    assert models["wrong"]["rules_run"] == []
+    [error] = models["wrong"]["errors"]
+    assert error["rule"] == "BN301" and error["rules"] == ["BN301", "BN302", "BN303"]
+    assert models["wrong"]["outcomes"] == [
+        {"code": "BN301", "status": "failed", "error": 0},
+        {"code": "BN302", "status": "skipped", "reason": reason},
+        {"code": "BN303", "status": "skipped", "reason": reason},
+    ]
     assert models["own"]["errors"] == [] and models["drifted"]["errors"] == []
+
+
+def test_wrong_shape_data_is_one_line_on_one_stream(audit_run, trained):
+    """The text report on stdout does not repeat what stderr says; no rule repeats it either."""
+    run = run_bnaudit("check", "wrong.keras", "--select", "BN3", cwd=trained)
+    assert run.returncode == 2
+    assert [line for line in run.stderr.splitlines() if "expects shape" in line] == [
+        f"bnaudit: error: wrong.keras [BN301, BN302, BN303]: --data {trained / 'wrong.npy'}: input 'features' expects shape "
+        "(None, 16) float32; the data has shape (4, 15) float32 (reshape the data to the model's input shape)"
+    ]
+    assert "expects shape" not in run.stdout
+    assert run.stdout == "1 model, 0 findings, 1 rule error\n"
 
 
 def test_thresholds_are_settings(trained):
@@ -325,7 +345,7 @@ def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
     assert run.returncode == 0 and "shards [1, 3] of 3: merge the rest before auditing" in run.stderr
     run = run_bnaudit("check", trained / "mlp.keras", "--stats", tmp_path / "partial.npz", "--select", "BN3")
     assert run.returncode == 2
-    assert f"[BN301]: {tmp_path / 'partial.npz'} holds shards [1, 3] of 3 (merge every shard with `bnaudit merge`" in run.stderr
+    assert f"[BN301, BN303]: {tmp_path / 'partial.npz'} holds shards [1, 3] of 3 (merge every shard with `bnaudit merge`" in run.stderr
     run = run_bnaudit("check", trained / "mlp.keras", "--stats", trained / "merged.npz", "--data", trained / "train.npy")
     assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: give --data (measure now) or --stats (measured before), not both"
     run = run_bnaudit("check", SAMPLES / "clean_conv_bn_relu.keras", "--stats", trained / "merged.npz", "--select", "BN301")

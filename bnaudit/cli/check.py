@@ -12,9 +12,10 @@ import click
 
 from .. import __version__
 from .. import baseline as baselines
-from ..config import ConfigError, config_options, given_on_command_line, load as load_config
+from ..config import config_options, given_on_command_line, load as load_config
 from ..engine import AuditOptions, Auditor, discover, exit_code
 from ..findings import ExitCode, Severity
+from ..options import OptionsError, runtime_options
 from ..parallel import audit_models, run_options, timing_lines
 from ..plugins import PluginError
 from ..reporters import Report
@@ -61,10 +62,12 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         fail_on=Severity.parse(fail_on),
         data=data,
         inference=inference,
-        runtime={
-            **_inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects),
-            **statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file),
-        },
+        runtime=runtime_options(
+            {
+                **_inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects),
+                **statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file),
+            }
+        ),
         plugins=tuple(plugins),
         debug=debug,
     )
@@ -73,16 +76,14 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         options = project.apply(options, given_on_command_line(click.get_current_context()))
         auditor = Auditor(options)
         project.validate(auditor.rules)
+        auditor.check_options(("--select", "--ignore", "--extend-select"))
         accepted = baselines.Baseline.read(baseline) if baseline else None
-    except (PluginError, ConfigError, baselines.BaselineError) as exc:
+    except (PluginError, OptionsError, baselines.BaselineError) as exc:
         fail(str(exc))
-    unknown = options.selection.unknown(auditor.rules)
-    if unknown:
-        fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
     if (options.data or options.inference) and importlib.util.find_spec("tensorflow") is None:
         fail('--data and --inference run the model with TensorFlow, which is not installed (pip install "bnaudit[tensorflow]")')
     pairs = targets(auditor, formats, outputs)
-    rendering = {**report_options(templates, timestamp), "quiet": quiet}
+    rendering = {**report_options(templates, timestamp), "quiet": quiet, "errors_on_stderr": True}
     started = time.perf_counter()
     files, results = discover(paths)
     results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
@@ -94,7 +95,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
     for result in results:
         for error in result.errors:
-            where = f" [{error.rule}]" if error.rule else ""
+            where = f" [{error.where}]" if error.rules else ""
             hint = f" ({error.hint})" if error.hint else ""
             click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
     emit(auditor, results, options, pairs, rendering)
@@ -113,7 +114,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
 
 
 def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> dict[str, Any]:
-    """The BN4xx flags as ``AuditOptions.runtime`` keys (see docs/inference.md)."""
+    """The BN4xx flags as :func:`~bnaudit.options.runtime_options` keys (see docs/inference.md)."""
     if custom_objects and not unsafe_load:
         fail("--custom-objects imports code for the model's custom layers: it needs --unsafe-load")
     given = {

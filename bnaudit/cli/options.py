@@ -65,7 +65,8 @@ def emit(auditor: Auditor, results, options: AuditOptions, pairs, rendering: dic
             version=__version__,
             color=output is None and use_color(sys.stdout),
             plugin_manager=auditor.pm,
-            options=dict(rendering or {}),
+            # ``check`` writes every error on stderr; a text report on stdout leaves them out.
+            options={**(rendering or {}), "errors_on_stderr": output is None and bool((rendering or {}).get("errors_on_stderr"))},
         )
         try:
             text = reporter.render(report)
@@ -116,7 +117,7 @@ def statistics_options(command: Callable) -> Callable:
 
 
 def statistics_runtime(data: str | None, batch_size: int | None, max_samples: int | None, upstream: str, per_channel: bool, stats_file: str | None) -> dict[str, Any]:
-    """The statistics options as ``AuditOptions.runtime`` keys; exits 2 on a contradiction."""
+    """The statistics flags as :func:`~bnaudit.options.runtime_options` keys; exits 2 on a contradiction."""
     if data and stats_file:
         fail("give --data (measure now) or --stats (measured before), not both")
     if stats_file and not Path(stats_file).is_file():

@@ -36,6 +36,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     """Print, per BN layer, how the data's statistics compare with the moving statistics."""
     from ..config import ConfigError, given_on_command_line, load as load_config
     from ..engine import AuditOptions, Auditor
+    from ..options import runtime_options
     from ..parallel import native_stderr_silenced
     from ..plugins import PluginError
     from ..selection import Selection
@@ -53,7 +54,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     if output:
         runtime["save_statistics"] = output
     runtime["unsafe_load"] = unsafe_load
-    options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime, debug=debug)
+    options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime_options(runtime), debug=debug)
     try:  # the project's config: batch-size, data per model, the BN303 threshold that marks dead channels
         project = load_config()
         options = project.options_for(model, project.apply(options, given_on_command_line(click.get_current_context())))

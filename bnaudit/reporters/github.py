@@ -44,7 +44,7 @@ def render(report: Report) -> str:
     for result in report.results:
         file = relative_path(result.path)
         for error in result.errors:
-            title = f"bnaudit: rule {error.rule} crashed" if error.rule else "bnaudit: unreadable model"
+            title = f"bnaudit: {error.label} failed" if error.rules else "bnaudit: unreadable model"
             message = error.message + (f" ({error.hint})" if error.hint else "")
             entries.append((Severity.ERROR, annotation("error", file, title, message)))
         for f in result.findings:
@@ -84,7 +84,7 @@ def step_summary(report: Report) -> str:
         for f in r.findings
     ]
     rows += [
-        ("error", f"rule {e.rule} crashed" if e.rule else "unreadable model", relative_path(r.path), "", e.message)
+        ("error", f"{e.label} failed" if e.rules else "unreadable model", relative_path(r.path), "", e.message)
         for r in report.results
         for e in r.errors
     ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..findings import Finding, Severity
 from ..hookspecs import hookimpl
-from ..result import AuditResult, ModelError, SkippedRule
+from ..result import AuditResult, ModelError, RuleOutcome, Status
 from . import Report, Reporter
 
 SCHEMA_VERSION = 1
@@ -114,24 +114,48 @@ def _result(model: Any, where: str) -> AuditResult:
                 fix=_text(item, "fix", here),
             )
         )
-    errors = [
-        ModelError(_text(e, "message", f"{where}.errors[{i}]", required=True), _text(e, "rule", where), _text(e, "hint", where))
-        for i, e in enumerate(_list(model, "errors", where))
-    ]
-    skipped = [
-        SkippedRule(_text(s, "code", f"{where}.skipped[{i}]", required=True), _text(s, "reason", where))
-        for i, s in enumerate(_list(model, "skipped", where))
-    ]
+    errors = [_error(e, f"{where}.errors[{i}]") for i, e in enumerate(_list(model, "errors", where))]
     return AuditResult(
         path=path,
         findings=findings,
         errors=errors,
-        skipped=skipped,
+        outcomes=_outcomes(model, errors, where),
         notes=[str(n) for n in _list(model, "notes", where)],
-        rules_run=[str(c) for c in _list(model, "rules_run", where)],
         measurements=_mapping(model, "measurements", where),
         meta=_mapping(model, "meta", where),
     )
+
+
+def _error(item: Any, where: str) -> ModelError:
+    rules = [str(code) for code in _list(item, "rules", where)]
+    return ModelError(_text(item, "message", where, required=True), _text(item, "rule", where), _text(item, "hint", where), rules)
+
+
+def _outcomes(model: Any, errors: list[ModelError], where: str) -> list[RuleOutcome]:
+    """``outcomes`` as written; documents older than that field rebuild them from
+    ``rules_run``, ``skipped`` and the errors' rules (there a failed rule was also
+    listed in ``rules_run``)."""
+    if "outcomes" not in model:
+        failed = {e.rule: e for e in errors if e.rule}
+        outcomes = [RuleOutcome(str(c), Status.RAN) for c in _list(model, "rules_run", where) if c not in failed]
+        outcomes += [RuleOutcome(code, Status.FAILED, error=error) for code, error in failed.items()]
+        for i, item in enumerate(_list(model, "skipped", where)):
+            code = _text(item, "code", f"{where}.skipped[{i}]", required=True)
+            outcomes.append(RuleOutcome(code, Status.SKIPPED, reason=_text(item, "reason", where)))
+        return outcomes
+    outcomes = []
+    for i, item in enumerate(_list(model, "outcomes", where)):
+        here = f"{where}.outcomes[{i}]"
+        try:
+            status = Status(_text(item, "status", here, required=True))
+        except ValueError:
+            raise DocumentError(f"{here}.status: expected one of {', '.join(s.value for s in Status)}") from None
+        index = item.get("error")
+        if status is Status.FAILED and not (isinstance(index, int) and 0 <= index < len(errors)):
+            raise DocumentError(f"{here}.error: a failed rule must point at one of the {len(errors)} errors")
+        error = errors[index] if status is Status.FAILED else None
+        outcomes.append(RuleOutcome(_text(item, "code", here, required=True), status, _text(item, "reason", here), error))
+    return outcomes
 
 
 def _field(container: Any, key: str, where: str, kind: type, required: bool) -> Any:

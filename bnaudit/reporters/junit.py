@@ -9,7 +9,7 @@ model without BN layers gets one case per rule. ``classname`` is the rule
 Findings at or above ``--fail-on`` are ``<failure>``s; findings below it keep their case
 passing and are printed in its ``<system-out>``, so the dashboard agrees with the exit
 code. Rules that did not run are ``<skipped>`` with the reason; an unreadable model or a
-crashed rule is an ``<error>``. Durations and a timestamp only with ``--timestamp``.
+failed rule is an ``<error>`` (a rule stopped by another's error is skipped, pointing at it). Durations and a timestamp only with ``--timestamp``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from ..findings import Finding
 from ..hookspecs import hookimpl
-from ..result import AuditResult
+from ..result import AuditResult, Status
 from . import Report, Reporter
 from .locations import relative_path
 
@@ -65,21 +65,21 @@ def _suite(result: AuditResult, report: Report, seen: set[tuple[str, str]]) -> E
     for error in result.errors:
         if not error.rule:
             ET.SubElement(case("bnaudit.load", MODEL_CASE), "error", message=error.message, type="unreadable").text = error.hint
-    crashed = {e.rule: e for e in result.errors if e.rule}
     bn_layers = list((result.measurements.get("layers") or {}).keys())
     names = {f.code: f.name for f in result.findings}
-    for code in result.rules_run:
-        classname = _classname(code, report, names)
-        if code in crashed:
-            ET.SubElement(case(classname, MODEL_CASE), "error", message=crashed[code].message, type="rule-crashed").text = crashed[code].hint
-            continue
-        by_layer: dict[str, list[Finding]] = {}
-        for finding in result.findings:
-            if finding.code == code:
-                by_layer.setdefault(finding.layer or MODEL_CASE, []).append(finding)
-        layers = list(dict.fromkeys(bn_layers + list(by_layer))) or [MODEL_CASE]
-        for layer in layers:
-            _outcome(case(classname, layer), by_layer.get(layer, []), report)
+    for outcome in result.outcomes:
+        classname = _classname(outcome.code, report, names)
+        if outcome.status is Status.FAILED and outcome.error is not None:
+            error = outcome.error
+            ET.SubElement(case(classname, MODEL_CASE), "error", message=error.message, type="rule-failed").text = error.hint
+        elif outcome.status is Status.RAN:
+            by_layer: dict[str, list[Finding]] = {}
+            for finding in result.findings:
+                if finding.code == outcome.code:
+                    by_layer.setdefault(finding.layer or MODEL_CASE, []).append(finding)
+            layers = list(dict.fromkeys(bn_layers + list(by_layer))) or [MODEL_CASE]
+            for layer in layers:
+                _outcome(case(classname, layer), by_layer.get(layer, []), report)
     for item in result.skipped:
         ET.SubElement(case(_classname(item.code, report, names), MODEL_CASE), "skipped", message=item.reason)
     _count(suite, suite.findall("testcase"))

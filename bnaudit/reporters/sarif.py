@@ -13,8 +13,9 @@ What GitHub needs and where it comes from:
   given as ``primaryLocationLineHash``: without it GitHub's upload action would hash the
   first "line" of the binary model file, which changes with every save.
 
-Unreadable models and crashed rules become ``toolExecutionNotifications``; rules that
-did not run (e.g. need ``--data``) become ``toolConfigurationNotifications``.
+Unreadable models and failed rules become ``toolExecutionNotifications`` (one per
+cause, naming every rule it stopped) and make ``executionSuccessful`` false; rules
+skipped (e.g. they need ``--data``) become ``toolConfigurationNotifications``.
 """
 
 from __future__ import annotations
@@ -130,13 +131,19 @@ def _execution_notifications(report: Report) -> list[dict[str, Any]]:
         for error in result.errors:
             note: dict[str, Any] = {
                 "level": "error",
-                "message": {"text": error.message + (f" ({error.hint})" if error.hint else "")},
+                "message": {"text": _stopped(error) + error.message + (f" ({error.hint})" if error.hint else "")},
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact_uri(result.path)}}}],
             }
             if error.rule:
                 note["descriptor"] = {"id": error.rule}
+                note["properties"] = {"rules": list(error.rules)}
             notes.append(note)
     return notes
+
+
+def _stopped(error) -> str:
+    """``"BN401, BN402 did not run: "`` for an error that stopped rules; empty for an unreadable model."""
+    return f"{error.where} did not run: " if error.rules else ""
 
 
 def _configuration_notifications(report: Report) -> list[dict[str, Any]]:

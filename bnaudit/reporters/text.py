@@ -17,11 +17,14 @@ def render(report: Report) -> str:
     lines: list[str] = []
     for result in report.results:
         notes = [] if quiet else result.notes
-        if not (result.findings or result.errors or notes):
+        # When the command already wrote each error on stderr, the report on stdout does
+        # not repeat it: one cause, one line, one stream.
+        errors = [] if report.options.get("errors_on_stderr") else result.errors
+        if not (result.findings or errors or notes):
             continue
         lines.append(style(result.path, bold=True))
-        for error in result.errors:
-            where = f"rule {error.rule}" if error.rule else "unreadable"
+        for error in errors:
+            where = error.label or "unreadable"
             hint = f" ({error.hint})" if error.hint else ""
             lines.append(f"  {style('error', fg='red', bold=True)} [{where}] {error.message}{hint}")
         for finding in result.findings:

@@ -3,8 +3,8 @@
 They load the model with Keras (safe mode; code-carrying layers refused unless
 ``--unsafe-load``) and run only with ``--data`` or ``--inference``. One set of passes,
 :func:`bnaudit.runtime.inference.run_inference_checks`, serves all four: the first rule
-to run computes it through ``Runtime.memo`` and records the device x output table in
-``measurements["inference"]`` and which devices ran in the notes.
+to run computes it through ``RuleContext.shared``; each rule yields the device x output
+table as the ``"inference"`` measurement and which devices ran as notes.
 """
 
 from __future__ import annotations
@@ -13,34 +13,33 @@ from typing import Any
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
-from ..rule import rule
+from ..rule import Measurement, Note, rule
 
 NEEDS = ("graph", "runtime")
 
 
 def _results(ctx):
-    """The shared re-runs of this model, computed by whichever BN40x rule runs first;
-    None when they failed and another rule reported why."""
+    """The shared re-runs of this model, computed by whichever BN40x rule runs first
+    (a failure stops the four rules with one error)."""
 
     def compute() -> Any:
         from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
 
-        results = run_inference_checks(ctx.runtime)
-        ctx.result.measurements["inference"] = results.to_dict()
-        ctx.result.notes.extend(results.notes)
-        return results
+        return run_inference_checks(ctx.runtime)
 
     return ctx.shared("inference", compute)
 
 
-def _mismatches(ctx, table: str):
-    """The failing rows of one comparison table of the shared re-runs, each with the runs."""
-    results = _results(ctx)
-    if results is None:
-        return
-    for row in getattr(results, table):
-        if not row.passed:
-            yield row, results
+def _recorded(results):
+    """The re-runs' table and notes: each BN40x rule yields them, the engine keeps them once."""
+    yield Measurement("inference", results.to_dict())
+    for note in results.notes:
+        yield Note(note)
+
+
+def _failing(results, table: str):
+    """The failing rows of one comparison table of the shared re-runs."""
+    return [row for row in getattr(results, table) if not row.passed]
 
 
 def _numbers(row, tol) -> str:
@@ -82,7 +81,9 @@ def device_mismatch(ctx):
     Fix the precision problem (larger epsilon, float32 BN under mixed precision), or, when
     the difference is acceptable, say so with `--atol`/`--rtol`.
     """
-    for row, results in _mismatches(ctx, "devices"):
+    results = _results(ctx)
+    yield from _recorded(results)
+    for row in _failing(results, "devices"):
         yield ctx.finding(
             row.output,
             f"output {row.output!r} on {row.run} differs from {row.reference}: {_numbers(row, results.tolerance)}",
@@ -118,7 +119,9 @@ def batch_dependent_inference(ctx):
     x = layers.BatchNormalization()(x)
     ```
     """
-    for row, results in _mismatches(ctx, "batch_dependence"):
+    results = _results(ctx)
+    yield from _recorded(results)
+    for row in _failing(results, "batch_dependence"):
         if row.path not in results.unrepeatable_paths:
             yield ctx.finding(
                 row.output,
@@ -153,7 +156,9 @@ def call_predict_mismatch(ctx):
     x = layers.BatchNormalization()(x)  # or serve with model(x, training=False)
     ```
     """
-    for row, results in _mismatches(ctx, "call_vs_predict"):
+    results = _results(ctx)
+    yield from _recorded(results)
+    for row in _failing(results, "call_vs_predict"):
         yield ctx.finding(
             row.output,
             f"output {row.output!r} of model(x) differs from model.predict(x) on the same batch: {_numbers(row, results.tolerance)}",
@@ -185,7 +190,9 @@ def nondeterministic_inference(ctx):
     x = layers.Dropout(0.5)(x)  # active in fit() only
     ```
     """
-    for row, results in _mismatches(ctx, "repeatability"):
+    results = _results(ctx)
+    yield from _recorded(results)
+    for row in _failing(results, "repeatability"):
         yield ctx.finding(
             row.output,
             f"with {row.path}, output {row.output!r} differs between two runs of the same batch: {_numbers(row, results.tolerance)}",

@@ -12,7 +12,7 @@ The per-channel comparison and the drift score are in :mod:`bnaudit.analysis.dri
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,8 +20,7 @@ from ..analysis.drift import DEAD_VARIANCE_RATIO, LayerDrift, compare_layer, rou
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..loaders import LoadError
-from ..result import SkippedRule
-from ..rule import rule
+from ..rule import Measurement, SkipRule, rule
 from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
@@ -47,41 +46,38 @@ BN303_DEFAULTS = {"variance-ratio": DEAD_VARIANCE_RATIO}
 # -- the shared pass -----------------------------------------------------------------
 
 
-def data_statistics(ctx: "RuleContext") -> "DataStatistics | None":
+def data_statistics(ctx: "RuleContext") -> "DataStatistics":
     """The model's statistics from ``--data`` or ``--stats``, measured once per model.
 
-    Returns None when an earlier rule already reported that they cannot be had; this
-    rule is then listed as skipped rather than repeating the same error.
+    When they cannot be had, every rule that asks is stopped by the one error of the
+    rule that tried first (``RuleContext.shared``).
     """
-    outcome = ctx.shared("statistics", lambda: measure(ctx))
-    if outcome is not None:
-        _record_pass(ctx, outcome)
-    return outcome
+    return ctx.shared("statistics", lambda: measure(ctx))
 
 
 def measure(ctx: "RuleContext") -> "DataStatistics":
     """Read ``--stats`` (checked against this model) or run the pass over ``--data``.
 
-    Runtime options read: ``stats``, ``batch_size``, ``max_samples``, ``upstream``,
-    ``shard`` (K, N), ``save_statistics`` (write the moments to this ``.npz``) and
-    ``progress_terminal`` (where to show progress).
+    Options read: ``RuntimeOptions.batch_size`` and ``max_samples``, and every field of
+    :class:`~bnaudit.options.StatisticsOptions`.
     """
     from ..analysis import statistics_file
     from ..analysis.statistics import fingerprint
 
     options = ctx.runtime.options
     runtime = options.runtime
-    if runtime.get("stats"):
-        statistics = statistics_file.load(runtime["stats"])
+    wanted = runtime.statistics
+    if wanted.stats:
+        statistics = statistics_file.load(wanted.stats)
         if not statistics.complete:
             raise LoadError(
-                f"{runtime['stats']} holds shards {statistics.shards} of {statistics.shard_count}",
+                f"{wanted.stats} holds shards {statistics.shards} of {statistics.shard_count}",
                 "merge every shard with `bnaudit merge` before auditing",
             )
         expected = fingerprint((bn.path, *_moving(ctx, bn)) for bn in ctx.graph.batchnorms())
         if statistics.fingerprint != expected:
             raise LoadError(
-                f"{runtime['stats']} was measured on another model (or other moving statistics)",
+                f"{wanted.stats} was measured on another model (or other moving statistics)",
                 "measure the statistics on this model file",
             )
         return statistics
@@ -90,17 +86,17 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     from ..runtime.statistics import collect
 
     model = ctx.runtime.model
-    batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
-    shard = runtime.get("shard")
-    batches = iter_batches(options.data, model, batch_size, runtime.get("max_samples"), shard=shard)
+    batch_size = runtime.batch_size or DEFAULT_BATCH_SIZE
+    shard = wanted.shard
+    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard)
     try:
         statistics = collect(
             model,
             batches,
             batch_size=batch_size,
-            upstream=runtime.get("upstream", "inference"),
+            upstream=wanted.upstream,
             compare_modes=options.selection.is_selected("BN302"),
-            progress=Progress.on_terminal(runtime.get("progress_terminal"), batches.total),
+            progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
             shard=shard,
         )
     except LoadError:
@@ -110,11 +106,11 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
-    if runtime.get("save_statistics"):
+    if wanted.save_statistics:
         try:
-            statistics_file.save(statistics, runtime["save_statistics"])
+            statistics_file.save(statistics, wanted.save_statistics)
         except OSError as exc:
-            raise LoadError(f"cannot write {runtime['save_statistics']}: {exc.strerror or exc}", "check the directory exists and is writable") from None
+            raise LoadError(f"cannot write {wanted.save_statistics}: {exc.strerror or exc}", "check the directory exists and is writable") from None
     return statistics
 
 
@@ -123,25 +119,29 @@ def _moving(ctx: "RuleContext", bn) -> tuple[np.ndarray, np.ndarray]:
     return arrays.moving_mean, arrays.moving_variance
 
 
-def _record_pass(ctx: "RuleContext", statistics: "DataStatistics") -> None:
-    measured = ctx.result.measurements.setdefault("statistics", {})
-    measured.update(
-        samples=statistics.samples,
-        batches=statistics.batches,
-        batch_size=statistics.batch_size,
-        upstream=statistics.upstream,
-        replicas=statistics.replicas,
-        source="stats" if ctx.runtime.options.runtime.get("stats") else "data",
-        seconds=statistics.seconds,
+def pass_measurement(ctx: "RuleContext", statistics: "DataStatistics") -> Measurement:
+    """How the statistics were measured (samples, batches, where from), for the reports."""
+    return Measurement(
+        "statistics",
+        {
+            "samples": statistics.samples,
+            "batches": statistics.batches,
+            "batch_size": statistics.batch_size,
+            "upstream": statistics.upstream,
+            "replicas": statistics.replicas,
+            "source": "stats" if ctx.runtime.options.runtime.statistics.stats else "data",
+            "seconds": statistics.seconds,
+        },
     )
 
 
-def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[LayerDrift]:
-    """Every measured BN layer compared with its moving statistics; also fills the measurements."""
+def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list[LayerDrift], Measurement]:
+    """Every measured BN layer compared with its moving statistics, and the per-layer
+    summaries as the ``statistics`` measurement (``{"layers": {path: summary}}``)."""
     dead_ratio = float(ctx.settings.get("bn303.variance-ratio", BN303_DEFAULTS["variance-ratio"]))
     drifts = []
-    per_channel = bool(ctx.runtime.options.runtime.get("per_channel"))
-    layers = ctx.result.measurements.setdefault("statistics", {}).setdefault("layers", {})
+    per_channel = ctx.runtime.options.runtime.statistics.per_channel
+    layers: dict[str, Any] = {}
     for bn in ctx.graph.batchnorms():
         measured = statistics.layers.get(bn.path)
         if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:
@@ -150,7 +150,7 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[Layer
         drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
         layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
         drifts.append(drift)
-    return drifts
+    return drifts, Measurement("statistics", {"layers": layers})
 
 
 def thresholds(ctx: "RuleContext") -> dict[str, float]:
@@ -191,10 +191,11 @@ def moving_statistics_drift(ctx):
     passes with every other weight frozen).
     """
     statistics = data_statistics(ctx)
-    if statistics is None:
-        return
+    yield pass_measurement(ctx, statistics)
+    drifts, measured = layer_drifts(ctx, statistics)
+    yield measured
     limits = thresholds(ctx)
-    for drift in layer_drifts(ctx, statistics):
+    for drift in drifts:
         drifted = drift.drifted(limits["mean-shift"], limits["log-variance-ratio"])
         fraction = float(drifted.sum() / drift.channels)
         score = drift.drift_score
@@ -249,19 +250,18 @@ def train_inference_divergence(ctx):
     momentum, or use larger batches so batch statistics are stable.
     """
     statistics = data_statistics(ctx)
-    if statistics is None:
-        return
+    yield pass_measurement(ctx, statistics)
     if statistics.comparison is None:
-        ctx.result.skipped.append(SkippedRule(ctx.rule.code, "statistics files hold no model outputs; BN302 needs --data"))
-        return
+        raise SkipRule("statistics files hold no model outputs; BN302 needs --data")
     limits = thresholds(ctx)
     cka, agreement = statistics.comparison.cka, statistics.comparison.agreement
-    ctx.result.measurements["train_inference"] = {
+    compared = {
         "cka": rounded(cka) if cka is not None else None,
         "top1_agreement": rounded(agreement) if agreement is not None else None,
         "compared_predictions": statistics.comparison.compared,
         "samples": statistics.samples,
     }
+    yield Measurement("train_inference", compared)
     low_cka = cka is not None and cka < limits["cka"]
     low_agreement = agreement is not None and agreement < limits["agreement"]
     if not (low_cka or low_agreement):
@@ -274,7 +274,7 @@ def train_inference_divergence(ctx):
     yield ctx.finding(
         "",
         f"outputs with BN on batch statistics and on moving statistics diverge on the data: {', '.join(parts)}",
-        details={**ctx.result.measurements["train_inference"], "thresholds": limits, "batch_size": statistics.batch_size},
+        details={**compared, "thresholds": limits, "batch_size": statistics.batch_size},
         fix="recompute the moving statistics on training data (or train longer / with a lower BN momentum)",
     )
 
@@ -302,10 +302,11 @@ def channels_dead_on_data(ctx):
     channels or retrain.
     """
     statistics = data_statistics(ctx)
-    if statistics is None:
-        return
+    yield pass_measurement(ctx, statistics)
+    drifts, measured = layer_drifts(ctx, statistics)
+    yield measured
     ratio = thresholds(ctx)["variance-ratio"]
-    for drift in layer_drifts(ctx, statistics):
+    for drift in drifts:
         if not drift.dead.any():
             continue
         yield ctx.finding(

@@ -3,7 +3,8 @@
 A :class:`Runtime` is created per model on the first call to ``ctx.runtime`` and shared
 by every rule of that model: the model is loaded once (``safe_mode=True``), and what one
 rule computes (a statistics pass, an inference run) is memoised for the others through
-:meth:`Runtime.memo`.
+:meth:`Runtime.memo`, which ``RuleContext.shared`` uses (a failure there is one error
+for every rule it stops).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..keras_builtins import why_unsafe
 if TYPE_CHECKING:
     from ..engine import AuditOptions
     from ..graph import ModelGraph
+    from ..options import RuntimeOptions
 
 #: Split the CPU into this many logical devices (tests and machines without GPUs use it
 #: to exercise the multi-device code paths for real).
@@ -54,9 +56,9 @@ def unsafe_layers(graph: "ModelGraph") -> list[str]:
     return [f"{layer.path} ({layer.class_name})" for layer in graph if why_unsafe(layer.class_name, layer.module, layer.registered_name)]
 
 
-def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str, Any]):
+def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: "RuntimeOptions"):
     """Load the model with Keras in safe mode, refusing code-carrying layers unless allowed."""
-    unsafe = bool(runtime_options.get("unsafe_load"))
+    unsafe = runtime_options.unsafe_load
     risky = unsafe_layers(graph)
     if risky and not unsafe:
         raise LoadError(
@@ -66,7 +68,7 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str,
     import_tensorflow()
     import keras
 
-    custom_objects = _custom_objects(runtime_options.get("custom_objects"))
+    custom_objects = _custom_objects(runtime_options.custom_objects)
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
     except Exception as exc:  # Keras raises many types for files it cannot rebuild

@@ -94,21 +94,21 @@ def run_inference_checks(runtime: "Runtime") -> InferenceResults:
     seconds: dict[str, float] = {}
     with _Timer(seconds)("load model"):  # ~0 when another rule loaded it first
         model = runtime.model
-    plan = plan_devices(tf, options.get("devices"), bool(options.get("allow_tf32")))
-    batch_size = int(options.get("batch_size") or DEFAULT_BATCH_SIZE)
+    plan = plan_devices(tf, options.inference.devices, options.inference.allow_tf32)
+    batch_size = options.batch_size or DEFAULT_BATCH_SIZE
     inputs, described = _inputs(runtime, batch_size)
     dtype = compute_dtype(dtype_policy(layer) for layer in runtime.graph)
-    float64 = options.get("reference") == "float64"
+    float64 = options.inference.reference == "float64"
     results = InferenceResults(
         plan=plan,
         reference=f"{plan.reference} (float64)" if float64 else plan.reference,
         inputs=described,
         compute_dtype=dtype,
-        tolerance=tolerance(dtype, options.get("atol"), options.get("rtol")),
+        tolerance=tolerance(dtype, options.inference.atol, options.inference.rtol),
         seconds=seconds,
     )
     passes = _Passes(tf, model, _output_names(model, runtime.graph), plan, results, batch_size)
-    reference = float64_copy(model, safe_mode=not options.get("unsafe_load")) if float64 else None
+    reference = float64_copy(model, safe_mode=not options.unsafe_load) if float64 else None
     base = passes.on_devices(inputs, reference)
     first = min(batch_size, len(inputs[0]))
     subset = sorted({int(round(i)) for i in np.linspace(0, first - 1, SUBSET_SIZE)}) if first > 1 else []
@@ -219,7 +219,7 @@ def float64_copy(model, safe_mode: bool = True):
 def _inputs(runtime: "Runtime", batch_size: int) -> tuple[list[np.ndarray], dict[str, Any]]:
     """The samples to run: from ``--data`` (through ``data.iter_batches``) or synthetic."""
     options = runtime.options
-    limit = int(options.runtime.get("max_samples") or DEFAULT_SAMPLES)
+    limit = options.runtime.max_samples or DEFAULT_SAMPLES
     if options.data:
         from .data import iter_batches
 
@@ -227,7 +227,7 @@ def _inputs(runtime: "Runtime", batch_size: int) -> tuple[list[np.ndarray], dict
         arrays = [np.concatenate(parts) for parts in zip(*batches)]
         described = {"source": "data", "data": str(options.data)}
     else:
-        seed = int(options.runtime.get("seed") or 0)
+        seed = options.runtime.inference.seed
         arrays = synthetic_inputs(runtime.model, limit, seed, integer_high(runtime.graph))
         described = {"source": "synthetic", "seed": seed, "distribution": "N(0, 1) floats, uniform integers"}
     described.update(samples=len(arrays[0]), batch_size=batch_size, shapes=[list(a.shape) for a in arrays])

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import bnaudit
-from bnaudit import Severity, rule
-from bnaudit.rules.layers import CONV_RANKS, channel_axis_mismatch
+from bnaudit.plugin_api import CONV_RANKS, Severity, channel_axis_mismatch, hookimpl, rule
 
 NORMALIZATION_CLASSES = frozenset({"LayerNormalization", "GroupNormalization"})
 CONV_CLASSES = frozenset(CONV_RANKS)
@@ -150,6 +148,6 @@ def collapsed_normalization_scale(ctx):
             )
 
 
-@bnaudit.hookimpl
+@hookimpl
 def bnaudit_register_rules():
     return [normalization_axis_not_channels, invalid_normalization_weights, collapsed_normalization_scale]

@@ -12,10 +12,7 @@ from __future__ import annotations
 import html
 import re
 
-import bnaudit
-from bnaudit import ExitCode, Report, Reporter
-from bnaudit.engine import exit_code
-from bnaudit.reporters.text import summary_line
+from bnaudit.plugin_api import ExitCode, Report, Reporter, exit_code, hookimpl, summary_line
 
 #: Findings listed in the table; the rest are counted in one line.
 MAX_ROWS = 50
@@ -54,7 +51,7 @@ def render(report: Report) -> str:
     if errors:
         lines += [f"<details><summary>Problems that stopped part of the audit ({len(errors)})</summary>", ""]
         for path, error in errors:
-            where = f" [{error.rule}]" if error.rule else ""
+            where = f" [{error.where}]" if error.rules else ""
             hint = f" ({escape(error.hint)})" if error.hint else ""
             lines.append(f"- {escape(path)}{where}: {escape(error.message)}{hint}")
         lines += ["", "</details>", ""]
@@ -62,6 +59,6 @@ def render(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-@bnaudit.hookimpl
+@hookimpl
 def bnaudit_register_reporters():
     return [Reporter("markdown", "a short summary for pull-request comments", render, ".md")]

@@ -1,0 +1,72 @@
+"""One validation for every way in: ``bnaudit.audit()``, the command line and the config
+file reject unknown keys, bad selectors and wrong types, naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import bnaudit
+from bnaudit.options import InferenceOptions, OptionsError, RuntimeOptions, StatisticsOptions, runtime_options
+from conftest import SAMPLES, run_bnaudit
+
+MODEL = SAMPLES / "dropout_before_bn.keras"
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"ignore": ["BN13"]}, "ignore BN13 match no rule; `bnaudit rules` lists the codes"),
+        ({"select": ["BN1", "XX9"]}, "select XX9 match no rule; `bnaudit rules` lists the codes"),
+        (
+            {"settings": {"bn301.drift_score": 1}},
+            "setting 'bn301.drift_score': unknown threshold 'drift_score' (did you mean 'drift-score'?) "
+            "(the thresholds of BN301: drift-score, mean-shift, log-variance-ratio, channel-fraction)",
+        ),
+        ({"settings": {"bn999.limit": 1}}, "setting 'bn999.limit': there is no rule BN999; `bnaudit rules` lists the codes"),
+        ({"settings": {"bn301.drift-score": "high"}}, "bn301.drift-score = 'high': expected a float like its default 0.5"),
+        ({"batchsize": 8}, "unknown option 'batchsize' (did you mean 'batch_size'?)"),
+        ({"batch_size": "8"}, "option 'batch_size' = '8': expected a positive integer"),
+        ({"batch_size": 0}, "option 'batch_size' = 0: expected a positive integer"),
+        ({"atol": -1}, "option 'atol' = -1: expected a number >= 0"),
+        ({"reference": "gpu"}, "option 'reference' = 'gpu': choose from 'cpu', 'float64'"),
+        ({"unsafe_load": "yes"}, "option 'unsafe_load' = 'yes': expected True or False"),
+    ],
+)
+def test_the_api_rejects_typos_naming_the_key(keywords, message):
+    with pytest.raises(OptionsError) as raised:
+        bnaudit.audit(MODEL, **keywords)
+    assert str(raised.value) == message
+
+
+def test_the_issue_example_raises_instead_of_running_silently():
+    with pytest.raises(OptionsError, match="batchsize"):
+        bnaudit.audit(MODEL, ignore=["BN13"], settings={"bn301.drift_score": 1}, batchsize=8)
+
+
+def test_valid_keywords_land_in_the_typed_options_and_the_audit_runs():
+    options = runtime_options({"batch_size": 8, "devices": "CPU:1", "atol": 0, "per_channel": True, "shard": [2, 4], "seed": 0})
+    assert options == RuntimeOptions(
+        batch_size=8,
+        statistics=StatisticsOptions(per_channel=True, shard=(2, 4)),
+        inference=InferenceOptions(devices="CPU:1", atol=0.0),
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.batch_size = 9  # type: ignore[misc]
+    assert options.replace(batch_size=16).batch_size == 16 and options.batch_size == 8
+    result = bnaudit.audit(MODEL, select=["BN1"], batch_size=8, settings={"bn301.drift-score": 2})
+    assert [(f.code, f.layer) for f in result.findings] == [("BN101", "bn2")]
+    assert result.rules_run == [f"BN10{i}" for i in range(1, 10)]
+
+
+def test_the_command_line_goes_through_the_same_checks(tmp_path):
+    run = run_bnaudit("check", MODEL, "--isolated", "--ignore", "BN13")
+    assert (run.returncode, run.stderr) == (2, "bnaudit: error: --ignore BN13 match no rule; `bnaudit rules` lists the codes\n")
+    (tmp_path / "bnaudit.toml").write_text("[bn301]\ndrift_score = 1\n")
+    run = run_bnaudit("check", MODEL, "--config", tmp_path / "bnaudit.toml")
+    assert run.returncode == 2
+    assert run.stderr == (
+        f"bnaudit: error: {tmp_path / 'bnaudit.toml'}: [bn301]: unknown threshold 'drift_score' (did you mean 'drift-score'?) "
+        "(the thresholds of BN301: drift-score, mean-shift, log-variance-ratio, channel-fraction)\n"
+    )
