@@ -149,6 +149,7 @@ KERAS_LAYER_CLASSES = frozenset(
         "SpectralNormalization",
         "StackedRNNCells",
         "StringLookup",
+        "SyncBatchNormalization",
         "Subtract",
         "TFOpLambda",
         "TFSMLayer",
@@ -178,7 +179,7 @@ def _regenerate() -> None:  # pragma: no cover - maintenance helper
     import tf_keras
 
     found = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"}
-    for module in (keras.layers, tf_keras.layers):
+    for module in (keras.layers, tf_keras.layers, tf_keras.layers.experimental):
         for value in vars(module).values():
             if inspect.isclass(value) and issubclass(value, (keras.layers.Layer, tf_keras.layers.Layer)):
                 found.add(value.__name__)

@@ -47,14 +47,27 @@ class BNArrays:
         return int(self.moving_mean.shape[0])
 
 
+#: What batch renormalization (``renorm=True``, Keras 2 and 3) adds after the moving statistics.
+RENORM_VARIABLES = ("moving_stddev", "renorm_mean", "renorm_stddev")
+
+
 def bn_variable_names(layer: "Layer") -> list[str]:
-    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving stats."""
+    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving
+    statistics, then batch renormalization's three (Keras 2 ``BatchNormalizationBase``
+    and Keras 3 ``BatchNormalization.build`` both create them in this order)."""
     names = []
     if layer.config.get("scale", True):
         names.append("gamma")
     if layer.config.get("center", True):
         names.append("beta")
-    return names + ["moving_mean", "moving_variance"]
+    names += ["moving_mean", "moving_variance"]
+    if layer.config.get("renorm"):
+        names += RENORM_VARIABLES
+    return names
+
+
+#: The four vectors every BN rule reads; the renorm variables are checked but not read.
+BN_VECTORS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def _read_array(dataset: object, where: str) -> np.ndarray:
@@ -68,8 +81,15 @@ def _read_array(dataset: object, where: str) -> np.ndarray:
 
 
 def _read_vector(dataset: object, where: str) -> np.ndarray:
-    if isinstance(dataset, h5py.Dataset) and (len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS):
-        raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
+    """One value per channel. tf-keras saves a BN with ``virtual_batch_size`` as
+    broadcast-shaped arrays (``(1, 1, C)``): any shape with one axis other than 1 is read flat."""
+    if isinstance(dataset, h5py.Dataset):
+        shape = dataset.shape
+        long = [d for d in shape if d != 1]
+        size = long[0] if len(long) == 1 else (1 if shape and not long else 0)
+        if len(long) > 1 or not shape or not 0 < size <= MAX_CHANNELS:
+            raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
+        return _read_array(dataset, where).reshape(-1)
     return _read_array(dataset, where)
 
 
@@ -96,7 +116,7 @@ class H5Weights:
         if layer.path not in self._cache:
             where = f"layer {layer.path!r}"
             datasets = self._datasets(layer, bn_variable_names(layer))
-            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items()}
+            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items() if name in BN_VECTORS}
             self._cache[layer.path] = _assemble(values, where)
         return self._cache[layer.path]
 
@@ -138,6 +158,9 @@ class LegacyH5Weights(H5Weights):
     Each top-level layer has a group named after it whose ``weight_names`` attribute
     lists its datasets; a nested model's group lists the weights of all its layers,
     so a layer's variable is found by the last two segments of the name (``bn_1/gamma[:0]``).
+    tf-keras names a wrapped layer's weights after the wrapper (``time_distributed/gamma:0``),
+    Keras 3 after the layer (``time_distributed/batch_normalization/gamma``); both are
+    in ``Layer.weight_scopes``.
     """
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
@@ -151,7 +174,7 @@ class LegacyH5Weights(H5Weights):
             weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
             parts = weight.split("/")
             variable = parts[-1].split(":")[0]
-            if len(parts) >= 2 and parts[-2] == layer.name and variable in names:
+            if len(parts) >= 2 and parts[-2] in (layer.weight_scopes or (layer.name,)) and variable in names:
                 found[variable] = group.get(weight)
         return found
 

@@ -71,7 +71,7 @@ def channel_axis(layer: Layer, rank: int | None) -> int | None:
 
 def bn_axes(bn: Layer, rank: int | None) -> list[int] | None:
     """BN's ``axis`` as positive indices; None when the rank is unknown and an axis is negative."""
-    axis = bn.config.get("axis", -1)
+    axis = bn.axis
     axes = axis if isinstance(axis, list) else [axis]
     if not all(isinstance(a, int) for a in axes):
         return None

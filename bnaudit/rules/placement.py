@@ -245,7 +245,7 @@ def consecutive_batchnorm(ctx):
         yield ctx.finding(
             bn,
             f"BatchNormalization {bn.path!r} directly follows BatchNormalization {producer.path!r}",
-            details={"previous": producer.path, "axis": bn.config.get("axis", -1)},
+            details={"previous": producer.path, "axis": bn.axis},
             fix=f"remove {bn.path!r} (or {producer.path!r})",
         )
 
@@ -325,7 +325,7 @@ def batchnorm_axis_mismatch(ctx):
     for bn in ctx.graph.batchnorms():
         producer, _ = ctx.graph.producer_through(bn, is_identity)
         rank = bn.input_rank or (output_rank(producer) if producer is not None else None)
-        axis = bn.config.get("axis", -1)
+        axis = bn.axis
         axes = axis if isinstance(axis, list) else [axis]
         if rank is not None and any(not isinstance(a, int) or not -rank <= a < rank for a in axes):
             yield ctx.finding(

@@ -1,0 +1,152 @@
+"""Real Keras models with every BatchNormalization variant, wrapper and writer.
+
+Each model is built and saved by Keras itself (Keras 3 as ``.keras`` and ``.h5``,
+tf-keras as a Keras-2 ``.h5``) and audited statically: exact findings (code, layer),
+none of the others, no error, the BN count Keras itself gives, and every BN array equal
+to what the writing Keras holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnaudit import audit
+from bnaudit.engine import Auditor
+
+
+def findings(result) -> set[tuple[str, str]]:
+    return {(f.code, f.layer) for f in result.findings}
+
+
+def assert_arrays_match(path, model) -> None:
+    """bnaudit's BN arrays (and count) equal the writing Keras's own."""
+    from model_builders import batchnorm_paths, saved_variables
+
+    graph = Auditor()._load(path)
+    try:
+        ours = {bn.path: graph.weights.bn_arrays(bn) for bn in graph.batchnorms()}
+    finally:
+        graph.weights.close()
+    theirs = batchnorm_paths(model)
+    assert set(ours) == set(theirs), path
+    for bn_path, arrays in ours.items():
+        expected = saved_variables(theirs[bn_path])
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            got = getattr(arrays, name)
+            if name not in expected:
+                assert got is None, (bn_path, name)
+            else:
+                np.testing.assert_array_equal(got, expected[name], err_msg=f"{path} {bn_path}.{name}")
+
+
+def save_all(model, folder, stem, formats=(".keras", ".h5")):
+    paths = []
+    for suffix in formats:
+        path = folder / f"{stem}{suffix}"
+        model.save(path)
+        paths.append(path)
+    return paths
+
+
+# -- kind 1: BN inside wrappers ------------------------------------------------------
+
+
+def test_timedistributed_batchnorm_is_audited_in_every_format(tmp_path):
+    """The issue's example: TimeDistributed(Dense) -> TimeDistributed(BN), statistics still 0/1."""
+    import keras
+    import tf_keras
+    from keras import layers
+
+    inp = keras.Input((8, 12))
+    x = layers.TimeDistributed(layers.Dense(16), name="td_dense")(inp)
+    x = layers.TimeDistributed(layers.BatchNormalization(name="bn"), name="td_bn")(x)
+    model = keras.Model(inp, x)
+    k2_inp = tf_keras.Input((8, 12))
+    y = tf_keras.layers.TimeDistributed(tf_keras.layers.Dense(16, name="dense"), name="td_dense")(k2_inp)
+    y = tf_keras.layers.TimeDistributed(tf_keras.layers.BatchNormalization(name="bn"), name="td_bn")(y)
+    k2_model = tf_keras.Model(k2_inp, y)
+    k2_path = tmp_path / "k2_td.h5"
+    k2_model.save(k2_path)
+    for path, writer in [(p, model) for p in save_all(model, tmp_path, "td")] + [(k2_path, k2_model)]:
+        result = audit(path)
+        assert result.errors == [], path
+        assert result.meta["batchnorm_layers"] == 1
+        assert findings(result) == {
+            ("BN202", "td_bn/bn"),  # the example's 0/1 statistics
+            ("BN102", "td_bn/bn"),  # the wrapped Dense's bias is cancelled
+            ("BN104", "td_bn/bn"),  # the wrapper is the model's output
+        }, path
+        producer = next(f for f in result.findings if f.code == "BN102").details["producer"]
+        assert producer == ("td_dense/dense")
+        assert_arrays_match(path, writer)
+
+
+def test_nested_model_and_dropout_inside_wrappers(tmp_path):
+    """A Sequential block inside TimeDistributed, a wrapped Dropout feeding a wrapped BN, a Bidirectional RNN."""
+    import keras
+    from keras import layers
+
+    from model_builders import set_trained_statistics_any
+
+    block = keras.Sequential(
+        [keras.Input((6, 6, 2)), layers.Conv2D(3, 3, use_bias=False, name="conv"), layers.BatchNormalization(name="bn"), layers.ReLU(name="relu"), layers.GlobalAveragePooling2D(name="gap")],
+        name="frame",
+    )
+    inp = keras.Input((4, 6, 6, 2))
+    x = layers.TimeDistributed(block, name="per_frame")(inp)
+    x = layers.TimeDistributed(layers.Dense(5, use_bias=False), name="td_proj")(x)
+    x = layers.TimeDistributed(layers.Dropout(0.3), name="td_drop")(x)
+    x = layers.TimeDistributed(layers.BatchNormalization(name="bn2"), name="td_bn")(x)
+    x = layers.Bidirectional(layers.LSTM(3), name="bi")(x)
+    model = keras.Model(inp, layers.Dense(2, name="out")(x))
+    set_trained_statistics_any(model)
+    for path in save_all(model, tmp_path, "wrapped"):
+        result = audit(path)
+        assert result.errors == [], path
+        assert result.meta["batchnorm_layers"] == 2
+        assert findings(result) == {("BN101", "td_bn/bn2")}, path
+        assert result.findings[0].details["dropout"] == "td_drop/dropout"
+        assert_arrays_match(path, model)
+
+
+def test_unreadable_wrapped_layer_is_said_not_hidden(tmp_path):
+    """A wrapper whose config holds no readable layer gets a note naming it."""
+    import json
+    import zipfile
+
+    import keras
+    from keras import layers
+
+    inp = keras.Input((3, 4))
+    model = keras.Model(inp, layers.TimeDistributed(layers.Dense(2), name="td")(inp))
+    path = tmp_path / "td.keras"
+    model.save(path)
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(broken, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["layers"][1]["config"]["layer"] = "not a layer"
+                data = json.dumps(config).encode()
+            dst.writestr(info, data)
+    result = audit(broken)
+    assert result.errors == []
+    assert any("'td'" in note and "TimeDistributed" in note and "cannot be read" in note for note in result.notes), result.notes
+
+
+def test_a_model_without_batchnorm_says_so(tmp_path):
+    import keras
+    from keras import layers
+
+    from conftest import run_bnaudit
+
+    path = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((4,)), layers.Dense(2)]).save(path)
+    text = run_bnaudit("check", path)
+    assert text.returncode == 0, text.stderr
+    assert "no BatchNormalization layer" in text.stdout
+    result = audit(path)
+    assert result.findings == [] and result.errors == []
+    assert any("no BatchNormalization layer" in note for note in result.notes)
