@@ -150,3 +150,80 @@ def test_a_model_without_batchnorm_says_so(tmp_path):
     result = audit(path)
     assert result.findings == [] and result.errors == []
     assert any("no BatchNormalization layer" in note for note in result.notes)
+
+
+# -- kind 2: BN options that change what is saved ---------------------------------------
+
+#: Keras 3 BatchNormalization options, each in its own model: Dense (with bias) -> BN -> ReLU -> Dense.
+KERAS3_OPTIONS = {
+    "renorm": {"renorm": True},
+    "renorm_no_center_no_scale": {"renorm": True, "center": False, "scale": False},
+    "synchronized": {"synchronized": True},
+    "no_center": {"center": False},
+    "no_scale": {"scale": False},
+    "constraints_regularizers": {"gamma_constraint": "non_neg", "beta_regularizer": "l2", "gamma_regularizer": "l1"},
+    "mixed_float16": {"dtype": "mixed_float16"},
+}
+#: tf-keras (Keras 2) options; ``fused`` needs a 4-D input, the rest run on Dense outputs too.
+KERAS2_OPTIONS = {
+    "renorm": {"renorm": True, "renorm_clipping": {"rmax": 3.0, "rmin": 0.3, "dmax": 5.0}},
+    "renorm_no_scale": {"renorm": True, "scale": False},
+    "virtual_batch_size": {"virtual_batch_size": 2},
+    "fused": {"fused": True},
+    "fused_false": {"fused": False},
+    "sync": {},  # SyncBatchNormalization
+    "no_center": {"center": False},
+    "constraints_regularizers": {"gamma_constraint": "non_neg", "beta_regularizer": "l2"},
+    "mixed_float16": {"dtype": "mixed_float16"},
+}
+
+
+def _option_model(layers, keras, options, conv: bool, bn_class=None):
+    inp = keras.Input((6, 6, 2) if conv else (6,))
+    x = (layers.Conv2D(4, 3, name="linear") if conv else layers.Dense(4, name="linear"))(inp)
+    x = (bn_class or layers.BatchNormalization)(name="bn", **options)(x)
+    x = layers.ReLU(name="relu")(x)
+    if conv:
+        x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, layers.Dense(2, name="out")(x))
+
+
+@pytest.mark.parametrize("option", sorted(KERAS3_OPTIONS))
+def test_keras3_batchnorm_options(tmp_path, option):
+    import keras
+    from keras import layers
+
+    from model_builders import set_trained_statistics_any
+
+    model = _option_model(layers, keras, KERAS3_OPTIONS[option], conv=False)
+    set_trained_statistics_any(model)
+    for path in save_all(model, tmp_path, option):
+        result = audit(path)
+        assert result.errors == [], (path, result.errors)
+        assert result.meta["batchnorm_layers"] == 1
+        # The bias of 'linear' is cancelled whatever the option; nothing else fires.
+        assert findings(result) == {("BN102", "bn")}, path
+        assert_arrays_match(path, model)
+
+
+@pytest.mark.parametrize("option", sorted(KERAS2_OPTIONS))
+def test_keras2_batchnorm_options(tmp_path, option):
+    import tf_keras
+
+    from model_builders import set_trained_statistics_any
+
+    layers = tf_keras.layers
+    bn_class = layers.experimental.SyncBatchNormalization if option == "sync" else None
+    model = _option_model(layers, tf_keras, KERAS2_OPTIONS[option], conv=option.startswith("fused"), bn_class=bn_class)
+    set_trained_statistics_any(model)
+    path = tmp_path / f"k2_{option}.h5"
+    model.save(path)
+    result = audit(path)
+    assert result.errors == [], result.errors
+    assert result.meta["batchnorm_layers"] == 1
+    assert findings(result) == {("BN102", "bn")}  # never BN501, never BN107 for a shifted axis
+    assert not any("unknown layer" in note for note in result.notes)
+    if option == "virtual_batch_size":
+        note = next(n for n in result.notes if "virtual_batch_size" in n)
+        assert "known tf-keras serialization bug" in note and "normalizes axis [1]" in note
+    assert_arrays_match(path, model)
