@@ -227,3 +227,84 @@ def test_keras2_batchnorm_options(tmp_path, option):
         note = next(n for n in result.notes if "virtual_batch_size" in n)
         assert "known tf-keras serialization bug" in note and "normalizes axis [1]" in note
     assert_arrays_match(path, model)
+
+
+# -- kind 5: Keras-2 files run with the Keras that wrote them ---------------------------
+
+
+@pytest.fixture(scope="module")
+def keras2_runtime_models(tmp_path_factory):
+    """tf-keras files the runtime rules must load: SpatialDropout1D -> BN, and a wrapped BN."""
+    import tf_keras
+
+    from model_builders import set_trained_statistics_any
+
+    folder = tmp_path_factory.mktemp("k2run")
+    layers = tf_keras.layers
+    inp = tf_keras.Input((10, 4))
+    x = layers.Conv1D(6, 3, use_bias=False, name="conv")(inp)
+    x = layers.SpatialDropout1D(0.2, name="drop")(x)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.GlobalAveragePooling1D(name="gap")(x)
+    dropout = tf_keras.Model(inp, layers.Dense(3, activation="softmax", name="out")(x))
+    inp = tf_keras.Input((8, 12))
+    x = layers.TimeDistributed(layers.Dense(16, use_bias=False, name="dense"), name="td_dense")(inp)
+    x = layers.TimeDistributed(layers.BatchNormalization(name="bn"), name="td_bn")(x)
+    x = layers.Flatten(name="flat")(x)
+    wrapped = tf_keras.Model(inp, layers.Dense(3, name="out")(x))
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, model, shape in (("dropout", dropout, (64, 10, 4)), ("wrapped", wrapped, (64, 8, 12))):
+        set_trained_statistics_any(model)
+        paths[name] = folder / f"k2_{name}.h5"
+        model.save(paths[name])
+        np.save(folder / f"{name}.npy", rng.normal(size=shape).astype("float32"))
+        paths[name + "_data"] = folder / f"{name}.npy"
+    return paths
+
+
+@pytest.mark.slow
+def test_keras2_file_runs_with_tf_keras(keras2_runtime_models):
+    """The issue's example: tf-keras SpatialDropout1D -> BN with --data, every runtime rule runs."""
+    import json
+
+    from conftest import run_bnaudit
+
+    paths = keras2_runtime_models
+    run = run_bnaudit("check", paths["dropout"], "--data", paths["dropout_data"], "--format", "json")
+    assert run.returncode in (0, 1), run.stderr
+    model = json.loads(run.stdout)["models"][0]
+    assert model["errors"] == []
+    assert {"BN301", "BN302", "BN303", "BN401", "BN402", "BN403", "BN404"} <= set(model["rules_run"])
+    assert ("BN101", "bn") in {(f["code"], f["layer"]) for f in model["findings"]}
+    assert not {f["code"] for f in model["findings"]} & {"BN402", "BN403", "BN404"}
+    assert list(model["measurements"]["statistics"]["layers"]) == ["bn"]
+
+
+@pytest.mark.slow
+def test_data_and_runtime_rules_reach_a_wrapped_batchnorm(keras2_runtime_models):
+    from bnaudit import audit as run_audit
+
+    paths = keras2_runtime_models
+    result = run_audit(paths["wrapped"], data=str(paths["wrapped_data"]))
+    assert result.errors == []
+    assert list(result.measurements["statistics"]["layers"]) == ["td_bn/bn"]
+    assert result.measurements["inference"]["device_table"] is not None
+    assert not {f.code for f in result.findings} & {"BN402", "BN403", "BN404"}
+
+
+@pytest.mark.slow
+def test_without_tf_keras_one_line_says_what_keras3_cannot_read(keras2_runtime_models, tmp_path):
+    from conftest import run_bnaudit
+
+    blocker = tmp_path / "no_tf_keras"
+    blocker.mkdir()
+    (blocker / "tf_keras.py").write_text('raise ImportError("tf_keras is not installed here")\n')
+    paths = keras2_runtime_models
+    run = run_bnaudit("check", paths["dropout"], "--data", paths["dropout_data"], "--select", "BN301", env={"PYTHONPATH": str(blocker)})
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "cannot read this Keras 2.21.0 file" in lines[0] and "SpatialDropout1D" in lines[0]
+    assert "install tf-keras" in lines[0]
+    assert "config=" not in lines[0] and "--custom-objects" not in lines[0]
