@@ -308,3 +308,52 @@ def test_without_tf_keras_one_line_says_what_keras3_cannot_read(keras2_runtime_m
     assert "cannot read this Keras 2.21.0 file" in lines[0] and "SpatialDropout1D" in lines[0]
     assert "install tf-keras" in lines[0]
     assert "config=" not in lines[0] and "--custom-objects" not in lines[0]
+
+
+# -- kind 3: the channel axis through layers that keep the layout ------------------------
+
+
+def _layout_models(keras, layers):
+    inp = keras.Input((3, 8, 8))
+    x = layers.Conv2D(4, 3, data_format="channels_first", use_bias=False, name="conv")(inp)
+    x = layers.Activation("relu", name="act")(x)
+    example = keras.Model(inp, layers.BatchNormalization(name="bn")(x))  # the example (axis -1)
+    inp = keras.Input((3, 10))
+    x = layers.Conv1D(4, 3, data_format="channels_first", use_bias=False, name="conv")(inp)
+    x = layers.GaussianNoise(0.1, name="noise")(x)
+    x = layers.MaxPooling1D(2, data_format="channels_first", name="pool")(x)
+    pooled = keras.Model(inp, layers.BatchNormalization(name="bn")(x))
+    inp = keras.Input((3, 8, 8))
+    x = layers.Conv2D(4, 3, data_format="channels_first", use_bias=False, name="conv")(inp)
+    x = layers.UpSampling2D(2, data_format="channels_last", name="up")(x)
+    ambiguous = keras.Model(inp, layers.BatchNormalization(name="bn")(x))
+    inp = keras.Input((3, 8, 8))
+    x = layers.Conv2D(4, 3, data_format="channels_first", use_bias=False, name="conv")(inp)
+    x = layers.LeakyReLU(name="leaky")(x)
+    x = layers.Dropout(0.1, name="drop")(x)
+    right = keras.Model(inp, layers.BatchNormalization(axis=1, name="bn")(x))
+    return {"example": example, "pooled": pooled, "ambiguous": ambiguous, "right": right}
+
+
+LAYOUT_EXPECTED = {
+    # BN104: each BN is its model's output; BN103: a non-linear activation feeds it; BN101: dropout/noise feeds it.
+    "example": {("BN107", "bn"), ("BN103", "bn"), ("BN104", "bn")},
+    "pooled": {("BN107", "bn"), ("BN104", "bn")},
+    "ambiguous": {("BN104", "bn")},  # the upsampling says channels_last: no axis can be blamed on the BN
+    "right": {("BN101", "bn"), ("BN104", "bn")},
+}
+
+
+def test_channel_axis_is_found_through_layout_keeping_layers(tmp_path):
+    import keras
+    from keras import layers
+
+    for name, model in _layout_models(keras, layers).items():
+        for path in save_all(model, tmp_path, name):
+            result = audit(path, ignore=("BN202",))
+            assert result.errors == [], path
+            assert findings(result) == LAYOUT_EXPECTED[name], path
+            bn107 = [f for f in result.findings if f.code == "BN107"]
+            if bn107:
+                assert bn107[0].details["channel_axis"] == 1 and bn107[0].details["producer"] == "conv"
+                assert bn107[0].fix == "set axis=1 on 'bn'"
