@@ -357,3 +357,87 @@ def test_channel_axis_is_found_through_layout_keeping_layers(tmp_path):
             if bn107:
                 assert bn107[0].details["channel_axis"] == 1 and bn107[0].details["producer"] == "conv"
                 assert bn107[0].fix == "set axis=1 on 'bn'"
+
+
+# -- kind 4: behaviour stated for the file's own writer ----------------------------------
+
+WRITERS = [
+    # (format, keras_version, frozen-BN mode, words the name holds)
+    ("keras", "3.15.0", "inference", "Keras 3.15.0"),
+    ("h5-keras3", "3.15.0", "inference", "Keras 3.15.0"),
+    ("h5-keras2", "2.21.0", "inference", "tf-keras on TensorFlow 2"),
+    ("h5-keras2", "2.4.0", "inference", "tf.keras / tf-keras"),
+    ("h5-keras2", "2.3.0-tf", "inference", "tf.keras 2.3.0-tf (TensorFlow 2)"),
+    ("h5-keras2", "2.2.4-tf", "unknown", "TensorFlow 1.13-1.15 or 2.0-2.1"),
+    ("h5-keras2", "2.1.6-tf", "batch", "tf.keras 2.1.6-tf (TensorFlow 1.x)"),
+    ("h5-keras2", "2.2.4", "batch", "standalone Keras 2.2.4"),
+    ("h5-keras2", "2.1.3", "batch", "standalone Keras 2.1.3"),
+    ("h5-keras2", "", "unknown", "unknown Keras version"),
+]
+
+
+@pytest.mark.parametrize("file_format,version,mode,name", WRITERS)
+def test_writer_semantics_table(file_format, version, mode, name):
+    from bnaudit.writers import writer_of
+
+    writer = writer_of(file_format, version)
+    assert writer.frozen_bn == mode and name in writer.name
+    sentence = writer.frozen_bn_behaviour()
+    if mode == "unknown":
+        assert "inference mode" in sentence and "batch's statistics" in sentence
+    else:
+        assert ("inference mode" in sentence) == (mode == "inference")
+
+
+@pytest.fixture(scope="module")
+def frozen_keras2_file(tmp_path_factory):
+    import tf_keras
+
+    from model_builders import set_trained_statistics_any
+
+    layers = tf_keras.layers
+    inp = tf_keras.Input((6,))
+    x = layers.Dense(4, use_bias=False, name="fc")(inp)
+    x = layers.BatchNormalization(name="bn", trainable=False)(x)
+    model = tf_keras.Model(inp, layers.Dense(2, name="out")(layers.ReLU(name="relu")(x)))
+    set_trained_statistics_any(model)
+    path = tmp_path_factory.mktemp("frozen") / "frozen.h5"
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "version,says",
+    [
+        ("2.2.4", "standalone Keras 2.2.4 still normalizes it with the batch's statistics while training"),
+        ("2.2.4-tf", "does not tell which runtime trains it"),
+        (None, "(tf.keras / tf-keras on TensorFlow 2) runs it in inference mode"),
+    ],
+)
+def test_frozen_batchnorm_is_described_for_its_writer(frozen_keras2_file, tmp_path, version, says):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "model.h5"
+    shutil.copy(frozen_keras2_file, path)
+    if version is not None:  # the attribute standalone Keras / old tf.keras write, on an otherwise identical file
+        with h5py.File(path, "r+") as h5:
+            h5.attrs["keras_version"] = version
+    result = audit(path)
+    assert result.errors == []
+    assert findings(result) == {("BN108", "bn")}
+    finding = result.findings[0]
+    assert says in finding.message
+    if version == "2.2.4":
+        assert "inference mode" not in finding.message and "batch statistics in training" in finding.fix
+    if version == "2.2.4-tf":
+        assert "inference mode" in finding.message and "batch's statistics" in finding.message
+
+
+def test_baked_training_is_described_for_its_writer(samples):
+    k3 = audit(samples / "bn_training_baked.keras", select=("BN106",))
+    k2 = audit(samples / "k2_bn_training_baked.h5", select=("BN106",))
+    assert findings(k3) == {("BN106", "bn1")} and findings(k2) == {("BN106", "bn1")}
+    assert "Keras 3 keeps it under model(x) (model.predict" in k3.findings[0].message
+    assert "Keras 2 keeps it under model(x) and model.predict alike" in k2.findings[0].message

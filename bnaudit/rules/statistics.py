@@ -30,6 +30,7 @@ from ..hookspecs import hookimpl
 from ..loaders import LoadError
 from ..result import SkippedRule
 from ..rule import rule
+from ..writers import BATCH_STATISTICS, INFERENCE_MODE, writer_of
 from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
@@ -214,6 +215,12 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
 
     model = ctx.runtime.model
+    writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
+    if writer.frozen_bn != INFERENCE_MODE and any(not bn.trainable for bn in ctx.graph.batchnorms()):
+        ctx.result.notes.append(
+            f"training mode (BN302, --upstream training) runs the frozen BN layers as the writer does: {writer.frozen_bn_behaviour()}"
+            + ("; measured with batch statistics" if writer.frozen_bn == BATCH_STATISTICS else "; measured on moving statistics")
+        )
     batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
     shard = runtime.get("shard")
     batches = iter_batches(options.data, model, batch_size, runtime.get("max_samples"), shard=shard)
@@ -224,6 +231,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             batch_size=batch_size,
             upstream=runtime.get("upstream", "inference"),
             compare_modes=options.selection.is_selected("BN302"),
+            frozen_use_batch=writer.frozen_bn == BATCH_STATISTICS,
             progress=Progress.on_terminal(runtime.get("progress_terminal"), batches.total),
             shard=shard,
         )

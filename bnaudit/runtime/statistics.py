@@ -308,8 +308,9 @@ class _Instrument:
     input's moments (None: do not measure).
     """
 
-    def __init__(self, layers: dict[str, Any]) -> None:
+    def __init__(self, layers: dict[str, Any], frozen_use_batch: bool = False) -> None:
         self.layers = layers
+        self.frozen_use_batch = frozen_use_batch
         self.state = threading.local()
 
     def __enter__(self) -> "_Instrument":
@@ -336,12 +337,13 @@ class _Instrument:
         state = self.state
 
         def call(inputs, training=None, mask=None):
-            # A frozen BN stays on moving statistics in training mode, as in fit(); a call
-            # from outside ``run`` (another thread) gets the layer's own behaviour.
+            # A frozen BN stays on moving statistics in training mode, as in fit() of Keras 3
+            # and tf.keras on TensorFlow 2 (``frozen_use_batch`` for writers that normalize
+            # it with batch statistics); a call from outside ``run`` gets the layer's own behaviour.
             # tf-keras's BN takes no ``mask``: it is passed on only when there is one.
             masked = {} if mask is None else {"mask": mask}
             sink = getattr(state, "sink", None)
-            train = getattr(state, "mode", None) == "training" and layer.trainable
+            train = getattr(state, "mode", None) == "training" and (layer.trainable or self.frozen_use_batch)
             if getattr(state, "mode", None) is None:
                 return original(inputs, training=training, **masked)
             if sink is None and not train:
@@ -435,10 +437,16 @@ def collect(
     batch_size: int,
     upstream: str = "inference",
     compare_modes: bool = False,
+    frozen_use_batch: bool = False,
     progress: "Progress | None" = None,
     shard: tuple[int, int] | None = None,
 ) -> DataStatistics:
-    """Run the model once over ``batches`` and return the statistics at every BN input."""
+    """Run the model once over ``batches`` and return the statistics at every BN input.
+
+    ``frozen_use_batch``: in training mode, frozen BN layers normalize with batch
+    statistics too, as the file's writer does (standalone Keras, tf.keras on
+    TensorFlow 1.x; see ``bnaudit.writers``).
+    """
     if upstream not in UPSTREAM_MODES:
         raise ValueError(f"upstream must be one of {UPSTREAM_MODES}, not {upstream!r}")
     tf = import_tensorflow()
@@ -461,7 +469,7 @@ def collect(
     layout: list[tuple[str, int]] = []
     totals = _FlatTotals()
 
-    with _Instrument(layers) as instrument:
+    with _Instrument(layers, frozen_use_batch) as instrument:
 
         def replica_step(inputs):
             outputs, sink = instrument.run(model, inputs, upstream, measure=True)
