@@ -441,3 +441,43 @@ def test_baked_training_is_described_for_its_writer(samples):
     assert findings(k3) == {("BN106", "bn1")} and findings(k2) == {("BN106", "bn1")}
     assert "Keras 3 keeps it under model(x) (model.predict" in k3.findings[0].message
     assert "Keras 2 keeps it under model(x) and model.predict alike" in k2.findings[0].message
+
+
+# -- kind 8: advice that follows the layer's config and agrees with the other findings ---
+
+
+def test_bias_advice_follows_the_batchnorm_config_and_bn104(tmp_path):
+    import keras
+    from keras import layers
+
+    from model_builders import set_trained_statistics_any
+
+    inp = keras.Input((6,))
+    x = layers.Dense(4, name="fc")(inp)
+    x = layers.BatchNormalization(center=False, name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    no_beta = keras.Model(inp, layers.Dense(2, name="out")(x))
+    inp = keras.Input((6,))
+    x = layers.Dense(8, activation="relu", name="hidden")(inp)
+    x = layers.Dense(1, name="out")(x)
+    regressor = keras.Model(inp, layers.BatchNormalization(name="bn_out")(x))  # the regressor
+    inp = keras.Input((6, 6, 2))
+    x = layers.Conv2D(3, 3, name="conv")(inp)
+    conv_output = keras.Model(inp, layers.BatchNormalization(center=False, name="bn_out")(x))
+    cases = {
+        "no_beta": (no_beta, {("BN102", "bn")}),
+        "regressor": (regressor, {("BN102", "bn_out"), ("BN104", "bn_out")}),
+        "conv_output": (conv_output, {("BN102", "bn_out"), ("BN104", "bn_out")}),
+    }
+    for name, (model, expected) in cases.items():
+        set_trained_statistics_any(model)
+        for path in save_all(model, tmp_path, name):
+            result = audit(path)
+            assert result.errors == [] and findings(result) == expected, path
+            bias = next(f for f in result.findings if f.code == "BN102")
+            assert "beta already provides" not in bias.fix, (path, bias.fix)
+            if ("BN104", bias.layer) in expected:
+                bn104 = next(f for f in result.findings if f.code == "BN104")
+                assert "remov" in bn104.fix and "keep use_bias=True" in bias.fix
+            else:
+                assert "center=False" in bias.fix and bias.details["bn_center"] is False

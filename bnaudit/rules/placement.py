@@ -112,9 +112,29 @@ def bias_before_batchnorm(ctx):
         yield ctx.finding(
             bn,
             f"{producer.class_name} {producer.path!r} has a bias that BatchNormalization {bn.path!r} cancels",
-            details={"producer": producer.path, "producer_class": producer.class_name},
-            fix=f"set use_bias=False on {producer.path!r}; BN's beta already provides the offset",
+            details={"producer": producer.path, "producer_class": producer.class_name, "bn_center": bool(bn.config.get("center", True))},
+            fix=_bias_fix(ctx.graph, producer, bn),
         )
+
+
+def _is_output_batchnorm(graph: ModelGraph, bn: Layer) -> bool:
+    """BN104's condition: the BN's value leaves the model unchanged."""
+    return graph.reaches_output(bn, is_value_preserving)
+
+
+def _bias_fix(graph: ModelGraph, producer: Layer, bn: Layer) -> str:
+    """BN102's advice, following the BN's own config and agreeing with BN104 on the same BN."""
+    if _is_output_batchnorm(graph, bn):
+        return (
+            f"{bn.path!r} is the model's output (BN104 advises removing it): once it is gone the bias of "
+            f"{producer.path!r} matters again, so keep use_bias=True; only if the BN stays, set use_bias=False"
+        )
+    if not bn.config.get("center", True):
+        return (
+            f"set use_bias=False on {producer.path!r}: the bias has no effect; {bn.path!r} has center=False, so no "
+            "learned offset remains either way (set center=True on it if one is wanted)"
+        )
+    return f"set use_bias=False on {producer.path!r}; BN's beta already provides the offset"
 
 
 def _output_activation_before(graph: ModelGraph, bn: Layer) -> Layer | None:
@@ -193,7 +213,7 @@ def batchnorm_after_output(ctx):
     ```
     """
     for bn in ctx.graph.batchnorms():
-        if not ctx.graph.reaches_output(bn, is_value_preserving):
+        if not _is_output_batchnorm(ctx.graph, bn):
             continue  # a hidden softmax/sigmoid before a BN is BN103's business
         activation = _output_activation_before(ctx.graph, bn)
         if activation is not None:
