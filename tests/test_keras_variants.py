@@ -481,3 +481,88 @@ def test_bias_advice_follows_the_batchnorm_config_and_bn104(tmp_path):
                 assert "remov" in bn104.fix and "keep use_bias=True" in bias.fix
             else:
                 assert "center=False" in bias.fix and bias.details["bn_center"] is False
+
+
+# -- kind 6: data rules never computed on broken inputs ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def overflowed_model(tmp_path_factory):
+    """Two BNs; the second's moving variance overflowed (Inf, NaN) as in a mixed-precision run."""
+    import keras
+    from keras import layers
+
+    from model_builders import set_trained_statistics_any
+
+    inp = keras.Input((6,))
+    x = layers.Dense(8, use_bias=False, name="fc1")(inp)
+    x = layers.BatchNormalization(name="bn_ok")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.Dense(8, use_bias=False, name="fc2")(x)
+    x = layers.BatchNormalization(name="bn_broken")(x)
+    model = keras.Model(inp, layers.Dense(3, name="out")(x))
+    set_trained_statistics_any(model)
+    data = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    inputs = data @ model.get_layer("fc1").get_weights()[0]  # what bn_ok sees: its statistics fit the data
+    ok = model.get_layer("bn_ok")
+    ok.set_weights(ok.get_weights()[:2] + [inputs.mean(0), inputs.var(0)])
+    bn = model.get_layer("bn_broken")
+    gamma, beta, mean, variance = bn.get_weights()
+    variance[:2] = [np.inf, np.nan]
+    bn.set_weights([gamma, beta, mean, variance])
+    folder = tmp_path_factory.mktemp("overflow")
+    model.save(folder / "overflow.keras")
+    bn.set_weights([gamma, beta, mean, np.abs(np.nan_to_num(variance, nan=1.0, posinf=1.0))])
+    model.save(folder / "healthy.keras")
+    inp = keras.Input((6,))
+    x = layers.BatchNormalization(name="bn")(layers.Dense(8, use_bias=False, name="fc")(inp))
+    regressor = keras.Model(inp, layers.Dense(1, name="out")(x))
+    set_trained_statistics_any(regressor)
+    regressor.save(folder / "regressor.keras")
+    np.save(folder / "x.npy", data)
+    np.save(folder / "two.npy", np.random.default_rng(1).normal(size=(2, 6)).astype("float32"))
+    return folder
+
+
+@pytest.mark.slow
+def test_layer_with_non_finite_statistics_is_not_measured(overflowed_model):
+    result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN2", "BN3"))
+    assert result.errors == []
+    got = findings(result)
+    assert ("BN201", "bn_broken") in got
+    assert not {(c, l) for c, l in got if c in ("BN301", "BN303") and l == "bn_broken"}
+    # bn_ok is measured as usual (its statistics fit the data); bn_broken is left to BN201.
+    assert got == {("BN201", "bn_broken")}
+    layers = result.measurements["statistics"]["layers"]
+    assert layers["bn_broken"]["not_measured"] == "its moving statistics hold NaN or Inf (see BN201)"
+    assert "drift_score" in layers["bn_ok"]
+    assert any("did not measure 'bn_broken'" in note and "BN201" in note for note in result.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data,batch_size", [("two.npy", None), ("x.npy", 3)])
+def test_bn302_says_why_it_could_not_judge(overflowed_model, data, batch_size):
+    options = {"batch_size": batch_size} if batch_size else {}
+    cka_reason = "linear CKA needs batches of at least 4 samples"
+    # A 3-class output still gives top-1 agreement: judged on that, and the result says CKA was not.
+    result = audit(overflowed_model / "healthy.keras", data=str(overflowed_model / data), select=("BN302",), **options)
+    assert result.errors == []
+    measured = result.measurements["train_inference"]
+    assert measured["cka"] is None and measured["top1_agreement"] is not None
+    assert len(measured["not_judged"]) == 1 and measured["not_judged"][0].startswith(cka_reason)
+    assert [s for s in result.skipped if s.code == "BN302"] == []
+    # A regressor has no class axis either: BN302 is listed as skipped, with both reasons.
+    result = audit(overflowed_model / "regressor.keras", data=str(overflowed_model / data), select=("BN302",), **options)
+    assert result.errors == [] and result.findings == []
+    (skipped,) = [s for s in result.skipped if s.code == "BN302"]
+    assert cka_reason in skipped.reason and "class axis" in skipped.reason
+
+
+@pytest.mark.slow
+def test_bn302_leaves_out_non_finite_outputs(overflowed_model):
+    result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN302",))
+    assert result.errors == [] and result.findings == []
+    measured = result.measurements["train_inference"]
+    assert measured["cka"] is None and measured["top1_agreement"] is None
+    assert measured["not_judged"] == ["the outputs held NaN or Inf in 2 of 2 batches, left out", "top-1 agreement needs an output with a class axis of at least 2"]
+    assert [s.reason for s in result.skipped if s.code == "BN302"] == ["not judged: " + "; ".join(measured["not_judged"])]

@@ -279,10 +279,29 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[Layer
         if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:
             continue  # a BN the forward pass never reached (an unused branch)
         mean, variance = _moving(ctx, bn)
+        why = _unmeasurable(mean, variance, measured)
+        if why:
+            layers[bn.path] = {"channels": int(mean.shape[0]), "not_measured": why}
+            note = f"BN301-BN303 did not measure {bn.path!r}: {why}"
+            if note not in ctx.result.notes:
+                ctx.result.notes.append(note)
+            continue
         drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
         layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
         drifts.append(drift)
     return drifts
+
+
+def _unmeasurable(moving_mean: np.ndarray, moving_variance: np.ndarray, measured: "LayerStatistics") -> str:
+    """Why a layer's drift would be meaningless ("" when it is not): a drift score from
+    NaN or infinite statistics says nothing about the data."""
+    if not (np.isfinite(moving_mean).all() and np.isfinite(moving_variance).all()):
+        return "its moving statistics hold NaN or Inf (see BN201)"
+    if (moving_variance < 0).any():
+        return "its moving variance is negative (see BN201)"
+    if not (np.isfinite(measured.moments.mean).all() and np.isfinite(measured.moments.variance).all()):
+        return "its input on the data holds NaN or Inf (an overflow upstream of it)"
+    return ""
 
 
 def thresholds(ctx: "RuleContext") -> dict[str, float]:
@@ -305,7 +324,9 @@ def moving_statistics_drift(ctx):
     score (mean symmetric KL over channels) exceeds `bn301.drift-score` (0.5), or when
     at least `bn301.channel-fraction` (25%) of its channels shift their mean by more
     than `bn301.mean-shift` (1.0) standard deviations or their variance by more than
-    a factor `exp(bn301.log-variance-ratio)` (4).
+    a factor `exp(bn301.log-variance-ratio)` (4). A layer whose moving statistics hold
+    NaN, Inf or a negative variance (BN201's finding), or whose input on the data is not
+    finite, is not measured by BN301-BN303; a note says which and why.
 
     ## Why is this bad?
     At inference the layer normalizes with its moving statistics. When the data the
@@ -365,7 +386,11 @@ def train_inference_divergence(ctx):
     inference), everything else in inference mode. It compares the outputs with linear
     CKA (minibatch form with unbiased HSIC, summed over batches) and, for outputs with
     a class axis, top-1 agreement. Fires when CKA < `bn302.cka` (0.75, as in
-    TheDeepChecker) or agreement < `bn302.agreement` (0.8).
+    TheDeepChecker) or agreement < `bn302.agreement` (0.8). CKA needs batches of at
+    least 4 samples, agreement an output with a class axis, and batches whose outputs
+    hold NaN or Inf are left out: what could not be computed is listed under
+    `not_judged` in the measurements, and when neither measure could, the rule is
+    listed as skipped with the reasons.
 
     ## Why is this bad?
     The model learned its weights against batch statistics; if the moving statistics
@@ -394,6 +419,12 @@ def train_inference_divergence(ctx):
         "compared_predictions": statistics.comparison.compared,
         "samples": statistics.samples,
     }
+    unjudged = _unjudged(statistics)
+    if unjudged:
+        ctx.result.measurements["train_inference"]["not_judged"] = unjudged
+        if cka is None and agreement is None:
+            ctx.result.skipped.append(SkippedRule(ctx.rule.code, f"not judged: {'; '.join(unjudged)}"))
+            return
     low_cka = cka is not None and cka < limits["cka"]
     low_agreement = agreement is not None and agreement < limits["agreement"]
     if not (low_cka or low_agreement):
@@ -409,6 +440,27 @@ def train_inference_divergence(ctx):
         details={**ctx.result.measurements["train_inference"], "thresholds": limits, "batch_size": statistics.batch_size},
         fix="recompute the moving statistics on training data (or train longer / with a lower BN momentum)",
     )
+
+
+def _unjudged(statistics: "DataStatistics") -> list[str]:
+    """Why BN302's measures could not be computed on this data (empty when both were)."""
+    comparison = statistics.comparison
+    reasons = []
+    if comparison.non_finite_batches:
+        reasons.append(f"the outputs held NaN or Inf in {comparison.non_finite_batches} of {statistics.batches} batches, left out")
+    if comparison.cka is None and comparison.non_finite_batches == statistics.batches:
+        pass
+    elif comparison.cka is None:
+        if statistics.batch_size < 4 or statistics.samples < 4:
+            reasons.append(
+                f"linear CKA needs batches of at least 4 samples (batch size {statistics.batch_size}, "
+                f"{statistics.samples} samples): give more data or a larger --batch-size"
+            )
+        else:
+            reasons.append("linear CKA is undefined: the outputs are constant in one of the modes")
+    if comparison.agreement is None:
+        reasons.append("top-1 agreement needs an output with a class axis of at least 2")
+    return reasons
 
 
 @rule("BN303", "channels-dead-on-data", Severity.INFO, needs=("graph", "weights", "data"), settings=BN303_DEFAULTS)
