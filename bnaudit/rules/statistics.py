@@ -448,9 +448,7 @@ def _unjudged(statistics: "DataStatistics") -> list[str]:
     reasons = []
     if comparison.non_finite_batches:
         reasons.append(f"the outputs held NaN or Inf in {comparison.non_finite_batches} of {statistics.batches} batches, left out")
-    if comparison.cka is None and comparison.non_finite_batches == statistics.batches:
-        pass
-    elif comparison.cka is None:
+    if comparison.cka is None and comparison.non_finite_batches < statistics.batches:
         if statistics.batch_size < 4 or statistics.samples < 4:
             reasons.append(
                 f"linear CKA needs batches of at least 4 samples (batch size {statistics.batch_size}, "
@@ -458,7 +456,7 @@ def _unjudged(statistics: "DataStatistics") -> list[str]:
             )
         else:
             reasons.append("linear CKA is undefined: the outputs are constant in one of the modes")
-    if comparison.agreement is None:
+    if comparison.agreement is None and comparison.non_finite_batches < statistics.batches:
         reasons.append("top-1 agreement needs an output with a class axis of at least 2")
     return reasons
 
