@@ -566,3 +566,92 @@ def test_bn302_leaves_out_non_finite_outputs(overflowed_model):
     assert measured["cka"] is None and measured["top1_agreement"] is None
     assert measured["not_judged"] == ["the outputs held NaN or Inf in 2 of 2 batches, left out"]
     assert [s.reason for s in result.skipped if s.code == "BN302"] == ["not judged: " + "; ".join(measured["not_judged"])]
+
+
+# -- kind 7: a verdict that does not depend on the order of the data ---------------------
+
+
+def _grey_bmp(pixels: np.ndarray) -> bytes:
+    """An 8-bit palette (grey) BMP, the kind TensorFlow's decoder refuses to convert to RGB itself."""
+    import struct
+
+    height, width = pixels.shape
+    row = (width + 3) // 4 * 4
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    data = b"".join(bytes(pixels[height - 1 - r]) + b"\0" * (row - width) for r in range(height))
+    offset = 14 + 40 + len(palette)
+    header = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+    return header + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 0, len(data), 2835, 2835, 256, 0) + palette + data
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory):
+    """Bright and dark images, one sub-folder per class (PNG and grey 8-bit BMP), the same
+    images in one flat folder under shuffled names, and a classifier whose moving
+    statistics are those of all the images."""
+    import tensorflow as tf
+
+    import keras
+    from keras import layers
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("images")
+    nested, flat = root / "by_class", root / "flat"
+    images = []
+    for label, level in (("bright", 170), ("dark", 80)):
+        (nested / label).mkdir(parents=True)
+        for i in range(48):
+            pixels = np.clip(rng.normal(level, 30, (8, 8)), 0, 255).astype(np.uint8)
+            if i % 4 == 0:
+                name, data = f"{i:03d}.bmp", _grey_bmp(pixels)
+            else:
+                name, data = f"{i:03d}.png", tf.io.encode_png(np.repeat(pixels[..., None], 3, -1)).numpy()
+            (nested / label / name).write_bytes(data)
+            images.append((name, data, pixels))
+    flat.mkdir()
+    for index in rng.permutation(len(images)):
+        name, data, _ = images[index]
+        (flat / f"{index:03d}_{rng.integers(1 << 30)}{name[-4:]}").write_bytes(data)
+    inp = keras.Input((8, 8, 3))
+    x = layers.Conv2D(1, 1, use_bias=False, name="gray")(inp)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, layers.Dense(2, activation="softmax", name="out")(x))
+    model.get_layer("gray").set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32)])
+    model.get_layer("out").set_weights([np.array([[4.0, -4.0]], np.float32), np.zeros(2, np.float32)])
+    values = np.stack([p for _, _, p in images]).astype(np.float64)
+    bn = model.get_layer("bn")
+    bn.set_weights([np.ones(1), np.zeros(1), np.array([values.mean()]), np.array([values.var()])])
+    model.save(root / "classifier.keras")
+    return root
+
+
+@pytest.mark.slow
+def test_bn302_verdict_does_not_depend_on_folder_order(class_folders):
+    verdicts = {}
+    for name in ("by_class", "flat"):
+        result = audit(class_folders / "classifier.keras", data=str(class_folders / name), select=("BN302",))
+        assert result.errors == [], result.errors
+        assert result.measurements["statistics"]["order"] == "shuffled (seed 0)"
+        assert result.measurements["statistics"]["samples"] == 96  # every PNG and grey BMP decoded
+        verdicts[name] = findings(result)
+    assert verdicts == {"by_class": set(), "flat": set()}
+    # Read one class per batch, the same images make training-mode BN describe a class, not the data.
+    result = audit(class_folders / "classifier.keras", data=str(class_folders / "by_class"), select=("BN302",), data_order="sorted")
+    assert result.measurements["statistics"]["order"] == "sorted (file order)"
+    assert findings(result) == {("BN302", "")}
+
+
+@pytest.mark.slow
+def test_data_order_options_on_the_command_line(class_folders):
+    import json
+
+    from conftest import run_bnaudit
+
+    model = class_folders / "classifier.keras"
+    shuffled = run_bnaudit("check", model, "--data", class_folders / "by_class", "--select", "BN302", "--format", "json", "--data-seed", "7")
+    ordered = run_bnaudit("check", model, "--data", class_folders / "by_class", "--select", "BN302", "--format", "json", "--data-order", "sorted")
+    assert shuffled.returncode == 0 and ordered.returncode == 0, shuffled.stderr + ordered.stderr
+    assert json.loads(shuffled.stdout)["models"][0]["measurements"]["statistics"]["order"] == "shuffled (seed 7)"
+    assert json.loads(ordered.stdout)["models"][0]["measurements"]["statistics"]["order"] == "sorted (file order)"
+    assert [f["code"] for f in json.loads(ordered.stdout)["models"][0]["findings"]] == ["BN302"]  # a warning: exit 0

@@ -214,20 +214,28 @@ class _ZipMemberFile(io.RawIOBase):
         super().close()
 
 
+def stored_member_start(path: str, info: zipfile.ZipInfo) -> int | None:
+    """Where a zip member's bytes start in the file, when it is stored uncompressed and
+    unencrypted (readable in place); None otherwise."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise LoadError(f"corrupt zip: bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
 def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
     """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
 
     Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
     lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
     """
-    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-        with open(path, "rb") as handle:
-            handle.seek(info.header_offset)
-            header = handle.read(30)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise LoadError(f"corrupt zip: bad local header for {info.filename}")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        start = info.header_offset + 30 + name_len + extra_len
+    start = stored_member_start(path, info)
+    if start is not None:
         member = _ZipMemberFile(path, start, info.file_size)
         try:
             return h5py.File(member, "r")

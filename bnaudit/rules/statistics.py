@@ -212,7 +212,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
                 "measure the statistics on this model file",
             )
         return statistics
-    from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
+    from ..runtime.data import DEFAULT_BATCH_SIZE, data_order, iter_batches
 
     model = ctx.runtime.model
     writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
@@ -223,7 +223,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         )
     batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
     shard = runtime.get("shard")
-    batches = iter_batches(options.data, model, batch_size, runtime.get("max_samples"), shard=shard)
+    batches = iter_batches(options.data, model, batch_size, runtime.get("max_samples"), shard=shard, **data_order(runtime))
     try:
         statistics = collect(
             model,
@@ -242,6 +242,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
+    ctx.result.measurements.setdefault("statistics", {})["order"] = batches.order
     if runtime.get("save_statistics"):
         try:
             statistics.save(runtime["save_statistics"])

@@ -360,11 +360,11 @@ def _inputs(runtime: "Runtime", batch_size: int) -> tuple[list[np.ndarray], dict
     options = runtime.options
     limit = int(options.runtime.get("max_samples") or DEFAULT_SAMPLES)
     if options.data:
-        from .data import iter_batches
+        from .data import data_order, iter_batches
 
-        batches = list(iter_batches(options.data, runtime.model, batch_size, limit))
-        arrays = [np.concatenate(parts) for parts in zip(*batches)]
-        described = {"source": "data", "data": str(options.data)}
+        batches = iter_batches(options.data, runtime.model, batch_size, limit, **data_order(options.runtime))
+        arrays = [np.concatenate(parts) for parts in zip(*list(batches))]
+        described = {"source": "data", "data": str(options.data), "order": batches.order}
     else:
         seed = int(options.runtime.get("seed") or 0)
         arrays = synthetic_inputs(runtime.model, limit, seed, integer_high(runtime.graph))
