@@ -72,6 +72,9 @@ class Layer:
     #: Names a legacy ``.h5`` may file this layer's weights under: its own, and for a
     #: layer inside a one-layer wrapper, tf-keras's ``<wrapper>/gamma:0``.
     weight_scopes: tuple[str, ...] = ()
+    #: Name of the top-level layer this one is, or sits in (legacy ``.h5`` groups are
+    #: named after it; a name may itself hold "/", as in DenseNet's ``conv1/bn``).
+    top_level: str = ""
     #: What the saved ``axis`` is off by: tf-keras saves a BN with ``virtual_batch_size``
     #: with its axis shifted by the virtual batch dimension (set by the ``.h5`` loader).
     saved_axis_offset: int = 0
@@ -284,6 +287,8 @@ def build_graph(model_config: dict[str, Any]) -> ModelGraph:
 class _Builder:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
+        #: The top-level layer being expanded (depth first), for ``Layer.top_level``.
+        self.top_level = ""
 
     def expand_model(
         self, entry: dict[str, Any], prefix: str, save_path: str, trainable: bool
@@ -360,6 +365,8 @@ class _Builder:
         config = entry.get("config") or {}
         name = _entry_name(entry)
         path = prefix + name
+        if not prefix:
+            self.top_level = name
         if path in self.graph.layers:
             raise ConfigError(f"two layers share the path {path!r}")
         producers: list[str] = []
@@ -384,6 +391,7 @@ class _Builder:
             producers=producers,
             trainable=trainable and bool(config.get("trainable", True)),
             weight_scopes=(name,),
+            top_level=self.top_level,
         )
         inner, unreadable = _wrapped_entries(entry)
         if unreadable:
@@ -423,6 +431,8 @@ class _Builder:
     def _add_nested(self, entry, prefix, save_key, nodes, kwargs, trainable):
         name = _entry_name(entry)
         path = prefix + name
+        if not prefix:
+            self.top_level = name
         own_trainable = trainable and bool((entry.get("config") or {}).get("trainable", True))
         self.graph.nested[path] = NestedModel(path, entry["class_name"], list(kwargs), own_trainable)
         inputs, outputs = self.expand_model(entry, path + "/", save_key + "/", trainable)

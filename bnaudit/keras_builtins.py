@@ -168,6 +168,12 @@ KERAS_LAYER_CLASSES = frozenset(
     }
 )
 
+#: Layer classes that ``keras.applications`` (Keras 3) and ``tf_keras.applications`` define
+#: for their own architectures (InceptionResNetV2, ConvNeXt), under the names their
+#: saved configs use: Keras's own code, not the file's.
+APPLICATION_LAYER_CLASSES = frozenset({"CustomScaleLayer", "Custom>CustomScaleLayer", "LayerScale", "StochasticDepth"})
+KERAS_LAYER_CLASSES = KERAS_LAYER_CLASSES | APPLICATION_LAYER_CLASSES
+
 #: Layers Keras ships that run arbitrary code or load an external graph when loaded.
 CODE_CARRYING_CLASSES = frozenset({"Lambda", "TFSMLayer"})
 

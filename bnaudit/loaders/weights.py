@@ -164,17 +164,19 @@ class LegacyH5Weights(H5Weights):
     """
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
-        top = layer.path.split("/", 1)[0]
+        top = layer.top_level or layer.path.split("/", 1)[0]
         root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
         group = root.get(top)
         if not isinstance(group, h5py.Group):
             raise LoadError(f"layer {layer.path!r}: no weights group {top!r} in the file")
+        scopes = layer.weight_scopes or (layer.name,)
         found: dict[str, object] = {}
         for raw in group.attrs.get("weight_names", []):
             weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
-            parts = weight.split("/")
-            variable = parts[-1].split(":")[0]
-            if len(parts) >= 2 and parts[-2] in (layer.weight_scopes or (layer.name,)) and variable in names:
+            owner, _, last = weight.rpartition("/")
+            variable = last.split(":")[0]
+            # The owner part ends with the layer's name, which may itself hold "/" (``conv1/bn``).
+            if variable in names and any(owner == scope or owner.endswith("/" + scope) for scope in scopes):
                 found[variable] = group.get(weight)
         return found
 
