@@ -119,3 +119,25 @@ def nested_variants():
     )
     set_trained_statistics(model)
     return model
+
+
+def assert_bn_arrays_match(path, model) -> None:
+    """bnaudit's BN layers (paths and count) and arrays equal those of the Keras model that wrote ``path``."""
+    from bnaudit.engine import Auditor
+
+    graph = Auditor()._load(path)
+    try:
+        ours = {bn.path: graph.weights.bn_arrays(bn) for bn in graph.batchnorms()}
+    finally:
+        if graph.weights is not None:
+            graph.weights.close()
+    theirs = batchnorm_paths(model)
+    assert set(ours) == set(theirs), (path, sorted(set(ours) ^ set(theirs))[:5])
+    for bn_path, arrays in ours.items():
+        expected = saved_variables(theirs[bn_path])
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            got = getattr(arrays, name)
+            if name not in expected:
+                assert got is None, (bn_path, name)
+            else:
+                np.testing.assert_array_equal(got, expected[name], err_msg=f"{path} {bn_path}.{name}")

@@ -12,32 +12,11 @@ import numpy as np
 import pytest
 
 from bnaudit import audit
-from bnaudit.engine import Auditor
+from model_builders import assert_bn_arrays_match as assert_arrays_match
 
 
 def findings(result) -> set[tuple[str, str]]:
     return {(f.code, f.layer) for f in result.findings}
-
-
-def assert_arrays_match(path, model) -> None:
-    """bnaudit's BN arrays (and count) equal the writing Keras's own."""
-    from model_builders import batchnorm_paths, saved_variables
-
-    graph = Auditor()._load(path)
-    try:
-        ours = {bn.path: graph.weights.bn_arrays(bn) for bn in graph.batchnorms()}
-    finally:
-        graph.weights.close()
-    theirs = batchnorm_paths(model)
-    assert set(ours) == set(theirs), path
-    for bn_path, arrays in ours.items():
-        expected = saved_variables(theirs[bn_path])
-        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
-            got = getattr(arrays, name)
-            if name not in expected:
-                assert got is None, (bn_path, name)
-            else:
-                np.testing.assert_array_equal(got, expected[name], err_msg=f"{path} {bn_path}.{name}")
 
 
 def save_all(model, folder, stem, formats=(".keras", ".h5")):
