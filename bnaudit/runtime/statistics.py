@@ -205,6 +205,19 @@ def whole_batch_moments(count, mean, variance):
     return whole_mean, sums[2] / sums[0] - whole_mean * whole_mean
 
 
+_STRATEGIES: dict[tuple[str, ...], Any] = {}
+
+
+def mirrored_strategy(devices: list[str]):
+    """One ``MirroredStrategy`` per device set for the whole process: a second one would
+    number its collective all-reduces from the same keys as the first, and TensorFlow
+    then refuses a key reused with another shape (seen auditing two models in a row)."""
+    key = tuple(devices)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = import_tensorflow().distribute.MirroredStrategy(devices)
+    return _STRATEGIES[key]
+
+
 def devices_for_pass() -> list[str] | None:
     """The devices to mirror the pass over: several GPUs, else several logical CPUs, else None."""
     tf = import_tensorflow()
@@ -237,7 +250,7 @@ def collect(
     tf = import_tensorflow()
     layers = batchnorm_layers(model)
     devices = devices_for_pass()
-    strategy = tf.distribute.MirroredStrategy(devices) if devices else tf.distribute.get_strategy()
+    strategy = mirrored_strategy(devices) if devices else tf.distribute.get_strategy()
     other = "training" if upstream == "inference" else "inference"
     started = time.perf_counter()
     result = DataStatistics(
