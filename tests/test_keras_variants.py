@@ -38,7 +38,7 @@ def test_timedistributed_batchnorm_is_audited_in_every_format(tmp_path):
     from keras import layers
 
     inp = keras.Input((8, 12))
-    x = layers.TimeDistributed(layers.Dense(16), name="td_dense")(inp)
+    x = layers.TimeDistributed(layers.Dense(16, name="dense"), name="td_dense")(inp)
     x = layers.TimeDistributed(layers.BatchNormalization(name="bn"), name="td_bn")(x)
     model = keras.Model(inp, x)
     k2_inp = tf_keras.Input((8, 12))
