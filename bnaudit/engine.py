@@ -130,6 +130,12 @@ class Auditor:
             batchnorm_layers=len(graph.batchnorms()),
         )
         result.measurements["layers"] = batchnorm_neighbourhoods(graph)
+        result.notes.extend(graph.notes)
+        if not graph.batchnorms():
+            result.notes.append(
+                "the model holds no BatchNormalization layer (nested models and wrappers included): "
+                "no BN rule had a layer to check"
+            )
         unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES})
         for class_name in unknown:
             paths = [l.path for l in graph if l.class_name == class_name]

@@ -6,6 +6,11 @@ dict vs. ``args``/``kwargs`` holding ``__keras_tensor__`` objects with a
 Nested models (a Functional base inside a Sequential, as in transfer learning) are
 expanded: their layers get paths like ``base/bn_1`` and are wired to the layers around
 the nested call, so "the layer before this BN" looks through model boundaries.
+Wrapper layers (``TimeDistributed``, ``Bidirectional``, an ``RNN`` and its cell, any
+Keras ``Wrapper``: every layer whose config holds another layer's config) are expanded
+the same way: ``TimeDistributed(BatchNormalization())`` is audited as
+``time_distributed/batch_normalization``, fed by what feeds the wrapper, and the
+wrapper's value is its inner layers' value.
 
 Nothing here imports Keras: the config is plain JSON.
 """
@@ -27,6 +32,13 @@ IDENTITY_CLASSES = frozenset({"InputLayer", "Identity", "ActivityRegularization"
 RESHAPE_CLASSES = frozenset({"Reshape", "Flatten", "Permute"})
 
 LINEAR_ACTIVATIONS = frozenset({None, "linear", "identity"})
+
+#: Config keys that hold a wrapped layer, and the attribute Keras 3's ``saving_lib``
+#: files it under (``Bidirectional`` keeps its forward copy in ``layer`` and saves it
+#: as ``forward_layer``). ``cells`` (``StackedRNNCells``) holds a list.
+WRAPPED_KEYS = {"layer": "layer", "backward_layer": "backward_layer", "cell": "cell", "cells": "cells"}
+#: Wrappers whose output is not simply their inner layer's value.
+COMBINING_WRAPPERS = frozenset({"Bidirectional", "RNN", "StackedRNNCells"})
 
 
 @dataclass
@@ -52,6 +64,30 @@ class Layer:
     consumers: list[str] = field(default_factory=list)
     #: ``trainable`` after applying every enclosing model's flag.
     trainable: bool = True
+    #: Paths of the layers this wrapper holds (``TimeDistributed(...)``, ``Bidirectional``).
+    wrapped: list[str] = field(default_factory=list)
+    #: True for a wrapper whose value is its one inner layer's, per step
+    #: (``TimeDistributed``, ``SpectralNormalization``): rules look through it.
+    transparent: bool = False
+    #: Names a legacy ``.h5`` may file this layer's weights under: its own, and for a
+    #: layer inside a one-layer wrapper, tf-keras's ``<wrapper>/gamma:0``.
+    weight_scopes: tuple[str, ...] = ()
+    #: Name of the top-level layer this one is, or sits in (legacy ``.h5`` groups are
+    #: named after it; a name may itself hold "/", as in DenseNet's ``conv1/bn``).
+    top_level: str = ""
+    #: What the saved ``axis`` is off by: tf-keras saves a BN with ``virtual_batch_size``
+    #: with its axis shifted by the virtual batch dimension (set by the ``.h5`` loader).
+    saved_axis_offset: int = 0
+
+    @property
+    def axis(self) -> Any:
+        """The ``axis`` the layer normalizes over, as the config gives it (int or list),
+        corrected for :attr:`saved_axis_offset`."""
+        axis = self.config.get("axis", -1)
+        if not self.saved_axis_offset:
+            return axis
+        shift = lambda a: a - self.saved_axis_offset if isinstance(a, int) and a > 0 else a  # noqa: E731
+        return [shift(a) for a in axis] if isinstance(axis, list) else shift(axis)
 
     @property
     def activation(self) -> str | None:
@@ -83,7 +119,7 @@ class Layer:
 
 @dataclass
 class NestedModel:
-    """A model used as a layer; its call kwargs apply to every layer inside it."""
+    """A model or wrapper used as a layer; its call kwargs apply to every layer inside it."""
 
     path: str
     class_name: str
@@ -106,6 +142,8 @@ class ModelGraph:
     keras_version: str = ""
     #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
     weights: Any = None
+    #: What reading the file taught that every report should say (copied to the notes).
+    notes: list[str] = field(default_factory=list)
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:
@@ -196,8 +234,9 @@ class ModelGraph:
 
 
 def is_identity(layer: Layer) -> bool:
-    """Looked through by every rule: changes neither values nor axes."""
-    if layer.class_name in IDENTITY_CLASSES:
+    """Looked through by every rule: changes neither values nor axes (a one-layer wrapper
+    adds nothing to its inner layer, which the walk then reaches and judges)."""
+    if layer.class_name in IDENTITY_CLASSES or layer.transparent:
         return True
     return layer.class_name == "Activation" and layer.activation is None
 
@@ -256,6 +295,8 @@ def build_graph(model_config: dict[str, Any]) -> ModelGraph:
 class _Builder:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
+        #: The top-level layer being expanded (depth first), for ``Layer.top_level``.
+        self.top_level = ""
 
     def expand_model(
         self, entry: dict[str, Any], prefix: str, save_path: str, trainable: bool
@@ -271,12 +312,12 @@ class _Builder:
         return self._expand_functional(config, layers, prefix, save_path, trainable)
 
     # Each container numbers its layers per class, as Keras's saving_lib does.
-    def _save_key(self, counters: dict[str, int], class_name: str, save_path: str) -> str:
+    def _save_key(self, counters: dict[str, int], class_name: str, save_path: str, folder: str = "layers") -> str:
         base = snake_case(class_name)
         count = counters.get(base, 0)
         counters[base] = count + 1
         key = base if count == 0 else f"{base}_{count}"
-        return f"{save_path}layers/{key}"
+        return f"{save_path}{folder}/{key}"
 
     def _expand_sequential(self, layers, prefix, save_path, trainable):
         counters: dict[str, int] = {}
@@ -332,6 +373,8 @@ class _Builder:
         config = entry.get("config") or {}
         name = _entry_name(entry)
         path = prefix + name
+        if not prefix:
+            self.top_level = name
         if path in self.graph.layers:
             raise ConfigError(f"two layers share the path {path!r}")
         producers: list[str] = []
@@ -342,7 +385,7 @@ class _Builder:
                     producers.append(producer)
                 if shape is not None:
                     shapes.append(shape)
-        self.graph.layers[path] = Layer(
+        layer = self.graph.layers[path] = Layer(
             path=path,
             name=name,
             class_name=str(entry["class_name"]),
@@ -355,12 +398,49 @@ class _Builder:
             input_shapes=shapes,
             producers=producers,
             trainable=trainable and bool(config.get("trainable", True)),
+            weight_scopes=(name,),
+            top_level=self.top_level,
         )
+        inner, unreadable = _wrapped_entries(entry)
+        if unreadable:
+            self.graph.notes.append(
+                f"{layer.class_name} {path!r}: the layer it wraps ({', '.join(unreadable)}) cannot be read from the "
+                "config; rules do not see inside it"
+            )
+        if inner:
+            self._expand_wrapper(layer, inner, kwargs)
         return path
+
+    def _expand_wrapper(self, wrapper: Layer, inner: list[tuple[str, dict[str, Any]]], kwargs) -> None:
+        """Add the layers a wrapper holds below its path, fed by what feeds the wrapper;
+        the wrapper then takes its value from them."""
+        self.graph.nested[wrapper.path] = NestedModel(wrapper.path, wrapper.class_name, list(kwargs), wrapper.trainable)
+        transparent = len(inner) == 1 and wrapper.class_name not in COMBINING_WRAPPERS
+        prefix = wrapper.path + "/"
+        feeds = [(p, None) for p in wrapper.producers]
+        counters: dict[str, int] = {}
+        outputs: list[str] = []
+        for attribute, entry in inner:
+            key = f"{wrapper.save_path}/{attribute}"
+            if attribute == "cells":  # a list: numbered per class, like a model's layers
+                key = self._save_key(counters, entry["class_name"], wrapper.save_path + "/", folder="cells")
+            wrapper.wrapped.append(prefix + _entry_name(entry))
+            if entry["class_name"] in MODEL_CLASSES:
+                _, leaves = self._add_nested(entry, prefix, key, [feeds], [{}], wrapper.trainable)
+            else:
+                path = self._add_layer(entry, prefix, key, [feeds], [{}], wrapper.trainable)
+                if transparent:
+                    self.graph.layers[path].weight_scopes += (wrapper.name,)
+                leaves = [path]
+            outputs.extend(leaves)
+        wrapper.producers = outputs
+        wrapper.transparent = transparent
 
     def _add_nested(self, entry, prefix, save_key, nodes, kwargs, trainable):
         name = _entry_name(entry)
         path = prefix + name
+        if not prefix:
+            self.top_level = name
         own_trainable = trainable and bool((entry.get("config") or {}).get("trainable", True))
         self.graph.nested[path] = NestedModel(path, entry["class_name"], list(kwargs), own_trainable)
         inputs, outputs = self.expand_model(entry, path + "/", save_key + "/", trainable)
@@ -372,6 +452,25 @@ class _Builder:
                     if producer not in leaf.producers:
                         leaf.producers.append(producer)
         return inputs, outputs
+
+
+def _wrapped_entries(entry: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The layers a wrapper's config holds, as (saving_lib attribute, layer entry), and
+    the config keys that should hold one but hold something else."""
+    config = entry.get("config") or {}
+    found, unreadable = [], []
+    for key, attribute in WRAPPED_KEYS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "layer" and entry.get("class_name") == "Bidirectional":
+            attribute = "forward_layer"
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and isinstance(item.get("class_name"), str) and isinstance(item.get("config"), dict):
+                found.append((attribute, item))
+            elif key not in unreadable:
+                unreadable.append(key)
+    return found, unreadable
 
 
 def _check_entry(entry: Any, prefix: str) -> None:

@@ -149,6 +149,7 @@ KERAS_LAYER_CLASSES = frozenset(
         "SpectralNormalization",
         "StackedRNNCells",
         "StringLookup",
+        "SyncBatchNormalization",
         "Subtract",
         "TFOpLambda",
         "TFSMLayer",
@@ -166,6 +167,12 @@ KERAS_LAYER_CLASSES = frozenset(
         "ZeroPadding3D",
     }
 )
+
+#: Layer classes that ``keras.applications`` (Keras 3) and ``tf_keras.applications`` define
+#: for their own architectures (InceptionResNetV2, ConvNeXt), under the names their
+#: saved configs use: Keras's own code, not the file's.
+APPLICATION_LAYER_CLASSES = frozenset({"CustomScaleLayer", "Custom>CustomScaleLayer", "LayerScale", "StochasticDepth"})
+KERAS_LAYER_CLASSES = KERAS_LAYER_CLASSES | APPLICATION_LAYER_CLASSES
 
 #: Layers Keras ships that run arbitrary code or load an external graph when loaded.
 CODE_CARRYING_CLASSES = frozenset({"Lambda", "TFSMLayer"})
@@ -193,7 +200,7 @@ def _regenerate() -> None:  # pragma: no cover - maintenance helper
     import tf_keras
 
     found = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"}
-    for module in (keras.layers, tf_keras.layers):
+    for module in (keras.layers, tf_keras.layers, tf_keras.layers.experimental):
         for value in vars(module).values():
             if inspect.isclass(value) and issubclass(value, (keras.layers.Layer, tf_keras.layers.Layer)):
                 found.add(value.__name__)

@@ -78,6 +78,10 @@ class RuntimeOptions:
     unsafe_load: bool = False
     #: ``module:dict`` of custom layer classes, for ``unsafe_load``.
     custom_objects: str | None = None
+    #: The order the data is read in: a seeded shuffle (default) or as stored.
+    data_order: typing.Literal["shuffled", "sorted"] = "shuffled"
+    #: The seed of the shuffled order (None: 0).
+    data_seed: int | None = None
     statistics: StatisticsOptions = field(default_factory=StatisticsOptions)
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 

@@ -28,19 +28,67 @@ def set_trained_statistics(model, seed: int = 0) -> None:
             layer.set_weights(values)
 
 
+#: Where Keras 2 and 3 wrappers keep the layers they wrap.
+WRAPPED_ATTRIBUTES = ("layer", "forward_layer", "backward_layer", "cell")
+
+
 def all_layers(model):
-    for layer in model.layers:
+    """Every layer inside ``model``: nested models and wrapped layers included."""
+    for _, layer in layer_paths(model):
         yield layer
-        if hasattr(layer, "layers"):
-            yield from all_layers(layer)
+
+
+def layer_paths(container, prefix: str = ""):
+    """(bnaudit layer path, layer) for every layer inside ``container``, depth first."""
+    children = list(getattr(container, "layers", None) or [])
+    if not children and prefix:
+        children = _wrapped(container)
+    for layer in children:
+        path = prefix + layer.name
+        yield path, layer
+        yield from layer_paths(layer, path + "/")
+
+
+def _wrapped(layer):
+    if type(layer).__name__ == "Bidirectional":
+        return [layer.forward_layer, layer.backward_layer]
+    found = []
+    for attribute in WRAPPED_ATTRIBUTES:
+        inner = getattr(layer, attribute, None)
+        if inner is not None and hasattr(inner, "weights") and not isinstance(inner, (list, tuple)):
+            found.append(inner)
+    return found
+
+
+def batchnorm_paths(model) -> dict:
+    """Keras's own list of its BN layers, by bnaudit layer path (Keras 2 or 3 objects)."""
+    return {path: layer for path, layer in layer_paths(model) if "BatchNormalization" in type(layer).__name__}
+
+
+def saved_variables(layer) -> dict:
+    """A layer's variables as flat float arrays by short name (``gamma``), Keras 2 or 3."""
+    found = {}
+    for variable in layer.weights:
+        name = getattr(variable, "path", None) or variable.name
+        found[name.split("/")[-1].split(":")[0]] = np.asarray(variable.numpy(), dtype=np.float64).reshape(-1)
+    return found
+
+
+def set_trained_statistics_any(model, seed: int = 0) -> None:
+    """Plausible learned values in every BN variable of a Keras 2 or 3 model, whatever its shape."""
+    rng = np.random.default_rng(seed)
+    for layer in batchnorm_paths(model).values():
+        values = []
+        for variable in layer.weights:
+            name = (getattr(variable, "path", None) or variable.name).split("/")[-1]
+            low, high = (0.5, 2.0) if ("variance" in name or "stddev" in name or "gamma" in name) else (-0.5, 0.5)
+            values.append(rng.uniform(low, high, variable.shape).astype("float32"))
+        layer.set_weights(values)
 
 
 def keras_layer(model, path: str):
-    """The Keras layer at a bnaudit layer path (``base/bn_1``)."""
-    layer = model
-    for part in path.split("/"):
-        layer = layer.get_layer(part)
-    return layer
+    """The Keras layer at a bnaudit layer path (``base/bn_1``, ``time_distributed/bn``)."""
+    return dict(layer_paths(model))[path]
 
 
 def nested_variants():
@@ -71,3 +119,25 @@ def nested_variants():
     )
     set_trained_statistics(model)
     return model
+
+
+def assert_bn_arrays_match(path, model) -> None:
+    """bnaudit's BN layers (paths and count) and arrays equal those of the Keras model that wrote ``path``."""
+    from bnaudit.engine import Auditor
+
+    graph = Auditor()._load(path)
+    try:
+        ours = {bn.path: graph.weights.bn_arrays(bn) for bn in graph.batchnorms()}
+    finally:
+        if graph.weights is not None:
+            graph.weights.close()
+    theirs = batchnorm_paths(model)
+    assert set(ours) == set(theirs), (path, sorted(set(ours) ^ set(theirs))[:5])
+    for bn_path, arrays in ours.items():
+        expected = saved_variables(theirs[bn_path])
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            got = getattr(arrays, name)
+            if name not in expected:
+                assert got is None, (bn_path, name)
+            else:
+                np.testing.assert_array_equal(got, expected[name], err_msg=f"{path} {bn_path}.{name}")

@@ -45,10 +45,11 @@ def convnet(keras):
     return keras.Model(inp, keras.layers.Conv2D(2, 3)(inp))
 
 
-def batches(spec, model, batch_size=32, max_samples=None, shard=None):
+def batches(spec, model, batch_size=32, max_samples=None, shard=None, order="sorted", seed=0):
+    """The reader's batches; in file order unless a test asks for the (default) shuffled one."""
     from bnaudit.runtime.data import iter_batches
 
-    return iter_batches(str(spec), model, batch_size, max_samples, shard=shard)
+    return iter_batches(str(spec), model, batch_size, max_samples, shard=shard, order=order, seed=seed)
 
 
 def stacked(found):
@@ -215,3 +216,29 @@ def test_unknown_sources_say_what_data_takes(tmp_path, mlp, monkeypatch, spec, m
     (tmp_path / "table.csv").write_text("1,2\n")
     with pytest.raises(DataError, match=message):
         batches(spec, mlp)
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz_stored", "npz_compressed"])
+def test_shuffled_order_is_a_seeded_permutation(tmp_path, mlp, kind):
+    """The default order: every row once, in an order fixed by the seed and shared by every shard."""
+    x = np.arange(70 * 8, dtype=np.float32).reshape(70, 8)
+    path = tmp_path / ("x.npy" if kind == "npy" else "x.npz")
+    if kind == "npy":
+        np.save(path, x)
+    elif kind == "npz_stored":
+        np.savez(path, features=x)
+    else:
+        np.savez_compressed(path, features=x)
+    found = batches(path, mlp, order="shuffled", seed=3)
+    rows = stacked(list(found))[0]
+    if kind == "npz_compressed":  # cannot be read by index: file order, and the result says so
+        assert found.order.startswith("in file order") and np.array_equal(rows, x)
+        return
+    assert found.order == "shuffled (seed 3)"
+    expected = x[np.random.default_rng(3).permutation(70)]
+    np.testing.assert_array_equal(rows, expected)
+    assert not np.array_equal(rows, x)
+    shards = [stacked(list(batches(path, mlp, shard=(k, 2), order="shuffled", seed=3)))[0] for k in (1, 2)]
+    np.testing.assert_array_equal(np.concatenate([shards[0][:32], shards[1][:32], shards[0][32:]]), expected)
+    subset = stacked(list(batches(path, mlp, max_samples=10, order="shuffled", seed=3)))[0]
+    np.testing.assert_array_equal(subset, expected[:10])

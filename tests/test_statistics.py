@@ -207,7 +207,7 @@ def test_one_pass_matches_a_submodel_per_layer(keras, reference_models, tmp_path
         inputs = [rng.normal(1.0, 2.0, size=(70, *spec.shape)).astype("float32") for spec in specs]
         data = tmp_path / f"{path.stem}.npz"
         np.savez(data, **{spec.name: array for spec, array in zip(specs, inputs)})
-        statistics = collect(model, iter_batches(str(data), model, 16, None), batch_size=16)
+        statistics = collect(model, iter_batches(str(data), model, 16, None, order="sorted"), batch_size=16)
         assert statistics.replicas == 2 and statistics.samples == 70
         layers = batchnorm_layers(model)
         assert set(statistics.layers) == set(layers) and len(layers) >= 2
@@ -226,7 +226,7 @@ def test_upstream_training_normalizes_with_the_whole_batch_across_replicas(keras
     x = np.load(trained / "drifted.npy")[:200]
     np.save(trained / "part.npy", x)
     measured = {
-        mode: collect(model, iter_batches(str(trained / "part.npy"), model, 32, None), batch_size=32, upstream=mode)
+        mode: collect(model, iter_batches(str(trained / "part.npy"), model, 32, None, order="sorted"), batch_size=32, upstream=mode)
         for mode in ("inference", "training")
     }
     # bn_in has nothing upstream: the same either way.

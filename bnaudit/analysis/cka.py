@@ -25,6 +25,8 @@ class ModeComparison:
     hsic_yy: float = 0.0
     agreeing: int = 0
     compared: int = 0
+    #: Batches left out because an output held NaN or Inf in either mode.
+    non_finite_batches: int = 0
 
     @property
     def cka(self) -> float | None:
@@ -40,6 +42,9 @@ class ModeComparison:
     def add(self, inference: list[np.ndarray], training: list[np.ndarray]) -> None:
         x = np.concatenate([o.reshape(len(o), -1) for o in inference], axis=1).astype(np.float64)
         y = np.concatenate([o.reshape(len(o), -1) for o in training], axis=1).astype(np.float64)
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            self.non_finite_batches += 1  # neither CKA nor an argmax means anything on NaN
+            return
         if len(x) >= 4:
             k, l = x @ x.T, y @ y.T
             self.hsic_xy += _unbiased_hsic(k, l)

@@ -99,6 +99,13 @@ def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
 
 
 UPSTREAM_HELP = "BN layers before the measured one normalize with moving statistics (inference, default) or batch statistics (training)."
+ORDER_HELP = "Read --data in a seeded shuffled order (default, as Keras's image_dataset_from_directory) or in sorted file order."
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep an option for :func:`statistics_runtime` without adding it to every command's signature."""
+    ctx.meta[f"bnaudit.{param.name}"] = value
+    return value
 
 
 def statistics_options(command: Callable) -> Callable:
@@ -110,6 +117,8 @@ def statistics_options(command: Callable) -> Callable:
             click.option("--upstream", type=click.Choice(["inference", "training"]), default="inference", show_default=True, help=UPSTREAM_HELP),
             click.option("--per-channel", is_flag=True, help="Add per-channel arrays to the statistics in the JSON output."),
             click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
+            click.option("--data-order", type=click.Choice(["shuffled", "sorted"]), default="shuffled", show_default=True, expose_value=False, callback=_remember, help=ORDER_HELP),
+            click.option("--data-seed", type=int, default=0, show_default=True, expose_value=False, callback=_remember, help="Seed of the shuffled --data order."),
         ]
     ):
         command = decorator(command)
@@ -130,4 +139,6 @@ def statistics_runtime(data: str | None, batch_size: int | None, max_samples: in
         "stats": stats_file,
         "progress_terminal": terminal_of_stderr(),
     }
+    meta = click.get_current_context().meta
+    given.update(data_order=meta.get("bnaudit.data_order"), data_seed=meta.get("bnaudit.data_seed"))
     return {key: value for key, value in given.items() if value not in (None, False)}

@@ -57,7 +57,24 @@ def _graph_from(h5: h5py.File) -> ModelGraph:
     version = h5.attrs.get("keras_version", b"")
     graph.keras_version = version.decode() if isinstance(version, bytes) else str(version)
     graph.format = "h5-keras2" if graph.keras_version.startswith("2") else "h5-keras3"
+    if graph.format == "h5-keras2":
+        _correct_virtual_batch_axes(graph)
     return graph
+
+
+def _correct_virtual_batch_axes(graph: ModelGraph) -> None:
+    """tf-keras's ``BatchNormalization.build`` inserts the virtual batch dimension and
+    shifts ``self.axis`` by one, and ``get_config`` saves the shifted axis (a known
+    tf-keras serialization bug: such a file does not load back). The layer itself
+    normalizes the unshifted axis, which is what the rules must judge."""
+    for layer in graph.batchnorms():
+        if layer.config.get("virtual_batch_size"):
+            layer.saved_axis_offset = 1
+            graph.notes.append(
+                f"{layer.path!r} has virtual_batch_size={layer.config['virtual_batch_size']}: tf-keras saved its axis "
+                f"as {layer.config.get('axis')}, shifted by the virtual batch dimension (a known tf-keras serialization "
+                f"bug; Keras cannot load such a file back); it normalizes axis {layer.axis}, as audited"
+            )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -47,14 +47,27 @@ class BNArrays:
         return int(self.moving_mean.shape[0])
 
 
+#: What batch renormalization (``renorm=True``, Keras 2 and 3) adds after the moving statistics.
+RENORM_VARIABLES = ("moving_stddev", "renorm_mean", "renorm_stddev")
+
+
 def bn_variable_names(layer: "Layer") -> list[str]:
-    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving stats."""
+    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving
+    statistics, then batch renormalization's three (Keras 2 ``BatchNormalizationBase``
+    and Keras 3 ``BatchNormalization.build`` both create them in this order)."""
     names = []
     if layer.config.get("scale", True):
         names.append("gamma")
     if layer.config.get("center", True):
         names.append("beta")
-    return names + ["moving_mean", "moving_variance"]
+    names += ["moving_mean", "moving_variance"]
+    if layer.config.get("renorm"):
+        names += RENORM_VARIABLES
+    return names
+
+
+#: The four vectors every BN rule reads; the renorm variables are checked but not read.
+BN_VECTORS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def _read_array(dataset: object, where: str) -> np.ndarray:
@@ -68,8 +81,15 @@ def _read_array(dataset: object, where: str) -> np.ndarray:
 
 
 def _read_vector(dataset: object, where: str) -> np.ndarray:
-    if isinstance(dataset, h5py.Dataset) and (len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS):
-        raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
+    """One value per channel. tf-keras saves a BN with ``virtual_batch_size`` as
+    broadcast-shaped arrays (``(1, 1, C)``): any shape with one axis other than 1 is read flat."""
+    if isinstance(dataset, h5py.Dataset):
+        shape = dataset.shape
+        long = [d for d in shape if d != 1]
+        size = long[0] if len(long) == 1 else (1 if shape and not long else 0)
+        if len(long) > 1 or not shape or not 0 < size <= MAX_CHANNELS:
+            raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
+        return _read_array(dataset, where).reshape(-1)
     return _read_array(dataset, where)
 
 
@@ -96,7 +116,7 @@ class H5Weights:
         if layer.path not in self._cache:
             where = f"layer {layer.path!r}"
             datasets = self._datasets(layer, bn_variable_names(layer))
-            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items()}
+            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items() if name in BN_VECTORS}
             self._cache[layer.path] = _assemble(values, where)
         return self._cache[layer.path]
 
@@ -138,20 +158,25 @@ class LegacyH5Weights(H5Weights):
     Each top-level layer has a group named after it whose ``weight_names`` attribute
     lists its datasets; a nested model's group lists the weights of all its layers,
     so a layer's variable is found by the last two segments of the name (``bn_1/gamma[:0]``).
+    tf-keras names a wrapped layer's weights after the wrapper (``time_distributed/gamma:0``),
+    Keras 3 after the layer (``time_distributed/batch_normalization/gamma``); both are
+    in ``Layer.weight_scopes``.
     """
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
-        top = layer.path.split("/", 1)[0]
+        top = layer.top_level or layer.path.split("/", 1)[0]
         root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
         group = root.get(top)
         if not isinstance(group, h5py.Group):
             raise LoadError(f"layer {layer.path!r}: no weights group {top!r} in the file")
+        scopes = layer.weight_scopes or (layer.name,)
         found: dict[str, object] = {}
         for raw in group.attrs.get("weight_names", []):
             weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
-            parts = weight.split("/")
-            variable = parts[-1].split(":")[0]
-            if len(parts) >= 2 and parts[-2] == layer.name and variable in names:
+            owner, _, last = weight.rpartition("/")
+            variable = last.split(":")[0]
+            # The owner part ends with the layer's name, which may itself hold "/" (``conv1/bn``).
+            if variable in names and any(owner == scope or owner.endswith("/" + scope) for scope in scopes):
                 found[variable] = group.get(weight)
         return found
 
@@ -191,20 +216,28 @@ class _ZipMemberFile(io.RawIOBase):
         super().close()
 
 
+def stored_member_start(path: str, info: zipfile.ZipInfo) -> int | None:
+    """Where a zip member's bytes start in the file, when it is stored uncompressed and
+    unencrypted (readable in place); None otherwise."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise LoadError(f"corrupt zip: bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
 def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
     """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
 
     Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
     lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
     """
-    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-        with open(path, "rb") as handle:
-            handle.seek(info.header_offset)
-            header = handle.read(30)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise LoadError(f"corrupt zip: bad local header for {info.filename}")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        start = info.header_offset + 30 + name_len + extra_len
+    start = stored_member_start(path, info)
+    if start is not None:
         member = _ZipMemberFile(path, start, info.file_size)
         try:
             return h5py.File(member, "r")

@@ -153,7 +153,7 @@ def call_predict_mismatch(ctx):
 
     ## Use instead
     ```python
-    x = layers.BatchNormalization()(x)  # or serve with model(x, training=False)
+    x = layers.BatchNormalization()(x)  # model(x, training=False) does not override a saved training=True
     ```
     """
     results = _results(ctx)
@@ -163,7 +163,7 @@ def call_predict_mismatch(ctx):
             row.output,
             f"output {row.output!r} of model(x) differs from model.predict(x) on the same batch: {_numbers(row, results.tolerance)}",
             details=_details(row, results),
-            fix="remove training=True from layer calls (see BN106) and rebuild, or serve with model(x, training=False)",
+            fix="remove training=True from layer calls (see BN106) and rebuild (passing training=False at call time does not override it)",
         )
 
 

@@ -49,6 +49,30 @@ PARAMETRIC_CLASSES = frozenset(
         "MultiHeadAttention",
     }
 )
+#: Layers that keep their input's layout (rank and channel axis) whatever their config.
+ELEMENTWISE_CLASSES = frozenset(
+    {
+        *DROPOUT_CLASSES,
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "ThresholdedReLU",
+        "Softmax",
+        "Rescaling",
+        "ActivityRegularization",
+        "Masking",
+        "Identity",
+    }
+)
+#: Spatial layers that keep rank and channel axis when their ``data_format`` is the
+#: producer's: pooling, padding, cropping and upsampling (not the global poolings).
+SPATIAL_LAYOUT_CLASSES = frozenset(
+    f"{kind}{dims}D"
+    for kind in ("MaxPooling", "AveragePooling", "ZeroPadding", "Cropping", "UpSampling")
+    for dims in (1, 2, 3)
+)
 #: Output activations: a BN after one of these is BN104's business, not BN103's.
 OUTPUT_ACTIVATIONS = frozenset({"softmax", "sigmoid", "log_softmax"})
 
@@ -71,7 +95,7 @@ def channel_axis(layer: Layer, rank: int | None) -> int | None:
 
 def bn_axes(bn: Layer, rank: int | None) -> list[int] | None:
     """BN's ``axis`` as positive indices; None when the rank is unknown and an axis is negative."""
-    axis = bn.config.get("axis", -1)
+    axis = bn.axis
     axes = axis if isinstance(axis, list) else [axis]
     if not all(isinstance(a, int) for a in axes):
         return None
@@ -93,12 +117,25 @@ class AxisMismatch:
         return self.producer.config.get("data_format") or "channels_last"
 
 
+def keeps_layout(layer: Layer) -> bool:
+    """Looked through when searching the layer that fixes the channel axis (see :func:`channel_axis_mismatch`)."""
+    return is_identity(layer) or layer.class_name in ELEMENTWISE_CLASSES or layer.class_name in SPATIAL_LAYOUT_CLASSES
+
+
 def channel_axis_mismatch(graph: ModelGraph, layer: Layer, producer_classes: frozenset[str]) -> AxisMismatch | None:
     """Where ``layer`` (any normalization with an ``axis``) normalizes other axes than the
-    channel axis of its producer (looked for through identity layers), if that producer
-    is one of ``producer_classes``. Shared by BN107 and plugins for other normalizations."""
-    producer, _ = graph.producer_through(layer, is_identity)
+    channel axis of its producer, if that producer is one of ``producer_classes``.
+    Shared by BN107 and plugins for other normalizations.
+
+    The producer is looked for through every layer that keeps the layout (identity,
+    activations, dropout and noise, and pooling/padding/cropping/upsampling); a spatial
+    layer on the way whose ``data_format`` differs from the producer's makes the channel
+    axis ambiguous, and nothing is reported."""
+    producer, passed = graph.producer_through(layer, keeps_layout)
     if producer is None or producer.class_name not in producer_classes:
+        return None
+    data_format = producer.config.get("data_format") or "channels_last"
+    if any((p.config.get("data_format") or "channels_last") != data_format for p in passed if p.class_name in SPATIAL_LAYOUT_CLASSES):
         return None
     rank = layer.input_rank or output_rank(producer)
     expected = channel_axis(producer, rank)

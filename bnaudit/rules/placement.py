@@ -11,6 +11,7 @@ from ..findings import Severity
 from ..graph import BATCHNORM_CLASSES, Layer, ModelGraph, dtype_policy, is_identity, is_value_preserving
 from ..hookspecs import hookimpl
 from ..rule import rule
+from ..writers import writer_of
 from .layers import (
     DROPOUT_CLASSES,
     LINEAR_CLASSES,
@@ -110,9 +111,29 @@ def bias_before_batchnorm(ctx):
         yield ctx.finding(
             bn,
             f"{producer.class_name} {producer.path!r} has a bias that BatchNormalization {bn.path!r} cancels",
-            details={"producer": producer.path, "producer_class": producer.class_name},
-            fix=f"set use_bias=False on {producer.path!r}; BN's beta already provides the offset",
+            details={"producer": producer.path, "producer_class": producer.class_name, "bn_center": bool(bn.config.get("center", True))},
+            fix=_bias_fix(ctx.graph, producer, bn),
         )
+
+
+def _is_output_batchnorm(graph: ModelGraph, bn: Layer) -> bool:
+    """BN104's condition: the BN's value leaves the model unchanged."""
+    return graph.reaches_output(bn, is_value_preserving)
+
+
+def _bias_fix(graph: ModelGraph, producer: Layer, bn: Layer) -> str:
+    """BN102's advice, following the BN's own config and agreeing with BN104 on the same BN."""
+    if _is_output_batchnorm(graph, bn):
+        return (
+            f"{bn.path!r} is the model's output (BN104 advises removing it): once it is gone the bias of "
+            f"{producer.path!r} matters again, so keep use_bias=True; only if the BN stays, set use_bias=False"
+        )
+    if not bn.config.get("center", True):
+        return (
+            f"set use_bias=False on {producer.path!r}: the bias has no effect; {bn.path!r} has center=False, so no "
+            "learned offset remains either way (set center=True on it if one is wanted)"
+        )
+    return f"set use_bias=False on {producer.path!r}; BN's beta already provides the offset"
 
 
 def _output_activation_before(graph: ModelGraph, bn: Layer) -> Layer | None:
@@ -191,7 +212,7 @@ def batchnorm_after_output(ctx):
     ```
     """
     for bn in ctx.graph.batchnorms():
-        if not ctx.graph.reaches_output(bn, is_value_preserving):
+        if not _is_output_batchnorm(ctx.graph, bn):
             continue  # a hidden softmax/sigmoid before a BN is BN103's business
         activation = _output_activation_before(ctx.graph, bn)
         if activation is not None:
@@ -244,7 +265,7 @@ def consecutive_batchnorm(ctx):
         yield ctx.finding(
             bn,
             f"BatchNormalization {bn.path!r} directly follows BatchNormalization {producer.path!r}",
-            details={"previous": producer.path, "axis": bn.config.get("axis", -1)},
+            details={"previous": producer.path, "axis": bn.axis},
             fix=f"remove {bn.path!r} (or {producer.path!r})",
         )
 
@@ -261,8 +282,11 @@ def batchnorm_training_baked(ctx):
     ## Why is this bad?
     The layer then normalizes with the statistics of the current batch even at
     inference: a direct call `model(x)` gives outputs that depend on which other samples
-    are in the batch, and a single sample is normalized against itself. In Keras 3.15 the
-    same input gives different results through `model(x)` and `model.predict(x)`.
+    are in the batch, and a single sample is normalized against itself. Passing
+    `training=False` at call time does not override it. A Keras-2 file (tf.keras,
+    tf-keras, standalone Keras) keeps batch statistics under `model.predict` too; a
+    Keras 3 file loaded by Keras 3.15 keeps them under `model(x)` only, so the two
+    paths disagree (BN403).
 
     ## Example
     ```python
@@ -286,11 +310,12 @@ def batchnorm_training_baked(ctx):
                 if any("training" in kw for kw in model.call_kwargs):
                     break
         if source:
+            writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
             yield ctx.finding(
                 bn,
                 f"BatchNormalization {bn.path!r} is called with training=True ({source}): "
-                "it uses batch statistics at inference",
-                details={"source": source},
+                f"it uses batch statistics at inference ({writer.baked_training_behaviour()})",
+                details={"source": source, "writer": writer.name},
                 fix="rebuild the model without training=True in the call and copy the weights over",
             )
 
@@ -324,7 +349,7 @@ def batchnorm_axis_mismatch(ctx):
     for bn in ctx.graph.batchnorms():
         producer, _ = ctx.graph.producer_through(bn, is_identity)
         rank = bn.input_rank or (output_rank(producer) if producer is not None else None)
-        axis = bn.config.get("axis", -1)
+        axis = bn.axis
         axes = axis if isinstance(axis, list) else [axis]
         if rank is not None and any(not isinstance(a, int) or not -rank <= a < rank for a in axes):
             yield ctx.finding(
@@ -352,17 +377,6 @@ def _is_weightless(layer: Layer) -> bool:
     return layer.class_name not in PARAMETRIC_CLASSES
 
 
-def _frozen_bn_behaviour(keras_version: str) -> str:
-    """How the Keras that wrote the file runs a BN with trainable=False (keras PR #9965)."""
-    try:
-        parts = tuple(int(p) for p in keras_version.split(".")[:3])
-    except ValueError:
-        return "the file does not say which Keras wrote it"
-    if parts >= (2, 1, 3):
-        return f"Keras {keras_version} runs it in inference mode (moving statistics, not updated)"
-    return f"Keras {keras_version} still normalizes it with batch statistics while training"
-
-
 @rule("BN108", "frozen-batchnorm", Severity.INFO)
 def frozen_batchnorm(ctx):
     """A BatchNormalization is frozen while the layers around it train.
@@ -373,11 +387,15 @@ def frozen_batchnorm(ctx):
     how the Keras version that wrote the file runs it.
 
     ## Why is this bad?
-    It is often right (the Keras transfer-learning guide keeps BN frozen), but behaviour
-    differs by version: Keras 3 and Keras >= 2.1.3 run a frozen BN in inference mode,
-    older Keras 2 kept normalizing with batch statistics (keras PR #9965). The trainable
-    neighbours adapt to statistics that will never move; worth knowing when fine-tuning
-    on data unlike the original.
+    It is often right (the Keras transfer-learning guide keeps BN frozen), but what it
+    does depends on the Keras that trains the model: Keras 3 and tf.keras under
+    TensorFlow >= 2.0 run a frozen BN in inference mode (moving statistics); standalone
+    Keras 2 (all versions; keras PR #9965 proposing the change was closed) and tf.keras
+    under TensorFlow 1.x still normalize it with batch statistics while training, and
+    tf.keras 2.0-2.1 `keras.applications` built V1 BN layers that do the same
+    (tensorflow PR #36700). The finding names the file's writer and what it does, or
+    both cases where the file cannot tell. The trainable neighbours adapt to statistics
+    that will never move; worth knowing when fine-tuning on data unlike the original.
 
     ## Example
     ```python
@@ -389,7 +407,8 @@ def frozen_batchnorm(ctx):
     Keep it when fine-tuning on similar data; otherwise unfreeze the BN layers for a few
     epochs or run `bnaudit check --data` to see whether the statistics still fit.
     """
-    behaviour = _frozen_bn_behaviour(ctx.graph.keras_version)
+    writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
+    behaviour = writer.frozen_bn_behaviour()
     for bn in ctx.graph.batchnorms():
         if bn.trainable:
             continue
@@ -400,9 +419,18 @@ def frozen_batchnorm(ctx):
             yield ctx.finding(
                 bn,
                 f"BatchNormalization {bn.path!r} is frozen next to trainable {', '.join(repr(t) for t in trainable)}; {behaviour}",
-                details={"trainable_neighbours": trainable, "keras_version": ctx.graph.keras_version},
-                fix="intended for fine-tuning on similar data; otherwise unfreeze it or recalibrate its statistics",
+                details={"trainable_neighbours": trainable, "keras_version": ctx.graph.keras_version, "writer": writer.name, "frozen_bn_mode": writer.frozen_bn},
+                fix=_frozen_fix(writer.frozen_bn),
             )
+
+
+def _frozen_fix(mode: str) -> str:
+    if mode == "batch":
+        return (
+            "under this writer the frozen BN still uses batch statistics in training: train with BN called as "
+            "training=False (or use tf.keras on TensorFlow >= 2), or unfreeze it"
+        )
+    return "intended for fine-tuning on similar data; otherwise unfreeze it or recalibrate its statistics"
 
 
 @rule("BN109", "batchnorm-unusual-hyperparameters", Severity.WARNING)

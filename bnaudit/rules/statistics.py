@@ -20,7 +20,8 @@ from ..analysis.drift import DEAD_VARIANCE_RATIO, LayerDrift, compare_layer, rou
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..loaders import LoadError
-from ..rule import Measurement, SkipRule, rule
+from ..rule import Measurement, Note, SkipRule, rule
+from ..writers import BATCH_STATISTICS, INFERENCE_MODE, writer_of
 from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
@@ -82,13 +83,19 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             )
         return statistics
     from ..progress import Progress
-    from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
+    from ..runtime.data import DEFAULT_BATCH_SIZE, data_order, iter_batches
     from ..runtime.statistics import collect
 
     model = ctx.runtime.model
-    batch_size = runtime.batch_size or DEFAULT_BATCH_SIZE
+    writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
+    if writer.frozen_bn != INFERENCE_MODE and any(not bn.trainable for bn in ctx.graph.batchnorms()):
+        ctx.runtime.memo("statistics_note", lambda: (
+            f"training mode (BN302, --upstream training) runs the frozen BN layers as the writer does: {writer.frozen_bn_behaviour()}"
+            + ("; measured with batch statistics" if writer.frozen_bn == BATCH_STATISTICS else "; measured on moving statistics")
+        ))
+    batch_size = int(runtime.batch_size or DEFAULT_BATCH_SIZE)
     shard = wanted.shard
-    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard)
+    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard, **data_order(runtime))
     try:
         statistics = collect(
             model,
@@ -96,6 +103,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             batch_size=batch_size,
             upstream=wanted.upstream,
             compare_modes=options.selection.is_selected("BN302"),
+            frozen_use_batch=writer.frozen_bn == BATCH_STATISTICS,
             progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
             shard=shard,
         )
@@ -106,6 +114,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
+    ctx.runtime.memo("statistics_order", lambda: batches.order)
     if wanted.save_statistics:
         try:
             statistics_file.save(statistics, wanted.save_statistics)
@@ -131,26 +140,45 @@ def pass_measurement(ctx: "RuleContext", statistics: "DataStatistics") -> Measur
             "replicas": statistics.replicas,
             "source": "stats" if ctx.runtime.options.runtime.statistics.stats else "data",
             "seconds": statistics.seconds,
-        },
+        }
+        | ({"order": order} if (order := ctx.runtime.memo("statistics_order", lambda: None)) else {}),
     )
 
 
-def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list[LayerDrift], Measurement]:
+def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list[LayerDrift], list[Measurement | Note]]:
     """Every measured BN layer compared with its moving statistics, and the per-layer
     summaries as the ``statistics`` measurement (``{"layers": {path: summary}}``)."""
     dead_ratio = float(ctx.settings.get("bn303.variance-ratio", BN303_DEFAULTS["variance-ratio"]))
     drifts = []
     per_channel = ctx.runtime.options.runtime.statistics.per_channel
     layers: dict[str, Any] = {}
+    notes: list[Note] = []
     for bn in ctx.graph.batchnorms():
         measured = statistics.layers.get(bn.path)
         if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:
             continue  # a BN the forward pass never reached (an unused branch)
         mean, variance = _moving(ctx, bn)
+        why = _unmeasurable(mean, variance, measured)
+        if why:
+            layers[bn.path] = {"channels": int(mean.shape[0]), "not_measured": why}
+            notes.append(Note(f"BN301-BN303 did not measure {bn.path!r}: {why}"))
+            continue
         drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
         layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
         drifts.append(drift)
-    return drifts, Measurement("statistics", {"layers": layers})
+    return drifts, [Measurement("statistics", {"layers": layers}), *notes]
+
+
+def _unmeasurable(moving_mean: np.ndarray, moving_variance: np.ndarray, measured: "LayerStatistics") -> str:
+    """Why a layer's drift would be meaningless ("" when it is not): a drift score from
+    NaN or infinite statistics says nothing about the data."""
+    if not (np.isfinite(moving_mean).all() and np.isfinite(moving_variance).all()):
+        return "its moving statistics hold NaN or Inf (see BN201)"
+    if (moving_variance < 0).any():
+        return "its moving variance is negative (see BN201)"
+    if not (np.isfinite(measured.moments.mean).all() and np.isfinite(measured.moments.variance).all()):
+        return "its input on the data holds NaN or Inf (an overflow upstream of it)"
+    return ""
 
 
 def thresholds(ctx: "RuleContext") -> dict[str, float]:
@@ -173,7 +201,9 @@ def moving_statistics_drift(ctx):
     score (mean symmetric KL over channels) exceeds `bn301.drift-score` (0.5), or when
     at least `bn301.channel-fraction` (25%) of its channels shift their mean by more
     than `bn301.mean-shift` (1.0) standard deviations or their variance by more than
-    a factor `exp(bn301.log-variance-ratio)` (4).
+    a factor `exp(bn301.log-variance-ratio)` (4). A layer whose moving statistics hold
+    NaN, Inf or a negative variance (BN201's finding), or whose input on the data is not
+    finite, is not measured by BN301-BN303; a note says which and why.
 
     ## Why is this bad?
     At inference the layer normalizes with its moving statistics. When the data the
@@ -193,7 +223,7 @@ def moving_statistics_drift(ctx):
     statistics = data_statistics(ctx)
     yield pass_measurement(ctx, statistics)
     drifts, measured = layer_drifts(ctx, statistics)
-    yield measured
+    yield from measured
     limits = thresholds(ctx)
     for drift in drifts:
         drifted = drift.drifted(limits["mean-shift"], limits["log-variance-ratio"])
@@ -234,7 +264,11 @@ def train_inference_divergence(ctx):
     inference), everything else in inference mode. It compares the outputs with linear
     CKA (minibatch form with unbiased HSIC, summed over batches) and, for outputs with
     a class axis, top-1 agreement. Fires when CKA < `bn302.cka` (0.75, as in
-    TheDeepChecker) or agreement < `bn302.agreement` (0.8).
+    TheDeepChecker) or agreement < `bn302.agreement` (0.8). CKA needs batches of at
+    least 4 samples, agreement an output with a class axis, and batches whose outputs
+    hold NaN or Inf are left out: what could not be computed is listed under
+    `not_judged` in the measurements, and when neither measure could, the rule is
+    listed as skipped with the reasons.
 
     ## Why is this bad?
     The model learned its weights against batch statistics; if the moving statistics
@@ -261,7 +295,16 @@ def train_inference_divergence(ctx):
         "compared_predictions": statistics.comparison.compared,
         "samples": statistics.samples,
     }
+    unjudged = _unjudged(statistics)
+    if unjudged:
+        compared["not_judged"] = unjudged
     yield Measurement("train_inference", compared)
+    note = ctx.runtime.memo("statistics_note", lambda: None)
+    if note:
+        yield Note(note)
+    if unjudged:
+        if cka is None and agreement is None:
+            raise SkipRule(f"not judged: {'; '.join(unjudged)}")
     low_cka = cka is not None and cka < limits["cka"]
     low_agreement = agreement is not None and agreement < limits["agreement"]
     if not (low_cka or low_agreement):
@@ -277,6 +320,25 @@ def train_inference_divergence(ctx):
         details={**compared, "thresholds": limits, "batch_size": statistics.batch_size},
         fix="recompute the moving statistics on training data (or train longer / with a lower BN momentum)",
     )
+
+
+def _unjudged(statistics: "DataStatistics") -> list[str]:
+    """Why BN302's measures could not be computed on this data (empty when both were)."""
+    comparison = statistics.comparison
+    reasons = []
+    if comparison.non_finite_batches:
+        reasons.append(f"the outputs held NaN or Inf in {comparison.non_finite_batches} of {statistics.batches} batches, left out")
+    if comparison.cka is None and comparison.non_finite_batches < statistics.batches:
+        if statistics.batch_size < 4 or statistics.samples < 4:
+            reasons.append(
+                f"linear CKA needs batches of at least 4 samples (batch size {statistics.batch_size}, "
+                f"{statistics.samples} samples): give more data or a larger --batch-size"
+            )
+        else:
+            reasons.append("linear CKA is undefined: the outputs are constant in one of the modes")
+    if comparison.agreement is None and comparison.non_finite_batches < statistics.batches:
+        reasons.append("top-1 agreement needs an output with a class axis of at least 2")
+    return reasons
 
 
 @rule("BN303", "channels-dead-on-data", Severity.INFO, needs=("graph", "weights", "data"), settings=BN303_DEFAULTS)
@@ -304,7 +366,7 @@ def channels_dead_on_data(ctx):
     statistics = data_statistics(ctx)
     yield pass_measurement(ctx, statistics)
     drifts, measured = layer_drifts(ctx, statistics)
-    yield measured
+    yield from measured
     ratio = thresholds(ctx)["variance-ratio"]
     for drift in drifts:
         if not drift.dead.any():

@@ -5,12 +5,18 @@ by every rule of that model: the model is loaded once (``safe_mode=True``), and 
 rule computes (a statistics pass, an inference run) is memoised for the others through
 :meth:`Runtime.memo`, which ``RuleContext.shared`` uses (a failure there is one error
 for every rule it stops).
+
+A model runs with the Keras that wrote it: Keras 3 files with Keras 3, Keras-2 ``.h5``
+files with tf-keras (the ``[tensorflow]`` extra installs it), so that ``model(x)``,
+``predict`` and a frozen BN behave as they did for the model's author. Keras 3 reads
+only some Keras-2 files (it refuses, for one, the Keras-2 config of ``SpatialDropout1D``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -56,8 +62,32 @@ def unsafe_layers(graph: "ModelGraph") -> list[str]:
     return [f"{layer.path} ({layer.class_name})" for layer in graph if why_unsafe(layer.class_name, layer.module, layer.registered_name)]
 
 
+TF_KERAS_HINT = 'install tf-keras (pip install tf-keras, or "bnaudit[tensorflow]") to run Keras-2 files with the Keras that wrote them'
+
+
+def keras_for(graph: "ModelGraph"):
+    """The Keras that runs this file: tf-keras for a Keras-2 ``.h5`` when installed, else Keras 3."""
+    import_tensorflow()
+    if graph.format == "h5-keras2":
+        try:
+            import tf_keras
+
+            return tf_keras
+        except ImportError:
+            pass
+    import keras
+
+    return keras
+
+
+def keras_of(model):
+    """The Keras (``keras`` or ``tf_keras``) a loaded model belongs to."""
+    return importlib.import_module(type(model).__module__.split(".")[0])
+
+
 def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: "RuntimeOptions"):
-    """Load the model with Keras in safe mode, refusing code-carrying layers unless allowed."""
+    """Load the model in safe mode with the Keras that wrote it (:func:`keras_for`),
+    refusing code-carrying layers unless allowed."""
     unsafe = runtime_options.unsafe_load
     risky = unsafe_layers(graph)
     if risky and not unsafe:
@@ -65,17 +95,30 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: "RuntimeO
             f"refusing to load a model that can execute code: {', '.join(risky[:3])}",
             "only for models you trust: pass --unsafe-load, plus --custom-objects module:dict for custom layers",
         )
-    import_tensorflow()
-    import keras
-
+    keras = keras_for(graph)
     custom_objects = _custom_objects(runtime_options.custom_objects)
     try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+        return keras.models.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
     except Exception as exc:  # Keras raises many types for files it cannot rebuild
-        raise LoadError(
-            f"Keras could not load the model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            "the static checks still ran; fix the model or pass --custom-objects for custom layers",
-        ) from None
+        runner = f"{'tf-keras' if keras.__name__ == 'tf_keras' else 'Keras'} {keras.__version__}"
+        if graph.format == "h5-keras2" and keras.__name__ == "keras":
+            message, hint = f"{runner} cannot read this Keras {graph.keras_version} file ({_first_line(exc)})", TF_KERAS_HINT
+        else:
+            message = f"{runner} could not load the model ({_first_line(exc)})"
+            custom = any(why_unsafe(layer.class_name, layer.module, layer.registered_name) for layer in graph)
+            hint = "the static checks still ran; " + (
+                "pass --custom-objects module:dict for the custom layers" if custom else "the model's layers are all Keras built-ins: load it with Keras to see why it fails"
+            )
+        raise LoadError(message, hint) from None
+
+
+#: Keras quotes a whole layer config in some errors; a report keeps only what went wrong.
+_QUOTED_CONFIG = re.compile(r"\s*(using|with)?\s*config=\{.*", re.S)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _QUOTED_CONFIG.sub("", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def _custom_objects(spec: str | None) -> dict[str, Any] | None:

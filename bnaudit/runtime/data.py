@@ -11,6 +11,15 @@ the data holds, so the command line can print it as one line and exit 2.
 same batch boundaries as a single pass, which is why shard moments merge to exactly the
 single-pass statistics. Array and image sources skip other shards' batches without
 reading them.
+
+Samples are read in a seeded shuffled order by default (``order="shuffled"``, seed 0),
+as ``keras.utils.image_dataset_from_directory`` shuffles by default: an image directory
+with one sub-directory per class, read in sorted order, puts one class in each batch,
+and batch statistics (BN302's training mode) then describe a class, not the data.
+``order="sorted"`` keeps file order. ``.npy`` files and ``.npz`` members stored
+uncompressed (``np.savez``) are memory-mapped and read by index, so shuffling costs no
+memory; a compressed ``.npz`` member is read in file order (noted in the result), and a
+factory yields its own order (``tf.data`` pipelines shuffle with ``.shuffle``).
 """
 
 from __future__ import annotations
@@ -23,16 +32,23 @@ import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import numpy as np
 
 from ..loaders import LoadError
+from ..loaders.weights import stored_member_start
 from . import import_tensorflow
+
+if TYPE_CHECKING:
+    from ..options import RuntimeOptions
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DEFAULT_BATCH_SIZE = 32
+#: ``--data-order`` choices; the first is the default.
+DATA_ORDERS = ("shuffled", "sorted")
+DEFAULT_DATA_SEED = 0
 DATA_HINT = "--data takes a .npy or .npz file, an image directory, or package.module:function"
 
 
@@ -54,9 +70,9 @@ class InputSpec:
 
 
 def input_specs(model) -> list[InputSpec]:
-    """The model's inputs in call order."""
+    """The model's inputs in call order (Keras 3 gives dtypes as strings, tf-keras as ``tf.DType``)."""
     return [
-        InputSpec(str(t.name), tuple(None if d is None else int(d) for d in t.shape[1:]), np.dtype(str(t.dtype)))
+        InputSpec(str(t.name), tuple(None if d is None else int(d) for d in t.shape[1:]), np.dtype(getattr(t.dtype, "name", t.dtype)))
         for t in model.inputs
     ]
 
@@ -76,9 +92,11 @@ class Batches:
     so progress can show an ETA.
     """
 
-    def __init__(self, batches: Iterator[list[np.ndarray]], total: int | None) -> None:
+    def __init__(self, batches: Iterator[list[np.ndarray]], total: int | None, order: str = "sorted") -> None:
         self._batches = batches
         self.total = total
+        #: The order the samples come in, for the result ("shuffled (seed 0)", "sorted", ...).
+        self.order = order
 
     def __iter__(self) -> "Batches":
         return self
@@ -94,22 +112,39 @@ def iter_batches(
     max_samples: int | None = None,
     *,
     shard: tuple[int, int] | None = None,
+    order: str = DATA_ORDERS[0],
+    seed: int = DEFAULT_DATA_SEED,
 ) -> Batches:
     """Batches of ``spec`` for ``model``, ``batch_size`` samples each (the last may be short).
 
-    Raises :class:`DataError` for data that does not exist, does not fit the model, is
-    empty, or holds NaN/Inf (the latter two when the batch is reached).
+    ``order``: "shuffled" (a permutation drawn from ``numpy.random.default_rng(seed)``,
+    the same for every shard) or "sorted" (file order). Raises :class:`DataError` for
+    data that does not exist, does not fit the model, is empty, or holds NaN/Inf (the
+    latter two when the batch is reached).
     """
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
         raise DataError(f"--max-samples must be at least 1, got {max_samples}")
+    if order not in DATA_ORDERS:
+        raise DataError(f"--data-order must be one of {', '.join(DATA_ORDERS)}, not {order!r}")
     specs = input_specs(model)
     source = open_source(spec, specs)
+    described = "sorted (file order)"
+    if order == "shuffled":
+        described = f"shuffled (seed {seed})" if source.shuffle(np.random.default_rng(seed)) else source.unshuffled
     total = source.size if max_samples is None or source.size is None else min(source.size, max_samples)
     if total is not None and shard is not None:
         total = _shard_samples(total, batch_size, *shard)
-    return Batches(_checked(source, specs, spec, batch_size, max_samples, shard), total)
+    return Batches(_checked(source, specs, spec, batch_size, max_samples, shard), total, described)
+
+
+def data_order(runtime: "RuntimeOptions") -> dict[str, Any]:
+    """``iter_batches``'s ``order`` and ``seed`` from the runtime options (``data_order``, ``data_seed``)."""
+    return {
+        "order": runtime.data_order or DATA_ORDERS[0],
+        "seed": int(runtime.data_seed) if runtime.data_seed is not None else DEFAULT_DATA_SEED,
+    }
 
 
 def _shard_samples(total: int, batch_size: int, k: int, n: int) -> int:
@@ -181,9 +216,15 @@ class _Source:
     """Rows of every model input, read in order. ``size`` is the sample count when known."""
 
     size: int | None = None
+    #: How the samples come when this source cannot shuffle them.
+    unshuffled = "in the factory's own order (shuffle it there, e.g. with tf.data's .shuffle)"
 
     def read(self, n: int) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def shuffle(self, rng: np.random.Generator) -> bool:
+        """Read the samples in an order drawn from ``rng`` from now on; False when this source cannot."""
+        return False
 
     def skip(self, n: int) -> int:
         arrays = self.read(n)
@@ -221,9 +262,14 @@ def open_source(spec: str, specs: list[InputSpec]) -> _Source:
 
 
 class _NpyRows:
-    """Rows of one ``.npy`` stream (a file or an ``.npz`` member), read without loading it all."""
+    """Rows of one ``.npy`` stream (a file or an ``.npz`` member), read without loading it all.
 
-    def __init__(self, stream: BinaryIO, where: str) -> None:
+    ``start`` is where the stream's bytes begin in ``path`` when they lie there
+    uncompressed (a ``.npy`` file: 0), so that the rows can be memory-mapped and read
+    in any order; None when they cannot (a compressed ``.npz`` member).
+    """
+
+    def __init__(self, stream: BinaryIO, where: str, path: Path | None = None, start: int | None = None) -> None:
         self.stream = stream
         try:
             version = np.lib.format.read_magic(stream)
@@ -238,8 +284,21 @@ class _NpyRows:
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.remaining = int(self.shape[0])
         self.where = where
+        self.fortran = fortran
+        self._mappable = (path, start + stream.tell()) if path is not None and start is not None else None
         self._whole = self._read_whole() if fortran else None  # Fortran order cannot stream by row
         self._offset = 0
+
+    def mapped(self) -> np.ndarray | None:
+        """All rows as a read-only memory map (nothing read yet), or None when they are not in place."""
+        if self._mappable is None:
+            return None
+        if self._whole is not None:
+            return self._whole
+        path, offset = self._mappable
+        if os.path.getsize(path) < offset + self.remaining * self.row_bytes:
+            raise DataError(f"{self.where}: the file is truncated (shape {self.shape} promised more rows)")
+        return np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=tuple(self.shape))
 
     def read(self, n: int) -> np.ndarray:
         n = min(n, self.remaining)
@@ -286,9 +345,11 @@ class _ArraySource(_Source):
         self._stack = ExitStack()
         archive = self._stack.enter_context(zipfile.ZipFile(path)) if any(chosen_member for _, chosen_member in chosen) else None
         self._rows = []
+        self._order: np.ndarray | None = None
         for (key, member), input_spec in zip(chosen, specs):
             stream = self._stack.enter_context(archive.open(member) if member else open(path, "rb"))
-            rows = _NpyRows(stream, f"--data {spec}" + (f" array {key!r}" if member else ""))
+            start = stored_member_start(str(path), archive.getinfo(member)) if member else 0
+            rows = _NpyRows(stream, f"--data {spec}" + (f" array {key!r}" if member else ""), path, start)
             _check_fits(rows.shape, rows.dtype, input_spec, spec)  # before any row is read
             self._rows.append(rows)
         counts = {rows.remaining for rows in self._rows}
@@ -296,11 +357,28 @@ class _ArraySource(_Source):
             raise DataError(f"--data {spec}: the arrays hold different numbers of samples {sorted(counts)}", "give every input the same number of rows")
         self.size = counts.pop()
 
+    unshuffled = "in file order (a compressed .npz member cannot be read by index: save it with np.savez)"
+
+    def shuffle(self, rng: np.random.Generator) -> bool:
+        maps = [rows.mapped() for rows in self._rows]
+        if any(m is None for m in maps):
+            return False
+        self._maps, self._order, self._position = maps, rng.permutation(self.size), 0
+        return True
+
     def read(self, n: int) -> list[np.ndarray]:
-        return [rows.read(n) for rows in self._rows]
+        if self._order is None:
+            return [rows.read(n) for rows in self._rows]
+        chosen = self._order[self._position : self._position + n]
+        self._position += len(chosen)
+        return [np.asarray(m[chosen]) for m in self._maps]
 
     def skip(self, n: int) -> int:
-        return min(rows.skip(n) for rows in self._rows)
+        if self._order is None:
+            return min(rows.skip(n) for rows in self._rows)
+        skipped = min(n, self.size - self._position)
+        self._position += skipped
+        return skipped
 
     def close(self) -> None:
         self._stack.close()
@@ -327,6 +405,10 @@ class _ImageSource(_Source):
         self._next = 0
         self._tf = import_tensorflow()
 
+    def shuffle(self, rng: np.random.Generator) -> bool:
+        self.files = [self.files[i] for i in rng.permutation(len(self.files))]
+        return True
+
     def read(self, n: int) -> list[np.ndarray]:
         files = self.files[self._next : self._next + n]
         self._next += len(files)
@@ -341,13 +423,32 @@ class _ImageSource(_Source):
         return skipped
 
     def _decode(self, file: Path) -> np.ndarray:
+        """Decode in the file's own channels (TensorFlow's BMP decoder refuses to convert
+        an 8-bit grey BMP itself), then convert to the channels the model takes."""
         tf = self._tf
         try:
-            image = tf.io.decode_image(tf.io.read_file(str(file)), channels=self.channels, expand_animations=False)
+            image = tf.io.decode_image(tf.io.read_file(str(file)), channels=0, expand_animations=False)
         except (tf.errors.OpError, ValueError) as exc:
             message = str(getattr(exc, "message", exc)).splitlines()[0]
             raise DataError(f"--data {self.spec}: cannot decode image {file} ({message})", "remove or fix the file") from None
-        return tf.image.resize(image, (self.height, self.width)).numpy()
+        return tf.image.resize(_to_channels(tf, image, self.channels), (self.height, self.width)).numpy()
+
+
+def _to_channels(tf, image, wanted: int):
+    """An HxWxC image (C in 1-4: grey, grey+alpha, RGB, RGBA) as HxWx``wanted``, the way
+    ``tf.io.decode_image(channels=wanted)`` converts: alpha dropped, grey repeated or RGB
+    weighted to luma; a 4-channel result gets an opaque alpha."""
+    have = int(image.shape[-1])
+    if have == wanted:
+        return image
+    if have in (2, 4):
+        image, have = image[..., : have - 1], have - 1
+    if wanted == 1:
+        return tf.image.rgb_to_grayscale(image) if have == 3 else image
+    rgb = tf.image.grayscale_to_rgb(image) if have == 1 else image
+    if wanted == 3:
+        return rgb
+    return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, rgb.dtype))], -1)
 
 
 def _call_factory(spec: str) -> Any:

@@ -200,9 +200,11 @@ def float64_copy(model, safe_mode: bool = True):
     """The model rebuilt with every layer computing in float64, holding the same weights.
 
     Layers are rebuilt from their serialised form, in the same safe mode the model was
-    loaded in (a Lambda needs ``--unsafe-load`` here too).
+    loaded in (a Lambda needs ``--unsafe-load`` here too), by the Keras the model belongs to.
     """
-    import keras
+    from . import keras_of
+
+    keras = keras_of(model)
 
     def to_float64(layer):
         serialized = keras.saving.serialize_keras_object(layer)
@@ -211,7 +213,9 @@ def float64_copy(model, safe_mode: bool = True):
         own_class = {type(layer).__name__: type(layer)}  # custom classes resolve without a registry
         return keras.saving.deserialize_keras_object(serialized, custom_objects=own_class, safe_mode=safe_mode)
 
-    copy = keras.models.clone_model(model, clone_function=to_float64, recursive=True)
+    # Keras 3 clones nested models layer by layer; tf-keras's clone_model has no such option.
+    nested = {"recursive": True} if keras.__name__ == "keras" else {}
+    copy = keras.models.clone_model(model, clone_function=to_float64, **nested)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -221,11 +225,11 @@ def _inputs(runtime: "Runtime", batch_size: int) -> tuple[list[np.ndarray], dict
     options = runtime.options
     limit = options.runtime.max_samples or DEFAULT_SAMPLES
     if options.data:
-        from .data import iter_batches
+        from .data import data_order, iter_batches
 
-        batches = list(iter_batches(options.data, runtime.model, batch_size, limit))
-        arrays = [np.concatenate(parts) for parts in zip(*batches)]
-        described = {"source": "data", "data": str(options.data)}
+        batches = iter_batches(options.data, runtime.model, batch_size, limit, **data_order(options.runtime))
+        arrays = [np.concatenate(parts) for parts in zip(*list(batches))]
+        described = {"source": "data", "data": str(options.data), "order": batches.order}
     else:
         seed = options.runtime.inference.seed
         arrays = synthetic_inputs(runtime.model, limit, seed, integer_high(runtime.graph))

@@ -41,26 +41,47 @@ if TYPE_CHECKING:
     from ..progress import Progress
 
 
-def batchnorm_layers(model) -> dict[str, Any]:
-    """Every BatchNormalization in ``model`` by bnaudit layer path (``base/bn_1``), nested models included."""
-    import keras
+#: Keras 3 and tf-keras BN classes (tf-keras's share ``BatchNormalizationBase``).
+_BATCHNORM_BASES = frozenset({"BatchNormalization", "BatchNormalizationBase", "SyncBatchNormalization"})
+#: Where Keras 2 and 3 wrappers keep the layers they wrap (see ``bnaudit.graph.WRAPPED_KEYS``).
+_WRAPPED_ATTRIBUTES = ("layer", "forward_layer", "backward_layer", "cell")
 
+
+def batchnorm_layers(model) -> dict[str, Any]:
+    """Every BatchNormalization in ``model`` (Keras 3 or tf-keras) by bnaudit layer path
+    (``base/bn_1``, ``time_distributed/bn``): nested models and wrapped layers included."""
     found: dict[str, Any] = {}
 
-    def walk(container, prefix: str) -> None:
-        for layer in container.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                found[prefix + layer.name] = layer
-            elif hasattr(layer, "layers"):
-                walk(layer, f"{prefix}{layer.name}/")
+    def walk(layer, path: str) -> None:
+        if any(cls.__name__ in _BATCHNORM_BASES for cls in type(layer).__mro__):
+            found[path] = layer
+            return
+        children = list(getattr(layer, "layers", None) or [])
+        if not children and type(layer).__name__ == "Bidirectional":
+            children = [layer.forward_layer, layer.backward_layer]
+        elif not children:
+            children = [getattr(layer, a) for a in _WRAPPED_ATTRIBUTES if hasattr(getattr(layer, a, None), "weights")]
+        for child in children:
+            walk(child, f"{path}/{child.name}" if path else child.name)
 
-    walk(model, "")
+    for layer in model.layers:
+        walk(layer, layer.name)
     return found
+
+
+def channel_axis_of(layer) -> int:
+    """The axis a live BN layer normalizes, for an input of the layer's own rank.
+
+    tf-keras keeps ``axis`` as a list, and shifts it by one when ``virtual_batch_size``
+    adds its dimension in ``build``; the layer's input has no such dimension."""
+    axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
+    return axis - 1 if getattr(layer, "virtual_batch_size", None) and axis > 0 else axis
 
 
 def model_fingerprint(model) -> str:
     return fingerprint(
-        (path, layer.moving_mean.numpy(), layer.moving_variance.numpy()) for path, layer in batchnorm_layers(model).items()
+        (path, np.ravel(layer.moving_mean.numpy()), np.ravel(layer.moving_variance.numpy()))
+        for path, layer in batchnorm_layers(model).items()
     )
 
 
@@ -72,8 +93,9 @@ class _Instrument:
     input's moments (None: do not measure).
     """
 
-    def __init__(self, layers: dict[str, Any]) -> None:
+    def __init__(self, layers: dict[str, Any], frozen_use_batch: bool = False) -> None:
         self.layers = layers
+        self.frozen_use_batch = frozen_use_batch
         self.state = threading.local()
 
     def __enter__(self) -> "_Instrument":
@@ -100,21 +122,24 @@ class _Instrument:
         state = self.state
 
         def call(inputs, training=None, mask=None):
-            # A frozen BN stays on moving statistics in training mode, as in fit(); a call
-            # from outside ``run`` (another thread) gets the layer's own behaviour.
+            # A frozen BN stays on moving statistics in training mode, as in fit() of Keras 3
+            # and tf.keras on TensorFlow 2 (``frozen_use_batch`` for writers that normalize
+            # it with batch statistics); a call from outside ``run`` gets the layer's own behaviour.
+            # tf-keras's BN takes no ``mask``: it is passed on only when there is one.
+            masked = {} if mask is None else {"mask": mask}
             sink = getattr(state, "sink", None)
-            train = getattr(state, "mode", None) == "training" and layer.trainable
+            train = getattr(state, "mode", None) == "training" and (layer.trainable or self.frozen_use_batch)
             if getattr(state, "mode", None) is None:
-                return original(inputs, training=training, mask=mask)
+                return original(inputs, training=training, **masked)
             if sink is None and not train:
-                return original(inputs, training=False, mask=mask)
+                return original(inputs, training=False, **masked)
             x = tf.cast(inputs, tf.float32)
-            axis = layer.axis % len(x.shape)
+            axis = channel_axis_of(layer) % len(x.shape)
             count, mean, variance = channel_moments(x, axis)
             if sink is not None:
                 sink.append((path, count, mean, variance))
             if not train:
-                return original(inputs, training=False, mask=mask)
+                return original(inputs, training=False, **masked)
             # Statistics of the whole batch (whatever the replicas), applied here rather
             # than by Keras, which would also update the moving statistics.
             mean, variance = whole_batch_moments(count, mean, variance)
@@ -180,6 +205,19 @@ def whole_batch_moments(count, mean, variance):
     return whole_mean, sums[2] / sums[0] - whole_mean * whole_mean
 
 
+_STRATEGIES: dict[tuple[str, ...], Any] = {}
+
+
+def mirrored_strategy(devices: list[str]):
+    """One ``MirroredStrategy`` per device set for the whole process: a second one would
+    number its collective all-reduces from the same keys as the first, and TensorFlow
+    then refuses a key reused with another shape (seen auditing two models in a row)."""
+    key = tuple(devices)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = import_tensorflow().distribute.MirroredStrategy(devices)
+    return _STRATEGIES[key]
+
+
 def devices_for_pass() -> list[str] | None:
     """The devices to mirror the pass over: several GPUs, else several logical CPUs, else None."""
     tf = import_tensorflow()
@@ -197,16 +235,22 @@ def collect(
     batch_size: int,
     upstream: str = "inference",
     compare_modes: bool = False,
+    frozen_use_batch: bool = False,
     progress: "Progress | None" = None,
     shard: tuple[int, int] | None = None,
 ) -> DataStatistics:
-    """Run the model once over ``batches`` and return the statistics at every BN input."""
+    """Run the model once over ``batches`` and return the statistics at every BN input.
+
+    ``frozen_use_batch``: in training mode, frozen BN layers normalize with batch
+    statistics too, as the file's writer does (standalone Keras, tf.keras on
+    TensorFlow 1.x; see ``bnaudit.writers``).
+    """
     if upstream not in UPSTREAM_MODES:
         raise ValueError(f"upstream must be one of {UPSTREAM_MODES}, not {upstream!r}")
     tf = import_tensorflow()
     layers = batchnorm_layers(model)
     devices = devices_for_pass()
-    strategy = tf.distribute.MirroredStrategy(devices) if devices else tf.distribute.get_strategy()
+    strategy = mirrored_strategy(devices) if devices else tf.distribute.get_strategy()
     other = "training" if upstream == "inference" else "inference"
     started = time.perf_counter()
     result = DataStatistics(
@@ -223,7 +267,7 @@ def collect(
     layout: list[tuple[str, int]] = []
     totals = _FlatTotals()
 
-    with _Instrument(layers) as instrument:
+    with _Instrument(layers, frozen_use_batch) as instrument:
 
         def replica_step(inputs):
             outputs, sink = instrument.run(model, inputs, upstream, measure=True)
@@ -262,7 +306,7 @@ def collect(
         finally:  # the progress line never outlives the pass, even when it fails
             if progress:
                 progress.done()
-    result.layers = totals.per_layer(layout, {path: int(layer.moving_mean.shape[0]) for path, layer in layers.items()})
+    result.layers = totals.per_layer(layout, {path: int(np.prod(layer.moving_mean.shape)) for path, layer in layers.items()})
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
