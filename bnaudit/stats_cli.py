@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import click
 
+from .arguments import data_problem
 from .findings import ExitCode
 from .loaders import LoadError
 from .output import terminal_of_stderr
@@ -43,13 +44,16 @@ def statistics_options(command: Callable) -> Callable:
 
 
 def statistics_runtime(data: str | None, batch_size: int | None, max_samples: int | None, upstream: str, per_channel: bool, stats_file: str | None) -> dict[str, Any]:
-    """The statistics options as ``AuditOptions.runtime`` keys; exits 2 on a contradiction."""
+    """The statistics options as ``AuditOptions.runtime`` keys; exits 2 on a contradiction or on data that is not there."""
     from .cli import fail
 
     if data and stats_file:
         fail("give --data (measure now) or --stats (measured before), not both")
     if stats_file and not Path(stats_file).is_file():
         fail(f"--stats {stats_file}: no such file (write it with `bnaudit merge`)")
+    problem = data_problem(data) if data else None
+    if problem:  # now, not after TensorFlow has started
+        fail(f"{problem[0]} ({problem[1]})")
     given = {
         "batch_size": batch_size,
         "max_samples": max_samples,

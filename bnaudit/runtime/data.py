@@ -15,10 +15,7 @@ reading them.
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
-import sys
 import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,13 +24,12 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from ..arguments import data_problem, import_user_module
 from ..loaders import LoadError
 from . import import_tensorflow
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
-FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DEFAULT_BATCH_SIZE = 32
-DATA_HINT = "--data takes a .npy or .npz file, an image directory, or package.module:function"
 
 
 class DataError(LoadError):
@@ -200,24 +196,23 @@ class _Source:
 
 
 def open_source(spec: str, specs: list[InputSpec]) -> _Source:
+    """The source ``spec`` names; what it may name is :func:`bnaudit.arguments.data_problem`'s to say."""
+    problem = data_problem(spec)
+    if problem:
+        raise DataError(*problem)
     path = Path(spec)
     if path.is_dir():
         return _ImageSource(path, specs, spec)
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            return _ArraySource(path, {path.stem: None}, specs, spec)
-        if suffix == ".npz":
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"--data {spec}: not a readable .npz file ({exc})") from None
-            return _ArraySource(path, members, specs, spec)
-        raise DataError(f"--data {spec}: unknown data format {suffix or '(no suffix)'!r}", DATA_HINT)
-    if FACTORY_PATTERN.match(spec):
-        return _IterableSource(_call_factory(spec), specs, spec)
-    raise DataError(f"--data {spec}: no such file or directory", DATA_HINT)
+    if path.suffix.lower() == ".npy":
+        return _ArraySource(path, {path.stem: None}, specs, spec)
+    if path.suffix.lower() == ".npz":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"--data {spec}: not a readable .npz file ({exc})") from None
+        return _ArraySource(path, members, specs, spec)
+    return _IterableSource(_call_factory(spec), specs, spec)
 
 
 class _NpyRows:
@@ -351,12 +346,10 @@ class _ImageSource(_Source):
 
 
 def _call_factory(spec: str) -> Any:
-    """Import ``package.module`` (from the working directory too, like ``python -m``) and call the function."""
+    """Import ``package.module`` (working directory first, see :mod:`bnaudit.arguments`) and call the function."""
     module_name, _, function_name = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
+        factory = getattr(import_user_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise DataError(f"--data {spec}: {exc}", "give package.module:function of an importable module") from None
     try:
