@@ -15,6 +15,7 @@ reading them.
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from contextlib import ExitStack
