@@ -187,3 +187,12 @@ def test_without_static_the_same_config_runs_the_data_rules(repository_with_data
     assert run.tensorflow
     (model,) = json.loads(run.stdout)["models"]
     assert model["rules_run"] == ["BN301"]
+
+
+def test_report_infers_the_format_of_its_outputs_too(tmp_path):
+    run = run_bnaudit("check", MODEL, "--isolated", "-o", "results.json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    again = run_bnaudit("report", "results.json", "-o", "report.html", "-o", "junit.xml", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
+    assert (tmp_path / "junit.xml").read_text().startswith("<?xml")
