@@ -137,7 +137,7 @@ def test_the_statistics_guide_runs_as_written(workspace):
 
     shape = keras.saving.load_model(workspace / "model.keras", compile=False).inputs[0].shape[1:]
     rng = np.random.default_rng(0)
-    np.save(workspace / "data.npy", rng.normal(size=(64, *shape)).astype(np.float32))
+    np.save(workspace / "data.npy", rng.normal(size=(256, *shape)).astype(np.float32))  # 8 batches: one per shard
     np.save(workspace / "shifted.npy", (rng.normal(size=(64, *shape)) * 3 + 5).astype(np.float32))
     (workspace / "parts").mkdir()
     for command in STATISTICS:
@@ -147,7 +147,7 @@ def test_the_statistics_guide_runs_as_written(workspace):
                 assert run.returncode == 0, run.stderr
         run = run_doc_command(command, workspace)
         assert "Traceback" not in run.stderr and "bnaudit: error" not in run.stderr, (command, run.stderr)
-        assert run.returncode in (0, 1) and run.stdout, (command, run.stderr)
+        assert run.returncode in (0, 1) and (run.stdout or " -o " in command), (command, run.stderr)
     assert (workspace / "stats.npz").stat().st_size > 0
 
 
@@ -162,14 +162,16 @@ def _repository() -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", INSTALLS)
 def test_install_routes_build_from_this_repository(command, tmp_path):
-    """Each route is built for real by pip, offline: into a target directory, without
-    dependencies (they are installed here), and the installed command is run."""
+    """Each route is built for real by pip, as a user's pip builds it (in an isolated build
+    environment with the setuptools pyproject.toml asks for), into a target directory
+    without dependencies (they are installed here); then the installed command is run."""
     install, _, then = command.partition(" && ")
     spec = shlex.split(install)[2]
     if "git+" in spec:
         repository = _repository()
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, check=True).stdout.strip()
-        spec = spec.replace(PLACEHOLDER_URL, repository.as_uri()).replace(PLACEHOLDER_COMMIT, commit)
+        # pip's requirement parser wants a host in a git+file URL: file://localhost/...
+        spec = spec.replace(PLACEHOLDER_URL, f"file://localhost{repository.as_posix()}").replace(PLACEHOLDER_COMMIT, commit)
     else:  # pip builds in the source tree: build a copy of what the package is made of
         source = tmp_path / "src"
         source.mkdir()
@@ -180,7 +182,7 @@ def test_install_routes_build_from_this_repository(command, tmp_path):
         spec = str(source) + spec[1:]  # "." or ".[tensorflow]"
     target = tmp_path / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", "--target", str(target), spec],
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "--target", str(target), spec],
         capture_output=True, text=True, timeout=600,
     )
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
