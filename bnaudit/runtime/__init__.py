@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..arguments import import_user_module
 from ..loaders import LoadError
-from ..rules.safety import why_unsafe
+from ..keras_builtins import why_unsafe
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Mapping
 import click
 
 if TYPE_CHECKING:
-    from .reporters import Reporter
+    from ..reporters import Reporter
 
 
 class FormatOutputCommand(click.Command):
