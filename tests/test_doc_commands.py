@@ -10,6 +10,7 @@ run or why it cannot be. A command added to the docs and to neither fails
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -194,3 +195,20 @@ def test_install_routes_build_from_this_repository(command, tmp_path):
     )
     assert check.returncode == 0 and "BN101 warning bn2" in check.stdout, check.stderr
     assert then in ("", "bnaudit check sample_models/dropout_before_bn.keras")
+
+
+def test_the_config_example_in_the_ci_guide_works_as_written(tmp_path):
+    """docs/ci.md's [tool.bnaudit] example, as a pyproject.toml, with what it names present."""
+    guide = (ROOT / "docs" / "ci.md").read_text(encoding="utf-8")
+    (example,) = [m.group(3) for m in FENCE.finditer(guide) if m.group(2) == "toml" and "[tool.bnaudit]" in m.group(3)]
+    (tmp_path / "pyproject.toml").write_text(example)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "vision_sample.npz", x=np.zeros((2, 8, 8, 3), np.float32))
+    (tmp_path / "models" / "legacy").mkdir(parents=True)
+    shutil.copy(SAMPLES / "bias_before_bn.h5", tmp_path / "models" / "legacy" / "old.h5")
+    shutil.copy(SAMPLES / "dropout_before_bn.keras", tmp_path / "models" / "current.keras")
+    run = run_bnaudit("check", "models/", "--format", "json", "-v", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr  # fail-on = "warning": BN101 fails the gate
+    assert run.stderr.splitlines()[0] == f"config: {tmp_path / 'pyproject.toml'}"
+    models = {Path(m["path"]).name: [f["code"] for f in m["findings"]] for m in json.loads(run.stdout)["models"]}
+    assert models == {"current.keras": ["BN101"], "old.h5": []}  # BN102 ignored for models/legacy/*.h5
