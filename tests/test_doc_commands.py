@@ -95,8 +95,15 @@ ELSEWHERE = {
 }
 
 
+def example_installs() -> list[str]:
+    """The pip lines of the CI examples (examples/*.yml), which pin bnaudit like the docs."""
+    lines = [line.strip().removeprefix("- ").removeprefix("run: ") for path in sorted((ROOT / "examples").glob("*.yml")) for line in path.read_text().splitlines()]
+    return [line for line in lines if line.startswith("pip install")]
+
+
 def test_every_doc_command_is_run_or_explained():
     shown = doc_commands()
+    assert len(example_installs()) == 2 and set(example_installs()) <= set(INSTALLS)
     known = set(STATIC) | set(STATISTICS) | set(INSTALLS) | set(ELSEWHERE)
     assert {c: doc for c, doc in shown.items() if c not in known} == {}, "a doc command no test runs"
     assert sorted(known - set(shown)) == [], "listed here but no longer in the docs"
