@@ -182,6 +182,7 @@ def test_the_pre_commit_hook_runs_exactly_the_static_rules_whatever_the_config_s
         assert model["skipped"] == []
 
 
+@pytest.mark.slow
 def test_without_static_the_same_config_runs_the_data_rules(repository_with_data_config):
     run = run_recorded("check", "models/dropout_before_bn.keras", "--format", "json", "--select", "BN301", cwd=repository_with_data_config)
     assert run.tensorflow
