@@ -7,11 +7,12 @@ machine). Two workloads:
 
 - static rules only (the default `check`): milliseconds per model, so start-up decides;
 - `--inference` (BN4xx, the model loaded by Keras and re-run): seconds per model, the
-  case `-j` is for.
+  case `-j` is for;
+- `--data` (BN3xx: the model loaded by Keras and run once over 256 samples).
 
 The findings of both runs are compared, and the ratio serial/parallel printed.
 
-    python benchmarks/parallel.py [--jobs 2] [--models 16] [--repeat 3]
+    python benchmarks/parallel.py [--jobs 2] [--models 16] [--repeat 3] [--only static|inference|data]
 """
 
 from __future__ import annotations
@@ -74,11 +75,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--models", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=("static", "inference", "data"), help="run one workload")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as data_dir:
         directory = Path(tmp)
         build_models(directory, args.models)
-        for label, extra in (("static rules", []), ("--inference --select BN4", ["--inference", "--select", "BN4"])):
+        data = Path(data_dir) / "data.npy"
+        import numpy as np
+
+        np.save(data, np.random.default_rng(1).normal(size=(256, 16, 16, 3)).astype(np.float32))
+        workloads = {
+            "static": ("static rules", []),
+            "inference": ("--inference --select BN4", ["--inference", "--select", "BN4"]),
+            "data": ("--data --select BN3", ["--data", str(data), "--select", "BN3"]),
+        }
+        for key, (label, extra) in workloads.items():
+            if args.only and key != args.only:
+                continue
             serial, parallel = [], []
             for _ in range(args.repeat):
                 serial.append(run(directory, 1, extra))

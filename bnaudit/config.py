@@ -89,7 +89,7 @@ class Config:
     def options_for(self, path: str | Path, options: "AuditOptions") -> "AuditOptions":
         """The options for one model: its ``per-file-ignores`` added, its ``data`` when no ``--data``."""
         ignores = tuple(code for pattern, codes in self.per_file_ignores.items() if self.matches(pattern, path) for code in codes)
-        data = options.data or next((d for pattern, d in self.data.items() if self.matches(pattern, path)), None)
+        data = options.data or next((d for pattern, d in self.data.items() if self.matches(pattern, path) and not options.static), None)
         if not ignores and data == options.data:
             return options
         selection = options.selection

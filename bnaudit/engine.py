@@ -28,6 +28,12 @@ from .rule import Measurement, Note, Rule, SkipRule
 from .selection import Selection
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: The file that marks a TensorFlow SavedModel directory (``tf.saved_model.save``, ``model.export``).
+SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_PROBLEM = (
+    "a TensorFlow SavedModel, which bnaudit does not read (it holds a traced graph, not the Keras layers and their config)",
+    "audit the .keras or .h5 file the model was exported from, or load it in Keras and save it with model.save('model.keras')",
+)
 
 
 @dataclass
@@ -47,6 +53,8 @@ class AuditOptions:
     #: ``-p`` plugin modules, and ``no:NAME`` to block one.
     plugins: tuple[str, ...] = ()
     debug: bool = False
+    #: Run exactly the static rules (``--static``): no data, no TensorFlow, whatever the config says.
+    static: bool = False
 
 
 class Auditor:
@@ -69,8 +77,8 @@ class Auditor:
         check_settings(self.options.settings, self.rules)
 
     def selected_rules(self, options: AuditOptions | None = None) -> list[Rule]:
-        selection = (options or self.options).selection
-        return [r for c, r in self.rules.items() if selection.is_selected(c)]
+        options = options or self.options
+        return [r for c, r in self.rules.items() if options.selection.is_selected(c) and (r.static or not options.static)]
 
     def audit(self, path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         """Audit one model with ``options`` (default: the run's); never raises for a bad file."""
@@ -278,9 +286,13 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]
         path = Path(raw)
         if path.is_dir():
             models = sorted(p for p in path.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
-            if not models:
+            if not models and (path / SAVED_MODEL_FILE).is_file():
+                problems.append(_problem(raw, *SAVED_MODEL_PROBLEM))
+            elif not models:
                 problems.append(_problem(raw, "no .keras or .h5 files in this directory", "pass model files or a directory holding them"))
             found.extend(models)
+        elif path.name == SAVED_MODEL_FILE and path.is_file():
+            problems.append(_problem(raw, *SAVED_MODEL_PROBLEM))
         elif path.exists():
             found.append(path)
         elif glob.has_magic(str(raw)):

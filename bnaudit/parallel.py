@@ -110,7 +110,7 @@ _worker: dict[str, Auditor] = {}
 
 
 #: What TensorFlow (and the oneDNN/OpenMP kernels under it) read for their thread counts.
-THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
 def _start_worker(options: AuditOptions, threads: int) -> None:

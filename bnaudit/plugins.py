@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
+from .arguments import import_user_module
 from .reporters import Reporter
 from .rule import Rule
 
@@ -71,7 +72,7 @@ def make_plugin_manager(plugins: tuple[str, ...] = (), autoload: bool | None = N
         if module_name.startswith("no:") or pm.is_blocked(module_name):
             continue
         try:
-            module = importlib.import_module(module_name)
+            module = import_user_module(module_name)
         except ImportError as exc:
             raise PluginError(f"cannot import plugin {module_name!r} given with -p: {exc}") from exc
         if not pm.is_registered(module):

@@ -25,6 +25,8 @@ DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
 #: What a rule may need. "graph" and "weights" are static (no TensorFlow);
 #: "data" needs ``--data`` or ``--stats``; "runtime" loads the model with Keras.
 NEEDS = ("graph", "weights", "data", "runtime")
+#: The needs of the static rules, the ones ``--static`` runs.
+STATIC_NEEDS = frozenset({"graph", "weights"})
 
 CheckFunction = Callable[["RuleContext"], Iterable["Finding | Measurement | Note"]]
 
@@ -69,6 +71,11 @@ class Rule:
     #: Thresholds the rule reads with ``ctx.setting(key)``, with their defaults. They are
     #: the keys a config may set (``[tool.bnaudit.bn301]``); any other key is an error.
     settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def static(self) -> bool:
+        """True when the rule reads only the saved architecture and weights (no TensorFlow)."""
+        return self.needs <= STATIC_NEEDS
 
     def __post_init__(self) -> None:
         if not CODE_PATTERN.match(self.code):

@@ -12,6 +12,7 @@
     });
   }
   function key(cell) {
+    if (cell.dataset.sort !== undefined) { return Number(cell.dataset.sort); }  // an order the report chose (verdicts: failing first)
     var text = cell.textContent.trim();
     var number = Number(text);
     return text !== "" && !isNaN(number) ? number : text.toLowerCase();

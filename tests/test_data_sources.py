@@ -207,7 +207,7 @@ def test_float_data_never_feeds_an_integer_input_and_counts_must_match(tmp_path,
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("missing.npy", "no such file or directory"), ("table.csv", "unknown data format '.csv'"), ("no_such_module:load", "No module named")],
+    [("missing.npy", "no such file or directory"), ("table.csv", "unknown data format '.csv'"), ("no_such_module:load", "no module named 'no_such_module' in the working directory")],
 )
 def test_unknown_sources_say_what_data_takes(tmp_path, mlp, monkeypatch, spec, message):
     from bnaudit.runtime.data import DataError

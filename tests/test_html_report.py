@@ -63,30 +63,49 @@ def test_layer_names_from_the_model_are_escaped(hostile, tmp_path):
     assert html.count("<script") == 1  # bnaudit's own, pinned by the CSP
 
 
-def test_summary_first_with_a_card_per_model(page):
+def test_summary_first_an_overview_row_per_model_failing_first(page):
     html, document = page
-    assert html.index('id="summary"') < html.index('id="findings"') < html.index('id="models"')
-    cards = re.findall(r'<article class="card verdict-(\w+)">(.*?)</article>', html, re.DOTALL)
-    assert len(cards) == len(document["models"])
-    verdicts = {re.search(r'<a href="#model-\d+">(.*?)</a>', body).group(1): verdict for verdict, body in cards}
-    assert verdicts == {
-        "sample_models/nope.keras": "unreadable",
-        "sample_models/bn_training_baked.keras": "fail",
-        "sample_models/dropout_before_bn.keras": "pass",
-        "sample_models/custom_layer.keras": "pass",
-    }
-    for verdict, body in cards:
-        path = re.search(r'<a href="#model-\d+">(.*?)</a>', body).group(1)
-        model = next(m for m in document["models"] if m["path"] == path)
+    assert html.index('id="summary"') < html.index('id="overview"') < html.index('id="findings"') < html.index('id="models"')
+    table = html[html.index('id="overview"') : html.index("</table>", html.index('id="overview"'))]
+    rows = re.findall(r'<tr class="verdict-(\w+)"(?: data-findings)?><td class="verdict" data-sort="(\d+)">([^<]*)</td><td class="path"><a href="#(model-\d+)">(.*?)</a></td>(.*?)</tr>', table)
+    assert len(rows) == len(document["models"])
+    got = [(verdict, words, unescape(re.sub("<wbr>", "", path))) for verdict, _, words, _, path, _ in rows]
+    assert got == [  # failing first: unreadable, then fails, then passes with the most findings
+        ("unreadable", "unreadable: not audited", "sample_models/nope.keras"),
+        ("fail", "fails the gate (fail-on error): 1 error", "sample_models/bn_training_baked.keras"),
+        ("pass", "passes the gate (fail-on error): 1 warning", "sample_models/custom_layer.keras"),
+        ("pass", "passes the gate (fail-on error): 1 warning", "sample_models/dropout_before_bn.keras"),
+    ]
+    assert [int(order) for _, order, *_ in rows] == [0, 1, 2, 3]
+    assert "<wbr>" in rows[0][4] and "_<wbr>" not in table  # names wrap at "/" only
+    for _, _, _, anchor, path, cells in rows:
+        model = next(m for m in document["models"] if m["path"] == unescape(re.sub("<wbr>", "", path)))
+        values = re.findall(r"<td[^>]*>([^<]*)</td>", cells)
         if model["errors"]:
-            assert "no such file or directory" in body
+            assert values == ["0", "0", "0", "—", "—"]
             continue
-        assert f"<dd>{model['meta']['batchnorm_layers']} of {model['meta']['layers']} layers</dd>" in body
-        assert f"Keras {model['meta']['keras_version']} ({model['meta']['format']})" in body
-        assert f"<summary>{len(model['rules_run'])} rules</summary>{', '.join(model['rules_run'])}" in body
-        for item in model["skipped"]:
-            assert item["reason"] in body and item["code"] in body
-        assert "none (no inference run)" in body
+        counts = {label: sum(f["severity"] == label for f in model["findings"]) for label in ("error", "warning", "info")}
+        writer = f"Keras {model['meta']['keras_version']} ({model['meta']['format']})"
+        assert values == [str(counts["error"]), str(counts["warning"]), str(counts["info"]), str(model["meta"]["batchnorm_layers"]), writer]
+        detail = html[html.index(f'id="{anchor}"') :]
+        detail = detail[: detail.index("</section>")]
+        assert f"<dd>{model['meta']['batchnorm_layers']} of {model['meta']['layers']} layers</dd>" in detail
+        assert f"<summary>{len(model['rules_run'])} rules</summary>{', '.join(model['rules_run'])}" in detail
+        assert "none (no inference run)" in detail
+        assert "needs --data" not in detail  # said once for the whole run
+    common = re.search(r'<p class="common-skipped">(.*?)</p>', html).group(1)
+    assert common == "Not run on any model: BN301, BN302, BN303 (needs --data); BN401, BN402, BN403, BN404 (needs --data or --inference)."
+
+
+def test_the_verdict_says_what_the_gate_decided_and_what_was_found(tmp_path):
+    """A model with warnings only passes the default gate; the words say both."""
+    html, _ = render(tmp_path, "sample_models/dropout_before_bn.keras")
+    assert '<p class="run-verdict">The run passes the gate (fail-on error): no finding is at error or above.</p>' in html
+    assert '<p class="verdict">passes the gate (fail-on error): 1 warning</p>' in html
+    strict, _ = render(tmp_path, "sample_models/dropout_before_bn.keras", "--fail-on", "warning")
+    assert '<p class="run-verdict">The run fails the gate (fail-on warning): 1 of 1 model fails.</p>' in strict
+    assert '<p class="verdict">fails the gate (fail-on warning): 1 warning</p>' in strict
+    assert "PASS" not in html and "FAIL" not in strict
 
 
 def test_findings_are_grouped_by_severity_and_rule_with_docs_fix_and_the_layers_around(page):
@@ -185,10 +204,11 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     run = invoke("report", str(tmp_path / "edited.json"), "--format", "html", cwd=ROOT)
     assert run.returncode == 0, run.stderr
     html = run.stdout
-    detail = html[html.index('<section class="model" id="model-3">') :]
+    detail = html[re.search(r'<section class="model verdict-\w+" id="model-3">', html).start() :]
     detail = detail[: detail.index("</section>")]
     assert detail.count('<rect class="bar') == 2  # one drift bar per BN layer
-    assert "drift_score per BN layer, input to output" in detail
+    assert "drift score (symmetric KL, nats) per BN layer, input to output" in detail
+    assert '<line class="threshold"' not in detail  # BN301 did not run: no threshold to draw
     first_layer = detail[detail.index('<details class="channels">') : detail.index("</details>", detail.index('<details class="channels">'))]
     legends = {
         caption: re.findall(r'<text class="legend"[^>]*>([^<]+)</text>', chart)
@@ -201,11 +221,12 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
     }
     assert detail.count('<details class="channels">') == 2  # collapsed by default
     assert "Devices: CPU:0, CPU:1." in detail
-    assert re.search(r'<tr class="failed"><td>head</td><td>GPU:0</td><td>0.5</td>', detail)
+    assert re.search(r'<tr class="failed"><td>FAILS: beyond tolerance</td><td>head</td><td>GPU:0</td><td>0.5</td>', detail)
+    assert re.search(r'<tr><td>within tolerance</td><td>head</td><td>CPU:1</td><td>0</td>', detail)
+    assert "<th scope=\"col\">verdict</th><th scope=\"col\">output</th><th scope=\"col\">run</th><th scope=\"col\">max |difference|</th>" in detail
     assert "predict CPU:0" not in detail  # durations only with --timestamp
     assert "&lt;b&gt;x&lt;/b&gt;" in detail and "<td>41</td>" in detail
-    card = html[html.index('<a href="#model-3">') :]
-    assert "<dd>CPU:0, CPU:1</dd>" in card[: card.index("</article>")]
+    assert "<dt>Devices</dt>\n<dd>CPU:0, CPU:1</dd>" in detail
     for stamp in ((), ("--timestamp",)):
         again = invoke("report", str(tmp_path / "edited.json"), "--format", "json", *stamp, cwd=ROOT)
         assert ("seconds" in json.loads(again.stdout)["models"][2]["measurements"]["inference"]) == bool(stamp)

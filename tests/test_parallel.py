@@ -4,12 +4,15 @@ needed, silence on the terminal, and a dying worker costing only its own model."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLES, run_bnaudit
+from conftest import ROOT, SAMPLES, run_bnaudit
 
 #: Rules that report where they ran: in which process, whether it is a -j worker, and
 #: whether TensorFlow had been imported there. PR201 loads the model with Keras; PR301
@@ -123,3 +126,31 @@ def test_a_worker_that_dies_costs_only_its_own_model(probe, tmp_path):
         "nested_transfer.keras": ({("BN102", "base/stem_bn")}, []),
     }
     assert proc.stderr.startswith(f"bnaudit: error: {tmp_path / 'crash_me.keras'}: the process auditing this model died")
+
+
+def test_each_worker_caps_tensorflow_threads_at_its_share_of_the_cpus(tmp_path):
+    """-j N with --data must not have N TensorFlows each using every core: the thread
+    variables TensorFlow and OpenMP read are set in each worker before it can import them."""
+    (tmp_path / "threads_probe.py").write_text(
+        "import os\n"
+        "import bnaudit\n"
+        "from bnaudit import Severity, rule\n\n"
+        "@rule('THR001', 'thread-settings', Severity.INFO)\n"
+        "def probe(ctx):\n"
+        "    names = ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS', 'OMP_NUM_THREADS')\n"
+        "    yield ctx.finding(ctx.graph.batchnorms()[0], ' '.join(f'{n}={os.environ.get(n)}' for n in names))\n\n"
+        "@bnaudit.hookimpl\n"
+        "def bnaudit_register_rules():\n"
+        "    return [probe]\n"
+    )
+    models = [SAMPLES / "dropout_before_bn.keras", SAMPLES / "clean_conv_bn_relu.keras"]
+    env = {name: "" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
+    clean = {k: v for k, v in os.environ.items() if k not in env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnaudit", "check", *map(str, models), "--isolated", "-j", "2", "-p", "threads_probe", "--select", "THR", "--format", "json"],
+        cwd=tmp_path, env={**clean, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    share = max(1, (os.cpu_count() or 1) // 2)
+    messages = [f["message"] for m in json.loads(proc.stdout)["models"] for f in m["findings"]]
+    assert messages == [f"TF_NUM_INTRAOP_THREADS={share} TF_NUM_INTEROP_THREADS={share} OMP_NUM_THREADS={share}"] * 2

@@ -12,6 +12,7 @@ import click
 
 from .. import __version__
 from .. import baseline as baselines
+from ..arguments import MODULE_ATTRIBUTE, module_problem
 from ..config import config_options, given_on_command_line, load as load_config
 from ..engine import AuditOptions, Auditor, discover, exit_code
 from ..findings import ExitCode, Severity
@@ -36,6 +37,7 @@ from .options import codes, emit, fail, rendering_options, report_options, stati
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
+@click.option("--static", is_flag=True, help="Run exactly the static rules (architecture, weights; no TensorFlow), whatever the config says.")
 @statistics_options
 @click.option("--devices", help="Devices the BN4xx re-runs compare with the first CPU, e.g. CPU:1,GPU:0 (default: all).")
 @click.option("--reference", type=click.Choice(["cpu", "float64"]), default="cpu", show_default=True, help="BN401 compares every device with the first CPU, or with a float64 run on it.")
@@ -50,13 +52,15 @@ from .options import codes, emit, fail, rendering_options, report_options, stati
 @config_options
 @baselines.baseline_options
 @run_options
-def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, plugins, debug, templates, timestamp,
+def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, static, plugins, debug, templates, timestamp,
           config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose,
           devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects,
           batch_size, max_samples, upstream, per_channel, stats_file) -> None:
     """Audit model files, directories (recursing into *.keras and *.h5) and globs."""
     if debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    if static and (data or inference or stats_file):
+        fail("--static runs only the static rules: drop --data, --inference and --stats, or --static")
     options = AuditOptions(
         selection=Selection(codes(select) or ("ALL",), codes(ignore), codes(extend_select)),
         fail_on=Severity.parse(fail_on),
@@ -70,6 +74,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         ),
         plugins=tuple(plugins),
         debug=debug,
+        static=static,
     )
     try:
         project = load_config(config_file, isolated)
@@ -81,7 +86,9 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     except (PluginError, OptionsError, baselines.BaselineError) as exc:
         fail(str(exc))
     if (options.data or options.inference) and importlib.util.find_spec("tensorflow") is None:
-        fail('--data and --inference run the model with TensorFlow, which is not installed (pip install "bnaudit[tensorflow]")')
+        from ..runtime import INSTALL_TENSORFLOW
+
+        fail(f"--data and --inference run the model with TensorFlow, which is not installed ({INSTALL_TENSORFLOW})")
     pairs = targets(auditor, formats, outputs)
     rendering = {**report_options(templates, timestamp), "quiet": quiet, "errors_on_stderr": True}
     started = time.perf_counter()
@@ -117,6 +124,12 @@ def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, 
     """The BN4xx flags as :func:`~bnaudit.options.runtime_options` keys (see docs/inference.md)."""
     if custom_objects and not unsafe_load:
         fail("--custom-objects imports code for the model's custom layers: it needs --unsafe-load")
+    if custom_objects:
+        if not MODULE_ATTRIBUTE.match(custom_objects):
+            fail(f"--custom-objects {custom_objects}: not MODULE:DICT (e.g. mylayers:CUSTOM_OBJECTS)")
+        problem = module_problem(custom_objects.partition(":")[0])
+        if problem:
+            fail(f"--custom-objects {custom_objects}: {problem} (run from the directory that holds the module, or install it)")
     given = {
         "devices": devices,
         "reference": reference,

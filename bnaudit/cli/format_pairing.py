@@ -1,12 +1,19 @@
 """Which ``-o FILE`` goes with which ``--format``, for every command that renders reports.
 
 click keeps the values of a repeated option but not how they interleave with another
-option's, so the command records its raw arguments and the pairing reads them.
+option's, so the command records its raw arguments and the pairing reads them. An
+``-o`` given without any ``--format`` takes the format its file suffix names.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
 import click
+
+if TYPE_CHECKING:
+    from ..reporters import Reporter
 
 
 class FormatOutputCommand(click.Command):
@@ -39,3 +46,19 @@ def pair_formats_and_outputs(formats: tuple[str, ...], outputs: tuple[str, ...])
     if tuple(f for f, _ in pairs) != formats or tuple(o for _, o in pairs if o is not None) != outputs:
         return by_position
     return [(f, o) for f, o in pairs]
+
+
+def format_for_suffix(output: str, reporters: "Mapping[str, Reporter]") -> str:
+    """The format whose reporter writes ``output``'s suffix (``report.html`` -> ``html``).
+
+    Raises ValueError, naming the suffixes known, when no format or several formats
+    (``.txt``: text and github) write that suffix: the caller refuses, never guesses.
+    """
+    suffix = Path(output).suffix.lower()
+    matching = [name for name, reporter in reporters.items() if reporter.suffix == suffix]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise ValueError(f"-o {output}: {' and '.join(matching)} both write {suffix}; give --format NAME before -o")
+    known = ", ".join(sorted({r.suffix for r in reporters.values()}))
+    raise ValueError(f"-o {output}: no format writes {suffix or 'files without a suffix'} ({known}); give --format NAME before -o")

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from .. import __version__
+from ..arguments import data_problem
 from ..findings import ExitCode
 from ..output import terminal_of_stderr, write_atomic
 from ..plugins import collect_reporters
 from ..reporters import RenderError, Report
-from .format_pairing import pair_formats_and_outputs
+from .format_pairing import format_for_suffix, pair_formats_and_outputs
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions, Auditor
@@ -41,9 +42,17 @@ def use_color(stream) -> bool:
 
 
 def targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[tuple[Any, str | None]]:
-    """Pair each ``--format`` with its ``-o`` (in order); at most one may go to stdout."""
+    """Pair each ``--format`` with its ``-o`` (in order); at most one may go to stdout.
+
+    Without any ``--format``, each ``-o`` takes the format its suffix names, so
+    ``-o report.html`` writes HTML, never text into an .html file.
+    """
     reporters = collect_reporters(auditor.pm)
-    formats = formats or ("text",)
+    if not formats:
+        try:
+            formats = tuple(format_for_suffix(output, reporters) for output in outputs) or ("text",)
+        except ValueError as exc:
+            fail(str(exc))
     if len(outputs) > len(formats):
         fail(f"{len(outputs)} outputs for {len(formats)} formats; give one --format per -o")
     unknown = [f for f in formats if f not in reporters]
@@ -126,11 +135,14 @@ def statistics_options(command: Callable) -> Callable:
 
 
 def statistics_runtime(data: str | None, batch_size: int | None, max_samples: int | None, upstream: str, per_channel: bool, stats_file: str | None) -> dict[str, Any]:
-    """The statistics flags as :func:`~bnaudit.options.runtime_options` keys; exits 2 on a contradiction."""
+    """The statistics flags as :func:`~bnaudit.options.runtime_options` keys; exits 2 on a contradiction or on data that is not there."""
     if data and stats_file:
         fail("give --data (measure now) or --stats (measured before), not both")
     if stats_file and not Path(stats_file).is_file():
         fail(f"--stats {stats_file}: no such file (write it with `bnaudit merge`)")
+    problem = data_problem(data) if data else None
+    if problem:  # now, not after TensorFlow has started
+        fail(f"{problem[0]} ({problem[1]})")
     given = {
         "batch_size": batch_size,
         "max_samples": max_samples,

@@ -38,6 +38,7 @@ PAGE = "report.html.j2"
 def environment(report: Report) -> "jinja2.Environment":
     import jinja2
 
+    from .labels import label
     from .measurements import format_value
 
     builtin = jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES))
@@ -54,6 +55,8 @@ def environment(report: Report) -> "jinja2.Environment":
     )
     env.filters["markdown"] = markdown
     env.filters["value"] = format_value
+    env.filters["label"] = label
+    env.filters["breakable"] = breakable
     if report.plugin_manager is not None:
         report.plugin_manager.hook.bnaudit_prepare_jinja2_environment(env=env)
     return env
@@ -96,6 +99,13 @@ def content_security_policy(css: str, script: str) -> str:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
     return f"default-src 'none'; style-src {digest(css)}; script-src {digest(script)}; img-src data:; base-uri 'none'; form-action 'none'"
+
+
+def breakable(path: str) -> Markup:
+    """A path that may wrap after each ``/`` and nowhere else (never mid-name)."""
+    from markupsafe import Markup, escape
+
+    return Markup("/<wbr>").join(escape(part) for part in str(path).split("/"))
 
 
 _FENCE = re.compile(r"^```[a-zA-Z0-9_+-]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from markupsafe import Markup
 
+from .labels import label
 from .svg import bar_chart, finite, line_chart
 
 #: Rows shown per generic table; the rest are counted, not rendered (report size).
@@ -42,7 +43,16 @@ class LayerStatistics:
     layer: str
     values: dict[str, str]
     charts: list[tuple[str, Markup]]
-    marked: bool = False
+    #: Codes of the findings on this layer (any rule), which lead its row.
+    codes: tuple[str, ...] = ()
+
+    @property
+    def marked(self) -> bool:
+        return bool(self.codes)
+
+    @property
+    def verdict(self) -> str:
+        return f"finding: {', '.join(self.codes)}" if self.codes else "no finding"
 
 
 @dataclass
@@ -97,9 +107,9 @@ def topic_tables(topic: str, value: Any, key_names: tuple[str, ...] = ()) -> lis
         return [table] if table else []
     tables = []
     holds_records = [k for k, v in value.items() if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(i, dict) for i in v))]
-    scalars = [[str(k), format_value(v)] for k, v in value.items() if k not in holds_records]
+    scalars = [[label(k), format_value(v)] for k, v in value.items() if k not in holds_records]
     if scalars:
-        tables.append(Table(f"{_title(topic)}: settings", ["name", "value"], scalars))
+        tables.append(Table(f"{_title(topic)}: settings", ["setting", "value"], scalars))
     for key in holds_records:
         table = records_table(f"{_title(topic)}: {_title(key)}", value[key], key_names)
         if table:
@@ -108,7 +118,8 @@ def topic_tables(topic: str, value: Any, key_names: tuple[str, ...] = ()) -> lis
 
 
 def _title(key: str) -> str:
-    return str(key).replace("_", " ").capitalize()
+    words = label(key)
+    return words[:1].upper() + words[1:]
 
 
 def records_table(title: str, value: Any, key_names: tuple[str, ...] = ()) -> Table | None:
@@ -119,13 +130,23 @@ def records_table(title: str, value: Any, key_names: tuple[str, ...] = ()) -> Ta
     key_columns = [key_names[i] if i < len(key_names) else f"key {i + 1}" for i in range(depth)]
     columns: list[str] = []
     for _, fields in records:
-        columns += [c for c in fields if c not in columns]
+        columns += [c for c in fields if c not in columns and c != "passed"]
+    judged = any(isinstance(fields.get("passed"), bool) for _, fields in records)  # the verdict leads the row
     rows = [
-        [*keys, *[""] * (depth - len(keys)), *[format_value(fields[c]) if c in fields else "" for c in columns]]
+        [
+            *([_passed(fields.get("passed"))] if judged else []),
+            *keys, *[""] * (depth - len(keys)),
+            *[format_value(fields[c]) if c in fields else "" for c in columns],
+        ]
         for keys, fields in records
     ]
     failed = frozenset(i for i, (_, fields) in enumerate(records[:MAX_ROWS]) if fields.get("passed") is False)
-    return Table(title, key_columns + columns, rows[:MAX_ROWS], max(len(rows) - MAX_ROWS, 0), failed)
+    headers = (["verdict"] if judged else []) + key_columns + [label(c) for c in columns]
+    return Table(title, headers, rows[:MAX_ROWS], max(len(rows) - MAX_ROWS, 0), failed)
+
+
+def _passed(value: Any) -> str:
+    return {True: "within tolerance", False: "FAILS: beyond tolerance"}.get(value, "not judged")
 
 
 def _records(value: Any, keys: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
@@ -159,8 +180,13 @@ def devices(inference: Any) -> list[str]:
     return names
 
 
-def statistics_view(statistics: Any, marked: set[str]) -> StatisticsView | None:
-    """Per-layer numbers as a table and one drift chart; per-channel arrays as charts."""
+def statistics_view(statistics: Any, codes: dict[str, list[str]], thresholds: dict[str, tuple[float, str]] | None = None) -> StatisticsView | None:
+    """Per-layer numbers as a table and one drift chart; per-channel arrays as charts.
+
+    ``codes`` maps a layer to the codes of its findings (its row leads with them);
+    ``thresholds`` maps a measurement key to (the limit a rule applied to it, its
+    label), drawn on the drift chart when that key is the one charted.
+    """
     if statistics is None:
         return None
     records, rest = _layer_records(statistics)
@@ -173,20 +199,25 @@ def statistics_view(statistics: Any, marked: set[str]) -> StatisticsView | None:
         columns += [c for c in values if c not in columns]
         numeric[layer] = {k: float(v) for k, v in flat.items() if _is_number(v)}
         series = {k: v for k, v in flat.items() if _is_series(v)}
-        layers.append(LayerStatistics(layer, values, channel_charts(layer, series), layer in marked))
+        layers.append(LayerStatistics(layer, values, channel_charts(layer, series), tuple(sorted(set(codes.get(layer, []))))))
     drift_key = _drift_key(numeric)
     chart = None
     if drift_key:
         chart = bar_chart(
             [l.layer for l in layers],
             [numeric[l.layer].get(drift_key) for l in layers],
-            label=f"{drift_key} per BN layer, input to output",
+            label=f"{label(drift_key)} per BN layer, input to output",
             marked=frozenset(l.layer for l in layers if l.marked),
+            **_threshold((thresholds or {}).get(drift_key)),
         )
     tables = topic_tables("statistics", rest) if rest else []
     if not layers and not tables:
         return None
     return StatisticsView(columns, layers, drift_key, chart, tables)
+
+
+def _threshold(given: tuple[float, str] | None) -> dict[str, Any]:
+    return {"threshold": given[0], "threshold_label": given[1]} if given else {}
 
 
 def _layer_records(statistics: Any) -> tuple[list[tuple[str, dict]], Any]:

@@ -43,6 +43,8 @@ class ModelView:
     result: AuditResult
     anchor: str
     verdict: str
+    #: The verdict in words that match the gate: "passes the gate (fail-on error): 4 warnings".
+    verdict_words: str
     counts: dict[str, int]
     severity_chart: Markup
     skipped: list[tuple[str, list[str]]]
@@ -61,6 +63,18 @@ class ModelView:
     @property
     def meta(self) -> dict[str, Any]:
         return self.result.meta
+
+    @property
+    def rank(self) -> tuple:
+        """Failing models first, then by findings, most severe first; then by path."""
+        order = ("unreadable", "incomplete", "fail", "pass").index(self.verdict)
+        return (order, *(-n for n in reversed(self.counts.values())), self.path)
+
+    @property
+    def writer(self) -> str:
+        version, fmt = self.meta.get("keras_version"), self.meta.get("format")
+        words = f"Keras {version}" if version else "unknown Keras version"
+        return f"{words} ({fmt})" if fmt else words
 
 
 @dataclass
@@ -94,9 +108,28 @@ class SeverityGroup:
 
 
 def build(report: Report) -> dict[str, Any]:
-    """The template context: models (summary cards and details) and grouped findings."""
+    """The template context: the run's verdict, models (overview rows, failing first, and
+    details in the order given), grouped findings and the skipped rules every model shares."""
     models = [model_view(result, report, f"model-{i + 1}") for i, result in enumerate(report.results)]
-    return {"models": models, "groups": group_findings(models, report), "summary": report.summary()}
+    common = _common_skipped(models)
+    for model in models:
+        model.skipped = [item for item in model.skipped if item not in common]
+    return {
+        "models": models,
+        "overview": sorted(models, key=lambda m: m.rank),
+        "run_verdict": run_verdict(models, report.fail_on),
+        "common_skipped": common,
+        "groups": group_findings(models, report),
+        "summary": report.summary(),
+    }
+
+
+def _common_skipped(models: list[ModelView]) -> list[tuple[str, list[str]]]:
+    """The (reason, codes) every audited model skipped alike: said once, not on every model."""
+    audited = [m for m in models if not m.result.unreadable]
+    if len(audited) < 2:
+        return []
+    return [item for item in audited[0].skipped if all(item in m.skipped for m in audited[1:])]
 
 
 def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
@@ -107,23 +140,23 @@ def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
     skipped: dict[str, list[str]] = {}
     for item in result.skipped:
         skipped.setdefault(item.reason, []).append(item.code)
-    marked = {f.layer for f in result.findings}
+    codes: dict[str, list[str]] = {}
+    for f in result.findings:
+        codes.setdefault(f.layer, []).append(f.code)
     view = ModelView(
         result=result,
         anchor=anchor,
         verdict=verdict(result, report.fail_on),
+        verdict_words=verdict_words(result, report.fail_on),
         counts=result.counts(),
         severity_chart=severity_bar({k: v for k, v in reversed(result.counts().items())}),
         skipped=sorted(skipped.items()),
         devices=devices(inference),
-        statistics=statistics_view(measurements.get("statistics"), marked),
+        statistics=statistics_view(measurements.get("statistics"), codes, applied_thresholds(result, report)),
         notes=list(result.notes),
     )
     neighbourhoods = measurements.get("layers")
     if isinstance(neighbourhoods, dict):
-        codes: dict[str, list[str]] = {}
-        for f in result.findings:
-            codes.setdefault(f.layer, []).append(f.code)
         for bn in neighbourhoods:
             around = sequence(neighbourhoods, bn)
             for node in (n for step in around for n in step):
@@ -135,6 +168,55 @@ def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
         if topic not in KNOWN_TOPICS:
             view.other += topic_tables(topic, value)
     return view
+
+
+def applied_thresholds(result: AuditResult, report: Report) -> dict[str, tuple[float, str]]:
+    """Measurement key -> (threshold, label) for the charts: as a finding recorded it
+    (``details["thresholds"]``, the value the rule applied), else the rule's default.
+    Threshold names are kebab-case settings (``drift-score``), keys snake_case."""
+    found: dict[str, tuple[float, str]] = {}
+    for rule in report.rules.values():
+        if rule.code in result.rules_run:
+            for name, value in rule.settings.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    found[name.replace("-", "_")] = (float(value), f"{rule.code} threshold (default)")
+    for finding in result.findings:
+        limits = finding.details.get("thresholds") if isinstance(finding.details, dict) else None
+        for name, value in (limits or {}).items() if isinstance(limits, dict) else ():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found[str(name).replace("-", "_")] = (float(value), f"{finding.code} threshold")
+    return found
+
+
+def verdict_words(result: AuditResult, fail_on: Severity) -> str:
+    """The verdict as people read it, in the gate's own terms and with what was found.
+
+    A model "passes the gate" when no finding reaches ``fail_on`` (the exit code's rule),
+    which can still mean warnings: the words say so, so a green row never hides them.
+    """
+    counts = ", ".join(f"{n} {label}{'s' if n != 1 else ''}" for label, n in reversed(result.counts().items()) if n) or "no findings"
+    gate = f"(fail-on {fail_on.label})"
+    state = verdict(result, fail_on)
+    if state == "unreadable":
+        return "unreadable: not audited"
+    if state == "incomplete":
+        failed = sorted({e.rule for e in result.errors})
+        return f"incomplete: {', '.join(failed)} could not run; {counts}"
+    return f"{'fails' if state == 'fail' else 'passes'} the gate {gate}: {counts}"
+
+
+def run_verdict(models: list[ModelView], fail_on: Severity) -> str:
+    """The whole run in one sentence, matching the exit code (0 passes, 1 fails, 2 errors)."""
+    states = [m.verdict for m in models]
+    failing = states.count("fail")
+    troubled = [f"{states.count(s)} {s}" for s in ("unreadable", "incomplete") if s in states]
+    gate = f"(fail-on {fail_on.label})"
+    if troubled:
+        head = f"The run has errors ({', '.join(troubled)}): exit code 2"
+        return head + (f"; {failing} of {len(models)} models fail the gate {gate}." if failing else ".")
+    if failing:
+        return f"The run fails the gate {gate}: {failing} of {len(models)} model{'s' if len(models) != 1 else ''} {'fail' if failing != 1 else 'fails'}."
+    return f"The run passes the gate {gate}: no finding is at {fail_on.label} or above."
 
 
 def verdict(result: AuditResult, fail_on: Severity) -> str:

@@ -14,12 +14,12 @@ only some Keras-2 files (it refuses, for one, the Keras-2 config of ``SpatialDro
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..arguments import import_user_module
 from ..loaders import LoadError
 from ..keras_builtins import why_unsafe
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 #: Split the CPU into this many logical devices (tests and machines without GPUs use it
 #: to exercise the multi-device code paths for real).
 LOGICAL_CPUS_ENV = "BNAUDIT_LOGICAL_CPUS"
+#: How to get TensorFlow: from PyPI itself, or through the extra of a bnaudit checkout.
+INSTALL_TENSORFLOW = 'pip install "tensorflow>=2.16", or pip install ".[tensorflow]" in a clone of bnaudit'
 
 
 def import_tensorflow():
@@ -41,7 +43,7 @@ def import_tensorflow():
     except ImportError:
         raise LoadError(
             "this check runs the model with TensorFlow, which is not installed",
-            'pip install "bnaudit[tensorflow]"',
+            INSTALL_TENSORFLOW,
         ) from None
 
     wanted = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
@@ -127,7 +129,7 @@ def _custom_objects(spec: str | None) -> dict[str, Any] | None:
         return None
     module_name, _, attribute = spec.partition(":")
     try:
-        value = getattr(importlib.import_module(module_name), attribute or "custom_objects")
+        value = getattr(import_user_module(module_name), attribute or "custom_objects")
     except (ImportError, AttributeError) as exc:
         raise LoadError(f"--custom-objects {spec!r}: {exc}", "give module:dict_name of an importable module") from None
     if not isinstance(value, dict):

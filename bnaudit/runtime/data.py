@@ -24,10 +24,8 @@ factory yields its own order (``tf.data`` pipelines shuffle with ``.shuffle``).
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-import sys
 import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import numpy as np
 
+from ..arguments import data_problem, import_user_module
 from ..loaders import LoadError
 from ..loaders.weights import stored_member_start
 from . import import_tensorflow
@@ -44,12 +43,10 @@ if TYPE_CHECKING:
     from ..options import RuntimeOptions
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
-FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DEFAULT_BATCH_SIZE = 32
 #: ``--data-order`` choices; the first is the default.
 DATA_ORDERS = ("shuffled", "sorted")
 DEFAULT_DATA_SEED = 0
-DATA_HINT = "--data takes a .npy or .npz file, an image directory, or package.module:function"
 
 
 class DataError(LoadError):
@@ -241,24 +238,23 @@ class _Source:
 
 
 def open_source(spec: str, specs: list[InputSpec]) -> _Source:
+    """The source ``spec`` names; what it may name is :func:`bnaudit.arguments.data_problem`'s to say."""
+    problem = data_problem(spec)
+    if problem:
+        raise DataError(*problem)
     path = Path(spec)
     if path.is_dir():
         return _ImageSource(path, specs, spec)
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            return _ArraySource(path, {path.stem: None}, specs, spec)
-        if suffix == ".npz":
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(f"--data {spec}: not a readable .npz file ({exc})") from None
-            return _ArraySource(path, members, specs, spec)
-        raise DataError(f"--data {spec}: unknown data format {suffix or '(no suffix)'!r}", DATA_HINT)
-    if FACTORY_PATTERN.match(spec):
-        return _IterableSource(_call_factory(spec), specs, spec)
-    raise DataError(f"--data {spec}: no such file or directory", DATA_HINT)
+    if path.suffix.lower() == ".npy":
+        return _ArraySource(path, {path.stem: None}, specs, spec)
+    if path.suffix.lower() == ".npz":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"--data {spec}: not a readable .npz file ({exc})") from None
+        return _ArraySource(path, members, specs, spec)
+    return _IterableSource(_call_factory(spec), specs, spec)
 
 
 class _NpyRows:
@@ -452,12 +448,10 @@ def _to_channels(tf, image, wanted: int):
 
 
 def _call_factory(spec: str) -> Any:
-    """Import ``package.module`` (from the working directory too, like ``python -m``) and call the function."""
+    """Import ``package.module`` (working directory first, see :mod:`bnaudit.arguments`) and call the function."""
     module_name, _, function_name = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
+        factory = getattr(import_user_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise DataError(f"--data {spec}: {exc}", "give package.module:function of an importable module") from None
     try:
