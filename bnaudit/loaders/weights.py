@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from . import LoadError
+from .h5guard import get_object, read_dataset, read_text_attribute
 
 if TYPE_CHECKING:
     from ..graph import Layer
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 MAX_CHANNELS = 1 << 24
 #: ``layer_arrays`` refuses an array with more elements than this (1 GiB of float32).
 MAX_ARRAY_ELEMENTS = 1 << 28
+#: A layer's ``weight_names`` list: a few names per variable (HDF5 caps an attribute at 64 KiB
+#: in the compact form; dense attribute storage allows more).
+MAX_WEIGHT_NAMES_BYTES = 16 << 20
 
 
 @dataclass
@@ -57,20 +61,32 @@ def bn_variable_names(layer: "Layer") -> list[str]:
     return names + ["moving_mean", "moving_variance"]
 
 
-def _read_array(dataset: object, where: str) -> np.ndarray:
-    if not isinstance(dataset, h5py.Dataset):
-        raise LoadError(f"{where} is not an array in the weights file")
-    if dataset.size > MAX_ARRAY_ELEMENTS:
-        raise LoadError(f"{where} has shape {dataset.shape}, too large to read")
-    if dataset.dtype.kind not in "fiu":
-        raise LoadError(f"{where} holds {dataset.dtype}, not numbers")
-    return np.asarray(dataset[()], dtype=np.float64)
-
-
-def _read_vector(dataset: object, where: str) -> np.ndarray:
-    if isinstance(dataset, h5py.Dataset) and (len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS):
+def _read_vector(dataset: object, where: str, channels: int | None) -> np.ndarray:
+    """One BN vector: at most ``channels`` elements (the count the config implies), checked
+    by :func:`~bnaudit.loaders.h5guard.check_dataset` before a byte is read."""
+    if isinstance(dataset, h5py.Dataset) and len(dataset.shape) != 1:
         raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
-    return _read_array(dataset, where)
+    values = read_dataset(dataset, where, channels or MAX_CHANNELS)
+    if channels and values.shape[0] != channels:
+        raise LoadError(f"{where} holds {values.shape[0]} values, but the layer has {channels} channels")
+    return values
+
+
+def bn_channel_count(layer: "Layer") -> int | None:
+    """The channel count the config implies for a BN layer: its input's size on ``axis``.
+
+    None where the config records no input shape or the axis size is unknown.
+    """
+    axis = layer.config.get("axis", -1)
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    shape = next((s for s in layer.input_shapes if isinstance(s, list)), None)
+    if shape is None:
+        shape = (layer.config.get("build_config") or {}).get("input_shape")
+    if not isinstance(shape, list) or not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return None
+    size = shape[axis]
+    return size if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_CHANNELS else None
 
 
 def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
@@ -96,7 +112,8 @@ class H5Weights:
         if layer.path not in self._cache:
             where = f"layer {layer.path!r}"
             datasets = self._datasets(layer, bn_variable_names(layer))
-            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items()}
+            channels = bn_channel_count(layer)
+            values = {name: _read_vector(d, f"{where} {name}", channels) for name, d in datasets.items()}
             self._cache[layer.path] = _assemble(values, where)
         return self._cache[layer.path]
 
@@ -109,7 +126,7 @@ class H5Weights:
         left out on legacy ``.h5``; a wrong count is a :class:`LoadError` on ``.keras``.
         """
         where = f"layer {layer.path!r}"
-        return {name: _read_array(d, f"{where} {name}") for name, d in self._datasets(layer, names).items()}
+        return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS) for name, d in self._datasets(layer, names).items()}
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:  # pragma: no cover - abstract
         """The named variables of ``layer`` as (unread) h5py objects."""
@@ -123,13 +140,13 @@ class KerasV3Weights(H5Weights):
     """``model.weights.h5`` of a ``.keras`` zip: variables under ``<save path>/vars/<i>``."""
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
-        group = self._h5.get(f"{layer.save_path}/vars")
         where = f"layer {layer.path!r} ({layer.save_path})"
+        group = get_object(self._h5, f"{layer.save_path}/vars", where)
         if not isinstance(group, h5py.Group):
             raise LoadError(f"{where}: no variables in the weights file")
         if len(group) != len(names):
             raise LoadError(f"{where}: {len(group)} variables saved, expected {len(names)}")
-        return {name: group.get(str(i)) for i, name in enumerate(names)}
+        return {name: get_object(group, str(i), f"{where} {name}") for i, name in enumerate(names)}
 
 
 class LegacyH5Weights(H5Weights):
@@ -142,17 +159,18 @@ class LegacyH5Weights(H5Weights):
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         top = layer.path.split("/", 1)[0]
-        root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
-        group = root.get(top)
+        where = f"layer {layer.path!r}"
+        root = get_object(self._h5, "model_weights", where) or self._h5
+        group = get_object(root, top, where)
         if not isinstance(group, h5py.Group):
-            raise LoadError(f"layer {layer.path!r}: no weights group {top!r} in the file")
+            raise LoadError(f"{where}: no weights group {top!r} in the file")
         found: dict[str, object] = {}
-        for raw in group.attrs.get("weight_names", []):
-            weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
+        weight_names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
+        for weight in [weight_names] if isinstance(weight_names, str) else weight_names:
             parts = weight.split("/")
             variable = parts[-1].split(":")[0]
             if len(parts) >= 2 and parts[-2] == layer.name and variable in names:
-                found[variable] = group.get(weight)
+                found[variable] = get_object(group, weight, f"{where} {variable}")
         return found
 
 
