@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import
 import importlib.util
 import sys
 import time
+import traceback
 from typing import Any
 
 import click
@@ -27,6 +28,7 @@ from .findings import ExitCode, Severity
 from .format_pairing import FormatOutputCommand, pair_formats_and_outputs
 from .output import OutputError, write_atomic
 from .parallel import audit_models, run_options, timing_lines
+from .printable import encoded, printable
 from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
 from .report_cli import rendering_options, report, report_options
 from .reporters import RenderError, Report
@@ -42,7 +44,7 @@ def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def fail(message: str) -> None:
     """One line on stderr and exit 2: for errors the user can fix."""
-    click.echo(f"bnaudit: error: {message}", err=True)
+    click.echo(f"bnaudit: error: {printable(message)}", err=True)
     sys.exit(ExitCode.ERROR)
 
 
@@ -128,14 +130,14 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         for error in result.errors:
             where = f" [{error.rule}]" if error.rule else ""
             hint = f" ({error.hint})" if error.hint else ""
-            click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
+            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
     _emit(auditor, results, options, targets, rendering)
     if all(output is not None for _, output in targets):  # every report in a file: the verdict still shows
         notices.append(summary_line(Report(results=results, rules=auditor.rules)))
     if verbose:
         notices += timing_lines(results, time.perf_counter() - started)
     for line in [] if quiet else notices:
-        click.echo(line, err=True)
+        click.echo(printable(line), err=True)
     code = exit_code(results, options.fail_on)
     if outcome and fail_on_stale and outcome.stale and code == ExitCode.OK:
         code = ExitCode.FINDINGS
@@ -191,9 +193,9 @@ def _emit(auditor: Auditor, results, options: AuditOptions, targets, rendering: 
         except RenderError as exc:
             fail(f"{reporter.name} report{f' {output}' if output else ''}: {exc}")
         if output is None:
-            click.echo(text, nl=False)
+            click.echo(encoded(text), nl=False)
         else:
-            write_atomic(output, text)
+            write_atomic(output, encoded(text))
 
 
 @cli.command()
@@ -261,3 +263,7 @@ def main() -> None:
         cli(prog_name="bnaudit")
     except OutputError as exc:
         fail(f"{exc} (check the path and its permissions)")
+    except Exception as exc:  # a bug, never "findings": exit 2 with one line (a traceback with --debug)
+        if "--debug" in sys.argv:
+            traceback.print_exc()
+        fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and please report it)")
