@@ -106,6 +106,8 @@ class ModelGraph:
     keras_version: str = ""
     #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
     weights: Any = None
+    #: The model config as the file holds it (BN501 walks every object in it).
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:
@@ -235,7 +237,7 @@ def build_graph(model_config: dict[str, Any]) -> ModelGraph:
             "(subclassed models keep no architecture in the file)"
         )
     config = model_config.get("config") or {}
-    graph = ModelGraph(name=str(config.get("name", "")), class_name=class_name)
+    graph = ModelGraph(name=str(config.get("name", "")), class_name=class_name, config=model_config)
     builder = _Builder(graph)
     inputs, outputs = builder.expand_model(model_config, prefix="", save_path="", trainable=True)
     graph.inputs, graph.outputs = inputs, outputs

@@ -167,8 +167,14 @@ KERAS_LAYER_CLASSES = frozenset(
     }
 )
 
-#: Layers Keras ships that run arbitrary code or load an external graph when loaded.
-CODE_CARRYING_CLASSES = frozenset({"Lambda", "TFSMLayer"})
+#: Serialized objects Keras ships that run code from the file, load an external graph or
+#: module, or call an operation the file names, when loaded: Lambda (marshalled bytecode),
+#: ``__lambda__`` (a serialized Python function), TFSMLayer (a SavedModel), the Torch,
+#: JAX and Flax wrappers (a pickled module or a function), and tf-keras's op layers
+#: (any TensorFlow symbol by name).
+CODE_CARRYING_CLASSES = frozenset(
+    {"Lambda", "__lambda__", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "TFOpLambda", "SlicingOpLambda"}
+)
 
 
 def _regenerate() -> None:  # pragma: no cover - maintenance helper

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..loaders import LoadError
-from ..rules.safety import why_unsafe
+from ..rules.safety import unsafe_objects
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions
@@ -50,8 +50,8 @@ def import_tensorflow():
 
 
 def unsafe_layers(graph: "ModelGraph") -> list[str]:
-    """Layers whose loading would run code: refused unless ``--unsafe-load``."""
-    return [f"{layer.path} ({layer.class_name})" for layer in graph if why_unsafe(layer.class_name, layer.module, layer.registered_name)]
+    """Serialized objects whose loading would run code (BN501's list): refused unless ``--unsafe-load``."""
+    return [f"{where} ({entry['class_name']})" for where, entry, _why in unsafe_objects(graph.config)]
 
 
 def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str, Any]):
