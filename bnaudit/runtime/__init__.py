@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,6 +20,11 @@ from ..rules.safety import unsafe_objects
 if TYPE_CHECKING:
     from ..engine import AuditOptions
     from ..graph import ModelGraph
+
+#: The oldest Keras the runtime loads models with: the first release with the fixes for
+#: CVE-2025-1550 (3.9.0), CVE-2025-9906 (3.11.0), CVE-2025-9905 (3.11.3), CVE-2026-0897
+#: and CVE-2026-1462 (3.13.2). CVE-2024-3660 was fixed in Keras 2.13; Keras 3 never had it.
+MIN_KERAS = (3, 13, 2)
 
 #: Split the CPU into this many logical devices (tests and machines without GPUs use it
 #: to exercise the multi-device code paths for real).
@@ -66,6 +72,8 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str,
     import_tensorflow()
     import keras
 
+    check_keras_version(keras.__version__)
+
     custom_objects = _custom_objects(runtime_options.get("custom_objects"))
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
@@ -74,6 +82,21 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: dict[str,
             f"Keras could not load the model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
             "the static checks still ran; fix the model or pass --custom-objects for custom layers",
         ) from None
+
+
+def check_keras_version(version: str) -> None:
+    """Refuse a Keras older than :data:`MIN_KERAS` (its safe mode has known bypasses).
+
+    Raises:
+        LoadError: naming the version found and the one needed.
+    """
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if found < MIN_KERAS:
+        needed = ".".join(map(str, MIN_KERAS))
+        raise LoadError(
+            f"Keras {version} has known model-loading vulnerabilities (see docs/security.md); bnaudit loads models with Keras >= {needed} only",
+            f'pip install "keras>={needed}"',
+        )
 
 
 def _custom_objects(spec: str | None) -> dict[str, Any] | None:
