@@ -10,7 +10,9 @@ core would only fight over them.
 Results come back in the order the models were given, so ``-j N`` reports exactly what
 ``-j 1`` does. A worker that dies (a native crash on a hostile file) costs only the
 model it was auditing: each worker marks the model it is on, so after a crash the
-marked models are audited again one at a time and the unmarked ones together.
+marked models are audited again one at a time, each in a fresh child, and the unmarked
+ones together. At ``-j 1`` the models are read in one forked worker too, so the same
+holds; only a process that already imported TensorFlow audits in-process.
 
 TensorFlow writes its start-up logs from C++ straight to file descriptor 2, past
 ``TF_CPP_MIN_LOG_LEVEL``; while models are audited that descriptor points at
@@ -69,22 +71,41 @@ class Auditors:
 
 
 def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[AuditResult]:
-    """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU)."""
+    """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU).
+
+    Models are read in child processes even at ``-j 1`` (one long-lived forked worker),
+    so a native crash on a hostile file costs that model only. The one exception is a
+    process that already runs TensorFlow (a program calling bnaudit, or the test suite):
+    forking it can deadlock, and a clean child would import TensorFlow again per run, so
+    ``-j 1`` audits in-process there.
+    """
+    if not jobs:
+        return []
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     debug = auditor.options.debug
-    if workers <= 1:
+    if workers <= 1 and _start_method() != "fork":
         auditors = Auditors(auditor.pm, auditor)
         with native_stderr_silenced(not debug):
             return [auditors.audit(path, options) for path, options in jobs]
-    plugins = auditor.options.plugins
+    return _isolated(jobs, workers, auditor.options.plugins, debug)
+
+
+def _isolated(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> list[AuditResult]:
+    """Audit in ``workers`` child processes; after a crash, the model(s) a dead worker was on
+    are audited again alone, each in a fresh child, and the others together; never here."""
     results, suspects = _in_pool(jobs, workers, plugins, debug)
     lost = [index for index, result in enumerate(results) if result is None]
+    if not lost:
+        return results  # type: ignore[return-value]
+    if len(jobs) == 1:  # it was alone: that was its re-audit
+        return [_died(jobs[0][0])]
     suspects = (suspects & set(lost)) or set(lost)  # none marked: a worker died between audits
     for index in sorted(suspects):
         results[index] = _in_pool([jobs[index]], 1, plugins, debug)[0][0] or _died(jobs[index][0])
     innocent = [index for index in lost if index not in suspects]
     if innocent:  # cut short by another model's crash: together again
-        for index, result in zip(innocent, audit_models([jobs[i] for i in innocent], workers, auditor)):
+        again = _isolated([jobs[i] for i in innocent], min(workers, len(innocent)), plugins, debug)
+        for index, result in zip(innocent, again):
             results[index] = result
     return results  # type: ignore[return-value]
 
