@@ -141,6 +141,10 @@ class Auditor:
                 try:
                     result.findings.extend(rule.check(context) or [])
                 except LoadError as exc:
+                    first = next((e for e in result.errors if e.message == exc.message), None)
+                    if first is not None:  # one broken array fails every weights rule: say it once
+                        result.skipped.append(SkippedRule(rule.code, f"{exc.message} (reported under {first.rule})"))
+                        continue
                     result.errors.append(ModelError(exc.message, rule=rule.code, hint=exc.hint))
                 except Exception as exc:
                     if self.options.debug:

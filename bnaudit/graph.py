@@ -13,6 +13,7 @@ Nothing here imports Keras: the config is plain JSON.
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -108,6 +109,8 @@ class ModelGraph:
     weights: Any = None
     #: The model config as the file holds it (BN501 walks every object in it).
     config: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Whole-graph walks computed once (see :meth:`reaches_output`).
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:
@@ -154,10 +157,10 @@ class ModelGraph:
     def consumers_through(self, layer: Layer, through: Callable[[Layer], bool]) -> list[Layer]:
         """The first layers after ``layer`` that ``through`` does not look past (all branches)."""
         found: list[Layer] = []
-        stack = list(self.consumers(layer))
+        stack = deque(self.consumers(layer))
         seen: set[str] = set()
         while stack:
-            consumer = stack.pop(0)
+            consumer = stack.popleft()
             if consumer.path in seen:
                 continue
             seen.add(consumer.path)
@@ -168,23 +171,29 @@ class ModelGraph:
         return found
 
     def reaches_output(self, layer: Layer, through: Callable[[Layer], bool]) -> bool:
-        """True when ``layer``'s value leaves the model unchanged but for ``through`` layers."""
+        """True when ``layer``'s value leaves the model unchanged but for ``through`` layers.
+
+        The layers from which an output is reached through ``through`` layers only are
+        found once per ``through`` (one walk back from the outputs), so asking for every
+        BN stays linear even when thousands of them feed one long shared chain.
+        """
         if layer.path in self.outputs:
             return True
-        current = [layer]
-        seen: set[str] = set()
-        while current:
-            nxt = []
-            for item in current:
-                for consumer in self.consumers(item):
-                    if consumer.path in seen or not through(consumer):
-                        continue
-                    seen.add(consumer.path)
-                    if consumer.path in self.outputs:
-                        return True
-                    nxt.append(consumer)
-            current = nxt
-        return False
+        reaching = self._memo.get(("reaches_output", through))
+        if reaching is None:
+            reaching = self._memo[("reaches_output", through)] = self._reaching_outputs(through)
+        return any(consumer.path in reaching for consumer in self.consumers(layer))
+
+    def _reaching_outputs(self, through: Callable[[Layer], bool]) -> set[str]:
+        """``through`` layers that are an output or feed one of these: a walk back from the outputs."""
+        reaching = {path for path in self.outputs if path in self.layers and through(self.layers[path])}
+        pending = list(reaching)
+        while pending:
+            for producer in self.producers(self.layers[pending.pop()]):
+                if producer.path not in reaching and through(producer):
+                    reaching.add(producer.path)
+                    pending.append(producer.path)
+        return reaching
 
     def enclosing_models(self, layer: Layer) -> list[NestedModel]:
         """The nested models around ``layer``, innermost first."""
@@ -328,12 +337,11 @@ class _Builder:
         path = prefix + name
         if path in self.graph.layers:
             raise ConfigError(f"two layers share the path {path!r}")
-        producers: list[str] = []
+        producers: dict[str, None] = {}  # ordered and deduplicated in linear time (an Add of thousands)
         shapes: list[list[Any]] = []
         for refs in nodes:
             for producer, shape in refs:
-                if producer not in producers:
-                    producers.append(producer)
+                producers[producer] = None
                 if shape is not None:
                     shapes.append(shape)
         self.graph.layers[path] = Layer(
@@ -347,7 +355,7 @@ class _Builder:
             save_path=save_key,
             call_kwargs=[k for k in kwargs],
             input_shapes=shapes,
-            producers=producers,
+            producers=list(producers),
             trainable=trainable and bool(config.get("trainable", True)),
         )
         return path
