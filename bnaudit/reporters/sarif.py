@@ -121,7 +121,7 @@ def _result(finding: Finding, index: dict[str, int]) -> dict[str, Any]:
 
 def fingerprint(finding: Finding) -> str:
     """Stable across re-runs and retraining: the rule and the layer path, nothing measured."""
-    return hashlib.sha256(f"{finding.code}\0{finding.layer}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{finding.code}\0{finding.layer}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _execution_notifications(report: Report) -> list[dict[str, Any]]:

@@ -153,10 +153,10 @@ def unsafe_layer(ctx):
 
 
 def _nearest_layer(graph, where: str):
-    """The path of the deepest graph layer that holds ``where`` ("" for the model itself)."""
+    """The path of the deepest layer or nested model that holds ``where`` ("" for the model itself)."""
     parts = where.split("/")
     for end in range(len(parts), 0, -1):
-        if "/".join(parts[:end]) in graph.layers:
+        if "/".join(parts[:end]) in graph.layers or "/".join(parts[:end]) in graph.nested:
             return "/".join(parts[:end])
     return ""
 
