@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import pluggy
 
 from .findings import ExitCode, Severity
+from .graph import ConfigError
 from .keras_builtins import KERAS_LAYER_CLASSES
 from .loaders import LoadError, check_not_lfs_pointer
 from .plugins import collect_rules, make_plugin_manager
@@ -140,7 +141,8 @@ class Auditor:
                 context = RuleContext(path, graph, rule, self.options.settings, result, runtime)
                 try:
                     result.findings.extend(rule.check(context) or [])
-                except LoadError as exc:
+                except (LoadError, ConfigError) as exc:
+                    exc = exc if isinstance(exc, LoadError) else LoadError(str(exc), "the file was not written by Keras as saved")
                     first = next((e for e in result.errors if e.message == exc.message), None)
                     if first is not None:  # one broken array fails every weights rule: say it once
                         result.skipped.append(SkippedRule(rule.code, f"{exc.message} (reported under {first.rule})"))

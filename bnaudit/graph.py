@@ -73,6 +73,17 @@ class Layer:
         }
         return named.get(self.class_name)
 
+    def number(self, key: str, default: float) -> float:
+        """A numeric config value (``epsilon``, ``momentum``), ``default`` when absent.
+
+        Raises:
+            ConfigError: the config holds something else there (a string, a list...).
+        """
+        value = self.config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"layer {self.path!r}: {key} is {str(value)[:40]!r}, not a number")
+        return float(value)
+
     @property
     def input_rank(self) -> int | None:
         for shape in self.input_shapes:

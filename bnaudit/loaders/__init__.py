@@ -94,3 +94,5 @@ def graph_from_json(text: "str | bytes", where: str) -> "ModelGraph":
         raise LoadError(f"{where} is not UTF-8 text", "the file was not written by Keras as saved") from None
     except (ValueError, ConfigError) as exc:
         raise LoadError(f"{where}: {exc}") from None
+    except (TypeError, AttributeError, KeyError, IndexError):  # a value of the wrong JSON type somewhere
+        raise LoadError(f"{where} is not a Keras model config (a value has the wrong type or shape)", "the file was not written by Keras as saved") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 from ..graph import ModelGraph
@@ -19,7 +20,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     refuse_polyglot(path)
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise LoadError(
             f"not a readable .keras file ({exc})",
             "the file is truncated or not a Keras zip; save it again with model.save('x.keras')",
@@ -39,8 +40,8 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         if weights is not None:
             try:
                 graph.weights = KerasV3Weights(open_zip_member_h5(str(path), archive, weights))
-            except OSError as exc:
-                raise LoadError(f"model.weights.h5 is unreadable ({exc})") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise LoadError(f"model.weights.h5 is unreadable ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})", "the file is damaged; save the model again") from None
     return graph
 
 
@@ -51,7 +52,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     try:
         with archive.open(info) as member:
             data = member.read(MAX_CONFIG_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
         raise LoadError(f"{info.filename} is unreadable ({exc})") from None
     if len(data) > MAX_CONFIG_BYTES:
         raise LoadError(f"{info.filename} inflates past {MAX_CONFIG_BYTES} bytes, too large for a model config")

@@ -11,13 +11,14 @@ or by layer name (legacy ``.h5``), for the variable names the caller lists.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import struct
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import h5py
 import numpy as np
@@ -101,6 +102,17 @@ def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
     )
 
 
+@contextlib.contextmanager
+def _corrupt_file_is_load_error(where: str) -> Iterator[None]:
+    """libhdf5's errors on a damaged file (h5py raises them as RuntimeError, OSError,
+    KeyError or ValueError) become one :class:`LoadError` saying so."""
+    try:
+        yield
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LoadError(f"{where}: the weights file is corrupt ({detail})", "the file is damaged; save the model again") from None
+
+
 class H5Weights:
     """Base for stores over an open ``h5py.File``; caches what was read."""
 
@@ -111,9 +123,10 @@ class H5Weights:
     def bn_arrays(self, layer: "Layer") -> BNArrays:
         if layer.path not in self._cache:
             where = f"layer {layer.path!r}"
-            datasets = self._datasets(layer, bn_variable_names(layer))
-            channels = bn_channel_count(layer)
-            values = {name: _read_vector(d, f"{where} {name}", channels) for name, d in datasets.items()}
+            with _corrupt_file_is_load_error(where):
+                datasets = self._datasets(layer, bn_variable_names(layer))
+                channels = bn_channel_count(layer)
+                values = {name: _read_vector(d, f"{where} {name}", channels) for name, d in datasets.items()}
             self._cache[layer.path] = _assemble(values, where)
         return self._cache[layer.path]
 
@@ -126,7 +139,8 @@ class H5Weights:
         left out on legacy ``.h5``; a wrong count is a :class:`LoadError` on ``.keras``.
         """
         where = f"layer {layer.path!r}"
-        return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS) for name, d in self._datasets(layer, names).items()}
+        with _corrupt_file_is_load_error(where):
+            return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS) for name, d in self._datasets(layer, names).items()}
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:  # pragma: no cover - abstract
         """The named variables of ``layer`` as (unread) h5py objects."""

@@ -271,7 +271,7 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> list[Layer
         if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:
             continue  # a BN the forward pass never reached (an unused branch)
         mean, variance = _moving(ctx, bn)
-        drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
+        drift = compare_layer(measured, mean, variance, bn.number("epsilon", 1e-3), dead_ratio)
         layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
         drifts.append(drift)
     return drifts
