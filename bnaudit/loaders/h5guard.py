@@ -124,9 +124,10 @@ def read_text_attribute(obj: "h5py.Group | h5py.File", name: str, limit: int) ->
     """A string (or array of strings) attribute, decoded as UTF-8; None when absent.
 
     A fixed-length string's declared size is checked against ``limit`` and against the
-    file's size before h5py allocates a buffer for it; a variable-length one keeps its
-    bytes in the file's global heap, whose declared lengths libhdf5 itself reads (the
-    process's memory ceiling bounds those, see ``bnaudit.isolation``).
+    file's size before h5py allocates a buffer for it. A variable-length one (Keras 3's
+    legacy writer) keeps its bytes in the file's global heap, whose object lengths
+    libhdf5 checks against the heap collection it read; a decoded value over ``limit``
+    is refused.
 
     Raises:
         LoadError: the attribute is not text, is larger than ``limit`` or the file, or
@@ -148,6 +149,8 @@ def read_text_attribute(obj: "h5py.Group | h5py.File", name: str, limit: int) ->
             if declared > min(limit, obj.file.id.get_filesize()):
                 raise LoadError(f"{where} declares {declared} bytes, more than the file or a model config can hold", _HOSTILE)
         value = obj.attrs[name]
+        if kind.is_variable_str() and sum(len(v) for v in np.asarray(value, dtype=object).ravel()) > limit:
+            raise LoadError(f"{where} holds more bytes than a model config can", _HOSTILE)
     except LoadError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, MemoryError) as exc:

@@ -160,7 +160,9 @@ def mutate_h5_structure(path: Path, rng: random.Random) -> None:
         elif action == 5:
             group.create_dataset(leaf, shape=(rng.choice([0, 1 << 20, 1 << 24]),), dtype="f8")
         elif action == 6:
-            group.create_dataset(leaf, data=np.full(shape, rng.choice([np.nan, np.inf, -1.0, 0.0, 1e30]), dtype=rng.choice(["f2", "f4", "f8", "i8"])))
+            with np.errstate(all="ignore"):
+                filled = np.full(shape, rng.choice([np.nan, np.inf, -1.0, 0.0, 1e30]), dtype=rng.choice(["f2", "f4", "f8", "i8"]))
+            group.create_dataset(leaf, data=filled)
         elif action == 7:
             group.create_dataset(leaf, data=np.array([b"abc"] * 3))
         elif action == 8:
