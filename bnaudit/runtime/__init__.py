@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..loaders import LoadError
-from ..rules.safety import unsafe_objects
+from ..code_objects import unsafe_objects
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions
