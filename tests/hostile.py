@@ -104,15 +104,21 @@ def external_storage(directory: Path, suffix: str = ".h5") -> tuple[Path, str]:
     return edit_h5(directory, f"external_storage{suffix.replace('.', '_')}", edit, suffix), "keeps its bytes in an external file"
 
 
-def external_link(directory: Path, suffix: str = ".h5") -> tuple[Path, str]:
+def _other_hdf5(directory: Path) -> Path:
+    """Another HDF5 file, with 64 floats at ``/x``, for links and virtual datasets to point at."""
     other = directory / "other.h5"
     with h5py.File(other, "w") as f:
-        f.create_dataset("stolen", data=np.arange(16, dtype="f4"))
+        f.create_dataset("x", data=np.arange(64, dtype="f4"))
+    return other
+
+
+def external_link(directory: Path, suffix: str = ".h5") -> tuple[Path, str]:
+    other = _other_hdf5(directory)
 
     def edit(f, gammas):
         for path in gammas:
             del f[path]
-            f[path] = h5py.ExternalLink(str(other), "/stolen")
+            f[path] = h5py.ExternalLink(str(other), "/x")
 
     return edit_h5(directory, f"external_link{suffix.replace('.', '_')}", edit, suffix), "is an external link"
 
@@ -128,9 +134,7 @@ def soft_link(directory: Path, suffix: str = ".h5") -> tuple[Path, str]:
 
 
 def virtual_dataset(directory: Path, suffix: str = ".h5") -> tuple[Path, str]:
-    other = directory / "virtual_source.h5"
-    with h5py.File(other, "w") as f:
-        f.create_dataset("x", data=np.arange(64, dtype="f4"))
+    other = _other_hdf5(directory)
 
     def edit(f, gammas):
         for path in gammas:
