@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -93,15 +95,16 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Au
 def _isolated(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> list[AuditResult]:
     """Audit in ``workers`` child processes; after a crash, the model(s) a dead worker was on
     are audited again alone, each in a fresh child, and the others together; never here."""
-    results, suspects = _in_pool(jobs, workers, plugins, debug)
+    results, marked = _in_pool(jobs, workers, plugins, debug)
     lost = [index for index, result in enumerate(results) if result is None]
     if not lost:
         return results  # type: ignore[return-value]
     if len(jobs) == 1:  # it was alone: that was its re-audit
-        return [_died(jobs[0][0])]
-    suspects = (suspects & set(lost)) or set(lost)  # none marked: a worker died between audits
+        return [_died(jobs[0][0], marked.get(0, False))]
+    suspects = (set(marked) & set(lost)) or set(lost)  # none marked: a worker died between audits
     for index in sorted(suspects):
-        results[index] = _in_pool([jobs[index]], 1, plugins, debug)[0][0] or _died(jobs[index][0])
+        alone, hung = _in_pool([jobs[index]], 1, plugins, debug)
+        results[index] = alone[0] or _died(jobs[index][0], hung.get(0, False))
     innocent = [index for index in lost if index not in suspects]
     if innocent:  # cut short by another model's crash: together again
         again = _isolated([jobs[i] for i in innocent], min(workers, len(innocent)), plugins, debug)
@@ -110,8 +113,9 @@ def _isolated(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug
     return results  # type: ignore[return-value]
 
 
-def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> tuple[list[AuditResult | None], set[int]]:
-    """Results in job order, None where a worker died; and the jobs a dead worker was on."""
+def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug: bool) -> tuple[list[AuditResult | None], dict[int, bool]]:
+    """Results in job order, None where a worker died; and the jobs a dead worker was on,
+    each with whether it ran out of time (its marker is as old as the time limit)."""
     context = multiprocessing.get_context(_start_method())
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
@@ -127,7 +131,8 @@ def _in_pool(jobs: Sequence[Job], workers: int, plugins: tuple[str, ...], debug:
                     results.append(None)
                 except Exception as exc:  # a result that cannot travel back, or a bug: this model only
                     results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
-        return results, {int(name) for name in os.listdir(markers)}
+        now = time.time()
+        return results, {int(name): now - os.stat(Path(markers, name)).st_mtime >= STATIC_SECONDS - 1 for name in os.listdir(markers)}
 
 
 def _start_method() -> str:
@@ -139,15 +144,20 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _died(path: Path) -> AuditResult:
-    return AuditResult(
-        str(path),
-        errors=[ModelError("the process auditing this model died (a crash in a native library)", hint="run with -j 1 --debug to see why")],
-    )
+def _died(path: Path, hung: bool = False) -> AuditResult:
+    if hung:
+        message = f"reading this model did not finish in {STATIC_SECONDS} s (an endless loop in a native library); the process was stopped"
+    else:
+        message = "the process auditing this model died (a crash in a native library)"
+    return AuditResult(str(path), errors=[ModelError(message, hint="run with -j 1 --debug to see why")])
 
 
 _worker: dict[str, Auditors] = {}
 
+
+#: Seconds a static-only audit of one model may take in a worker (``BNAUDIT_STATIC_SECONDS``);
+#: the static checks take milliseconds per model, ResNet-sized ones well under a second.
+STATIC_SECONDS = int(os.environ.get("BNAUDIT_STATIC_SECONDS", "") or 120)
 
 #: What TensorFlow (and the oneDNN/OpenMP kernels under it) read for their thread counts.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
@@ -162,10 +172,24 @@ def _start_worker(plugins: tuple[str, ...], debug: bool, threads: int) -> None:
 
 
 def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str) -> AuditResult:
-    """Audit one model, with a marker file naming it while it is being audited."""
+    """Audit one model, with a marker file naming it while it is being audited.
+
+    A static-only audit runs under an alarm whose default action ends the process: an
+    endless loop inside libhdf5 (a corrupt attribute can cause one) never returns to
+    Python, so only the process's end stops it; the model then counts as hung. Audits
+    that run the model (``--data``, ``--inference``) may legitimately take hours: no alarm.
+    """
     marker = Path(markers, str(index))
     marker.touch()
-    result = _worker["auditors"].audit(path, options)
+    static = not (options.data or options.inference or options.runtime.get("stats"))
+    if static:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(STATIC_SECONDS)
+    try:
+        result = _worker["auditors"].audit(path, options)
+    finally:
+        if static:
+            signal.alarm(0)
     marker.unlink()
     return result
 

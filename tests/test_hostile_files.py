@@ -222,3 +222,23 @@ def test_graph_walks_are_linear_on_a_fan_in():
     chain_end = graph[graph.outputs[0]]
     assert graph.reaches_output(graph[chain_end.producers[0]], is_value_preserving)
     assert list(graph._memo) == [("reaches_output", is_value_preserving)]
+
+
+def test_an_endless_loop_in_libhdf5_costs_its_model_only(tmp_path):
+    """Kind 2, a hang rather than a crash: the fuzzer's file seed 10 #612 (a mutated
+    ``model_config`` attribute) makes libhdf5 loop forever inside one read. The worker
+    is stopped after ``BNAUDIT_STATIC_SECONDS``; the model gets one line, the others a result."""
+    sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+    try:
+        from mutate import make_case
+    finally:
+        sys.path.pop(0)
+    looping = make_case(10, 612, tmp_path)
+    good = SAMPLES / "consecutive_bn.keras"
+    run = run_bnaudit("check", "--format", "json", looping, good, env={"BNAUDIT_STATIC_SECONDS": "3"})
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"bnaudit: error: {looping}: reading this model did not finish in 3 s (an endless loop in a native library); the process was stopped (run with -j 1 --debug to see why)"
+    ]
+    models = {m["path"]: m for m in json.loads(run.stdout)["models"]}
+    assert [(f["code"], f["layer"]) for f in models[str(good)]["findings"]] == [("BN105", "bn2")]

@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=Path("fuzz-faults"), help="where batches with faults are kept")
     args = parser.parse_args()
     started = time.perf_counter()
-    done = clean = refused = faults = 0
+    done = clean = refused = contained = faults = 0
     peak = 0.0
     index = args.start
     while done < args.files and not (args.seconds and time.perf_counter() - started > args.seconds):
@@ -48,6 +48,7 @@ def main() -> int:
                     print(f"  {fault}", file=sys.stderr)
         done, index = done + count, index + count
         clean, refused, faults = clean + report.clean_results, refused + report.refused, faults + len(report.faults)
+        contained += report.contained
         peak = max(peak, report.peak_mib)
         elapsed = time.perf_counter() - started
         print(f"\r{done} files, {faults} faults, {elapsed:.0f} s", end="", file=sys.stderr, flush=True)
@@ -55,7 +56,7 @@ def main() -> int:
     print(file=sys.stderr)
     print(
         f"seed {args.seed}, files {args.start}..{index - 1}: {done} files in {elapsed:.0f} s ({done / elapsed:.1f} files/s); "
-        f"{clean} audited, {refused} refused with one-line errors; {faults} faults; "
+        f"{clean} audited, {refused} refused with one-line errors ({contained} of them native crashes or endless loops, contained); {faults} faults; "
         f"peak RSS per batch {peak:.0f} MiB (bound {MAX_PEAK_MIB}); {platform.machine()}, {platform.python_version()}"
     )
     return 1 if faults else 0
