@@ -40,7 +40,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         if weights is not None:
             try:
                 graph.weights = KerasV3Weights(open_zip_member_h5(str(path), archive, weights))
-            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
                 raise LoadError(f"model.weights.h5 is unreadable ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})", "the file is damaged; save the model again") from None
     return graph
 
