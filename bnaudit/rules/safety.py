@@ -44,7 +44,7 @@ def unsafe_layer(ctx):
         layer = _nearest_layer(ctx.graph, where)
         yield ctx.finding(
             layer,
-            f"{where!r}: {why}; loading the model can execute code",
+            f"{'layer ' if where == layer else ''}{where!r}: {why}; loading the model can execute code",
             details={"object": where, "class_name": entry.get("class_name"), "module": entry.get("module"), "registered_name": entry.get("registered_name")},
             fix="replace it with built-in layers, or load only models from sources you trust",
         )
