@@ -59,8 +59,9 @@ class Layer:
         """The fused or layer activation as a lower-case name, ``None`` when linear."""
         if self.class_name == "Activation" or "activation" in self.config:
             act = self.config.get("activation")
-            if isinstance(act, dict):  # serialized activation object
-                act = act.get("config", {}).get("name") or act.get("class_name")
+            if isinstance(act, dict):  # serialized activation object or function
+                inner = act.get("config")
+                act = (inner.get("name") if isinstance(inner, dict) else inner if isinstance(inner, str) else None) or act.get("class_name")
             act = str(act).lower() if act is not None else None
             return None if act in LINEAR_ACTIVATIONS else act
         named = {

@@ -11,6 +11,7 @@ output, or a peak RSS over the bound.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -69,8 +70,8 @@ def mutate_json(config: dict, rng: random.Random) -> dict:
         target = rng.choice(containers)
         key = rng.choice(list(target.keys()) if isinstance(target, dict) else range(len(target)))
         action = rng.random()
-        if action < 0.45:
-            target[key] = rng.choice(WEIRD_VALUES + WEIRD_STRINGS)
+        if action < 0.45:  # a copy: the shared examples must stay as they are for the next file
+            target[key] = copy.deepcopy(rng.choice(WEIRD_VALUES + WEIRD_STRINGS))
         elif action < 0.6 and isinstance(target, dict):
             del target[key]
         elif action < 0.7 and isinstance(target, dict):
@@ -78,7 +79,7 @@ def mutate_json(config: dict, rng: random.Random) -> dict:
         elif action < 0.8 and isinstance(target, list):
             rng.shuffle(target)
         elif action < 0.9 and isinstance(target, list):
-            target.extend(target[: rng.randint(1, 3)])
+            target.extend(copy.deepcopy(target[: rng.randint(1, 3)]))
         elif isinstance(target[key], str):
             target[key] = target[key] + rng.choice(WEIRD_STRINGS)
         else:
