@@ -240,7 +240,8 @@ def dtype_policy(layer: Layer) -> str:
     """The layer's dtype policy name ("float32", "mixed_float16"), "" where the config has none."""
     dtype = layer.config.get("dtype")
     if isinstance(dtype, dict):
-        return str((dtype.get("config") or {}).get("name", ""))
+        inner = dtype.get("config")
+        return str(inner.get("name", "")) if isinstance(inner, dict) else ""
     return str(dtype or "")
 
 

@@ -159,6 +159,36 @@ _worker: dict[str, Auditors] = {}
 #: the static checks take milliseconds per model, ResNet-sized ones well under a second.
 STATIC_SECONDS = int(os.environ.get("BNAUDIT_STATIC_SECONDS", "") or 120)
 
+#: Address space a static-only audit may add to a worker: configs are capped at 16 MiB and
+#: BN vectors at what the file stores, so a legitimate audit stays far below this.
+STATIC_MEMORY_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def _memory_ceiling(extra: int | None) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``extra`` bytes (Linux;
+    nothing where ``/proc/self/statm`` or ``RLIMIT_AS`` is missing, or ``extra`` is None)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as statm:
+            current = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError, AttributeError):
+        extra = None
+    if extra is None:
+        yield
+        return
+    ceiling = current + extra
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 #: What TensorFlow (and the oneDNN/OpenMP kernels under it) read for their thread counts.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 
@@ -176,8 +206,11 @@ def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str
 
     A static-only audit runs under an alarm whose default action ends the process: an
     endless loop inside libhdf5 (a corrupt attribute can cause one) never returns to
-    Python, so only the process's end stops it; the model then counts as hung. Audits
-    that run the model (``--data``, ``--inference``) may legitimately take hours: no alarm.
+    Python, so only the process's end stops it; the model then counts as hung. It also
+    runs under an address-space ceiling: a corrupt variable-length string can make
+    libhdf5 allocate gigabytes before it checks anything, and with the ceiling that
+    allocation fails and the read is one clean error. Audits that run the model
+    (``--data``, ``--inference``) may legitimately take hours and gigabytes: neither.
     """
     marker = Path(markers, str(index))
     marker.touch()
@@ -186,7 +219,8 @@ def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(STATIC_SECONDS)
     try:
-        result = _worker["auditors"].audit(path, options)
+        with _memory_ceiling(STATIC_MEMORY_BYTES if static else None):
+            result = _worker["auditors"].audit(path, options)
     finally:
         if static:
             signal.alarm(0)

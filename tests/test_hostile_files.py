@@ -239,3 +239,20 @@ def test_an_endless_loop_in_libhdf5_costs_its_model_only(tmp_path):
     ]
     models = {m["path"]: m for m in json.loads(run.stdout)["models"]}
     assert [(f["code"], f["layer"]) for f in models[str(good)]["findings"]] == [("BN105", "bn2")]
+
+
+def test_a_corrupt_variable_length_string_cannot_make_libhdf5_allocate_gigabytes(tmp_path):
+    """Kind 3 (c): the fuzzer's file seed 11 #5745, a ``model_config`` whose global-heap
+    object size is corrupt; libhdf5 allocated 2 GB before failing. Under the worker's
+    address-space ceiling the allocation fails and the read is one clean error."""
+    sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+    try:
+        from mutate import make_case
+    finally:
+        sys.path.pop(0)
+    corrupt = make_case(11, 5745, tmp_path)
+    code, _stdout, stderr, peak = _measured("check", "--format", "json", corrupt)
+    assert code == 2
+    [line] = stderr.splitlines()
+    assert line.startswith(f"bnaudit: error: {corrupt}: the 'model_config' attribute is corrupt (Can't synchronously read data (memory allocation failed")
+    assert peak < 400, f"peak RSS {peak:.0f} MiB"
