@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import pluggy
 
 from .findings import ExitCode, Finding, Severity
+from .graph import ConfigError
 from .keras_builtins import KERAS_LAYER_CLASSES
 from .loaders import LoadError, check_not_lfs_pointer
 from .options import RuntimeOptions, check_selection, check_settings
@@ -196,6 +197,15 @@ class Auditor:
                 return RuleOutcome(rule.code, Status.SKIPPED, reason=f"not checked: see the error of {error.rule}")
             if self.options.debug and not isinstance(stopped.__cause__, LoadError):
                 traceback.print_exception(stopped.__cause__)
+            result.errors.append(error)
+            return RuleOutcome(rule.code, Status.FAILED, error=error)
+        except (LoadError, ConfigError) as exc:
+            exc = exc if isinstance(exc, LoadError) else LoadError(str(exc), "the file was not written by Keras as saved")
+            first = next((e for e in result.errors if e.message == exc.message), None)
+            if first is not None:  # one broken array fails every weights rule: say it once
+                first.rules.append(rule.code)
+                return RuleOutcome(rule.code, Status.SKIPPED, reason=f"not checked: see the error of {first.rule}")
+            error = error_from(exc, rule.code)
             result.errors.append(error)
             return RuleOutcome(rule.code, Status.FAILED, error=error)
         except Exception as exc:

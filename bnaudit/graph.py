@@ -18,6 +18,7 @@ Nothing here imports Keras: the config is plain JSON.
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -94,8 +95,9 @@ class Layer:
         """The fused or layer activation as a lower-case name, ``None`` when linear."""
         if self.class_name == "Activation" or "activation" in self.config:
             act = self.config.get("activation")
-            if isinstance(act, dict):  # serialized activation object
-                act = act.get("config", {}).get("name") or act.get("class_name")
+            if isinstance(act, dict):  # serialized activation object or function
+                inner = act.get("config")
+                act = (inner.get("name") if isinstance(inner, dict) else inner if isinstance(inner, str) else None) or act.get("class_name")
             act = str(act).lower() if act is not None else None
             return None if act in LINEAR_ACTIVATIONS else act
         named = {
@@ -107,6 +109,17 @@ class Layer:
             "ThresholdedReLU": "thresholded_relu",
         }
         return named.get(self.class_name)
+
+    def number(self, key: str, default: float) -> float:
+        """A numeric config value (``epsilon``, ``momentum``), ``default`` when absent.
+
+        Raises:
+            ConfigError: the config holds something else there (a string, a list...).
+        """
+        value = self.config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"layer {self.path!r}: {key} is {str(value)[:40]!r}, not a number")
+        return float(value)
 
     @property
     def input_rank(self) -> int | None:
@@ -144,6 +157,10 @@ class ModelGraph:
     weights: Any = None
     #: What reading the file taught that every report should say (copied to the notes).
     notes: list[str] = field(default_factory=list)
+    #: The model config as the file holds it (BN501 walks every object in it).
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Whole-graph walks computed once (see :meth:`reaches_output`).
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:
@@ -190,10 +207,10 @@ class ModelGraph:
     def consumers_through(self, layer: Layer, through: Callable[[Layer], bool]) -> list[Layer]:
         """The first layers after ``layer`` that ``through`` does not look past (all branches)."""
         found: list[Layer] = []
-        stack = list(self.consumers(layer))
+        stack = deque(self.consumers(layer))
         seen: set[str] = set()
         while stack:
-            consumer = stack.pop(0)
+            consumer = stack.popleft()
             if consumer.path in seen:
                 continue
             seen.add(consumer.path)
@@ -204,23 +221,29 @@ class ModelGraph:
         return found
 
     def reaches_output(self, layer: Layer, through: Callable[[Layer], bool]) -> bool:
-        """True when ``layer``'s value leaves the model unchanged but for ``through`` layers."""
+        """True when ``layer``'s value leaves the model unchanged but for ``through`` layers.
+
+        The layers from which an output is reached through ``through`` layers only are
+        found once per ``through`` (one walk back from the outputs), so asking for every
+        BN stays linear even when thousands of them feed one long shared chain.
+        """
         if layer.path in self.outputs:
             return True
-        current = [layer]
-        seen: set[str] = set()
-        while current:
-            nxt = []
-            for item in current:
-                for consumer in self.consumers(item):
-                    if consumer.path in seen or not through(consumer):
-                        continue
-                    seen.add(consumer.path)
-                    if consumer.path in self.outputs:
-                        return True
-                    nxt.append(consumer)
-            current = nxt
-        return False
+        reaching = self._memo.get(("reaches_output", through))
+        if reaching is None:
+            reaching = self._memo[("reaches_output", through)] = self._reaching_outputs(through)
+        return any(consumer.path in reaching for consumer in self.consumers(layer))
+
+    def _reaching_outputs(self, through: Callable[[Layer], bool]) -> set[str]:
+        """``through`` layers that are an output or feed one of these: a walk back from the outputs."""
+        reaching = {path for path in self.outputs if path in self.layers and through(self.layers[path])}
+        pending = list(reaching)
+        while pending:
+            for producer in self.producers(self.layers[pending.pop()]):
+                if producer.path not in reaching and through(producer):
+                    reaching.add(producer.path)
+                    pending.append(producer.path)
+        return reaching
 
     def enclosing_models(self, layer: Layer) -> list[NestedModel]:
         """The nested models around ``layer``, innermost first."""
@@ -256,7 +279,8 @@ def dtype_policy(layer: Layer) -> str:
     """The layer's dtype policy name ("float32", "mixed_float16"), "" where the config has none."""
     dtype = layer.config.get("dtype")
     if isinstance(dtype, dict):
-        return str((dtype.get("config") or {}).get("name", ""))
+        inner = dtype.get("config")
+        return str(inner.get("name", "")) if isinstance(inner, dict) else ""
     return str(dtype or "")
 
 
@@ -282,7 +306,7 @@ def build_graph(model_config: dict[str, Any]) -> ModelGraph:
             "(subclassed models keep no architecture in the file)"
         )
     config = model_config.get("config") or {}
-    graph = ModelGraph(name=str(config.get("name", "")), class_name=class_name)
+    graph = ModelGraph(name=str(config.get("name", "")), class_name=class_name, config=model_config)
     builder = _Builder(graph)
     inputs, outputs = builder.expand_model(model_config, prefix="", save_path="", trainable=True)
     graph.inputs, graph.outputs = inputs, outputs
@@ -377,12 +401,11 @@ class _Builder:
             self.top_level = name
         if path in self.graph.layers:
             raise ConfigError(f"two layers share the path {path!r}")
-        producers: list[str] = []
+        producers: dict[str, None] = {}  # ordered and deduplicated in linear time (an Add of thousands)
         shapes: list[list[Any]] = []
         for refs in nodes:
             for producer, shape in refs:
-                if producer not in producers:
-                    producers.append(producer)
+                producers[producer] = None
                 if shape is not None:
                     shapes.append(shape)
         layer = self.graph.layers[path] = Layer(
@@ -396,7 +419,7 @@ class _Builder:
             save_path=save_key,
             call_kwargs=[k for k in kwargs],
             input_shapes=shapes,
-            producers=producers,
+            producers=list(producers),
             trainable=trainable and bool(config.get("trainable", True)),
             weight_scopes=(name,),
             top_level=self.top_level,

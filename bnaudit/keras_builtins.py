@@ -174,23 +174,14 @@ KERAS_LAYER_CLASSES = frozenset(
 APPLICATION_LAYER_CLASSES = frozenset({"CustomScaleLayer", "Custom>CustomScaleLayer", "LayerScale", "StochasticDepth"})
 KERAS_LAYER_CLASSES = KERAS_LAYER_CLASSES | APPLICATION_LAYER_CLASSES
 
-#: Layers Keras ships that run arbitrary code or load an external graph when loaded.
-CODE_CARRYING_CLASSES = frozenset({"Lambda", "TFSMLayer"})
-
-
-def why_unsafe(class_name: str, module: str, registered_name: str) -> str:
-    """Why loading this layer would run code from outside Keras ("" when it would not).
-
-    BN501 flags exactly what the runtime refuses to load (unless ``--unsafe-load``)."""
-    if class_name in CODE_CARRYING_CLASSES:
-        return f"{class_name} layers carry code or an external graph"
-    if class_name not in KERAS_LAYER_CLASSES:
-        return f"{class_name!r} is not a Keras built-in layer"
-    if module and not module.startswith("keras"):
-        return f"{class_name!r} comes from module {module!r}, not Keras"
-    if registered_name and registered_name != class_name:
-        return f"{class_name!r} is registered as custom object {registered_name!r}"
-    return ""
+#: Serialized objects Keras ships that run code from the file, load an external graph or
+#: module, or call an operation the file names, when loaded: Lambda (marshalled bytecode),
+#: ``__lambda__`` (a serialized Python function), TFSMLayer (a SavedModel), the Torch,
+#: JAX and Flax wrappers (a pickled module or a function), and tf-keras's op layers
+#: (any TensorFlow symbol by name).
+CODE_CARRYING_CLASSES = frozenset(
+    {"Lambda", "__lambda__", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "TFOpLambda", "SlicingOpLambda"}
+)
 
 
 def _regenerate() -> None:  # pragma: no cover - maintenance helper

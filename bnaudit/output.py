@@ -1,8 +1,13 @@
-"""Writing reports: atomically, so a failed render or a crash never leaves half a file."""
+"""Writing reports: atomically, so a failed render or a crash never leaves half a file.
+
+Atomic (a temporary file renamed over the target) only where the target is a regular
+file or does not exist yet; a device or FIFO is written into, a directory refused.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -22,12 +27,24 @@ def write_atomic(path: str | Path, text: str | bytes) -> None:
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise OutputError(f"cannot write {path}: it is a directory (give a file name)")
+    if mode is not None and not stat.S_ISREG(mode):
+        # A device or FIFO (/dev/null, /dev/stdout, a named pipe): renaming over it would
+        # replace it with a regular file, so write into it.
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        binary = isinstance(text, bytes)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:

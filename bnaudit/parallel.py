@@ -10,7 +10,9 @@ core would only fight over them.
 Results come back in the order the models were given, so ``-j N`` reports exactly what
 ``-j 1`` does. A worker that dies (a native crash on a hostile file) costs only the
 model it was auditing: each worker marks the model it is on, so after a crash the
-marked models are audited again one at a time and the unmarked ones together.
+marked models are audited again one at a time, each in a fresh child, and the unmarked
+ones together. At ``-j 1`` the models are read in one forked worker too, so the same
+holds; only a process that already imported TensorFlow audits in-process.
 
 TensorFlow writes its start-up logs from C++ straight to file descriptor 2, past
 ``TF_CPP_MIN_LOG_LEVEL``; while models are audited that descriptor points at
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -45,27 +49,49 @@ def run_options(command):
 
 
 def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[AuditResult]:
-    """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU)."""
+    """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU).
+
+    Models are read in child processes even at ``-j 1`` (one long-lived forked worker),
+    so a native crash on a hostile file costs that model only. The one exception is a
+    process that already runs TensorFlow (a program calling bnaudit, or the test suite):
+    forking it can deadlock, and a clean child would import TensorFlow again per run, so
+    ``-j 1`` audits in-process there.
+    """
+    if not jobs:
+        return []
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     debug = auditor.options.debug
-    if workers <= 1:
+    if workers <= 1 and _start_method() != "fork":
         with native_stderr_silenced(not debug):
             return [auditor.audit(path, options) for path, options in jobs]
-    results, suspects = _in_pool(jobs, workers, auditor.options)
+    return _isolated(jobs, workers, auditor.options)
+
+
+def _isolated(jobs: Sequence[Job], workers: int, options: AuditOptions) -> list[AuditResult]:
+    """Audit in ``workers`` child processes; after a crash, the model(s) a dead worker was on
+    are audited again alone, each in a fresh child, and the others together; never here."""
+    results, marked = _in_pool(jobs, workers, options)
     lost = [index for index, result in enumerate(results) if result is None]
-    suspects = (suspects & set(lost)) or set(lost)  # none marked: a worker died between audits
+    if not lost:
+        return results  # type: ignore[return-value]
+    if len(jobs) == 1:  # it was alone: that was its re-audit
+        return [_died(jobs[0][0], marked.get(0, False))]
+    suspects = (set(marked) & set(lost)) or set(lost)  # none marked: a worker died between audits
     for index in sorted(suspects):
-        results[index] = _in_pool([jobs[index]], 1, auditor.options)[0][0] or _died(jobs[index][0])
+        alone, hung = _in_pool([jobs[index]], 1, options)
+        results[index] = alone[0] or _died(jobs[index][0], hung.get(0, False))
     innocent = [index for index in lost if index not in suspects]
     if innocent:  # cut short by another model's crash: together again
-        for index, result in zip(innocent, audit_models([jobs[i] for i in innocent], workers, auditor)):
+        again = _isolated([jobs[i] for i in innocent], min(workers, len(innocent)), options)
+        for index, result in zip(innocent, again):
             results[index] = result
     return results  # type: ignore[return-value]
 
 
-def _in_pool(jobs: Sequence[Job], workers: int, options: AuditOptions) -> tuple[list[AuditResult | None], set[int]]:
-    """Results in job order, None where a worker died; and the jobs a dead worker was on."""
-    import multiprocessing  # only with -j: a single-process run starts without it
+def _in_pool(jobs: Sequence[Job], workers: int, options: AuditOptions) -> tuple[list[AuditResult | None], dict[int, bool]]:
+    """Results in job order, None where a worker died; and the jobs a dead worker was on,
+    each with whether it ran out of time (its marker is as old as the time limit)."""
+    import multiprocessing  # only with -j or a child reader: a run without them starts without it
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -85,7 +111,8 @@ def _in_pool(jobs: Sequence[Job], workers: int, options: AuditOptions) -> tuple[
                     results.append(None)
                 except Exception as exc:  # a result that cannot travel back, or a bug: this model only
                     results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
-        return results, {int(name) for name in os.listdir(markers)}
+        now = time.time()
+        return results, {int(name): now - os.stat(Path(markers, name)).st_mtime >= STATIC_SECONDS - 1 for name in os.listdir(markers)}
 
 
 def _start_method() -> str:
@@ -99,14 +126,49 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _died(path: Path) -> AuditResult:
-    return AuditResult(
-        str(path),
-        errors=[ModelError("the process auditing this model died (a crash in a native library)", hint="run with -j 1 --debug to see why")],
-    )
+def _died(path: Path, hung: bool = False) -> AuditResult:
+    if hung:
+        message = f"reading this model did not finish in {STATIC_SECONDS} s (an endless loop in a native library); the process was stopped"
+    else:
+        message = "the process auditing this model died (a crash in a native library)"
+    return AuditResult(str(path), errors=[ModelError(message, hint="run with -j 1 --debug to see why")])
 
 
 _worker: dict[str, Auditor] = {}
+
+
+#: Seconds a static-only audit of one model may take in a worker (``BNAUDIT_STATIC_SECONDS``);
+#: the static checks take milliseconds per model, ResNet-sized ones well under a second.
+STATIC_SECONDS = int(os.environ.get("BNAUDIT_STATIC_SECONDS", "") or 120)
+
+#: Address space a static-only audit may add to a worker: configs are capped at 16 MiB and
+#: BN vectors at what the file stores, so a legitimate audit stays far below this.
+STATIC_MEMORY_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def _memory_ceiling(extra: int | None) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``extra`` bytes (Linux;
+    nothing where ``/proc/self/statm`` or ``RLIMIT_AS`` is missing, or ``extra`` is None)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as statm:
+            current = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError, AttributeError):
+        extra = None
+    if extra is None:
+        yield
+        return
+    ceiling = current + extra
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 #: What TensorFlow (and the oneDNN/OpenMP kernels under it) read for their thread counts.
@@ -123,10 +185,28 @@ def _start_worker(options: AuditOptions, threads: int) -> None:
 
 
 def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str) -> AuditResult:
-    """Audit one model, with a marker file naming it while it is being audited."""
+    """Audit one model, with a marker file naming it while it is being audited.
+
+    A static-only audit runs under an alarm whose default action ends the process: an
+    endless loop inside libhdf5 (a corrupt attribute can cause one) never returns to
+    Python, so only the process's end stops it; the model then counts as hung. It also
+    runs under an address-space ceiling: a corrupt variable-length string can make
+    libhdf5 allocate gigabytes before it checks anything, and with the ceiling that
+    allocation fails and the read is one clean error. Audits that run the model
+    (``--data``, ``--inference``) may legitimately take hours and gigabytes: neither.
+    """
     marker = Path(markers, str(index))
     marker.touch()
-    result = _worker["auditor"].audit(path, options)
+    static = not (options.data or options.inference or options.runtime.statistics.stats)
+    if static:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(STATIC_SECONDS)
+    try:
+        with _memory_ceiling(STATIC_MEMORY_BYTES if static else None):
+            result = _worker["auditor"].audit(path, options)
+    finally:
+        if static:
+            signal.alarm(0)
     marker.unlink()
     return result
 

@@ -46,9 +46,13 @@ def runtime_probe(ctx):
 
 @rule("PR301", "crash-probe", Severity.INFO)
 def crash_probe(ctx):
-    """Dies on models named crash*."""
+    """Dies on models named crash*; segfaults (a real SIGSEGV) on models named segv*."""
     if ctx.model_path.name.startswith("crash"):
         os._exit(3)
+    if ctx.model_path.name.startswith("segv"):
+        import ctypes
+
+        ctypes.string_at(0)
     return []
 
 
@@ -89,8 +93,8 @@ def test_static_rules_run_in_workers_without_tensorflow(probe):
     models = [SAMPLES / name for name in ("bias_before_bn.keras", "consecutive_bn.h5", "frozen_bn.keras", "dead_channels.h5")]
     serial = as_json(run_bnaudit("check", *models, "--isolated", "--format", "json", "-p", "probe_plugin", "--select", "PR101", "-j", "1", env=probe))
     parallel = as_json(run_bnaudit("check", *models, "--isolated", "--format", "json", "-p", "probe_plugin", "--select", "PR101", "-j", "2", env=probe))
-    assert [m["findings"][0]["details"]["worker"] for m in serial] == [False] * 4
-    assert [m["findings"][0]["details"]["worker"] for m in parallel] == [True] * 4
+    assert [m["findings"][0]["details"]["worker"] for m in serial + parallel] == [True] * 8  # -j 1 reads in a child too
+    assert len({m["findings"][0]["details"]["pid"] for m in serial}) == 1  # one long-lived worker
     assert not any(m["findings"][0]["details"]["tensorflow"] for m in serial + parallel)
 
 
@@ -154,3 +158,19 @@ def test_each_worker_caps_tensorflow_threads_at_its_share_of_the_cpus(tmp_path):
     share = max(1, (os.cpu_count() or 1) // 2)
     messages = [f["message"] for m in json.loads(proc.stdout)["models"] for f in m["findings"]]
     assert messages == [f"TF_NUM_INTRAOP_THREADS={share} TF_NUM_INTEROP_THREADS={share} OMP_NUM_THREADS={share}"] * 2
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_native_crashes_cost_their_models_only_at_any_j(probe, tmp_path, jobs):
+    """Three crashing files in one folder (a lone leftover is re-audited in a child, never
+    in the main process) and a real segmentation fault, at -j 1 and -j 2."""
+    shutil.copy(SAMPLES / "consecutive_bn.keras", tmp_path / "a_good.keras")
+    for name in ("crash_1.keras", "crash_2.keras", "segv_3.keras"):
+        shutil.copy(SAMPLES / "clean_conv_bn_relu.keras", tmp_path / name)
+    shutil.copy(SAMPLES / "consecutive_bn.keras", tmp_path / "z_good.keras")
+    proc = run_bnaudit("check", tmp_path, "--isolated", "--format", "json", "-p", "probe_plugin", "--select", "BN105,PR301", "-j", jobs, env=probe)
+    assert proc.returncode == 2
+    found = {Path(m["path"]).name: ({(f["code"], f["layer"]) for f in m["findings"]}, [e["message"] for e in m["errors"]]) for m in as_json(proc)}
+    died = (set(), ["the process auditing this model died (a crash in a native library)"])
+    assert found == {"a_good.keras": ({("BN105", "bn2")}, []), "crash_1.keras": died, "crash_2.keras": died, "segv_3.keras": died, "z_good.keras": ({("BN105", "bn2")}, [])}
+    assert len(proc.stderr.splitlines()) == 3 and "Traceback" not in proc.stderr

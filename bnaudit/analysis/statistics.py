@@ -95,7 +95,7 @@ def fingerprint(moving: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> str:
     """A short hash of each BN's path, moving mean and moving variance (as float64), in path order."""
     digest = hashlib.sha256()
     for path, mean, variance in sorted(moving, key=lambda item: item[0]):
-        digest.update(path.encode())
+        digest.update(path.encode("utf-8", "surrogatepass"))
         digest.update(np.asarray(mean, np.float64).tobytes())
         digest.update(np.asarray(variance, np.float64).tobytes())
     return digest.hexdigest()[:16]

@@ -9,6 +9,8 @@ unreadable model or crashed rule.
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything can import TensorFlow
 
@@ -81,5 +83,13 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point (``bnaudit``)."""
-    cli(prog_name="bnaudit")
+    """Console entry point (``bnaudit``): any exception escaping a command is a bug, never
+    "findings": exit 2 with one line (a traceback with --debug)."""
+    try:
+        cli(prog_name="bnaudit")
+    except Exception as exc:
+        from .options import fail
+
+        if "--debug" in sys.argv:
+            traceback.print_exc()
+        fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and please report it)")

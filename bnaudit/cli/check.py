@@ -19,6 +19,7 @@ from ..findings import ExitCode, Severity
 from ..options import OptionsError, runtime_options
 from ..parallel import audit_models, run_options, timing_lines
 from ..plugins import PluginError
+from ..printable import printable
 from ..reporters import Report
 from ..reporters.text import summary_line
 from ..selection import Selection
@@ -104,14 +105,14 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         for error in result.errors:
             where = f" [{error.where}]" if error.rules else ""
             hint = f" ({error.hint})" if error.hint else ""
-            click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
+            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
     emit(auditor, results, options, pairs, rendering)
     if all(output is not None for _, output in pairs):  # every report in a file: the verdict still shows
         notices.append(summary_line(Report(results=results, rules=auditor.rules)))
     if verbose:
         notices += timing_lines(results, time.perf_counter() - started)
     for line in [] if quiet else notices:
-        click.echo(line, err=True)
+        click.echo(printable(line), err=True)
     code = exit_code(results, options.fail_on)
     if outcome and fail_on_stale and outcome.stale and code == ExitCode.OK:
         code = ExitCode.FINDINGS

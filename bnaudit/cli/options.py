@@ -19,6 +19,7 @@ from ..arguments import data_problem
 from ..findings import ExitCode
 from ..output import terminal_of_stderr, write_atomic
 from ..plugins import collect_reporters
+from ..printable import encoded, printable
 from ..reporters import RenderError, Report
 from .format_pairing import format_for_suffix, pair_formats_and_outputs
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 def fail(message: str) -> None:
     """One line on stderr and exit 2: for errors the user can fix."""
-    click.echo(f"bnaudit: error: {message}", err=True)
+    click.echo(f"bnaudit: error: {printable(message)}", err=True)
     sys.exit(ExitCode.ERROR)
 
 
@@ -82,9 +83,9 @@ def emit(auditor: Auditor, results, options: AuditOptions, pairs, rendering: dic
         except RenderError as exc:
             fail(f"{reporter.name} report{f' {output}' if output else ''}: {exc}")
         if output is None:
-            click.echo(text, nl=False)
+            click.echo(encoded(text), nl=False)
         else:
-            write_atomic(output, text)
+            write_atomic(output, encoded(text))
 
 
 def rendering_options(command: Callable) -> Callable:

@@ -19,6 +19,7 @@ import click
 
 from ..findings import ExitCode
 from ..loaders import LoadError
+from ..printable import printable
 from .options import fail, statistics_options, statistics_runtime
 
 
@@ -69,7 +70,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
         result = auditor.audit(model)
     for error in result.errors:
         hint = f" ({error.hint})" if error.hint else ""
-        click.echo(f"bnaudit: error: {model}: {error.message}{hint}", err=True)
+        click.echo(printable(f"bnaudit: error: {model}: {error.message}{hint}"), err=True)
     if result.errors:
         sys.exit(ExitCode.ERROR)
     measured = result.measurements.get("statistics") or {}
@@ -78,7 +79,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     elif output_format == "json":
         click.echo(json.dumps(measured, indent=2, allow_nan=False))
     else:
-        click.echo(table(measured), nl=False)
+        click.echo("\n".join(map(printable, table(measured).split("\n"))), nl=False)
 
 
 def table(measured: dict[str, Any]) -> str:

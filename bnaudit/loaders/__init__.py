@@ -7,14 +7,25 @@ the file wins. A loader that recognises a file but cannot read it raises
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..graph import ModelGraph
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 
 #: Above this a config is not a plausible Keras model config; refuse rather than parse.
-MAX_CONFIG_BYTES = 256 * 1024 * 1024
+#: The largest ``keras.applications`` config (NASNetLarge, 1,041 layers: 1,033,352 bytes of
+#: ``to_json()`` with Keras 3.15) fits sixteen times over; it also bounds what a small zip
+#: can inflate to.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+#: Suffixes Keras's ``load_model`` chooses its reader by; bnaudit chooses the same way.
+KERAS_SUFFIXES = {".keras": "zip", ".h5": "hdf5", ".hdf5": "hdf5"}
 
 
 class LoadError(Exception):
@@ -38,3 +49,50 @@ def check_not_lfs_pointer(path: Path) -> None:
             "not fetched (Git LFS pointer), not the model itself",
             "run `git lfs pull` (or set `lfs: true` on actions/checkout) and audit again",
         )
+
+
+def claims(path: Path, suffixes: "set[str]", magic: bytes) -> bool:
+    """Whether a loader for ``suffixes`` reads ``path``: by suffix, as Keras's ``load_model``
+    does (so bnaudit audits the bytes Keras would load), by magic bytes only for a file
+    whose suffix Keras does not know."""
+    suffix = path.suffix.lower()
+    if suffix in KERAS_SUFFIXES:
+        return suffix in suffixes
+    return read_head(path, len(magic)) == magic
+
+
+def refuse_polyglot(path: Path) -> None:
+    """Refuse a file that is both an HDF5 file and a zip: two models in one file, of which
+    bnaudit might audit one and Keras load the other."""
+    import h5py
+
+    try:
+        both = zipfile.is_zipfile(path) and h5py.is_hdf5(str(path))
+    except (OSError, ValueError):
+        both = False
+    if both:
+        raise LoadError(
+            "the file is both an HDF5 file and a zip archive (two models in one file)",
+            "Keras never writes such a file; do not load it",
+        )
+
+
+def graph_from_json(text: "str | bytes", where: str) -> "ModelGraph":
+    """Parse a model config and flatten it; every way it can fail is a :class:`LoadError`.
+
+    Raises:
+        LoadError: not JSON, nested deeper than Python's recursion limit, or not a
+            Keras model config.
+    """
+    from ..graph import ConfigError, build_graph
+
+    try:
+        return build_graph(json.loads(text))
+    except RecursionError:
+        raise LoadError(f"{where} nests objects deeper than any Keras config", "the file was not written by Keras as saved") from None
+    except UnicodeDecodeError:
+        raise LoadError(f"{where} is not UTF-8 text", "the file was not written by Keras as saved") from None
+    except (ValueError, ConfigError) as exc:
+        raise LoadError(f"{where}: {exc}") from None
+    except (TypeError, AttributeError, KeyError, IndexError):  # a value of the wrong JSON type somewhere
+        raise LoadError(f"{where} is not a Keras model config (a value has the wrong type or shape)", "the file was not written by Keras as saved") from None

@@ -6,14 +6,14 @@ that wrote the file is the ``keras_version`` attribute (2.x for tf-keras, 3.x fo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
 
-from ..graph import ConfigError, ModelGraph, build_graph
+from ..graph import ModelGraph
 from ..hookspecs import hookimpl
-from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, read_head
+from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, claims, graph_from_json, refuse_polyglot
+from .h5guard import read_text_attribute
 from .weights import LegacyH5Weights
 
 H5_SUFFIXES = {".h5", ".hdf5"}
@@ -21,8 +21,9 @@ H5_SUFFIXES = {".h5", ".hdf5"}
 
 @hookimpl
 def bnaudit_load_model(path: Path) -> ModelGraph | None:
-    if path.suffix.lower() not in H5_SUFFIXES and read_head(path, 8) != HDF5_MAGIC:
+    if not claims(path, H5_SUFFIXES, HDF5_MAGIC):
         return None
+    refuse_polyglot(path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
@@ -40,22 +41,17 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
 
 
 def _graph_from(h5: h5py.File) -> ModelGraph:
-    raw = h5.attrs.get("model_config")
+    raw = read_text_attribute(h5, "model_config", MAX_CONFIG_BYTES)
     if raw is None:
         raise LoadError(
             "the HDF5 file holds weights only (no model_config attribute)",
             "bnaudit needs the architecture: save the whole model with model.save(), not save_weights()",
         )
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf8")
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise LoadError("model_config is too large for a model config")
-    try:
-        graph = build_graph(json.loads(raw))
-    except (ValueError, ConfigError) as exc:
-        raise LoadError(f"model_config: {exc}") from None
-    version = h5.attrs.get("keras_version", b"")
-    graph.keras_version = version.decode() if isinstance(version, bytes) else str(version)
+    if not isinstance(raw, str):
+        raise LoadError("the 'model_config' attribute is not one string")
+    graph = graph_from_json(raw, "model_config")
+    version = read_text_attribute(h5, "keras_version", 64) or ""
+    graph.keras_version = version if isinstance(version, str) else ""
     graph.format = "h5-keras2" if graph.keras_version.startswith("2") else "h5-keras3"
     if graph.format == "h5-keras2":
         _correct_virtual_batch_axes(graph)

@@ -11,18 +11,20 @@ or by layer name (legacy ``.h5``), for the variable names the caller lists.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import struct
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import h5py
 import numpy as np
 
 from . import LoadError
+from .h5guard import get_object, read_dataset, read_text_attribute
 
 if TYPE_CHECKING:
     from ..graph import Layer
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 MAX_CHANNELS = 1 << 24
 #: ``layer_arrays`` refuses an array with more elements than this (1 GiB of float32).
 MAX_ARRAY_ELEMENTS = 1 << 28
+#: A layer's ``weight_names`` list: a few names per variable (HDF5 caps an attribute at 64 KiB
+#: in the compact form; dense attribute storage allows more).
+MAX_WEIGHT_NAMES_BYTES = 16 << 20
 
 
 @dataclass
@@ -70,27 +75,37 @@ def bn_variable_names(layer: "Layer") -> list[str]:
 BN_VECTORS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
-def _read_array(dataset: object, where: str) -> np.ndarray:
-    if not isinstance(dataset, h5py.Dataset):
-        raise LoadError(f"{where} is not an array in the weights file")
-    if dataset.size > MAX_ARRAY_ELEMENTS:
-        raise LoadError(f"{where} has shape {dataset.shape}, too large to read")
-    if dataset.dtype.kind not in "fiu":
-        raise LoadError(f"{where} holds {dataset.dtype}, not numbers")
-    return np.asarray(dataset[()], dtype=np.float64)
+def _read_vector(dataset: object, where: str, channels: int | None) -> np.ndarray:
+    """One BN vector: at most ``channels`` elements (the count the config implies), checked
+    by :func:`~bnaudit.loaders.h5guard.check_dataset` before a byte is read.
 
-
-def _read_vector(dataset: object, where: str) -> np.ndarray:
-    """One value per channel. tf-keras saves a BN with ``virtual_batch_size`` as
-    broadcast-shaped arrays (``(1, 1, C)``): any shape with one axis other than 1 is read flat."""
+    tf-keras saves a BN with ``virtual_batch_size`` as broadcast-shaped arrays
+    (``(1, 1, C)``): any shape with one axis other than 1 is read flat."""
     if isinstance(dataset, h5py.Dataset):
         shape = dataset.shape
-        long = [d for d in shape if d != 1]
-        size = long[0] if len(long) == 1 else (1 if shape and not long else 0)
-        if len(long) > 1 or not shape or not 0 < size <= MAX_CHANNELS:
+        if not shape or len([d for d in shape if d != 1]) > 1:
             raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
-        return _read_array(dataset, where).reshape(-1)
-    return _read_array(dataset, where)
+    values = read_dataset(dataset, where, channels or MAX_CHANNELS).reshape(-1)
+    if channels and values.shape[0] != channels:
+        raise LoadError(f"{where} holds {values.shape[0]} values, but the layer has {channels} channels")
+    return values
+
+
+def bn_channel_count(layer: "Layer") -> int | None:
+    """The channel count the config implies for a BN layer: its input's size on ``axis``.
+
+    None where the config records no input shape or the axis size is unknown.
+    """
+    axis = layer.axis
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    shape = next((s for s in layer.input_shapes if isinstance(s, list)), None)
+    if shape is None:
+        shape = (layer.config.get("build_config") or {}).get("input_shape")
+    if not isinstance(shape, list) or not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return None
+    size = shape[axis]
+    return size if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_CHANNELS else None
 
 
 def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
@@ -105,6 +120,17 @@ def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
     )
 
 
+@contextlib.contextmanager
+def _corrupt_file_is_load_error(where: str) -> Iterator[None]:
+    """libhdf5's errors on a damaged file (h5py raises them as RuntimeError, OSError,
+    KeyError or ValueError) become one :class:`LoadError` saying so."""
+    try:
+        yield
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LoadError(f"{where}: the weights file is corrupt ({detail})", "the file is damaged; save the model again") from None
+
+
 class H5Weights:
     """Base for stores over an open ``h5py.File``; caches what was read."""
 
@@ -115,8 +141,10 @@ class H5Weights:
     def bn_arrays(self, layer: "Layer") -> BNArrays:
         if layer.path not in self._cache:
             where = f"layer {layer.path!r}"
-            datasets = self._datasets(layer, bn_variable_names(layer))
-            values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items() if name in BN_VECTORS}
+            with _corrupt_file_is_load_error(where):
+                datasets = self._datasets(layer, bn_variable_names(layer))
+                channels = bn_channel_count(layer)
+                values = {name: _read_vector(d, f"{where} {name}", channels) for name, d in datasets.items() if name in BN_VECTORS}
             self._cache[layer.path] = _assemble(values, where)
         return self._cache[layer.path]
 
@@ -129,7 +157,8 @@ class H5Weights:
         left out on legacy ``.h5``; a wrong count is a :class:`LoadError` on ``.keras``.
         """
         where = f"layer {layer.path!r}"
-        return {name: _read_array(d, f"{where} {name}") for name, d in self._datasets(layer, names).items()}
+        with _corrupt_file_is_load_error(where):
+            return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS) for name, d in self._datasets(layer, names).items()}
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:  # pragma: no cover - abstract
         """The named variables of ``layer`` as (unread) h5py objects."""
@@ -143,13 +172,13 @@ class KerasV3Weights(H5Weights):
     """``model.weights.h5`` of a ``.keras`` zip: variables under ``<save path>/vars/<i>``."""
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
-        group = self._h5.get(f"{layer.save_path}/vars")
         where = f"layer {layer.path!r} ({layer.save_path})"
+        group = get_object(self._h5, f"{layer.save_path}/vars", where)
         if not isinstance(group, h5py.Group):
             raise LoadError(f"{where}: no variables in the weights file")
         if len(group) != len(names):
             raise LoadError(f"{where}: {len(group)} variables saved, expected {len(names)}")
-        return {name: group.get(str(i)) for i, name in enumerate(names)}
+        return {name: get_object(group, str(i), f"{where} {name}") for i, name in enumerate(names)}
 
 
 class LegacyH5Weights(H5Weights):
@@ -165,19 +194,20 @@ class LegacyH5Weights(H5Weights):
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         top = layer.top_level or layer.path.split("/", 1)[0]
-        root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
-        group = root.get(top)
+        where = f"layer {layer.path!r}"
+        root = get_object(self._h5, "model_weights", where) or self._h5
+        group = get_object(root, top, where)
         if not isinstance(group, h5py.Group):
-            raise LoadError(f"layer {layer.path!r}: no weights group {top!r} in the file")
+            raise LoadError(f"{where}: no weights group {top!r} in the file")
         scopes = layer.weight_scopes or (layer.name,)
         found: dict[str, object] = {}
-        for raw in group.attrs.get("weight_names", []):
-            weight = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
+        weight_names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
+        for weight in [weight_names] if isinstance(weight_names, str) else weight_names:
             owner, _, last = weight.rpartition("/")
             variable = last.split(":")[0]
             # The owner part ends with the layer's name, which may itself hold "/" (``conv1/bn``).
             if variable in names and any(owner == scope or owner.endswith("/" + scope) for scope in scopes):
-                found[variable] = group.get(weight)
+                found[variable] = get_object(group, weight, f"{where} {variable}")
         return found
 
 

@@ -7,7 +7,9 @@ first) and says how many more there are; when ``$GITHUB_STEP_SUMMARY`` is set, e
 finding and error is appended there as a Markdown table.
 
 Values are escaped as the Actions runner expects: ``%``, CR and LF in the message;
-additionally ``:`` and ``,`` in properties (``file=``, ``title=``).
+additionally ``:`` and ``,`` in properties (``file=``, ``title=``). Before that, every
+control character a model's strings hold is made visible (:func:`~bnaudit.printable.printable`),
+so no raw ESC reaches annotation text and no name can end the annotation early.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
+from ..printable import printable
 from . import Report, Reporter
 from .locations import relative_path
 from .text import summary_line
@@ -36,7 +39,9 @@ def escape_property(text: str) -> str:
 
 
 def annotation(kind: str, file: str, title: str, message: str) -> str:
-    return f"::{kind} file={escape_property(file)},title={escape_property(title)}::{escape_data(message)}"
+    """One workflow command; ``message`` may hold line breaks bnaudit put there (the fix)."""
+    message = "\n".join(printable(line) for line in message.split("\n"))
+    return f"::{kind} file={escape_property(printable(file))},title={escape_property(printable(title))}::{escape_data(message)}"
 
 
 def render(report: Report) -> str:
@@ -45,12 +50,12 @@ def render(report: Report) -> str:
         file = relative_path(result.path)
         for error in result.errors:
             title = f"bnaudit: {error.label} failed" if error.rules else "bnaudit: unreadable model"
-            message = error.message + (f" ({error.hint})" if error.hint else "")
+            message = printable(error.message + (f" ({error.hint})" if error.hint else ""))
             entries.append((Severity.ERROR, annotation("error", file, title, message)))
         for f in result.findings:
-            message = f"{f.layer}: {f.message}" if f.layer else f.message
+            message = printable(f"{f.layer}: {f.message}" if f.layer else f.message)
             if f.fix:
-                message += f"\nFix: {f.fix}"
+                message += f"\nFix: {printable(f.fix)}"
             entries.append((f.severity, annotation(COMMANDS[f.severity], file, f"{f.code} {f.name}", message)))
     summary_file = os.environ.get(SUMMARY_ENV)
     lines: list[str] = []
@@ -72,7 +77,8 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
 def _cell(text: str) -> str:
     """Table-cell safe: no HTML, no Markdown markup, no line breaks."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\r", "").replace("\n", "<br>")
+    lines = text.replace("\r", "").split("\n")
+    return "<br>".join(_MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(printable(line), quote=False)) for line in lines)
 
 
 def step_summary(report: Report) -> str:

@@ -26,6 +26,10 @@ def artifact_uri(path: str) -> str:
     """A URI reference for ``path``: relative (percent-encoded) inside the working directory,
     else an absolute ``file://`` URI."""
     location = relative_path(path)
+    try:  # a file name need not be UTF-8: percent-encode the bytes the file system holds
+        raw = os.fsencode(location)
+    except UnicodeEncodeError:
+        raw = location.encode("utf-8", "backslashreplace")
     if location.startswith("/"):
-        return Path(location).as_uri()
-    return quote(location)
+        return "file://" + quote(raw)
+    return quote(raw)

@@ -122,7 +122,7 @@ def fingerprint(finding: Finding) -> str:
     """Stable across re-runs and retraining: the rule and the layer path, nothing measured."""
     import hashlib  # here, like every import only a SARIF report needs: other runs start faster
 
-    return hashlib.sha256(f"{finding.code}\0{finding.layer}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{finding.code}\0{finding.layer}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _execution_notifications(report: Report) -> list[dict[str, Any]]:

@@ -1,4 +1,9 @@
-"""Terminal output, grouped by model, coloured only when asked (TTY and no NO_COLOR)."""
+"""Terminal output, grouped by model, coloured only when asked (TTY and no NO_COLOR).
+
+Every string from a model (path, layer names, messages quoting them) goes through
+:func:`~bnaudit.printable.printable` first: a name cannot start a new line or send the
+terminal an escape sequence.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import click
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
+from ..printable import printable as p
 from . import Report, Reporter
 
 COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -22,19 +28,19 @@ def render(report: Report) -> str:
         errors = [] if report.options.get("errors_on_stderr") else result.errors
         if not (result.findings or errors or notes):
             continue
-        lines.append(style(result.path, bold=True))
+        lines.append(style(p(result.path), bold=True))
         for error in errors:
             where = error.label or "unreadable"
             hint = f" ({error.hint})" if error.hint else ""
-            lines.append(f"  {style('error', fg='red', bold=True)} [{where}] {error.message}{hint}")
+            lines.append(f"  {style('error', fg='red', bold=True)} [{where}] {p(error.message + hint)}")
         for finding in result.findings:
             severity = style(f"{finding.severity.label:<7}", fg=COLOURS[finding.severity])
             layer = finding.layer or "<model>"
-            lines.append(f"  {style(finding.code, bold=True)} {severity} {layer}: {finding.message}")
+            lines.append(f"  {style(p(finding.code), bold=True)} {severity} {p(layer)}: {p(finding.message)}")
             if finding.fix:
-                lines.append(f"        = fix: {finding.fix}")
+                lines.append(f"        = fix: {p(finding.fix)}")
         for note in notes:
-            lines.append(f"  note: {note}")
+            lines.append(f"  note: {p(note)}")
         lines.append("")
     if not quiet:
         lines.append(summary_line(report))

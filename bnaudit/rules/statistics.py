@@ -163,7 +163,7 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list
             layers[bn.path] = {"channels": int(mean.shape[0]), "not_measured": why}
             notes.append(Note(f"BN301-BN303 did not measure {bn.path!r}: {why}"))
             continue
-        drift = compare_layer(measured, mean, variance, float(bn.config.get("epsilon", 1e-3)), dead_ratio)
+        drift = compare_layer(measured, mean, variance, bn.number("epsilon", 1e-3), dead_ratio)
         layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
         drifts.append(drift)
     return drifts, [Measurement("statistics", {"layers": layers}), *notes]

@@ -21,8 +21,11 @@ def _initial_value(initializer) -> float | None:
         return CONSTANT_INITIALIZERS.get(initializer)
     if isinstance(initializer, dict):
         name = initializer.get("class_name")
-        if name in ("Constant", "constant"):
-            value = (initializer.get("config") or {}).get("value")
+        if not isinstance(name, str):
+            return None
+        config = initializer.get("config")
+        if name in ("Constant", "constant") and isinstance(config, dict):
+            value = config.get("value")
             return float(value) if isinstance(value, (int, float)) else None
         return CONSTANT_INITIALIZERS.get(name)
     return None
@@ -173,7 +176,7 @@ def extreme_normalization_scale(ctx):
     """
     for bn in ctx.graph.batchnorms():
         arrays = ctx.bn_arrays(bn)
-        epsilon = float(bn.config.get("epsilon", 1e-3))
+        epsilon = bn.number("epsilon", 1e-3)
         gamma = np.abs(arrays.gamma) if arrays.gamma is not None else np.ones_like(arrays.moving_variance)
         with np.errstate(all="ignore"):
             scale = gamma / np.sqrt(arrays.moving_variance + epsilon)

@@ -21,12 +21,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..arguments import import_user_module
 from ..loaders import LoadError
-from ..keras_builtins import why_unsafe
+from ..code_objects import unsafe_objects
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions
     from ..graph import ModelGraph
     from ..options import RuntimeOptions
+
+#: The oldest Keras the runtime loads models with: the first release with the fixes for
+#: CVE-2025-1550 (3.9.0), CVE-2025-9906 (3.11.0), CVE-2025-9905 (3.11.3), CVE-2026-0897
+#: and CVE-2026-1462 (3.13.2). CVE-2024-3660 was fixed in Keras 2.13; Keras 3 never had it.
+MIN_KERAS = (3, 13, 2)
 
 #: Split the CPU into this many logical devices (tests and machines without GPUs use it
 #: to exercise the multi-device code paths for real).
@@ -60,8 +65,8 @@ def import_tensorflow():
 
 
 def unsafe_layers(graph: "ModelGraph") -> list[str]:
-    """Layers whose loading would run code: refused unless ``--unsafe-load``."""
-    return [f"{layer.path} ({layer.class_name})" for layer in graph if why_unsafe(layer.class_name, layer.module, layer.registered_name)]
+    """Serialized objects whose loading would run code (BN501's list): refused unless ``--unsafe-load``."""
+    return [f"{where} ({entry['class_name']})" for where, entry, _why in unsafe_objects(graph.config)]
 
 
 TF_KERAS_HINT = 'install tf-keras (pip install tf-keras, or "bnaudit[tensorflow]") to run Keras-2 files with the Keras that wrote them'
@@ -98,6 +103,8 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: "RuntimeO
             "only for models you trust: pass --unsafe-load, plus --custom-objects module:dict for custom layers",
         )
     keras = keras_for(graph)
+    if keras.__name__ == "keras":
+        check_keras_version(keras.__version__)
     custom_objects = _custom_objects(runtime_options.custom_objects)
     try:
         return keras.models.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
@@ -107,7 +114,7 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: "RuntimeO
             message, hint = f"{runner} cannot read this Keras {graph.keras_version} file ({_first_line(exc)})", TF_KERAS_HINT
         else:
             message = f"{runner} could not load the model ({_first_line(exc)})"
-            custom = any(why_unsafe(layer.class_name, layer.module, layer.registered_name) for layer in graph)
+            custom = bool(unsafe_objects(graph.config))
             hint = "the static checks still ran; " + (
                 "pass --custom-objects module:dict for the custom layers" if custom else "the model's layers are all Keras built-ins: load it with Keras to see why it fails"
             )
@@ -121,6 +128,21 @@ _QUOTED_CONFIG = re.compile(r"\s*(using|with)?\s*config=\{.*", re.S)
 def _first_line(exc: BaseException) -> str:
     text = _QUOTED_CONFIG.sub("", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+def check_keras_version(version: str) -> None:
+    """Refuse a Keras older than :data:`MIN_KERAS` (its safe mode has known bypasses).
+
+    Raises:
+        LoadError: naming the version found and the one needed.
+    """
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if found < MIN_KERAS:
+        needed = ".".join(map(str, MIN_KERAS))
+        raise LoadError(
+            f"Keras {version} has known model-loading vulnerabilities (see docs/security.md); bnaudit loads models with Keras >= {needed} only",
+            f'pip install "keras>={needed}"',
+        )
 
 
 def _custom_objects(spec: str | None) -> dict[str, Any] | None:

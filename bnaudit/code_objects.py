@@ -1,0 +1,112 @@
+"""Serialized objects in a model config whose loading would run code from the file.
+
+Shared by BN501 (``rules/safety.py``) and the runtime's guard (``runtime/__init__.py``),
+so the runtime refuses to load exactly what BN501 flags. Every object in the config is
+looked at, not only the flattened layers: a Lambda inside a TimeDistributed, an
+activation or initializer naming a function of module ``os``, a ``__lambda__``
+anywhere, a nested or top-level model entry naming a foreign module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+from .keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
+
+#: A module Keras itself serializes classes from: ``keras`` or ``keras.<...>``
+#: (a ``startswith("keras")`` test would pass ``keras_payload``).
+_KERAS_MODULE = re.compile(r"keras(\.[A-Za-z_][A-Za-z0-9_]*)*")
+#: Modules whose functions Keras serializes by name in a model config (activations,
+#: losses, metrics, ops). Any other function, ``keras.config.enable_unsafe_deserialization``
+#: included (CVE-2025-9906), is flagged.
+_KERAS_FUNCTION_MODULE = re.compile(r"keras(\.src)?\.(activations|losses|metrics|ops|backend|random)(\.[A-Za-z_][A-Za-z0-9_]*)*")
+#: Config keys that hold a layer (wrappers, RNNs) or a list of layers (models, stacked cells).
+_LAYER_KEYS = frozenset({"layer", "forward_layer", "backward_layer", "cell"})
+_LAYER_LIST_KEYS = frozenset({"layers", "cells"})
+
+
+def why_unsafe(class_name: str, module: str, registered_name: str, is_layer: bool = True) -> str:
+    """Why loading this serialized object would run code from outside Keras ("" when it would not).
+
+    ``is_layer``: the object sits where Keras expects a layer, so a class outside its
+    built-in layers is custom code.
+    """
+    if class_name in CODE_CARRYING_CLASSES:
+        return f"{class_name} objects carry code, a module or an external graph"
+    if module and not _KERAS_MODULE.fullmatch(module):
+        return f"{class_name!r} comes from module {module!r}, not Keras"
+    if is_layer and class_name not in KERAS_LAYER_CLASSES:
+        return f"{class_name!r} is not a Keras built-in layer"
+    if is_layer and registered_name and registered_name != class_name:
+        return f"{class_name!r} is registered as custom object {registered_name!r}"
+    return ""
+
+
+def _why_function(entry: dict[str, Any]) -> str:
+    name, module = entry.get("config"), str(entry.get("module") or "")
+    if not _KERAS_FUNCTION_MODULE.fullmatch(module):
+        return f"it calls function {name!r} of module {module!r}, not a Keras activation, loss, metric or op"
+    return ""
+
+
+def serialized_objects(config: Any) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """Every serialized object (a dict with a string ``class_name``) in a config:
+    ``(where, object, is_layer)``.
+
+    ``where`` is the layer path for a layer (``base/bn_1``; a wrapped layer below its
+    wrapper, ``td/inner``) and ``owner/key`` for anything else (``fc/kernel_initializer``).
+    Iterative, so a deeply nested config cannot exhaust Python's recursion limit.
+    """
+    stack: list[tuple[Any, str, str, bool]] = [(config, "", "", True)]
+    root = True
+    while stack:
+        value, owner, trail, is_layer = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, owner, trail, is_layer) for item in reversed(value))
+            continue
+        if not isinstance(value, dict):
+            continue
+        here = owner
+        if isinstance(value.get("class_name"), str):
+            if is_layer:
+                inner = value.get("config")
+                name = "" if root else value.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
+                here = "/".join(p for p in (owner, str(name or "")) if p)
+                yield here, value, True
+            else:
+                yield "/".join(p for p in (owner, trail) if p), value, False
+            trail = ""
+        root = False
+        children = []
+        for key, item in value.items():
+            if key in ("class_name", "module", "registered_name", "name"):
+                continue
+            if key == "config" and isinstance(item, dict) and isinstance(value.get("class_name"), str):
+                for inner_key, inner in item.items():
+                    layer = inner_key in _LAYER_KEYS or inner_key in _LAYER_LIST_KEYS
+                    children.append((inner, here, "" if layer else _join(trail, inner_key), layer))
+                continue
+            children.append((item, here, _join(trail, str(key)), False))
+        stack.extend(reversed(children))
+
+
+def _join(trail: str, key: str) -> str:
+    return f"{trail}.{key}" if trail else key
+
+
+def unsafe_objects(config: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """``(where, object, why)`` for each object of ``config`` whose loading would run code
+    (outermost only: a Lambda's serialized function is part of the Lambda's finding)."""
+    found = []
+    for where, entry, is_layer in serialized_objects(config):
+        class_name = entry["class_name"]
+        if class_name == "function":
+            why = _why_function(entry)
+        elif class_name.startswith("__") and class_name != "__lambda__":
+            why = ""  # Keras's own markers: __keras_tensor__, __tuple__, __numpy__, ...
+        else:
+            why = why_unsafe(class_name, str(entry.get("module") or ""), str(entry.get("registered_name") or ""), is_layer)
+        if why and not any(where.startswith(f"{outer}/") for outer, _, _ in found):  # inside a flagged object: said
+            found.append((where, entry, why))
+    return [(where or "<model>", entry, why) for where, entry, why in found]

@@ -1,0 +1,179 @@
+"""Refuse, before a byte is read, every HDF5 feature Keras never writes.
+
+A model file is hostile input. HDF5 can make a dataset's bytes live somewhere else:
+*external storage* (raw bytes in any file the process can read, at any offset),
+*external links* (an object in another HDF5 file), *soft links* and *virtual
+datasets* (a view over other datasets, possibly of itself: libhdf5 then grows
+without bound and crashes). Any of them turns "audit this model" into "read and
+report this local file". Keras (``saving_lib``'s ``H5IOStore`` and the legacy
+``hdf5_format`` writer) only ever creates groups by hard link and plain datasets
+with contiguous (or, for tiny ones, compact) layout and no filters, so anything
+else is refused with a :class:`~bnaudit.loaders.LoadError` naming what was found.
+
+Declared sizes are checked against the bytes the file really stores before h5py
+allocates: a 10 KB file cannot make bnaudit read (and keep) 128 MB per vector, and
+a string attribute cannot claim more bytes than the file holds.
+
+Low-level calls used: ``Group.get(name, getlink=True)`` (the link itself, not its
+target), the dataset creation property list (``get_layout``, ``get_external_count``,
+``get_virtual_count``, ``get_nfilters``), ``DatasetID.get_storage_size`` and
+``get_offset``; ``AttrID.get_type``/``get_space`` for attributes (h5py's ``h5d``,
+``h5p``, ``h5a`` modules, which wrap the HDF5 C API functions of the same names).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from . import LoadError
+
+#: Dataset layouts Keras's writers produce (h5py's default, and compact for tiny data).
+KERAS_LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.COMPACT: "compact"}
+_LAYOUT_NAMES = {h5py.h5d.CHUNKED: "chunked", h5py.h5d.VIRTUAL: "virtual"}
+_LINK_KINDS = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}
+
+
+def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.Dataset | None":
+    """The object at ``path`` below ``parent``, following hard links only (None if absent).
+
+    Each step is looked up as a link first, so a soft or external link is refused
+    without being followed (following an external link opens another file).
+
+    Raises:
+        LoadError: a step is a soft, external or user-defined link, or the file's
+            link table cannot be read.
+    """
+    current: object = parent
+    for part in (p for p in path.split("/") if p):
+        if not isinstance(current, h5py.Group):
+            return None
+        try:
+            link = current.get(part, getlink=True)
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            raise LoadError(f"{where}: the HDF5 link table is corrupt ({_first_line(exc)})", _RESAVE) from None
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            kind = _LINK_KINDS.get(type(link), "a user-defined link")
+            raise LoadError(f"{where}: {part!r} is {kind}, which Keras never writes (it can point at another file)", _HOSTILE)
+        try:
+            current = current[part]
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            raise LoadError(f"{where}: {part!r} cannot be opened ({_first_line(exc)})", _RESAVE) from None
+    return current  # type: ignore[return-value]
+
+
+def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> None:
+    """Refuse a dataset Keras could not have written, or one whose bytes are not in the file.
+
+    Checked, in this order and without reading any data: layout (contiguous or compact),
+    no external storage, no filters, a numeric element type of at most 8 bytes, at most
+    ``max_elements`` elements, and storage that holds exactly the declared bytes inside
+    the file (a dataset declared but never written reads as fill values, from nothing).
+
+    Raises:
+        LoadError: with what was found.
+    """
+    try:
+        plist = dataset.id.get_create_plist()
+        layout = plist.get_layout()
+        if layout not in KERAS_LAYOUTS:
+            name = _LAYOUT_NAMES.get(layout, f"layout {layout}")
+            raise LoadError(f"{where} is a {name} dataset, which Keras never writes", _HOSTILE)
+        if plist.get_external_count():
+            raise LoadError(f"{where} keeps its bytes in an external file, which Keras never writes", _HOSTILE)
+        if plist.get_nfilters():
+            raise LoadError(f"{where} is filtered (compressed), which Keras never writes", _HOSTILE)
+        dtype = dataset.id.get_type()
+        if dtype.get_class() not in (h5py.h5t.FLOAT, h5py.h5t.INTEGER) or dtype.get_size() > 8:
+            raise LoadError(f"{where} holds {dataset.dtype}, not numbers", _HOSTILE)
+        space = dataset.id.get_space()
+        elements = int(space.get_simple_extent_npoints())
+        if elements > max_elements:
+            raise LoadError(f"{where} declares {elements} elements, more than its layer can hold", _HOSTILE)
+        declared = elements * dtype.get_size()
+        stored = int(dataset.id.get_storage_size())
+        if stored != declared:
+            raise LoadError(f"{where} declares {declared} bytes but the file stores {stored}", _HOSTILE)
+        offset = dataset.id.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else 0
+        if offset is not None and offset + declared > dataset.file.id.get_filesize():
+            raise LoadError(f"{where} points past the end of the file", _RESAVE)
+    except LoadError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise LoadError(f"{where}: the HDF5 dataset header is corrupt ({_first_line(exc)})", _RESAVE) from None
+
+
+def read_dataset(dataset: object, where: str, max_elements: int) -> np.ndarray:
+    """The dataset's values as float64, after :func:`check_dataset` (shape as stored).
+
+    Raises:
+        LoadError: the object is not a dataset, fails the checks, or cannot be read.
+    """
+    if not isinstance(dataset, h5py.Dataset):
+        raise LoadError(f"{where} is not an array in the weights file")
+    check_dataset(dataset, where, max_elements)
+    try:
+        return np.asarray(dataset[()], dtype=np.float64)
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise LoadError(f"{where} cannot be read ({_first_line(exc)})", _RESAVE) from None
+
+
+def read_text_attribute(obj: "h5py.Group | h5py.File", name: str, limit: int) -> "str | list[str] | None":
+    """A string (or array of strings) attribute, decoded as UTF-8; None when absent.
+
+    A fixed-length string's declared size is checked against ``limit`` and against the
+    file's size before h5py allocates a buffer for it. A variable-length one (Keras 3's
+    legacy writer) keeps its bytes in the file's global heap, whose object lengths
+    libhdf5 checks against the heap collection it read; a decoded value over ``limit``
+    is refused.
+
+    Raises:
+        LoadError: the attribute is not text, is larger than ``limit`` or the file, or
+            cannot be read.
+    """
+    where = f"the {name!r} attribute"
+    try:
+        if not h5py.h5a.exists(obj.id, name.encode()):
+            return None
+        attr = h5py.h5a.open(obj.id, name.encode())
+        kind = attr.get_type()
+        points = int(attr.get_space().get_simple_extent_npoints())
+        if kind.get_class() != h5py.h5t.STRING:
+            if points == 0 or kind.get_class() in (h5py.h5t.FLOAT, h5py.h5t.INTEGER):
+                return []  # Keras 3's legacy writer stores an empty list as an empty float array
+            raise LoadError(f"{where} is not text", _HOSTILE)
+        if not kind.is_variable_str():
+            declared = points * kind.get_size()
+            if declared > min(limit, obj.file.id.get_filesize()):
+                raise LoadError(f"{where} declares {declared} bytes, more than the file or a model config can hold", _HOSTILE)
+        value = obj.attrs[name]
+        if kind.is_variable_str() and sum(len(v) for v in np.asarray(value, dtype=object).ravel()) > limit:
+            raise LoadError(f"{where} holds more bytes than a model config can", _HOSTILE)
+    except LoadError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, MemoryError) as exc:
+        raise LoadError(f"{where} is corrupt ({_first_line(exc)})", _RESAVE) from None
+    return _decode(value, where)
+
+
+def _decode(value: object, where: str) -> "str | list[str]":
+    try:
+        if isinstance(value, (bytes, np.bytes_)):
+            return bytes(value).decode("utf8")
+        if isinstance(value, str):
+            return value
+        if isinstance(value, np.ndarray):
+            return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in value.ravel().tolist()]
+    except UnicodeDecodeError:
+        raise LoadError(f"{where} is not UTF-8 text", _HOSTILE) from None
+    raise LoadError(f"{where} is not text", _HOSTILE)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+_HOSTILE = "the file was not written by Keras as saved; do not trust it"
+_RESAVE = "the file is damaged; save the model again"
