@@ -240,7 +240,7 @@ def _function(module, name):
 
 CODE_CONFIGS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     # name: (edit, the layer the finding is on, what the message says)
-    "lambda_in_timedistributed": (_lambda_in_wrapper, "relu1", "'relu1/inner': Lambda"),
+    "lambda_in_timedistributed": (_lambda_in_wrapper, "relu1/inner", "'relu1/inner': Lambda"),
     "activation_os_system": (lambda c: layer(c, "conv1")["config"].update(activation=_function("os", "system")), "conv1", "module 'os'"),
     "initializer_builtins": (lambda c: layer(c, "conv1")["config"].update(kernel_initializer={"module": "builtins", "class_name": "function", "config": "exec", "registered_name": "function"}), "conv1", "module 'builtins'"),
     "regularizer_os": (lambda c: layer(c, "conv2")["config"].update(kernel_regularizer=_function("os", "popen")), "conv2", "module 'os'"),

@@ -88,6 +88,7 @@ def test_code_carrying_objects_anywhere_in_the_config_are_flagged_and_refused(tm
     """Kind 4: BN501 flags each, exactly once, on the right layer; the runtime refuses to load it."""
     from bnaudit.loaders import LoadError, keras_zip
     from bnaudit.runtime import load_keras_model
+    from bnaudit.options import RuntimeOptions
 
     paths = {name: H.edit_config(tmp_path, name, edit) for name, (edit, _, _) in H.CODE_CONFIGS.items()}
     run = run_bnaudit("check", "--select", "BN501", "--format", "json", *paths.values())
@@ -100,7 +101,7 @@ def test_code_carrying_objects_anywhere_in_the_config_are_flagged_and_refused(tm
         graph = keras_zip.bnaudit_load_model(path=paths[name])
         graph.weights.close()
         with pytest.raises(LoadError, match="refusing to load a model that can execute code"):
-            load_keras_model(paths[name], graph, {})
+            load_keras_model(paths[name], graph, RuntimeOptions())
 
 
 def test_a_nested_model_naming_module_os_is_flagged(tmp_path):
