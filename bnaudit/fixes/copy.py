@@ -1,0 +1,304 @@
+"""The corrected copy: the model's config as editable JSON plus its weights file opened for writing.
+
+Every fix edits a :class:`ModelCopy` and nothing else, so the three layouts Keras writes
+are handled in one place and a fix never sees which one it is editing:
+
+* ``.keras`` (Keras 3): ``config.json`` and ``model.weights.h5`` inside a zip. Variables
+  live under the layer's save path (``layers/conv2d_3/vars/0..n``), by position, and the
+  save path counts layers of a class per container, so removing a layer renames the
+  groups of the later layers of its class (done here, after the config edit).
+* ``.h5`` written by Keras 2 / tf-keras or by Keras 3's legacy writer: the ``model_config``
+  attribute, and ``model_weights/<layer>/`` groups whose ``weight_names`` attribute lists
+  the datasets in the order Keras loads them (by position), ``layer_names`` the groups.
+
+The input is read once and never opened for writing: the weights are copied to a
+temporary file next to the output, edited there, and the finished copy is moved into
+place with ``os.replace`` (atomic on one filesystem), so a failure leaves no output.
+Nothing from the file is imported or executed; the config is plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
+from ..loaders import LoadError
+from ..loaders.weights import MAX_ARRAY_ELEMENTS, bn_variable_names
+
+#: Format names as the loaders set ``ModelGraph.format``.
+KERAS_ZIP, H5_KERAS2, H5_KERAS3 = "keras", "h5-keras2", "h5-keras3"
+
+
+class FixError(LoadError):
+    """The model cannot be fixed as asked; the message says why and the hint what to do."""
+
+
+def variable_names(layer: Layer) -> list[str]:
+    """The variables of a foldable layer or a BN, in Keras's creation (= saving) order."""
+    bias = ["bias"] if layer.config.get("use_bias", True) else []
+    if layer.class_name in BATCHNORM_CLASSES:
+        return bn_variable_names(layer)
+    if layer.class_name.startswith("Depthwise"):
+        return ["depthwise_kernel", *bias]
+    if layer.class_name.startswith("Separable"):
+        return ["depthwise_kernel", "pointwise_kernel", *bias]
+    return ["kernel", *bias]
+
+
+class ModelCopy:
+    """A model being fixed: ``config`` (the JSON, edited in place) and its variables.
+
+    :param source: the model file (``.keras`` or ``.h5``); only read.
+    :param graph: the graph the loaders built from it (gives the format).
+    :param workdir: a directory on the output's filesystem for the temporary weights file.
+    :raises FixError: for a layout this module cannot rewrite.
+    """
+
+    def __init__(self, source: Path, graph: ModelGraph, workdir: Path) -> None:
+        self.source = source
+        self.format = graph.format
+        self.graph = graph
+        self._weights_path = workdir / "weights.h5"
+        if self.format == KERAS_ZIP:
+            with zipfile.ZipFile(source) as archive:
+                self.config = json.loads(archive.read("config.json"))
+                if "model.weights.h5" not in archive.namelist():
+                    raise FixError("the .keras file holds no model.weights.h5", "save the whole model with model.save()")
+                with archive.open("model.weights.h5") as member, open(self._weights_path, "wb") as out:
+                    shutil.copyfileobj(member, out, 1 << 20)
+        elif self.format in (H5_KERAS2, H5_KERAS3):
+            shutil.copyfile(source, self._weights_path)
+            with h5py.File(self._weights_path, "r") as h5:
+                raw = h5.attrs["model_config"]
+            self.config = json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
+        else:
+            raise FixError(f"cannot rewrite a model of format {self.format!r}", "fixes work on .keras and .h5 files")
+        self.h5 = h5py.File(self._weights_path, "r+")
+        self.dropped_optimizer = False
+        self.refresh()
+
+    # -- the config -------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Rebuild the graph after a config edit (paths, producers, save paths)."""
+        self.graph = build_graph(self.config)
+
+    def entries(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(path, layer entry, enclosing model entry) for every layer and nested model, in config order."""
+
+        def walk(model: dict[str, Any], prefix: str):
+            for entry in (model.get("config") or {}).get("layers") or []:
+                name = entry.get("name") or (entry.get("config") or {}).get("name")
+                yield prefix + name, entry, model
+                if entry.get("class_name") in MODEL_CLASSES:
+                    yield from walk(entry, f"{prefix}{name}/")
+
+        yield from walk(self.config, "")
+
+    def entry(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The config entry of the layer (or nested model) at ``path`` and its enclosing model's."""
+        for found, entry, model in self.entries():
+            if found == path:
+                return entry, model
+        raise KeyError(path)
+
+    # -- the variables ----------------------------------------------------------------
+    def read(self, layer: Layer) -> dict[str, np.ndarray]:
+        """Every variable of ``layer`` (see :func:`variable_names`) as float64."""
+        out = {}
+        for name, dataset in self._datasets(layer).items():
+            if dataset.size > MAX_ARRAY_ELEMENTS or dataset.dtype.kind != "f":
+                raise FixError(f"layer {layer.path!r}: {name} has shape {dataset.shape} {dataset.dtype}, not a float array bnaudit rewrites")
+            out[name] = np.asarray(dataset[()], np.float64)
+        return out
+
+    def write(self, layer: Layer, name: str, values: np.ndarray) -> None:
+        """Overwrite one variable in place (same shape; stored in the file's dtype)."""
+        dataset = self._datasets(layer)[name]
+        if dataset.shape != values.shape:
+            raise FixError(f"layer {layer.path!r}: {name} would change shape {dataset.shape} -> {values.shape}")
+        dataset[()] = values.astype(dataset.dtype)
+
+    def drop_bias(self, layer: Layer) -> None:
+        """Remove ``layer``'s bias variable; the caller sets ``use_bias=False`` in the config."""
+        self.drop_optimizer_state()
+        datasets = self._datasets(layer)
+        if self.format == KERAS_ZIP:
+            group = self.h5[f"{layer.save_path}/vars"]
+            del group[str(len(group) - 1)]  # the bias is created last
+            return
+        group, names = self._legacy_group(layer)
+        bias = datasets["bias"]
+        names = [n for n in names if group.get(n) != bias]
+        del self.h5[bias.name]
+        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+
+    def add_bias(self, layer: Layer, values: np.ndarray) -> None:
+        """Create ``layer``'s bias (it had ``use_bias=False``); the caller sets it True in the config."""
+        self.drop_optimizer_state()
+        datasets = self._datasets(layer)
+        kernel = datasets["pointwise_kernel" if "pointwise_kernel" in datasets else next(iter(datasets))]
+        if self.format == KERAS_ZIP:
+            group = self.h5[f"{layer.save_path}/vars"]
+            group.create_dataset(str(len(group)), data=values.astype(kernel.dtype))
+            return
+        group, names = self._legacy_group(layer)
+        kernel_name = next(n for n in names if group.get(n) == kernel)
+        head, _, last = kernel_name.rpartition("/")
+        bias_name = f"{head}/bias{':0' if last.endswith(':0') else ''}"
+        group.create_dataset(bias_name, data=values.astype(kernel.dtype))
+        names.insert(names.index(kernel_name) + 1, bias_name)  # Keras loads by position: bias follows its kernel
+        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+
+    def remove_layer(self, layer: Layer, replacement: str) -> None:
+        """Delete ``layer`` from the model; its consumers (and outputs) read ``replacement`` instead.
+
+        ``replacement`` is the local name of a single-call layer in the same container.
+        """
+        self.drop_optimizer_state()
+        entry, model = self.entry(layer.path)
+        old = self.graph
+        layers = model["config"]["layers"]
+        layers.remove(entry)
+        for other in layers:
+            for node in other.get("inbound_nodes") or []:
+                _rewire(node, layer.name, replacement)
+        for key in ("output_layers", "outputs"):
+            if key in model["config"]:
+                _rewire(model["config"][key], layer.name, replacement)
+        self.refresh()
+        if self.format == KERAS_ZIP:
+            del self.h5[layer.save_path]
+            moves = [(old[p].save_path, l.save_path) for p, l in self.graph.layers.items() if old[p].save_path != l.save_path]
+            for index, (src, _) in enumerate(moves):  # two steps: a target may be another's source
+                self.h5.move(src, f"{src}.__moving_{index}")
+            for index, (src, dst) in enumerate(moves):
+                self.h5.move(f"{src}.__moving_{index}", dst)
+            return
+        group, names = self._legacy_group(layer)
+        if "/" not in layer.path:
+            root = group.parent
+            root.attrs["layer_names"] = np.array(
+                [n for n in _strings(root.attrs["layer_names"]) if n != layer.name], dtype=h5py.string_dtype()
+            )
+            del root[layer.name]
+            return
+        mine = self._datasets(layer, old[layer.path])
+        gone = {d.name for d in mine.values()}
+        group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
+        for dataset in gone:
+            del self.h5[dataset]
+
+    def drop_optimizer_state(self) -> None:
+        """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
+        if self.dropped_optimizer:
+            return
+        self.dropped_optimizer = True
+        if self.format == KERAS_ZIP:
+            self.config.pop("compile_config", None)
+            if "optimizer" in self.h5:
+                del self.h5["optimizer"]
+        else:
+            if "optimizer_weights" in self.h5:
+                del self.h5["optimizer_weights"]
+            if "training_config" in self.h5.attrs:
+                del self.h5.attrs["training_config"]
+
+    # -- writing ----------------------------------------------------------------------
+    def save(self, out: Path) -> None:
+        """Write the fixed copy to ``out`` atomically, in the input's format."""
+        if self.format != KERAS_ZIP:
+            self.h5.attrs["model_config"] = json.dumps(self.config).encode("utf8")
+        self.h5.close()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            if self.format == KERAS_ZIP:
+                self._write_zip(Path(tmp))
+            else:
+                shutil.copyfile(self._weights_path, tmp)
+            os.replace(tmp, out)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            self.h5 = h5py.File(self._weights_path, "r+")
+
+    def close(self) -> None:
+        if self.h5:
+            self.h5.close()
+
+    def _write_zip(self, target: Path) -> None:
+        with zipfile.ZipFile(self.source) as original, zipfile.ZipFile(target, "w") as archive:
+            for info in original.infolist():
+                if info.filename == "config.json":
+                    archive.writestr(info, json.dumps(self.config))
+                elif info.filename == "model.weights.h5":
+                    archive.write(self._weights_path, info.filename, compress_type=info.compress_type)
+                else:
+                    with original.open(info) as member, archive.open(info, "w") as copy:
+                        shutil.copyfileobj(member, copy, 1 << 20)
+
+    def _datasets(self, layer: Layer, as_saved: Layer | None = None) -> dict[str, h5py.Dataset]:
+        names = variable_names(as_saved or layer)
+        if self.format == KERAS_ZIP:
+            group = self.h5.get(f"{layer.save_path}/vars")
+            if not isinstance(group, h5py.Group) or len(group) != len(names):
+                raise FixError(f"layer {layer.path!r}: the weights file does not hold its {len(names)} variables")
+            return {name: _dataset(group, str(i), layer) for i, name in enumerate(names)}
+        group, weight_names = self._legacy_group(layer)
+        found = {}
+        for weight in weight_names:
+            parts = weight.split("/")
+            variable = parts[-1].split(":")[0]
+            if len(parts) >= 2 and parts[-2] == layer.name and variable in names:
+                found[variable] = _dataset(group, weight, layer)
+        if set(found) != set(names):
+            raise FixError(f"layer {layer.path!r}: the weights file does not hold its variables {names}")
+        return found
+
+    def _legacy_group(self, layer: Layer) -> tuple[h5py.Group, list[str]]:
+        root = self.h5.get("model_weights", self.h5)
+        group = root.get(layer.path.split("/", 1)[0])
+        if not isinstance(group, h5py.Group):
+            raise FixError(f"layer {layer.path!r}: no weights group in the file")
+        return group, _strings(group.attrs.get("weight_names", []))
+
+
+def _dataset(group: h5py.Group, key: str, layer: Layer) -> h5py.Dataset:
+    value = group.get(key)
+    if not isinstance(value, h5py.Dataset):
+        raise FixError(f"layer {layer.path!r}: {key} is not an array in the weights file")
+    return value
+
+
+def _strings(values) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _rewire(node: Any, old: str, new: str) -> None:
+    """Point every reference to layer ``old`` in a config fragment at ``new`` (its node 0, tensor 0)."""
+    if isinstance(node, dict):
+        history = (node.get("config") or {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
+        if isinstance(history, list) and history and history[0] == old:
+            history[:3] = [new, 0, 0]
+            return
+        for value in node.values():
+            _rewire(value, old, new)
+    elif isinstance(node, list):
+        if len(node) >= 3 and node[0] == old and isinstance(node[1], int) and isinstance(node[2], int):
+            node[1:3] = [0, 0]
+            node[0] = new
+            return
+        for value in node:
+            _rewire(value, old, new)
