@@ -37,3 +37,16 @@ def audit(
         fail_on=Severity.ERROR,
     )
     return Auditor(options).audit(path)
+
+
+def fix(path: str | Path, out: str | Path, **options: Any):
+    """Write a fixed copy of ``path`` to ``out`` and return its :class:`~bnaudit.fixes.FixReport`.
+
+    The keywords are those of :func:`bnaudit.fixes.fix` (``unbake``, ``absorb_bias``,
+    ``fold``, ``recalibrate``, ``all_fixes``, ``data``, ``stats``...); ``report.changes``
+    is the change list. Raises :class:`~bnaudit.loaders.LoadError` for bad input, with
+    nothing written. Imported lazily so ``import bnaudit`` stays light.
+    """
+    from .fixes import fix as run
+
+    return run(path, out, **options)

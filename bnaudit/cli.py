@@ -22,6 +22,7 @@ import click
 from . import __version__
 from . import baseline as baselines
 from .config import ConfigError, config_options, given_on_command_line, load as load_config
+from .fix_cli import fix
 from .engine import AuditOptions, Auditor, discover, exit_code
 from .findings import ExitCode, Severity
 from .format_pairing import FormatOutputCommand, pair_formats_and_outputs
@@ -242,6 +243,7 @@ def formats() -> None:
 cli.add_command(report)
 cli.add_command(stats)
 cli.add_command(merge)
+cli.add_command(fix)
 
 
 def _rules(plugins: tuple[str, ...]):

@@ -90,7 +90,8 @@ def fix(
     if verify:
         modules = {unbaking.NAME: unbaking, recalibration.NAME: recalibration, absorb.NAME: absorb, folding.NAME: folding}
         static = [code for name in report.fixes for code in modules[name].CODES if code in ("BN102", "BN106", "BN202")]
-        report.proof = prove(path, out, graph, report.fixes, static, {**options, "data": data})
+        changed = [name for name in report.fixes if any(change.fix == name for change in report.changes)]
+        report.proof = prove(path, out, graph, changed, static, {**options, "data": data})
     else:
         report.proof.detail = "not asked for (--no-verify)"
     return report

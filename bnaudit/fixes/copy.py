@@ -200,18 +200,17 @@ class ModelCopy:
 
     def drop_optimizer_state(self) -> None:
         """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
-        if self.dropped_optimizer:
-            return
-        self.dropped_optimizer = True
         if self.format == KERAS_ZIP:
-            self.config.pop("compile_config", None)
-            if "optimizer" in self.h5:
+            found = [self.config.pop("compile_config", None) is not None, "optimizer" in self.h5]
+            if found[1]:
                 del self.h5["optimizer"]
         else:
-            if "optimizer_weights" in self.h5:
+            found = ["optimizer_weights" in self.h5, "training_config" in self.h5.attrs]
+            if found[0]:
                 del self.h5["optimizer_weights"]
-            if "training_config" in self.h5.attrs:
+            if found[1]:
                 del self.h5.attrs["training_config"]
+        self.dropped_optimizer = self.dropped_optimizer or any(found)
 
     # -- writing ----------------------------------------------------------------------
     def save(self, out: Path) -> None:
