@@ -81,6 +81,8 @@ def fix(
                     changes, refused = recalibration.apply(copy, measured)
                 else:
                     changes, refused = {unbaking.NAME: unbaking, absorb.NAME: absorb, folding.NAME: folding}[name].apply(copy)
+                if name == folding.NAME and refused and not changes:
+                    raise FixError(f"no BN can be folded ({refused[0].layer}: {refused[0].why})", "nothing was written")
                 report.changes += changes
                 report.refused += refused
             report.dropped_optimizer_state = copy.dropped_optimizer

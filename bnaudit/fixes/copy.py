@@ -255,16 +255,13 @@ class ModelCopy:
             if not isinstance(group, h5py.Group) or len(group) != len(names):
                 raise FixError(f"layer {layer.path!r}: the weights file does not hold its {len(names)} variables")
             return {name: _dataset(group, str(i), layer) for i, name in enumerate(names)}
+        # By position among the layer's own entries, as Keras loads them: the names differ
+        # between writers (Keras 3 calls a depthwise kernel "kernel", Keras 2 "depthwise_kernel").
         group, weight_names = self._legacy_group(layer)
-        found = {}
-        for weight in weight_names:
-            parts = weight.split("/")
-            variable = parts[-1].split(":")[0]
-            if len(parts) >= 2 and parts[-2] == layer.name and variable in names:
-                found[variable] = _dataset(group, weight, layer)
-        if set(found) != set(names):
-            raise FixError(f"layer {layer.path!r}: the weights file does not hold its variables {names}")
-        return found
+        mine = [w for w in weight_names if w.split("/")[-2:-1] == [layer.name]]
+        if len(mine) != len(names):
+            raise FixError(f"layer {layer.path!r}: the weights file holds {len(mine)} variables, expected {len(names)} ({', '.join(names)})")
+        return {name: _dataset(group, weight, layer) for name, weight in zip(names, mine)}
 
     def _legacy_group(self, layer: Layer) -> tuple[h5py.Group, list[str]]:
         root = self.h5.get("model_weights", self.h5)

@@ -107,10 +107,10 @@ def _compare_outputs(original: Path, copy: Path, graph, applied: list[str], opti
 
         batches = list(iter_batches(options["data"], before, SAMPLES, int(options.get("max_samples") or SAMPLES)))
         inputs = [np.concatenate(parts) for parts in zip(*batches)]
-        proof.inputs = f"the first samples of {options['data']}"
+        proof.inputs = f"samples of {options['data']} (the first)"
     else:
         inputs = synthetic_inputs(before, SAMPLES, int(options.get("seed") or 0), integer_high(graph))
-        proof.inputs = "seeded synthetic N(0, 1) inputs"
+        proof.inputs = "seeded synthetic N(0, 1) samples"
     proof.samples = len(inputs[0])
     feed = inputs[0] if len(inputs) == 1 else inputs
     expected = _flat(before.predict(feed, batch_size=SAMPLES, verbose=0))
