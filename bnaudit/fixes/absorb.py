@@ -29,14 +29,14 @@ def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
     changes = []
     for path, bns in targets.items():
         producer = graph[path]
-        bias = copy.read(producer)["bias"]
+        bias = copy.read(producer, ("bias",))["bias"]
         for bn in bns:
-            old = copy.read(bn)["moving_mean"]
+            old = copy.read(bn, ("moving_mean",))["moving_mean"]
             new = old - bias
             copy.write(bn, "moving_mean", new)
             changes.append(Change(NAME, bn.path, f"moving_mean -= bias of {path!r}", [ArrayChange.between("moving_mean", old, new)]))
         copy.drop_bias(producer)
-        copy.entry(path)[0]["config"]["use_bias"] = False
+        copy.entry(path)["config"]["use_bias"] = False
         changes.append(Change(NAME, path, "use_bias=False", [ArrayChange.of("bias", "removed", bias)]))
     copy.refresh()
     return changes, []

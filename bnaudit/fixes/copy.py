@@ -19,6 +19,7 @@ Nothing from the file is imported or executed; the config is plain JSON.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ import numpy as np
 
 from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
 from ..loaders import LoadError
-from ..loaders.weights import MAX_ARRAY_ELEMENTS, bn_variable_names
+from ..loaders.weights import MAX_ARRAY_ELEMENTS, bn_variable_names, zip_member_file
 
 #: Format names as the loaders set ``ModelGraph.format``.
 KERAS_ZIP, H5_KERAS2, H5_KERAS3 = "keras", "h5-keras2", "h5-keras3"
@@ -74,8 +75,6 @@ class ModelCopy:
                 self.config = json.loads(archive.read("config.json"))
                 if "model.weights.h5" not in archive.namelist():
                     raise FixError("the .keras file holds no model.weights.h5", "save the whole model with model.save()")
-                with archive.open("model.weights.h5") as member, open(self._weights_path, "wb") as out:
-                    shutil.copyfileobj(member, out, 1 << 20)
         elif self.format in (H5_KERAS2, H5_KERAS3):
             shutil.copyfile(source, self._weights_path)
             with h5py.File(self._weights_path, "r") as h5:
@@ -83,14 +82,31 @@ class ModelCopy:
             self.config = json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
         else:
             raise FixError(f"cannot rewrite a model of format {self.format!r}", "fixes work on .keras and .h5 files")
-        self.h5 = h5py.File(self._weights_path, "r+")
+        self._h5: h5py.File | None = None
         self.dropped_optimizer = False
         self.refresh()
+
+    @property
+    def h5(self) -> h5py.File:
+        """The weights, opened for writing on first use (a config-only fix never copies them out of a zip)."""
+        if self._h5 is None:
+            if self.format == KERAS_ZIP and not self._weights_path.exists():
+                with zipfile.ZipFile(self.source) as archive, _member(self.source, archive, "model.weights.h5") as member, open(self._weights_path, "wb") as out:
+                    shutil.copyfileobj(member, out, 1 << 22)
+            self._h5 = h5py.File(self._weights_path, "r+")
+        return self._h5
 
     # -- the config -------------------------------------------------------------------
     def refresh(self) -> None:
         """Rebuild the graph after a config edit (paths, producers, save paths)."""
         self.graph = build_graph(self.config)
+
+    def _models(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(path, entry) of the model and every nested model."""
+        yield "", self.config
+        for path, entry, _ in self.entries():
+            if entry.get("class_name") in MODEL_CLASSES:
+                yield path, entry
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(path, layer entry, enclosing model entry) for every layer and nested model, in config order."""
@@ -104,7 +120,11 @@ class ModelCopy:
 
         yield from walk(self.config, "")
 
-    def entry(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def entry(self, path: str) -> dict[str, Any]:
+        """The config entry of the layer (or nested model) at ``path``."""
+        return self.entry_pair(path)[0]
+
+    def entry_pair(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The config entry of the layer (or nested model) at ``path`` and its enclosing model's."""
         for found, entry, model in self.entries():
             if found == path:
@@ -112,13 +132,16 @@ class ModelCopy:
         raise KeyError(path)
 
     # -- the variables ----------------------------------------------------------------
-    def read(self, layer: Layer) -> dict[str, np.ndarray]:
-        """Every variable of ``layer`` (see :func:`variable_names`) as float64."""
+    def read(self, layer: Layer, names: tuple[str, ...] | None = None, dtype: Any = np.float64) -> dict[str, np.ndarray]:
+        """The variables of ``layer`` (all, see :func:`variable_names`, or those in ``names``) as ``dtype``
+        (None: as stored, which spares a float64 copy of large kernels)."""
         out = {}
         for name, dataset in self._datasets(layer).items():
+            if names is not None and name not in names:
+                continue
             if dataset.size > MAX_ARRAY_ELEMENTS or dataset.dtype.kind != "f":
                 raise FixError(f"layer {layer.path!r}: {name} has shape {dataset.shape} {dataset.dtype}, not a float array bnaudit rewrites")
-            out[name] = np.asarray(dataset[()], np.float64)
+            out[name] = np.asarray(dataset[()], dtype)
         return out
 
     def write(self, layer: Layer, name: str, values: np.ndarray) -> None:
@@ -159,44 +182,47 @@ class ModelCopy:
         names.insert(names.index(kernel_name) + 1, bias_name)  # Keras loads by position: bias follows its kernel
         group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
 
-    def remove_layer(self, layer: Layer, replacement: str) -> None:
-        """Delete ``layer`` from the model; its consumers (and outputs) read ``replacement`` instead.
-
-        ``replacement`` is the local name of a single-call layer in the same container.
-        """
+    def remove_layers(self, replaced: dict[str, str]) -> None:
+        """Delete the layers at the paths in ``replaced``; their consumers (and outputs) read the
+        layer named by the value instead (a single-call layer in the same container).
+        One config walk, one graph rebuild and one renaming of save paths for all of them."""
         self.drop_optimizer_state()
-        entry, model = self.entry(layer.path)
         old = self.graph
-        layers = model["config"]["layers"]
-        layers.remove(entry)
-        for other in layers:
-            for node in other.get("inbound_nodes") or []:
-                _rewire(node, layer.name, replacement)
-        for key in ("output_layers", "outputs"):
-            if key in model["config"]:
-                _rewire(model["config"][key], layer.name, replacement)
+        entries = {path: self.entry_pair(path) for path in replaced}
+        for path, (entry, model) in entries.items():
+            model["config"]["layers"].remove(entry)
+        renames: dict[int, dict[str, str]] = {}
+        for path, (_, model) in entries.items():
+            renames.setdefault(id(model), {})[old[path].name] = replaced[path]
+        for _, model in self._models():
+            names = renames.get(id(model))
+            if names:
+                for other in model["config"]["layers"]:
+                    _rewire(other.get("inbound_nodes"), names)
+                for key in ("output_layers", "outputs"):
+                    _rewire(model["config"].get(key), names)
         self.refresh()
         if self.format == KERAS_ZIP:
-            del self.h5[layer.save_path]
+            for path in replaced:
+                del self.h5[old[path].save_path]
             moves = [(old[p].save_path, l.save_path) for p, l in self.graph.layers.items() if old[p].save_path != l.save_path]
             for index, (src, _) in enumerate(moves):  # two steps: a target may be another's source
                 self.h5.move(src, f"{src}.__moving_{index}")
             for index, (src, dst) in enumerate(moves):
                 self.h5.move(f"{src}.__moving_{index}", dst)
             return
-        group, names = self._legacy_group(layer)
-        if "/" not in layer.path:
-            root = group.parent
-            root.attrs["layer_names"] = np.array(
-                [n for n in _strings(root.attrs["layer_names"]) if n != layer.name], dtype=h5py.string_dtype()
-            )
-            del root[layer.name]
-            return
-        mine = self._datasets(layer, old[layer.path])
-        gone = {d.name for d in mine.values()}
-        group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
-        for dataset in gone:
-            del self.h5[dataset]
+        for path in replaced:
+            layer = old[path]
+            group, names = self._legacy_group(layer)
+            if "/" not in layer.path:
+                root = group.parent
+                root.attrs["layer_names"] = np.array([n for n in _strings(root.attrs["layer_names"]) if n != layer.name], dtype=h5py.string_dtype())
+                del root[layer.name]
+                continue
+            gone = {d.name for d in self._datasets(layer).values()}
+            group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
+            for dataset in gone:
+                del self.h5[dataset]
 
     def drop_optimizer_state(self) -> None:
         """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
@@ -217,7 +243,7 @@ class ModelCopy:
         """Write the fixed copy to ``out`` atomically, in the input's format."""
         if self.format != KERAS_ZIP:
             self.h5.attrs["model_config"] = json.dumps(self.config).encode("utf8")
-        self.h5.close()
+        self.close()
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
@@ -230,19 +256,18 @@ class ModelCopy:
         except BaseException:
             os.unlink(tmp)
             raise
-        finally:
-            self.h5 = h5py.File(self._weights_path, "r+")
 
     def close(self) -> None:
-        if self.h5:
-            self.h5.close()
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
 
     def _write_zip(self, target: Path) -> None:
         with zipfile.ZipFile(self.source) as original, zipfile.ZipFile(target, "w") as archive:
             for info in original.infolist():
                 if info.filename == "config.json":
                     archive.writestr(info, json.dumps(self.config))
-                elif info.filename == "model.weights.h5":
+                elif info.filename == "model.weights.h5" and self._weights_path.exists():
                     archive.write(self._weights_path, info.filename, compress_type=info.compress_type)
                 else:
                     with original.open(info) as member, archive.open(info, "w") as copy:
@@ -271,6 +296,14 @@ class ModelCopy:
         return group, _strings(group.attrs.get("weight_names", []))
 
 
+def _member(path: Path, archive: zipfile.ZipFile, name: str):
+    """A zip member to read: in place when stored (as Keras writes it), else decompressed."""
+    info = archive.getinfo(name)
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+        return io.BufferedReader(zip_member_file(str(path), info), 1 << 22)
+    return archive.open(info)
+
+
 def _dataset(group: h5py.Group, key: str, layer: Layer) -> h5py.Dataset:
     value = group.get(key)
     if not isinstance(value, h5py.Dataset):
@@ -282,19 +315,18 @@ def _strings(values) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _rewire(node: Any, old: str, new: str) -> None:
-    """Point every reference to layer ``old`` in a config fragment at ``new`` (its node 0, tensor 0)."""
+def _rewire(node: Any, names: dict[str, str]) -> None:
+    """Point every reference to a layer named in ``names`` at its replacement (node 0, tensor 0)."""
     if isinstance(node, dict):
         history = (node.get("config") or {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
-        if isinstance(history, list) and history and history[0] == old:
-            history[:3] = [new, 0, 0]
+        if isinstance(history, list) and history and history[0] in names:
+            history[:3] = [names[history[0]], 0, 0]
             return
         for value in node.values():
-            _rewire(value, old, new)
+            _rewire(value, names)
     elif isinstance(node, list):
-        if len(node) >= 3 and node[0] == old and isinstance(node[1], int) and isinstance(node[2], int):
-            node[1:3] = [0, 0]
-            node[0] = new
+        if len(node) >= 3 and node[0] in names and isinstance(node[1], int) and isinstance(node[2], int):
+            node[:3] = [names[node[0]], 0, 0]
             return
         for value in node:
-            _rewire(value, old, new)
+            _rewire(value, names)

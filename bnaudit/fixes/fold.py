@@ -67,20 +67,22 @@ def why_not_foldable(graph: ModelGraph, bn: Layer) -> str | None:
 
 def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
     changes: list[Change] = []
-    refused: list[Refusal] = []
-    done: set[str] = set()
-    while True:  # each removal renames save paths: find the next BN on the refreshed graph
+    refused: dict[str, Refusal] = {}
+    while True:  # rounds: a BN right after a folded one (BN105) becomes foldable in the next
         graph = copy.graph
-        pending = [bn for bn in graph.batchnorms() if bn.path not in done]
-        if not pending:
-            return changes, refused
-        bn = pending[0]
-        done.add(bn.path)
-        why = why_not_foldable(graph, bn)
-        if why:
-            refused.append(Refusal(NAME, bn.path, why))
-            continue
-        changes += _fold(copy, bn, graph[bn.producers[0]])
+        foldable: dict[str, str] = {}
+        for bn in graph.batchnorms():
+            why = why_not_foldable(graph, bn)
+            if why:
+                refused[bn.path] = Refusal(NAME, bn.path, why)
+            else:
+                refused.pop(bn.path, None)
+                foldable[bn.path] = bn.producers[0]
+        if not foldable:
+            return changes, list(refused.values())
+        for path, producer in foldable.items():
+            changes += _fold(copy, graph[path], graph[producer])
+        copy.remove_layers({path: graph[producer].name for path, producer in foldable.items()})
 
 
 def _fold(copy: ModelCopy, bn: Layer, layer: Layer) -> list[Change]:
@@ -88,17 +90,18 @@ def _fold(copy: ModelCopy, bn: Layer, layer: Layer) -> list[Change]:
     channels = stats["moving_mean"].shape[0]
     scale = stats.get("gamma", np.ones(channels)) / np.sqrt(stats["moving_variance"] + float(bn.config.get("epsilon", 1e-3)))
     shift = stats.get("beta", np.zeros(channels)) - scale * stats["moving_mean"]
-    old = copy.read(layer)
+    old = copy.read(layer, dtype=None)  # kernels in their own dtype: one rounding, no float64 copy
     kernel_name = "pointwise_kernel" if "pointwise_kernel" in old else next(iter(old))
     kernel = old[kernel_name]
+    scale = scale.astype(kernel.dtype)
     if layer.class_name.endswith("Transpose"):
         new_kernel = kernel * scale[:, None]
     elif layer.class_name.startswith("Depthwise"):
         new_kernel = kernel * scale.reshape(kernel.shape[-2:])
     else:
         new_kernel = kernel * scale
-    bias = old.get("bias", np.zeros(channels))
-    new_bias = scale * bias + shift
+    bias = old.get("bias", np.zeros(channels)).astype(np.float64)
+    new_bias = scale.astype(np.float64) * bias + shift
     copy.write(layer, kernel_name, new_kernel)
     arrays = [ArrayChange.between(kernel_name, kernel, new_kernel)]
     if "bias" in old:
@@ -106,10 +109,9 @@ def _fold(copy: ModelCopy, bn: Layer, layer: Layer) -> list[Change]:
         arrays.append(ArrayChange.between("bias", bias, new_bias))
     else:
         copy.add_bias(layer, new_bias)
-        copy.entry(layer.path)[0]["config"]["use_bias"] = True
+        copy.entry(layer.path)["config"]["use_bias"] = True
         arrays.append(ArrayChange.of("bias", "added", new_bias))
     removed = [ArrayChange.of(name, "removed", values) for name, values in stats.items()]
-    copy.remove_layer(bn, layer.name)
     return [
         Change(NAME, layer.path, f"folded BN {bn.path!r} into the kernel and bias", arrays),
         Change(NAME, bn.path, f"removed; its consumers read {layer.path!r}", removed),

@@ -22,7 +22,7 @@ def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
     sources = {baked_training(copy.graph, bn) for bn in copy.graph.batchnorms()} - {None}
     changes = []
     for path in sorted(sources):
-        entry, _ = copy.entry(path)
+        entry = copy.entry(path)
         removed = sum(_drop_training(node) for node in entry.get("inbound_nodes") or [])
         changes.append(Change(NAME, path, f"removed training=True from {removed} call(s)"))
     copy.refresh()

@@ -191,6 +191,17 @@ class _ZipMemberFile(io.RawIOBase):
         super().close()
 
 
+def zip_member_file(path: str, info: zipfile.ZipInfo) -> io.RawIOBase:
+    """A stored (uncompressed, unencrypted) zip member as a seekable file, read where it lies."""
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise LoadError(f"corrupt zip: bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return _ZipMemberFile(path, info.header_offset + 30 + name_len + extra_len, info.file_size)
+
+
 def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
     """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
 
@@ -198,14 +209,7 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
     """
     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-        with open(path, "rb") as handle:
-            handle.seek(info.header_offset)
-            header = handle.read(30)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise LoadError(f"corrupt zip: bad local header for {info.filename}")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        start = info.header_offset + 30 + name_len + extra_len
-        member = _ZipMemberFile(path, start, info.file_size)
+        member = zip_member_file(path, info)
         try:
             return h5py.File(member, "r")
         except BaseException:
