@@ -295,3 +295,26 @@ def test_unfoldable_model_and_wrong_data_write_nothing(tmp_path, samples):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.npy"]
     run = run_bnaudit("fix", tmp_path / "wrong.npy", "-o", tmp_path / "z.npy", "--fold")
     assert run.returncode == 2 and "not a model file bnaudit can read" in run.stderr
+
+
+@pytest.mark.slow
+def test_resnet50_absorb_then_fold_within_tolerance(tmp_path):
+    """keras.applications.ResNet50: every conv before a BN keeps its bias (BN102 x 53); absorb, then fold all 53."""
+    import keras
+
+    from model_builders import set_trained_statistics
+
+    model = keras.applications.ResNet50(weights=None)
+    set_trained_statistics(model, seed=5)
+    source = tmp_path / "resnet50.keras"
+    model.save(source)
+    before = findings(source)
+    assert sum(code == "BN102" for code, _ in before) == 53
+    absorbed = fix(source, tmp_path / "absorbed.keras", absorb_bias=True)
+    assert absorbed.proof.status == "passed" and absorbed.proof.outputs_max_abs_delta < 1e-4
+    assert findings(tmp_path / "absorbed.keras") == {f for f in before if f[0] != "BN102"}
+    folded = fix(tmp_path / "absorbed.keras", tmp_path / "folded.keras", fold=True)
+    assert folded.refused == [] and batchnorm_paths(tmp_path / "folded.keras") == []
+    assert sum(c.what.startswith("folded") for c in folded.changes) == 53
+    assert folded.proof.status == "passed", folded.proof
+    assert folded.proof.outputs_max_abs_delta < 1e-4
