@@ -49,7 +49,7 @@ def trained_resnet50(path: Path) -> None:
 CHILD = """
 import resource, sys, time
 started = time.perf_counter()
-from bnaudit.fix_cli import fix
+from bnaudit.cli.fix import fix
 try:
     fix.main(sys.argv[1:], standalone_mode=False)
 except SystemExit:

@@ -96,8 +96,8 @@ def load_as_written(path: Path, graph, unsafe_load: bool = False):
 
 
 def _compare_outputs(original: Path, copy: Path, graph, applied: list[str], options: dict[str, Any], proof: Proof) -> None:
-    from ..rules.layers import dtype_policy
-    from ..runtime.inference import compare, compute_dtype, tolerance
+    from ..analysis.tolerances import compare, compute_dtype, tolerance
+    from ..graph import dtype_policy
     from ..runtime.synthetic import integer_high, synthetic_inputs
 
     before = load_as_written(original, graph, bool(options.get("unsafe_load")))

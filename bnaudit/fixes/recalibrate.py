@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.statistics import DataStatistics, fingerprint
+from ..analysis import statistics_file
+from ..analysis.statistics import DataStatistics, fingerprint
 from .changes import ArrayChange, Change, Refusal
 from .copy import FixError, ModelCopy
 
@@ -59,7 +60,7 @@ def measure(model_path: Path, graph, options: dict[str, Any]) -> DataStatistics:
 
 def load_statistics(path: str, copy: ModelCopy) -> DataStatistics:
     """Statistics merged from shards, checked to be complete, of this model and of the right mode."""
-    stats = DataStatistics.load(path)
+    stats = statistics_file.load(path)
     if not stats.complete:
         raise FixError(f"--stats {path} holds shards {stats.shards} of {stats.shard_count}", "merge every shard with `bnaudit merge` first")
     if stats.upstream != UPSTREAM:

@@ -11,9 +11,10 @@ import sys
 
 import click
 
-from .findings import ExitCode
-from .loaders import LoadError
-from .output import write_atomic
+from ..findings import ExitCode
+from ..loaders import LoadError
+from ..output import write_atomic
+from .options import fail
 
 
 @click.command()
@@ -35,9 +36,8 @@ from .output import write_atomic
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats_file, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug) -> None:
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
-    from .cli import fail
-    from .fixes import fix as run_fix
-    from .fixes.report import printable, render
+    from ..fixes import fix as run_fix
+    from ..fixes.report import printable, render
 
     try:
         report = run_fix(
