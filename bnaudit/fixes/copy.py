@@ -83,6 +83,7 @@ class ModelCopy:
         else:
             raise FixError(f"cannot rewrite a model of format {self.format!r}", "fixes work on .keras and .h5 files")
         self._h5: h5py.File | None = None
+        self._found: dict[tuple, dict[str, h5py.Dataset]] = {}
         self.dropped_optimizer = False
         self.refresh()
 
@@ -154,6 +155,7 @@ class ModelCopy:
     def drop_bias(self, layer: Layer) -> None:
         """Remove ``layer``'s bias variable; the caller sets ``use_bias=False`` in the config."""
         self.drop_optimizer_state()
+        self._found.clear()
         datasets = self._datasets(layer)
         if self.format == KERAS_ZIP:
             group = self.h5[f"{layer.save_path}/vars"]
@@ -168,6 +170,7 @@ class ModelCopy:
     def add_bias(self, layer: Layer, values: np.ndarray) -> None:
         """Create ``layer``'s bias (it had ``use_bias=False``); the caller sets it True in the config."""
         self.drop_optimizer_state()
+        self._found.clear()
         datasets = self._datasets(layer)
         kernel = datasets["pointwise_kernel" if "pointwise_kernel" in datasets else next(iter(datasets))]
         if self.format == KERAS_ZIP:
@@ -187,6 +190,7 @@ class ModelCopy:
         layer named by the value instead (a single-call layer in the same container).
         One config walk, one graph rebuild and one renaming of save paths for all of them."""
         self.drop_optimizer_state()
+        self._found.clear()  # save paths and weight lists change below
         old = self.graph
         entries = {path: self.entry_pair(path) for path in replaced}
         for path, (entry, model) in entries.items():
@@ -203,6 +207,7 @@ class ModelCopy:
                     _rewire(model["config"].get(key), names)
         self.refresh()
         if self.format == KERAS_ZIP:
+            self._found.clear()
             for path in replaced:
                 del self.h5[old[path].save_path]
             moves = [(old[p].save_path, l.save_path) for p, l in self.graph.layers.items() if old[p].save_path != l.save_path]
@@ -223,6 +228,7 @@ class ModelCopy:
             group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
             for dataset in gone:
                 del self.h5[dataset]
+        self._found.clear()
 
     def drop_optimizer_state(self) -> None:
         """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
@@ -258,6 +264,7 @@ class ModelCopy:
             raise
 
     def close(self) -> None:
+        self._found.clear()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
@@ -273,8 +280,15 @@ class ModelCopy:
                     with original.open(info) as member, archive.open(info, "w") as copy:
                         shutil.copyfileobj(member, copy, 1 << 20)
 
-    def _datasets(self, layer: Layer, as_saved: Layer | None = None) -> dict[str, h5py.Dataset]:
-        names = variable_names(as_saved or layer)
+    def _datasets(self, layer: Layer) -> dict[str, h5py.Dataset]:
+        """The variables of ``layer`` by name, looked up once until the layout changes (h5py lookups are slow)."""
+        key = (layer.path, layer.save_path, layer.config.get("use_bias"))
+        if key not in self._found:
+            self._found[key] = self._lookup(layer)
+        return self._found[key]
+
+    def _lookup(self, layer: Layer) -> dict[str, h5py.Dataset]:
+        names = variable_names(layer)
         if self.format == KERAS_ZIP:
             group = self.h5.get(f"{layer.save_path}/vars")
             if not isinstance(group, h5py.Group) or len(group) != len(names):
