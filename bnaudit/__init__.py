@@ -1,6 +1,6 @@
 """bnaudit: audit the BatchNormalization layers of saved Keras models.
 
-The public face for users and plugin authors: ``audit()``, the ``hookimpl`` marker,
+The public face for users and plugin authors: ``audit()``, ``fix()``, the ``hookimpl`` marker,
 and the value types rules and reporters use. Importing bnaudit never imports
 TensorFlow or Keras.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import audit
+from .api import audit, fix
 from .findings import ExitCode, Finding, Severity
 from .hookspecs import hookimpl
 from .reporters import Report, Reporter
@@ -25,6 +25,7 @@ __all__ = [
     "Rule",
     "Severity",
     "audit",
+    "fix",
     "hookimpl",
     "rule",
     "__version__",

@@ -88,7 +88,7 @@ class Auditor:
         result = AuditResult(path=str(path))
         started = time.perf_counter()
         try:
-            graph = self._load(path)
+            graph = self.load(path)
         except LoadError as exc:
             result.errors.append(ModelError(exc.message, hint=exc.hint))
             return result
@@ -109,7 +109,8 @@ class Auditor:
         result.meta["seconds"] = round(time.perf_counter() - started, 4)
         return result
 
-    def _load(self, path: Path):
+    def load(self, path: Path):
+        """The model's graph (weights opened lazily); :class:`LoadError` when it cannot be read."""
         if not path.is_file():
             raise LoadError("no such file", "check the path")
         try:

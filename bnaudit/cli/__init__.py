@@ -30,6 +30,7 @@ COMMANDS = {
     "rules": "rules",
     "plugins": "plugins",
     "formats": "formats",
+    "fix": "fix",
 }
 
 

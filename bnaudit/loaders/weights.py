@@ -260,6 +260,14 @@ def stored_member_start(path: str, info: zipfile.ZipInfo) -> int | None:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def zip_member_file(path: str, info: zipfile.ZipInfo) -> io.RawIOBase:
+    """A stored (uncompressed, unencrypted) zip member as a seekable file, read where it lies."""
+    start = stored_member_start(path, info)
+    if start is None:
+        raise LoadError(f"{info.filename} is compressed or encrypted in the zip, not stored")
+    return _ZipMemberFile(path, start, info.file_size)
+
+
 def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
     """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
 

@@ -104,6 +104,48 @@ def bn_axes(bn: Layer, rank: int | None) -> list[int] | None:
     return [a % rank if -rank <= a < rank else a for a in axes]
 
 
+def baked_training(graph: ModelGraph, bn: Layer) -> str | None:
+    """Where ``bn`` gets a fixed ``training=True`` from (BN106, ``bnaudit fix --unbake``).
+
+    The path of ``bn`` itself when its own call carries it, else of the innermost
+    enclosing model whose call does (a call that sets ``training`` at all stops the
+    search); None when nothing fixes it.
+    """
+    if any(kw.get("training") is True for kw in bn.call_kwargs):
+        return bn.path
+    if any("training" in kw for kw in bn.call_kwargs):
+        return None
+    for model in graph.enclosing_models(bn):
+        if any(kw.get("training") is True for kw in model.call_kwargs):
+            return model.path
+        if any("training" in kw for kw in model.call_kwargs):
+            return None
+    return None
+
+
+def cancelled_bias(graph: ModelGraph, bn: Layer) -> Layer | None:
+    """The Dense/convolution whose bias ``bn`` cancels (BN102, and what ``bnaudit fix --absorb-bias`` edits).
+
+    That is a linear layer with ``use_bias=True`` and a linear activation, seen through
+    identity layers, whose every consumer is a BN over its output channels: BN subtracts
+    the per-channel mean, so the bias has no effect on any output. None otherwise.
+    """
+    producer, passed = graph.producer_through(bn, is_identity)
+    if producer is None or producer.class_name not in LINEAR_CLASSES:
+        return None
+    if not producer.config.get("use_bias", True) or producer.activation is not None:
+        return None
+    if any(len(layer.consumers) != 1 for layer in passed) or not all(
+        consumer.class_name in BATCHNORM_CLASSES for consumer in graph.consumers_through(producer, is_identity)
+    ):
+        return None  # the bias still matters to a consumer that is not a BN
+    rank = bn.input_rank or output_rank(producer)
+    axes = bn_axes(bn, rank)
+    if axes is not None and channel_axis(producer, rank) is not None and axes != [channel_axis(producer, rank)]:
+        return None  # BN normalizes another axis: BN107's business
+    return producer
+
+
 @dataclass(frozen=True)
 class AxisMismatch:
     """A normalization layer's ``axis`` misses the channel axis of the layer feeding it."""

@@ -17,8 +17,9 @@ from .layers import (
     LINEAR_CLASSES,
     OUTPUT_ACTIVATIONS,
     PARAMETRIC_CLASSES,
+    baked_training,
     bn_axes,
-    channel_axis,
+    cancelled_bias,
     channel_axis_mismatch,
     output_rank,
 )
@@ -95,19 +96,9 @@ def bias_before_batchnorm(ctx):
     ```
     """
     for bn in ctx.graph.batchnorms():
-        producer, passed = ctx.graph.producer_through(bn, is_identity)
-        if producer is None or producer.class_name not in LINEAR_CLASSES:
+        producer = cancelled_bias(ctx.graph, bn)
+        if producer is None:
             continue
-        if not producer.config.get("use_bias", True) or producer.activation is not None:
-            continue
-        if any(len(layer.consumers) != 1 for layer in passed) or not all(
-            consumer.class_name in BATCHNORM_CLASSES for consumer in ctx.graph.consumers_through(producer, is_identity)
-        ):
-            continue  # the bias still matters to a consumer that is not a BN
-        rank = bn.input_rank or output_rank(producer)
-        axes = bn_axes(bn, rank)
-        if axes is not None and channel_axis(producer, rank) is not None and axes != [channel_axis(producer, rank)]:
-            continue  # BN normalizes another axis: BN107's business
         yield ctx.finding(
             bn,
             f"{producer.class_name} {producer.path!r} has a bias that BatchNormalization {bn.path!r} cancels",
@@ -300,15 +291,9 @@ def batchnorm_training_baked(ctx):
     """
     for bn in ctx.graph.batchnorms():
         source = None
-        if any(kw.get("training") is True for kw in bn.call_kwargs):
-            source = "its own call"
-        elif not any("training" in kw for kw in bn.call_kwargs):
-            for model in ctx.graph.enclosing_models(bn):
-                if any(kw.get("training") is True for kw in model.call_kwargs):
-                    source = f"the call of nested model {model.path!r}"
-                    break
-                if any("training" in kw for kw in model.call_kwargs):
-                    break
+        baked = baked_training(ctx.graph, bn)
+        if baked:
+            source = "its own call" if baked == bn.path else f"the call of nested model {baked!r}"
         if source:
             writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
             yield ctx.finding(

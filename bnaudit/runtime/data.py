@@ -67,9 +67,9 @@ class InputSpec:
 
 
 def input_specs(model) -> list[InputSpec]:
-    """The model's inputs in call order (Keras 3 gives dtypes as strings, tf-keras as ``tf.DType``)."""
+    """The model's inputs in call order (Keras 3 gives dtypes as names, tf-keras as tf.DType)."""
     return [
-        InputSpec(str(t.name), tuple(None if d is None else int(d) for d in t.shape[1:]), np.dtype(getattr(t.dtype, "name", t.dtype)))
+        InputSpec(str(t.name), tuple(None if d is None else int(d) for d in t.shape[1:]), np.dtype(getattr(t.dtype, "name", str(t.dtype))))
         for t in model.inputs
     ]
 

@@ -1,0 +1,56 @@
+"""``bnaudit fix MODEL -o OUT``: write a corrected copy and show, with numbers, that it is right.
+
+Exit codes: 0 when the copy is written and its proof passed or could not run (the
+report says which), 1 when the proof failed (the copy is still written, for
+inspection), 2 for bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..findings import ExitCode
+from ..loaders import LoadError
+from ..output import write_atomic
+from .options import fail
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
+@click.option("--unbake", is_flag=True, help="BN106: remove a fixed training=True from BN calls (config only).")
+@click.option("--absorb-bias", is_flag=True, help="BN102: move the bias of the layer before a BN into its moving mean (exact).")
+@click.option("--fold", is_flag=True, help="Fold each foldable BN into the Dense/convolution before it and remove it (inference-only model).")
+@click.option("--recalibrate", is_flag=True, help="BN301/BN202: recompute moving statistics as population statistics over --data (or --stats).")
+@click.option("--all", "all_fixes", is_flag=True, help="Every fix the findings call for (unbake, absorb-bias; recalibrate with --data/--stats); never --fold.")
+@click.option("--data", type=click.Path(), help="Data for --recalibrate and for the proof: .npy, .npz, an image directory or module:function.")
+@click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of the statistics pass (default 32).")
+@click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Format of the change list.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write the change list to FILE instead of stdout.")
+@click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
+@click.option("--unsafe-load", is_flag=True, help="Let the proof and recalibration load models with Lambda or custom layers (executes their code).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats_file, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug) -> None:
+    """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
+    from ..fixes import fix as run_fix
+    from ..fixes.report import printable, render
+
+    try:
+        report = run_fix(
+            model, output, unbake=unbake, absorb_bias=absorb_bias, fold=fold, recalibrate=recalibrate, all_fixes=all_fixes,
+            data=data, stats=stats_file, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, unsafe_load=unsafe_load,
+        )
+    except LoadError as exc:
+        if debug:
+            raise
+        fail(printable(f"{model}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")))
+    text = render(report, output_format)
+    if report_file:
+        write_atomic(report_file, text)
+    else:
+        click.echo(text, nl=False)
+    sys.exit(int(ExitCode.FINDINGS if report.proof.status == "failed" else ExitCode.OK))

@@ -1,0 +1,42 @@
+"""``--absorb-bias`` (BN102): move the bias of a Dense/convolution into the BN after it.
+
+With ``z = x + b`` feeding BN, inference computes
+``gamma * (x + b - moving_mean) / sqrt(moving_variance + eps) + beta``, which equals the
+same expression on ``x`` with ``moving_mean - b``; in training mode the batch mean
+absorbs ``b`` by itself (Ioffe & Szegedy 2015, section 3.2). So ``use_bias=False`` plus
+``moving_mean -= b`` computes exactly the same function; only float32 rounding differs.
+A layer shared by several calls, each into its own BN, has its bias moved into each.
+The layers are the ones BN102 reports (:func:`bnaudit.rules.layers.cancelled_bias`).
+"""
+
+from __future__ import annotations
+
+from ..rules.layers import cancelled_bias
+from .changes import ArrayChange, Change, Refusal
+from .copy import ModelCopy
+
+NAME = "absorb-bias"
+CODES = ("BN102",)
+
+
+def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
+    graph = copy.graph
+    targets: dict[str, list] = {}
+    for bn in graph.batchnorms():
+        producer = cancelled_bias(graph, bn)
+        if producer is not None:
+            targets.setdefault(producer.path, []).append(bn)
+    changes = []
+    for path, bns in targets.items():
+        producer = graph[path]
+        bias = copy.read(producer, ("bias",))["bias"]
+        for bn in bns:
+            old = copy.read(bn, ("moving_mean",))["moving_mean"]
+            new = old - bias
+            copy.write(bn, "moving_mean", new)
+            changes.append(Change(NAME, bn.path, f"moving_mean -= bias of {path!r}", [ArrayChange.between("moving_mean", old, new)]))
+        copy.drop_bias(producer)
+        copy.entry(path)["config"]["use_bias"] = False
+        changes.append(Change(NAME, path, "use_bias=False", [ArrayChange.of("bias", "removed", bias)]))
+    copy.refresh()
+    return changes, []

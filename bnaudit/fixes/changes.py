@@ -1,0 +1,90 @@
+"""What a fix run did, built before anything is rendered: changes, refusals and the proof.
+
+The JSON form (``FixReport.to_dict``) is documented in docs/fix.md ("JSON schema"); its
+``version`` changes when a field changes meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ArrayChange:
+    """One variable of a layer: ``changed`` (max |new - old|), ``added`` or ``removed`` (max |value|)."""
+
+    name: str
+    action: str
+    max_abs_delta: float
+
+    @classmethod
+    def between(cls, name: str, old: np.ndarray, new: np.ndarray) -> ArrayChange:
+        return cls(name, "changed", float(np.max(np.abs(new - old))) if old.size else 0.0)
+
+    @classmethod
+    def of(cls, name: str, action: str, values: np.ndarray) -> ArrayChange:
+        return cls(name, action, float(np.max(np.abs(values))) if values.size else 0.0)
+
+
+@dataclass
+class Change:
+    """One edit of one layer (or nested model) of the copy."""
+
+    fix: str
+    layer: str
+    what: str
+    arrays: list[ArrayChange] = field(default_factory=list)
+
+
+@dataclass
+class Refusal:
+    """A layer a fix was asked to handle and did not, with why."""
+
+    fix: str
+    layer: str
+    why: str
+
+
+@dataclass
+class Proof:
+    """The evidence that the copy is right, or why there is none.
+
+    ``status``: ``passed``, ``failed`` or ``not run`` (never ``passed`` unless every
+    check below ran). ``outputs_max_abs_delta``: max |copy - original| over every model
+    output on ``samples`` inputs (``inputs`` says which); ``tolerance``: the bound it
+    was held to (None where a change of outputs is the point, as for recalibration).
+    ``remaining``: findings of the fixed codes still reported on the copy.
+    """
+
+    status: str
+    detail: str = ""
+    inputs: str = ""
+    samples: int = 0
+    outputs_max_abs_delta: float | None = None
+    tolerance: float | None = None
+    checked_codes: list[str] = field(default_factory=list)
+    remaining: list[dict[str, str]] = field(default_factory=list)
+    #: Other measurements (BN301 drift before/after...), by name.
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FixReport:
+    """The result of ``bnaudit fix``: returned by :func:`bnaudit.fix`, rendered by the command."""
+
+    path: str
+    output: str
+    format: str
+    fixes: list[str]
+    changes: list[Change] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    proof: Proof = field(default_factory=lambda: Proof("not run"))
+    dropped_optimizer_state: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SCHEMA_VERSION, **asdict(self)}

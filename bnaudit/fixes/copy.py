@@ -1,0 +1,346 @@
+"""The corrected copy: the model's config as editable JSON plus its weights file opened for writing.
+
+Every fix edits a :class:`ModelCopy` and nothing else, so the three layouts Keras writes
+are handled in one place and a fix never sees which one it is editing:
+
+* ``.keras`` (Keras 3): ``config.json`` and ``model.weights.h5`` inside a zip. Variables
+  live under the layer's save path (``layers/conv2d_3/vars/0..n``), by position, and the
+  save path counts layers of a class per container, so removing a layer renames the
+  groups of the later layers of its class (done here, after the config edit).
+* ``.h5`` written by Keras 2 / tf-keras or by Keras 3's legacy writer: the ``model_config``
+  attribute, and ``model_weights/<layer>/`` groups whose ``weight_names`` attribute lists
+  the datasets in the order Keras loads them (by position), ``layer_names`` the groups.
+
+The input is read once and never opened for writing: the weights are copied to a
+temporary file next to the output, edited there, and the finished copy is moved into
+place with ``os.replace`` (atomic on one filesystem), so a failure leaves no output.
+Nothing from the file is imported or executed; the config is plain JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
+from ..loaders import LoadError
+from ..loaders.weights import MAX_ARRAY_ELEMENTS, bn_variable_names, zip_member_file
+
+#: Format names as the loaders set ``ModelGraph.format``.
+KERAS_ZIP, H5_KERAS2, H5_KERAS3 = "keras", "h5-keras2", "h5-keras3"
+
+
+class FixError(LoadError):
+    """The model cannot be fixed as asked; the message says why and the hint what to do."""
+
+
+def variable_names(layer: Layer) -> list[str]:
+    """The variables of a foldable layer or a BN, in Keras's creation (= saving) order."""
+    bias = ["bias"] if layer.config.get("use_bias", True) else []
+    if layer.class_name in BATCHNORM_CLASSES:
+        return bn_variable_names(layer)
+    if layer.class_name.startswith("Depthwise"):
+        return ["depthwise_kernel", *bias]
+    if layer.class_name.startswith("Separable"):
+        return ["depthwise_kernel", "pointwise_kernel", *bias]
+    return ["kernel", *bias]
+
+
+class ModelCopy:
+    """A model being fixed: ``config`` (the JSON, edited in place) and its variables.
+
+    :param source: the model file (``.keras`` or ``.h5``); only read.
+    :param graph: the graph the loaders built from it (gives the format).
+    :param workdir: a directory on the output's filesystem for the temporary weights file.
+    :raises FixError: for a layout this module cannot rewrite.
+    """
+
+    def __init__(self, source: Path, graph: ModelGraph, workdir: Path) -> None:
+        self.source = source
+        self.format = graph.format
+        self.graph = graph
+        self._weights_path = workdir / "weights.h5"
+        if self.format == KERAS_ZIP:
+            with zipfile.ZipFile(source) as archive:
+                self.config = json.loads(archive.read("config.json"))
+                if "model.weights.h5" not in archive.namelist():
+                    raise FixError("the .keras file holds no model.weights.h5", "save the whole model with model.save()")
+        elif self.format in (H5_KERAS2, H5_KERAS3):
+            shutil.copyfile(source, self._weights_path)
+            with h5py.File(self._weights_path, "r") as h5:
+                raw = h5.attrs["model_config"]
+            self.config = json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
+        else:
+            raise FixError(f"cannot rewrite a model of format {self.format!r}", "fixes work on .keras and .h5 files")
+        self._h5: h5py.File | None = None
+        self._found: dict[tuple, dict[str, h5py.Dataset]] = {}
+        self.dropped_optimizer = False
+        self.refresh()
+
+    @property
+    def h5(self) -> h5py.File:
+        """The weights, opened for writing on first use (a config-only fix never copies them out of a zip)."""
+        if self._h5 is None:
+            if self.format == KERAS_ZIP and not self._weights_path.exists():
+                with zipfile.ZipFile(self.source) as archive, _member(self.source, archive, "model.weights.h5") as member, open(self._weights_path, "wb") as out:
+                    shutil.copyfileobj(member, out, 1 << 22)
+            self._h5 = h5py.File(self._weights_path, "r+")
+        return self._h5
+
+    # -- the config -------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Rebuild the graph after a config edit (paths, producers, save paths)."""
+        self.graph = build_graph(self.config)
+
+    def _models(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(path, entry) of the model and every nested model."""
+        yield "", self.config
+        for path, entry, _ in self.entries():
+            if entry.get("class_name") in MODEL_CLASSES:
+                yield path, entry
+
+    def entries(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(path, layer entry, enclosing model entry) for every layer and nested model, in config order."""
+
+        def walk(model: dict[str, Any], prefix: str):
+            for entry in (model.get("config") or {}).get("layers") or []:
+                name = entry.get("name") or (entry.get("config") or {}).get("name")
+                yield prefix + name, entry, model
+                if entry.get("class_name") in MODEL_CLASSES:
+                    yield from walk(entry, f"{prefix}{name}/")
+
+        yield from walk(self.config, "")
+
+    def entry(self, path: str) -> dict[str, Any]:
+        """The config entry of the layer (or nested model) at ``path``."""
+        return self.entry_pair(path)[0]
+
+    def entry_pair(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The config entry of the layer (or nested model) at ``path`` and its enclosing model's."""
+        for found, entry, model in self.entries():
+            if found == path:
+                return entry, model
+        raise KeyError(path)
+
+    # -- the variables ----------------------------------------------------------------
+    def read(self, layer: Layer, names: tuple[str, ...] | None = None, dtype: Any = np.float64) -> dict[str, np.ndarray]:
+        """The variables of ``layer`` (all, see :func:`variable_names`, or those in ``names``) as ``dtype``
+        (None: as stored, which spares a float64 copy of large kernels)."""
+        out = {}
+        for name, dataset in self._datasets(layer).items():
+            if names is not None and name not in names:
+                continue
+            if dataset.size > MAX_ARRAY_ELEMENTS or dataset.dtype.kind != "f":
+                raise FixError(f"layer {layer.path!r}: {name} has shape {dataset.shape} {dataset.dtype}, not a float array bnaudit rewrites")
+            out[name] = np.asarray(dataset[()], dtype)
+        return out
+
+    def write(self, layer: Layer, name: str, values: np.ndarray) -> None:
+        """Overwrite one variable in place (same shape; stored in the file's dtype)."""
+        dataset = self._datasets(layer)[name]
+        if dataset.shape != values.shape:
+            raise FixError(f"layer {layer.path!r}: {name} would change shape {dataset.shape} -> {values.shape}")
+        dataset[()] = values.astype(dataset.dtype)
+
+    def drop_bias(self, layer: Layer) -> None:
+        """Remove ``layer``'s bias variable; the caller sets ``use_bias=False`` in the config."""
+        self.drop_optimizer_state()
+        self._found.clear()
+        datasets = self._datasets(layer)
+        if self.format == KERAS_ZIP:
+            group = self.h5[f"{layer.save_path}/vars"]
+            del group[str(len(group) - 1)]  # the bias is created last
+            return
+        group, names = self._legacy_group(layer)
+        bias = datasets["bias"]
+        names = [n for n in names if group.get(n) != bias]
+        del self.h5[bias.name]
+        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+
+    def add_bias(self, layer: Layer, values: np.ndarray) -> None:
+        """Create ``layer``'s bias (it had ``use_bias=False``); the caller sets it True in the config."""
+        self.drop_optimizer_state()
+        self._found.clear()
+        datasets = self._datasets(layer)
+        kernel = datasets["pointwise_kernel" if "pointwise_kernel" in datasets else next(iter(datasets))]
+        if self.format == KERAS_ZIP:
+            group = self.h5[f"{layer.save_path}/vars"]
+            group.create_dataset(str(len(group)), data=values.astype(kernel.dtype))
+            return
+        group, names = self._legacy_group(layer)
+        kernel_name = next(n for n in names if group.get(n) == kernel)
+        head, _, last = kernel_name.rpartition("/")
+        bias_name = f"{head}/bias{':0' if last.endswith(':0') else ''}"
+        group.create_dataset(bias_name, data=values.astype(kernel.dtype))
+        names.insert(names.index(kernel_name) + 1, bias_name)  # Keras loads by position: bias follows its kernel
+        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+
+    def remove_layers(self, replaced: dict[str, str]) -> None:
+        """Delete the layers at the paths in ``replaced``; their consumers (and outputs) read the
+        layer named by the value instead (a single-call layer in the same container).
+        One config walk, one graph rebuild and one renaming of save paths for all of them."""
+        self.drop_optimizer_state()
+        self._found.clear()  # save paths and weight lists change below
+        old = self.graph
+        entries = {path: self.entry_pair(path) for path in replaced}
+        for path, (entry, model) in entries.items():
+            model["config"]["layers"].remove(entry)
+        renames: dict[int, dict[str, str]] = {}
+        for path, (_, model) in entries.items():
+            renames.setdefault(id(model), {})[old[path].name] = replaced[path]
+        for _, model in self._models():
+            names = renames.get(id(model))
+            if names:
+                for other in model["config"]["layers"]:
+                    _rewire(other.get("inbound_nodes"), names)
+                for key in ("output_layers", "outputs"):
+                    _rewire(model["config"].get(key), names)
+        self.refresh()
+        if self.format == KERAS_ZIP:
+            self._found.clear()
+            for path in replaced:
+                del self.h5[old[path].save_path]
+            moves = [(old[p].save_path, l.save_path) for p, l in self.graph.layers.items() if old[p].save_path != l.save_path]
+            for index, (src, _) in enumerate(moves):  # two steps: a target may be another's source
+                self.h5.move(src, f"{src}.__moving_{index}")
+            for index, (src, dst) in enumerate(moves):
+                self.h5.move(f"{src}.__moving_{index}", dst)
+            return
+        for path in replaced:
+            layer = old[path]
+            group, names = self._legacy_group(layer)
+            if "/" not in layer.path:
+                root = group.parent
+                root.attrs["layer_names"] = np.array([n for n in _strings(root.attrs["layer_names"]) if n != layer.name], dtype=h5py.string_dtype())
+                del root[layer.name]
+                continue
+            gone = {d.name for d in self._datasets(layer).values()}
+            group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
+            for dataset in gone:
+                del self.h5[dataset]
+        self._found.clear()
+
+    def drop_optimizer_state(self) -> None:
+        """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
+        if self.format == KERAS_ZIP:
+            found = [self.config.pop("compile_config", None) is not None, "optimizer" in self.h5]
+            if found[1]:
+                del self.h5["optimizer"]
+        else:
+            found = ["optimizer_weights" in self.h5, "training_config" in self.h5.attrs]
+            if found[0]:
+                del self.h5["optimizer_weights"]
+            if found[1]:
+                del self.h5.attrs["training_config"]
+        self.dropped_optimizer = self.dropped_optimizer or any(found)
+
+    # -- writing ----------------------------------------------------------------------
+    def save(self, out: Path) -> None:
+        """Write the fixed copy to ``out`` atomically, in the input's format."""
+        if self.format != KERAS_ZIP:
+            self.h5.attrs["model_config"] = json.dumps(self.config).encode("utf8")
+        self.close()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            if self.format == KERAS_ZIP:
+                self._write_zip(Path(tmp))
+            else:
+                shutil.copyfile(self._weights_path, tmp)
+            os.replace(tmp, out)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def close(self) -> None:
+        self._found.clear()
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def _write_zip(self, target: Path) -> None:
+        with zipfile.ZipFile(self.source) as original, zipfile.ZipFile(target, "w") as archive:
+            for info in original.infolist():
+                if info.filename == "config.json":
+                    archive.writestr(info, json.dumps(self.config))
+                elif info.filename == "model.weights.h5" and self._weights_path.exists():
+                    archive.write(self._weights_path, info.filename, compress_type=info.compress_type)
+                else:
+                    with original.open(info) as member, archive.open(info, "w") as copy:
+                        shutil.copyfileobj(member, copy, 1 << 20)
+
+    def _datasets(self, layer: Layer) -> dict[str, h5py.Dataset]:
+        """The variables of ``layer`` by name, looked up once until the layout changes (h5py lookups are slow)."""
+        key = (layer.path, layer.save_path, layer.config.get("use_bias"))
+        if key not in self._found:
+            self._found[key] = self._lookup(layer)
+        return self._found[key]
+
+    def _lookup(self, layer: Layer) -> dict[str, h5py.Dataset]:
+        names = variable_names(layer)
+        if self.format == KERAS_ZIP:
+            group = self.h5.get(f"{layer.save_path}/vars")
+            if not isinstance(group, h5py.Group) or len(group) != len(names):
+                raise FixError(f"layer {layer.path!r}: the weights file does not hold its {len(names)} variables")
+            return {name: _dataset(group, str(i), layer) for i, name in enumerate(names)}
+        # By position among the layer's own entries, as Keras loads them: the names differ
+        # between writers (Keras 3 calls a depthwise kernel "kernel", Keras 2 "depthwise_kernel").
+        group, weight_names = self._legacy_group(layer)
+        mine = [w for w in weight_names if w.split("/")[-2:-1] == [layer.name]]
+        if len(mine) != len(names):
+            raise FixError(f"layer {layer.path!r}: the weights file holds {len(mine)} variables, expected {len(names)} ({', '.join(names)})")
+        return {name: _dataset(group, weight, layer) for name, weight in zip(names, mine)}
+
+    def _legacy_group(self, layer: Layer) -> tuple[h5py.Group, list[str]]:
+        root = self.h5.get("model_weights", self.h5)
+        group = root.get(layer.path.split("/", 1)[0])
+        if not isinstance(group, h5py.Group):
+            raise FixError(f"layer {layer.path!r}: no weights group in the file")
+        return group, _strings(group.attrs.get("weight_names", []))
+
+
+def _member(path: Path, archive: zipfile.ZipFile, name: str):
+    """A zip member to read: in place when stored (as Keras writes it), else decompressed."""
+    info = archive.getinfo(name)
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+        return io.BufferedReader(zip_member_file(str(path), info), 1 << 22)
+    return archive.open(info)
+
+
+def _dataset(group: h5py.Group, key: str, layer: Layer) -> h5py.Dataset:
+    value = group.get(key)
+    if not isinstance(value, h5py.Dataset):
+        raise FixError(f"layer {layer.path!r}: {key} is not an array in the weights file")
+    return value
+
+
+def _strings(values) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _rewire(node: Any, names: dict[str, str]) -> None:
+    """Point every reference to a layer named in ``names`` at its replacement (node 0, tensor 0)."""
+    if isinstance(node, dict):
+        history = (node.get("config") or {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
+        if isinstance(history, list) and history and history[0] in names:
+            history[:3] = [names[history[0]], 0, 0]
+            return
+        for value in node.values():
+            _rewire(value, names)
+    elif isinstance(node, list):
+        if len(node) >= 3 and node[0] in names and isinstance(node[1], int) and isinstance(node[2], int):
+            node[:3] = [names[node[0]], 0, 0]
+            return
+        for value in node:
+            _rewire(value, names)

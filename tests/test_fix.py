@@ -1,0 +1,329 @@
+"""``bnaudit fix``: each fix on sample models in every format, re-audited and compared with Keras.
+
+Every sample comes as ``NAME.keras`` (Keras 3), ``NAME.h5`` (Keras 3's legacy writer) and
+``k2_NAME.h5`` (tf-keras); the proof loads each copy in the Keras that wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bnaudit import audit, fix
+from bnaudit.engine import Auditor
+from bnaudit.loaders import LoadError
+from conftest import ROOT, run_bnaudit
+
+#: The .keras variant runs in the quick suite; the .h5 variants are marked slow (CI runs them all).
+FORMATS = ["{}.keras", pytest.param("{}.h5", marks=pytest.mark.slow), pytest.param("k2_{}.h5", marks=pytest.mark.slow)]
+
+
+def findings(path, **options) -> set[tuple[str, str]]:
+    result = audit(path, **options)
+    assert not result.errors, result.errors
+    return {(f.code, f.layer) for f in result.findings}
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fix_in_subprocess(source, out, *args) -> dict:
+    """``bnaudit fix`` in its own process, as JSON: a training-mode statistics pass runs
+    collectives under a MirroredStrategy whose state would outlive it in this process."""
+    report = out.with_suffix(".json")
+    run = run_bnaudit("fix", source, "-o", out, *args, "--format", "json", "--report", report)
+    assert run.returncode == 0, run.stderr
+    return json.loads(report.read_text())
+
+
+def batchnorm_paths(path) -> list[str]:
+    graph = Auditor().load(path)
+    graph.weights.close()
+    return [bn.path for bn in graph.batchnorms()]
+
+
+@pytest.mark.parametrize("pattern", FORMATS)
+def test_absorb_bias_removes_bn102_with_the_same_outputs(samples, tmp_path, pattern):
+    source = samples / pattern.format("bias_before_bn")
+    before, original = findings(source), digest(source)
+    out = tmp_path / source.name
+    report = fix(source, out, absorb_bias=True)
+    assert digest(source) == original
+    assert [(c.layer, c.what) for c in report.changes] == [
+        ("bn1", "moving_mean -= bias of 'conv1'"),
+        ("conv1", "use_bias=False"),
+        ("bn_fc", "moving_mean -= bias of 'fc'"),
+        ("fc", "use_bias=False"),
+    ]
+    removed = report.changes[1].arrays[0]
+    assert (removed.name, removed.action) == ("bias", "removed") and removed.max_abs_delta > 0
+    assert report.changes[0].arrays[0].max_abs_delta == pytest.approx(removed.max_abs_delta)
+    assert {("BN102", "bn1"), ("BN102", "bn_fc")} <= before
+    assert findings(out) == before - {("BN102", "bn1"), ("BN102", "bn_fc")}
+    assert report.proof.status == "passed", report.proof
+    assert report.proof.checked_codes == ["BN102"] and report.proof.remaining == []
+    assert report.proof.outputs_max_abs_delta < 1e-5 and report.proof.tolerance == 1e-4
+
+
+@pytest.mark.parametrize("pattern", FORMATS)
+def test_unbake_removes_bn106_and_the_copy_passes_bn402_bn403(samples, tmp_path, pattern):
+    source = samples / pattern.format("bn_training_baked")
+    assert ("BN106", "bn1") in findings(source)
+    out = tmp_path / source.name
+    report = fix(source, out, unbake=True)
+    assert [(c.fix, c.layer, c.what, c.arrays) for c in report.changes] == [("unbake", "bn1", "removed training=True from 1 call(s)", [])]
+    assert ("BN106", "bn1") not in findings(out)
+    assert findings(out, select=["BN402", "BN403"], inference=True) == set()
+    assert report.proof.checked_codes == ["BN106", "BN402", "BN403"] and report.proof.remaining == []
+    assert report.proof.status == "passed", report.proof
+    assert report.proof.tolerance is None  # unbaking may change predict's outputs: reported, not judged
+
+
+@pytest.mark.parametrize("pattern", FORMATS)
+def test_fold_removes_every_batchnorm_after_a_linear_layer(samples, tmp_path, pattern):
+    source = samples / pattern.format("clean_conv_bn_relu")
+    out = tmp_path / source.name
+    report = fix(source, out, fold=True)
+    folded = [c.layer for c in report.changes if c.what.startswith("removed")]
+    assert folded == batchnorm_paths(source) and folded
+    assert batchnorm_paths(out) == []
+    assert report.proof.status == "passed" and report.proof.outputs_max_abs_delta < 1e-5
+
+
+@pytest.mark.parametrize("pattern", FORMATS)
+def test_fold_lists_what_it_cannot_fold_and_why(samples, tmp_path, pattern):
+    source = samples / pattern.format("shared_and_branches")
+    report = fix(source, tmp_path / source.name, fold=True)
+    assert [(r.layer, r.why) for r in report.refused] == [
+        ("bn_right", "'shared_conv' is shared (2 calls)"),
+        ("bn_left", "'shared_conv' is shared (2 calls)"),
+        ("bn_merge", "its input comes from Add 'add', not a Dense or convolution"),
+    ]
+    assert batchnorm_paths(tmp_path / source.name) == ["bn_right", "bn_left", "bn_merge"]
+    assert report.proof.status == "passed"
+
+
+def _every_kind_of_linear_layer(keras, layers):
+    """Conv2D, depthwise (multiplier 2, no bias), separable, transposed (no bias), grouped, Conv1D, Dense."""
+    image = keras.Input((8, 8, 3), name="image")
+    x = layers.Conv2D(6, 3, padding="same", name="conv")(image)
+    x = layers.BatchNormalization(name="bn_conv")(x)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False, name="dw")(x)
+    x = layers.BatchNormalization(name="bn_dw")(x)
+    x = layers.SeparableConv2D(5, 3, padding="same", depth_multiplier=2, name="sep")(x)
+    x = layers.BatchNormalization(name="bn_sep")(x)
+    x = layers.Conv2DTranspose(4, 3, strides=2, padding="same", use_bias=False, name="tconv")(x)
+    x = layers.BatchNormalization(name="bn_tconv")(x)
+    x = layers.Conv2D(4, 3, padding="same", groups=2, name="grouped")(x)
+    x = layers.BatchNormalization(name="bn_grouped")(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Reshape((16 * 16, 4))(x)
+    x = layers.Conv1D(3, 3, padding="same", name="conv1d")(x)
+    x = layers.BatchNormalization(name="bn_conv1d")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dense(5, name="fc")(x)
+    x = layers.BatchNormalization(name="bn_fc", axis=-1)(x)
+    model = keras.Model(image, x)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.3, 3, n)])
+        elif getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.5, layer.bias.shape).astype("float32"))
+    return model
+
+
+LINEAR_KINDS = ["conv", "dw", "sep", "tconv", "grouped", "conv1d"]
+
+
+@pytest.mark.parametrize(
+    "writer,suffix", [("keras", ".keras"), pytest.param("keras", ".h5", marks=pytest.mark.slow), pytest.param("tf_keras", ".h5", marks=pytest.mark.slow)]
+)
+def test_fold_handles_every_kernel_layout(tmp_path, writer, suffix):
+    keras = pytest.importorskip(writer)
+    source = tmp_path / f"kinds{suffix}"
+    _every_kind_of_linear_layer(keras, keras.layers).save(source)
+    report = fix(source, tmp_path / f"folded{suffix}", fold=True)
+    folded = [c.layer for c in report.changes if c.what.startswith("folded")]
+    # tf-keras saves BN's axis as [1] for the Dense's output, whose rank its config does not record
+    assert folded == LINEAR_KINDS + (["fc"] if writer == "keras" else [])
+    assert [r.layer for r in report.refused] == ([] if writer == "keras" else ["bn_fc"])
+    added = {c.layer: [a.name for a in c.arrays if a.action == "added"] for c in report.changes if c.what.startswith("folded")}
+    assert added["dw"] == ["bias"] and added["tconv"] == ["bias"] and added["conv"] == []
+    assert report.proof.status == "passed", report.proof
+    assert report.proof.outputs_max_abs_delta < 1e-4
+
+
+def test_absorb_then_fold_in_one_run_and_the_order_is_safe(samples, tmp_path):
+    source = samples / "bias_before_bn.keras"
+    report = fix(source, tmp_path / "x.keras", fold=True, absorb_bias=True)
+    assert report.fixes == ["absorb-bias", "fold"]
+    assert batchnorm_paths(tmp_path / "x.keras") == []
+    assert report.proof.status == "passed" and report.proof.tolerance == 1e-4
+
+
+def test_recalibrate_writes_population_statistics_and_clears_bn301(tmp_path, samples):
+    import keras
+
+    source = samples / "clean_conv_bn_relu.keras"
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((96, 8, 8, 3)) * 3 + 2).astype("float32")
+    np.save(tmp_path / "shifted.npy", data)
+    assert {code for code, _ in findings(source, select=["BN301"], data=str(tmp_path / "shifted.npy"))} == {"BN301"}
+    out = tmp_path / "recalibrated.keras"
+    report = fix_in_subprocess(source, out, "--recalibrate", "--data", tmp_path / "shifted.npy", "--batch-size", "32")
+    assert [c["layer"] for c in report["changes"]] == batchnorm_paths(source)
+    assert findings(out, select=["BN301"], data=str(tmp_path / "shifted.npy")) == set()
+    assert "BN301" in report["proof"]["checked_codes"] and report["proof"]["remaining"] == []
+    assert report["proof"]["status"] == "passed" and report["proof"]["tolerance"] is None
+    # The first BN's input depends on no BN: its new statistics are the population moments of conv1(x).
+    model = keras.saving.load_model(source, compile=False)
+    first = batchnorm_paths(source)[0]
+    producer = model.get_layer(first)._inbound_nodes[0].input_tensors[0]
+    features = keras.Model(model.inputs, producer).predict(data, verbose=0).astype(np.float64)
+    fixed = keras.saving.load_model(out, compile=False).get_layer(first)
+    np.testing.assert_allclose(fixed.moving_mean.numpy(), features.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fixed.moving_variance.numpy(), features.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_recalibrate_from_statistics_merged_from_shards(tmp_path, samples):
+    source = samples / "clean_conv_bn_relu.keras"
+    data = tmp_path / "d.npy"
+    np.save(data, (np.random.default_rng(2).standard_normal((64, 8, 8, 3)) * 2 - 1).astype("float32"))
+    for k in (1, 2):
+        run = run_bnaudit("stats", source, "--data", data, "--upstream", "training", "--batch-size", "16", "--shard", f"{k}/2", "-o", tmp_path / f"p{k}.npz")
+        assert run.returncode == 0, run.stderr
+    assert run_bnaudit("merge", tmp_path / "p1.npz", tmp_path / "p2.npz", "-o", tmp_path / "all.npz").returncode == 0
+    sharded = fix(source, tmp_path / "sharded.keras", recalibrate=True, stats=str(tmp_path / "all.npz"), verify=False)
+    direct = fix_in_subprocess(source, tmp_path / "direct.keras", "--recalibrate", "--data", data, "--batch-size", "16", "--no-verify")
+    assert [c.layer for c in sharded.changes] == [c["layer"] for c in direct["changes"]]
+    for a, b in zip(sharded.changes, direct["changes"]):
+        for x, y in zip(a.arrays, b["arrays"]):
+            assert x.max_abs_delta == pytest.approx(y["max_abs_delta"], rel=1e-5)
+    run = run_bnaudit("stats", source, "--data", data, "--batch-size", "16", "-o", tmp_path / "inference.npz")
+    with pytest.raises(LoadError, match="upstream BNs in inference mode"):
+        fix(source, tmp_path / "no.keras", recalibrate=True, stats=str(tmp_path / "inference.npz"))
+    assert not (tmp_path / "no.keras").exists()
+
+
+def test_static_fixes_import_no_tensorflow(tmp_path, samples):
+    code = (
+        "import sys, bnaudit\n"
+        f"r = bnaudit.fix({str(samples / 'bias_before_bn.keras')!r}, {str(tmp_path / 'x.keras')!r}, absorb_bias=True, fold=True, unbake=True, verify=False)\n"
+        "assert r.changes and r.proof.status == 'not run', r\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')))\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_without_tensorflow_the_proof_says_it_did_not_run(tmp_path, samples):
+    """TensorFlow made unimportable (None in sys.modules): the copy is written, the proof says why it is missing."""
+    code = (
+        "import sys\nsys.modules['tensorflow'] = None\nimport importlib.util, bnaudit\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'tensorflow' else __import__('importlib.machinery').machinery.PathFinder.find_spec(name)\n"
+        f"r = bnaudit.fix({str(samples / 'bias_before_bn.h5')!r}, {str(tmp_path / 'x.h5')!r}, absorb_bias=True)\n"
+        "print(r.proof.status, '|', r.proof.checked_codes, '|', r.proof.detail)\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    status, codes, detail = proc.stdout.strip().split(" | ")
+    assert status == "not run" and codes == "['BN102']"
+    assert detail.startswith("TensorFlow is not installed")
+    assert (tmp_path / "x.h5").is_file()
+
+
+def test_cli_text_and_json(tmp_path, samples):
+    run = run_bnaudit("fix", samples / "bias_before_bn.h5", "-o", tmp_path / "x.h5", "--absorb-bias", "--format", "json", "--report", tmp_path / "r.json")
+    assert run.returncode == 0, run.stderr
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["version"] == 1 and document["fixes"] == ["absorb-bias"]
+    assert [c["layer"] for c in document["changes"]] == ["bn1", "conv1", "bn_fc", "fc"]
+    assert document["proof"]["status"] == "passed"
+    run = run_bnaudit("fix", samples / "bias_before_bn.h5", "-o", tmp_path / "y.h5", "--absorb-bias", "--no-verify")
+    assert run.returncode == 0
+    assert run.stdout.splitlines()[1].split()[:2] == ["absorb-bias", "bn1"]
+    assert run.stdout.splitlines()[-1] == "proof: not run - not asked for (--no-verify)"
+
+
+def test_html_escapes_what_the_model_file_says(tmp_path, samples):
+    from bnaudit.fixes.changes import Change, FixReport, Refusal
+    from bnaudit.fixes.report import render
+
+    report = FixReport("m.keras", "o.keras", "keras", ["fold"], [Change("fold", "<script>x</script>", "removed")], [Refusal("fold", "a\x1b[31m", "<b>")])
+    html = render(report, "html")
+    assert "<script>x" not in html and "&lt;script&gt;x&lt;/script&gt;" in html and "&lt;b&gt;" in html
+    assert "\x1b" not in render(report, "text") and "\\x1b[31m" in render(report, "text")
+
+
+BAD = [
+    (["--fold", "-o", "{src}"], "is the input; the input is never modified"),
+    (["-o", "{tmp}/x.keras"], "no fix chosen"),
+    (["--fold", "-o", "{tmp}/x.h5"], "would change the format (.keras -> .h5)"),
+    (["--recalibrate", "-o", "{tmp}/x.keras"], "--recalibrate needs the data to measure"),
+    (["--fold", "-o", "{tmp}/no/such/dir/x.keras"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_requests_are_one_line_exit_2_nothing_written(tmp_path, samples, args, message):
+    source = tmp_path / "m.keras"
+    source.write_bytes((samples / "bias_before_bn.keras").read_bytes())
+    original = digest(source)
+    run = run_bnaudit("fix", source, *[a.format(src=source, tmp=tmp_path) for a in args])
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith(f"bnaudit: error: {source}: ") and message in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"] and digest(source) == original
+
+
+def test_unfoldable_model_and_wrong_data_write_nothing(tmp_path, samples):
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3, activation="relu", name="fc")(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "relu_between.keras")
+    run = run_bnaudit("fix", tmp_path / "relu_between.keras", "-o", tmp_path / "x.keras", "--fold")
+    assert run.returncode == 2 and "no BN can be folded (bn: 'fc' applies relu before the BN (a non-linearity between))" in run.stderr
+    (tmp_path / "relu_between.keras").unlink()
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 5, 5, 3), "float32"))
+    run = run_bnaudit("fix", samples / "clean_conv_bn_relu.keras", "-o", tmp_path / "y.keras", "--recalibrate", "--data", tmp_path / "wrong.npy")
+    assert run.returncode == 2 and "expects shape (None, 8, 8, 3)" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.npy"]
+    run = run_bnaudit("fix", tmp_path / "wrong.npy", "-o", tmp_path / "z.npy", "--fold")
+    assert run.returncode == 2 and "not a model file bnaudit can read" in run.stderr
+
+
+@pytest.mark.slow
+def test_resnet50_absorb_then_fold_within_tolerance(tmp_path):
+    """keras.applications.ResNet50: every conv before a BN keeps its bias (BN102 x 53); absorb, then fold all 53."""
+    import keras
+
+    from model_builders import set_trained_statistics
+
+    model = keras.applications.ResNet50(weights=None)
+    set_trained_statistics(model, seed=5)
+    source = tmp_path / "resnet50.keras"
+    model.save(source)
+    before = findings(source)
+    assert sum(code == "BN102" for code, _ in before) == 53
+    absorbed = fix(source, tmp_path / "absorbed.keras", absorb_bias=True)
+    assert absorbed.proof.status == "passed" and absorbed.proof.outputs_max_abs_delta < 1e-4
+    assert findings(tmp_path / "absorbed.keras") == {f for f in before if f[0] != "BN102"}
+    folded = fix(tmp_path / "absorbed.keras", tmp_path / "folded.keras", fold=True)
+    assert folded.refused == [] and batchnorm_paths(tmp_path / "folded.keras") == []
+    assert sum(c.what.startswith("folded") for c in folded.changes) == 53
+    assert folded.proof.status == "passed", folded.proof
+    assert folded.proof.outputs_max_abs_delta < 1e-4
