@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import audit, fix
+from .api import audit
 from .findings import ExitCode, Finding, Severity
 from .hookspecs import hookimpl
 from .reporters import Report, Reporter
@@ -30,3 +30,16 @@ __all__ = [
     "rule",
     "__version__",
 ]
+
+
+def fix(path: "str | Path", out: "str | Path", **options: "Any"):
+    """Write a fixed copy of ``path`` to ``out`` and return its :class:`~bnaudit.fixes.FixReport`.
+
+    The keywords are those of :func:`bnaudit.fixes.fix` (``unbake``, ``absorb_bias``,
+    ``fold``, ``recalibrate``, ``all_fixes``, ``data``, ``stats``...); ``report.changes``
+    is the change list. Raises :class:`~bnaudit.loaders.LoadError` for bad input, with
+    nothing written. Imported lazily so ``import bnaudit`` stays light.
+    """
+    from .fixes import fix as run
+
+    return run(path, out, **options)

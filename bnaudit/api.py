@@ -54,16 +54,3 @@ def _codes(values: Iterable[str]) -> tuple[str, ...]:
     if isinstance(values, str):  # audit(p, select="BN1") means one code, not its letters
         values = [values]
     return tuple(code.strip().upper() for code in values)
-
-
-def fix(path: str | Path, out: str | Path, **options: Any):
-    """Write a fixed copy of ``path`` to ``out`` and return its :class:`~bnaudit.fixes.FixReport`.
-
-    The keywords are those of :func:`bnaudit.fixes.fix` (``unbake``, ``absorb_bias``,
-    ``fold``, ``recalibrate``, ``all_fixes``, ``data``, ``stats``...); ``report.changes``
-    is the change list. Raises :class:`~bnaudit.loaders.LoadError` for bad input, with
-    nothing written. Imported lazily so ``import bnaudit`` stays light.
-    """
-    from .fixes import fix as run
-
-    return run(path, out, **options)

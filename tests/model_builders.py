@@ -125,7 +125,7 @@ def assert_bn_arrays_match(path, model) -> None:
     """bnaudit's BN layers (paths and count) and arrays equal those of the Keras model that wrote ``path``."""
     from bnaudit.engine import Auditor
 
-    graph = Auditor()._load(path)
+    graph = Auditor().load(path)
     try:
         ours = {bn.path: graph.weights.bn_arrays(bn) for bn in graph.batchnorms()}
     finally:

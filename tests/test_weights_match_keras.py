@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def _read_all(path):
-    graph = Auditor()._load(path)
+    graph = Auditor().load(path)
     try:
         return {bn.path: graph.weights.bn_arrays(bn) for bn in graph.batchnorms()}
     finally:
