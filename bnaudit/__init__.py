@@ -7,6 +7,8 @@ TensorFlow or Keras.
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
 
 from .api import audit
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def fix(path: "str | Path", out: "str | Path", **options: "Any"):
+def fix(path: "str | os.PathLike[str]", out: "str | os.PathLike[str]", **options: object):
     """Write a fixed copy of ``path`` to ``out`` and return its :class:`~bnaudit.fixes.FixReport`.
 
     The keywords are those of :func:`bnaudit.fixes.fix` (``unbake``, ``absorb_bias``,

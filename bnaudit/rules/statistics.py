@@ -25,6 +25,7 @@ from ..writers import BATCH_STATISTICS, INFERENCE_MODE, writer_of
 from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
+    from ..analysis.statistics import LayerStatistics
     from ..context import RuleContext
     from ..analysis.statistics import DataStatistics
 

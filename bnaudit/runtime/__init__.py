@@ -14,6 +14,7 @@ only some Keras-2 files (it refuses, for one, the Keras-2 config of ``SpatialDro
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
