@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from processes import predict_seconds
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,10 +87,7 @@ def statistics_pass(model, data: Path) -> float:
 
 
 def predict(model, x) -> float:
-    model.make_predict_function(force=True)  # trace again, as the pass does
-    started = time.perf_counter()
-    model.predict(x, batch_size=BATCH, verbose=0)
-    return time.perf_counter() - started
+    return predict_seconds(model, x, BATCH)
 
 
 def main() -> None:

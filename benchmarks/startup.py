@@ -18,8 +18,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from processes import run_process
 
 TARGET = 1.5
 MODELS = {
@@ -42,14 +43,9 @@ def build(directory: Path) -> None:
 
 
 def timed(command: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one whole process, start to exit (exit 0 or 1: findings are fine)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
-        raise SystemExit(f"{' '.join(command[-3:])} exited with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_utime + usage.ru_stime
+    """Wall and CPU seconds of one whole process, start to exit."""
+    usage = run_process(command)
+    return usage.wall, usage.cpu
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from processes import run_process
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,13 +34,8 @@ def build(path: Path) -> None:
 
 def measure(command: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one whole process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
-        raise SystemExit(f"{command[:3]} failed with status {status}")
-    return elapsed, usage.ru_maxrss / 1024
+    usage = run_process(command)
+    return usage.wall, usage.peak_mb
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import predict_seconds
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 BATCH = 32
 SAMPLES = {"mobilenetv2": 2048, "mlp": 16384}
@@ -70,10 +72,7 @@ def statistics_pass(model, data: Path) -> float:
 
 
 def predict(model, x) -> float:
-    model.make_predict_function(force=True)  # trace again, as the pass does
-    started = time.perf_counter()
-    model.predict(x, batch_size=BATCH, verbose=0)
-    return time.perf_counter() - started
+    return predict_seconds(model, x, BATCH)
 
 
 def naive(model, x) -> float:

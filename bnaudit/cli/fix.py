@@ -37,7 +37,7 @@ from .options import fail
 def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats_file, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug) -> None:
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
-    from ..fixes.report import printable, render
+    from ..fixes.report import render
 
     try:
         report = run_fix(
@@ -47,7 +47,7 @@ def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, 
     except LoadError as exc:
         if debug:
             raise
-        fail(printable(f"{model}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")))
+        fail(f"{model}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     text = render(report, output_format)
     if report_file:
         write_atomic(report_file, text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+from ..printable import printable
 from .changes import FixReport
 
 FORMATS = ("text", "json", "html")
@@ -22,11 +23,6 @@ def render(report: FixReport, fmt: str) -> str:
     if fmt == "html":
         return _html(report)
     return _text(report)
-
-
-def printable(text: str) -> str:
-    """``text`` with control and other non-printable characters written as escapes."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def verdict(report: FixReport) -> str:
