@@ -64,13 +64,13 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Au
     if workers <= 1 and _start_method() != "fork":
         with native_stderr_silenced(not debug):
             return [auditor.audit(path, options) for path, options in jobs]
-    return _isolated(jobs, workers, auditor.options)
+    return _isolated(jobs, workers, auditor)
 
 
-def _isolated(jobs: Sequence[Job], workers: int, options: AuditOptions) -> list[AuditResult]:
+def _isolated(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[AuditResult]:
     """Audit in ``workers`` child processes; after a crash, the model(s) a dead worker was on
     are audited again alone, each in a fresh child, and the others together; never here."""
-    results, marked = _in_pool(jobs, workers, options)
+    results, marked = _in_pool(jobs, workers, auditor)
     lost = [index for index, result in enumerate(results) if result is None]
     if not lost:
         return results  # type: ignore[return-value]
@@ -78,19 +78,24 @@ def _isolated(jobs: Sequence[Job], workers: int, options: AuditOptions) -> list[
         return [_died(jobs[0][0], marked.get(0, False))]
     suspects = (set(marked) & set(lost)) or set(lost)  # none marked: a worker died between audits
     for index in sorted(suspects):
-        alone, hung = _in_pool([jobs[index]], 1, options)
+        alone, hung = _in_pool([jobs[index]], 1, auditor)
         results[index] = alone[0] or _died(jobs[index][0], hung.get(0, False))
     innocent = [index for index in lost if index not in suspects]
     if innocent:  # cut short by another model's crash: together again
-        again = _isolated([jobs[i] for i in innocent], min(workers, len(innocent)), options)
+        again = _isolated([jobs[i] for i in innocent], min(workers, len(innocent)), auditor)
         for index, result in zip(innocent, again):
             results[index] = result
     return results  # type: ignore[return-value]
 
 
-def _in_pool(jobs: Sequence[Job], workers: int, options: AuditOptions) -> tuple[list[AuditResult | None], dict[int, bool]]:
+def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[AuditResult | None], dict[int, bool]]:
     """Results in job order, None where a worker died; and the jobs a dead worker was on,
-    each with whether it ran out of time (its marker is as old as the time limit)."""
+    each with whether it ran out of time (its marker is as old as the time limit).
+
+    A forked worker inherits ``auditor`` itself (its plugin manager, plugins registered
+    in-process included, and its rules: nothing is built again); a forkserver or spawned
+    one builds its own from ``auditor.options``.
+    """
     import multiprocessing  # only with -j or a child reader: a run without them starts without it
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
@@ -99,10 +104,13 @@ def _in_pool(jobs: Sequence[Job], workers: int, options: AuditOptions) -> tuple[
     context = multiprocessing.get_context(_start_method())
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
+    inherited = context.get_start_method() == "fork"
+    if inherited:
+        _worker["auditor"] = auditor
     results: list[AuditResult | None] = []
     threads = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="bnaudit-jobs-") as markers:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(options, threads)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(auditor.options, threads, inherited)) as pool:
             futures = [pool.submit(_audit_in_worker, index, path, options, markers) for index, (path, options) in enumerate(jobs)]
             for (path, _), future in zip(jobs, futures):
                 try:
@@ -175,13 +183,14 @@ def _memory_ceiling(extra: int | None) -> Iterator[None]:
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
-def _start_worker(options: AuditOptions, threads: int) -> None:
-    """The worker's one :class:`Auditor`: its plugin manager and rules, built once."""
+def _start_worker(options: AuditOptions, threads: int, inherited: bool) -> None:
+    """The worker's one :class:`Auditor`: inherited through fork, else built once here."""
     for variable in THREAD_VARIABLES:  # before TensorFlow is imported; the user's choice wins
         os.environ.setdefault(variable, str(threads))
     if not options.debug:
         _point_stderr_at_devnull()
-    _worker["auditor"] = Auditor(options)
+    if not inherited:
+        _worker["auditor"] = Auditor(options)
 
 
 def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str) -> AuditResult:

@@ -1,15 +1,14 @@
 """One test per hook: each is called when docs/plugins.md says, through pluggy (so an
 implementation may take fewer arguments than its spec), and what it returns is used.
 
-In-process with a fresh plugin manager per test (pluggy's own advice), except
-``bnaudit_register_commands``, which only an installed entry point can reach before the
-command line is parsed: it gets a real entry point and a real process.
+In-process with a fresh plugin manager per test (pluggy's own advice).
+``bnaudit_register_commands``, which only an installed entry point reaches, is tested with
+a real entry point and a real process in tests/test_plugin_commands.py.
 """
 
 from __future__ import annotations
 
 import shutil
-import textwrap
 
 import pytest
 
@@ -20,7 +19,7 @@ from bnaudit.parallel import audit_models
 from bnaudit.plugin_api import Measurement, Reporter, Severity, rule
 from bnaudit.plugins import collect_reporters, make_plugin_manager, plugin_infos
 from bnaudit.reporters import Report
-from conftest import SAMPLES, run_bnaudit
+from conftest import SAMPLES
 
 
 @rule("HK101", "every-batchnorm", Severity.INFO)
@@ -157,29 +156,3 @@ def test_prepare_jinja2_environment_is_called_per_html_report(probe):
     result = Auditor(AuditOptions(), pm=pm).audit(SAMPLES / "consecutive_bn.keras")
     html.render(Report([result], rules={}, plugin_manager=pm))
     assert len(calls) == 1 and calls[0].globals["probe"] is True
-
-
-def test_register_commands_adds_a_sub_command_from_an_installed_entry_point(tmp_path):
-    (tmp_path / "hello_plugin.py").write_text(
-        textwrap.dedent(
-            """
-            import click
-            import bnaudit
-
-            @click.command()
-            def hello():
-                click.echo("hello from a plugin command")
-
-            @bnaudit.hookimpl
-            def bnaudit_register_commands(cli):
-                cli.add_command(hello)
-            """
-        )
-    )
-    dist = tmp_path / "hello_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hello-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[bnaudit]\nhello = hello_plugin\n")
-    run = run_bnaudit("hello", env={"PYTHONPATH": str(tmp_path)})
-    assert (run.returncode, run.stdout) == (0, "hello from a plugin command\n"), run.stderr
-    assert run_bnaudit("hello").returncode == 2  # without the plugin there is no such command

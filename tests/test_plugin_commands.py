@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SAMPLES
+from conftest import ROOT, SAMPLES, run_bnaudit
 
 PLUGIN = '''
 import click
@@ -68,6 +68,7 @@ def test_a_plugin_command_runs_and_is_listed(site):
     run, _ = bnaudit(site, "--help")
     assert run.returncode == 0
     assert "hello    Say hello from a plugin." in run.stdout and "check    Audit model files" in run.stdout
+    assert run_bnaudit("hello").returncode == 2  # without the plugin there is no such command
 
 
 def test_built_in_commands_start_without_loading_plugins_for_commands(site):
