@@ -84,6 +84,22 @@ def test_files_that_point_elsewhere_or_lie_about_sizes_are_refused_before_a_byte
     assert peak < 400, f"peak RSS {peak:.0f} MiB"
 
 
+@pytest.mark.parametrize("make", [H.external_storage, H.external_link], ids=["external_storage", "external_link"])
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+@pytest.mark.parametrize("fix", ["--fold", "--absorb-bias"])
+def test_fix_refuses_what_check_refuses_and_writes_nothing(tmp_path, make, suffix, fix):
+    """`bnaudit fix` reads a model through the same guards as `check`: a BN vector kept in
+    another file is refused before anything is read from it or written, whatever the fix
+    (absorb-bias never touches gamma, the vector the attack puts elsewhere)."""
+    path, _ = make(tmp_path, suffix)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    out = tmp_path / f"out{suffix}"
+    run = run_bnaudit("fix", path, "-o", out, fix, "--no-verify")
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1 and "layer 'bn1'" in run.stderr and "external" in run.stderr, run.stderr
+    assert not out.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
 def test_code_carrying_objects_anywhere_in_the_config_are_flagged_and_refused(tmp_path):
     """Kind 4: BN501 flags each, exactly once, on the right layer; the runtime refuses to load it."""
     from bnaudit.loaders import LoadError, keras_zip

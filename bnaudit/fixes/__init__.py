@@ -67,7 +67,11 @@ def fix(
     _check_paths(path, out)
     graph = Auditor().load(path)
     if graph.weights is not None:
-        graph.weights.close()
+        try:  # every BN vector read as `check` reads it: a file check refuses is refused here
+            for bn in graph.batchnorms():
+                graph.weights.bn_arrays(bn)
+        finally:
+            graph.weights.close()
     if all_fixes:
         wanted |= {unbaking.NAME, absorb.NAME}
     options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed}

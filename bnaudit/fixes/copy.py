@@ -34,7 +34,8 @@ import numpy as np
 
 from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
 from ..loaders import LoadError
-from ..loaders.weights import MAX_ARRAY_ELEMENTS, bn_variable_names, zip_member_file
+from ..loaders.h5guard import check_dataset, get_object, read_text_attribute
+from ..loaders.weights import MAX_ARRAY_ELEMENTS, MAX_WEIGHT_NAMES_BYTES, bn_variable_names, zip_member_file
 
 #: Format names as the loaders set ``ModelGraph.format``.
 KERAS_ZIP, H5_KERAS2, H5_KERAS3 = "keras", "h5-keras2", "h5-keras3"
@@ -140,7 +141,8 @@ class ModelCopy:
         for name, dataset in self._datasets(layer).items():
             if names is not None and name not in names:
                 continue
-            if dataset.size > MAX_ARRAY_ELEMENTS or dataset.dtype.kind != "f":
+            check_dataset(dataset, f"layer {layer.path!r} {name}", MAX_ARRAY_ELEMENTS)
+            if dataset.dtype.kind != "f":
                 raise FixError(f"layer {layer.path!r}: {name} has shape {dataset.shape} {dataset.dtype}, not a float array bnaudit rewrites")
             out[name] = np.asarray(dataset[()], dtype)
         return out
@@ -163,7 +165,7 @@ class ModelCopy:
             return
         group, names = self._legacy_group(layer)
         bias = datasets["bias"]
-        names = [n for n in names if group.get(n) != bias]
+        names = [n for n in names if f"{group.name}/{n}" != bias.name]  # by path: no lookup follows a link
         del self.h5[bias.name]
         group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
 
@@ -178,7 +180,7 @@ class ModelCopy:
             group.create_dataset(str(len(group)), data=values.astype(kernel.dtype))
             return
         group, names = self._legacy_group(layer)
-        kernel_name = next(n for n in names if group.get(n) == kernel)
+        kernel_name = next(n for n in names if f"{group.name}/{n}" == kernel.name)
         head, _, last = kernel_name.rpartition("/")
         bias_name = f"{head}/bias{':0' if last.endswith(':0') else ''}"
         group.create_dataset(bias_name, data=values.astype(kernel.dtype))
@@ -290,7 +292,7 @@ class ModelCopy:
     def _lookup(self, layer: Layer) -> dict[str, h5py.Dataset]:
         names = variable_names(layer)
         if self.format == KERAS_ZIP:
-            group = self.h5.get(f"{layer.save_path}/vars")
+            group = get_object(self.h5, f"{layer.save_path}/vars", f"layer {layer.path!r}")
             if not isinstance(group, h5py.Group) or len(group) != len(names):
                 raise FixError(f"layer {layer.path!r}: the weights file does not hold its {len(names)} variables")
             return {name: _dataset(group, str(i), layer) for i, name in enumerate(names)}
@@ -303,11 +305,13 @@ class ModelCopy:
         return {name: _dataset(group, weight, layer) for name, weight in zip(names, mine)}
 
     def _legacy_group(self, layer: Layer) -> tuple[h5py.Group, list[str]]:
-        root = self.h5.get("model_weights", self.h5)
-        group = root.get(layer.path.split("/", 1)[0])
+        where = f"layer {layer.path!r}"
+        root = get_object(self.h5, "model_weights", where) or self.h5
+        group = get_object(root, layer.path.split("/", 1)[0], where)
         if not isinstance(group, h5py.Group):
-            raise FixError(f"layer {layer.path!r}: no weights group in the file")
-        return group, _strings(group.attrs.get("weight_names", []))
+            raise FixError(f"{where}: no weights group in the file")
+        names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
+        return group, [names] if isinstance(names, str) else names
 
 
 def _member(path: Path, archive: zipfile.ZipFile, name: str):
@@ -319,7 +323,9 @@ def _member(path: Path, archive: zipfile.ZipFile, name: str):
 
 
 def _dataset(group: h5py.Group, key: str, layer: Layer) -> h5py.Dataset:
-    value = group.get(key)
+    """One variable, found through hard links only (:func:`~bnaudit.loaders.h5guard.get_object`):
+    a fix reads and writes nothing Keras never writes, as ``check`` does."""
+    value = get_object(group, key, f"layer {layer.path!r}")
     if not isinstance(value, h5py.Dataset):
         raise FixError(f"layer {layer.path!r}: {key} is not an array in the weights file")
     return value
