@@ -9,6 +9,7 @@ a real entry point and a real process in tests/test_plugin_commands.py.
 from __future__ import annotations
 
 import shutil
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -114,6 +115,27 @@ def test_modify_findings_runs_once_per_model_with_fewer_arguments_than_its_spec(
     assert result.measurements["probe"] == {"batchnorms": 3}
     assert auditor.audit(SAMPLES / "no_such_model.keras").errors  # unreadable: the hook is not called
     assert plugin.calls["modify_findings"] == 1
+
+
+def test_a_failing_modify_findings_is_one_error_that_every_format_reports():
+    """The hook's failure costs its own change only, and no report shows the run as clean:
+    JUnit has an error case for it (no rule's outcome carries it)."""
+
+    class Broken:
+        @hookimpl
+        def bnaudit_modify_findings(self):
+            raise RuntimeError("boom")
+
+    pm = make_plugin_manager(autoload=False)
+    pm.register(Broken(), name="broken")
+    result = Auditor(AuditOptions(), pm=pm).audit(SAMPLES / "consecutive_bn.keras")
+    assert [(f.code, f.layer) for f in result.findings] == [("BN105", "bn2")]
+    assert [e.message for e in result.errors] == ["bnaudit_modify_findings failed: RuntimeError: boom"]
+    junit = collect_reporters(pm)["junit"].render(Report([result], rules={}))
+    suite = ET.fromstring(junit).find("testsuite")
+    assert suite.get("errors") == "1"
+    [error] = suite.iter("error")
+    assert error.get("message") == "bnaudit_modify_findings failed: RuntimeError: boom"
 
 
 def test_register_reporters_adds_a_format_and_plugin_info_comes_through_pluggy(probe):

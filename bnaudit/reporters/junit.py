@@ -62,9 +62,11 @@ def _suite(result: AuditResult, report: Report, seen: set[tuple[str, str]]) -> E
         seen.add(key)
         return ET.SubElement(suite, "testcase", classname=key[0], name=key[1], file=model)
 
-    for error in result.errors:
-        if not error.rule:
-            ET.SubElement(case("bnaudit.load", MODEL_CASE), "error", message=error.message, type="unreadable").text = error.hint
+    of_outcomes = {id(outcome.error) for outcome in result.outcomes if outcome.error is not None}
+    for error in result.errors:  # those no rule's outcome carries: an unreadable model, a failed plugin hook
+        if id(error) not in of_outcomes:
+            classname, kind = (f"bnaudit.{error.rule}", "error") if error.rule else ("bnaudit.load", "unreadable")
+            ET.SubElement(case(classname, MODEL_CASE), "error", message=error.message, type=kind).text = error.hint
     bn_layers = list((result.measurements.get("layers") or {}).keys())
     names = {f.code: f.name for f in result.findings}
     for outcome in result.outcomes:
