@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,18 +21,44 @@ def saved_model(tmp_path_factory):
     return path
 
 
-def test_static_check_imports_no_tensorflow_or_keras(saved_model):
+#: A plugin whose hook runs where the model is audited (a child process: every model is
+#: read in one) and writes down what is imported there.
+IMPORT_PROBE = """
+import json, os, sys
+
+import bnaudit
+
+
+@bnaudit.hookimpl
+def bnaudit_modify_findings():
+    with open(os.environ["IMPORT_PROBE_OUT"], "a", encoding="utf-8") as out:
+        out.write(json.dumps(sorted(sys.modules)) + "\\n")
+"""
+
+
+def modules_of_check(tmp_path, *args: str) -> tuple[set[str], subprocess.CompletedProcess]:
+    """Everything a fresh ``bnaudit check ARGS`` (the console script's body) imports, in the
+    main process and in the process that audited each model."""
+    (tmp_path / "import_probe.py").write_text(IMPORT_PROBE, encoding="utf-8")
+    out = tmp_path / "modules.jsonl"
     code = (
         "import sys, json\n"
         "from bnaudit.cli import cli\n"
         "try:\n"
-        f"    cli(['check', '--format', 'json', {str(saved_model)!r}], standalone_mode=False)\n"
+        f"    cli(['check', '-p', 'import_probe', *{list(args)!r}], standalone_mode=False)\n"
         "finally:\n"
-        "    heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras') or m.startswith('bnaudit.runtime'))\n"
-        "    print(json.dumps(heavy), file=sys.stderr)\n"
+        "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    heavy = json.loads(proc.stderr.strip().splitlines()[-1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "IMPORT_PROBE_OUT": str(out)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    where_audited = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert where_audited, proc.stderr  # the probe ran where the models were audited
+    return set(json.loads(proc.stderr.strip().splitlines()[-1])).union(*where_audited), proc
+
+
+def test_static_check_imports_no_tensorflow_or_keras(saved_model, tmp_path):
+    modules, proc = modules_of_check(tmp_path, "--format", "json", str(saved_model))
+    heavy = sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras") or m.startswith("bnaudit.runtime"))
     assert heavy == []
     [result] = json.loads(proc.stdout)["models"]
     # The audit really ran, weights included, and found the model clean.
@@ -55,22 +82,10 @@ ON_DEMAND = (
 # child process (a native crash on a hostile file costs that model only).
 
 
-def imported_by_check(*args: str) -> list[str]:
-    """Which of ON_DEMAND a fresh ``bnaudit check ARGS`` (the console script's body) imports."""
-    code = (
-        "import sys, json\n"
-        "from bnaudit.cli import cli\n"
-        "try:\n"
-        f"    cli(['check', *{list(args)!r}], standalone_mode=False)\n"
-        "finally:\n"
-        f"    print(json.dumps(sorted(m for m in {ON_DEMAND!r} if m in sys.modules)), file=sys.stderr)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    return json.loads(proc.stderr.strip().splitlines()[-1])
-
-
 def test_a_static_check_imports_only_what_it_runs(tmp_path):
     model = str(ROOT / "sample_models" / "dropout_before_bn.keras")
-    assert imported_by_check(model) == []
+    modules, _ = modules_of_check(tmp_path, model)
+    assert sorted(m for m in ON_DEMAND if m in modules) == []
     # An HTML report does need its views and templates: the measurement sees imports.
-    assert imported_by_check(model, "--format", "html", "-o", str(tmp_path / "r.html")) == ["bnaudit.reporters.views", "jinja2", "markupsafe"]
+    modules, _ = modules_of_check(tmp_path, model, "--format", "html", "-o", str(tmp_path / "r.html"))
+    assert sorted(m for m in ON_DEMAND if m in modules) == ["bnaudit.reporters.views", "jinja2", "markupsafe"]
