@@ -288,6 +288,24 @@ def test_bad_requests_are_one_line_exit_2_nothing_written(tmp_path, samples, arg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"] and digest(source) == original
 
 
+def test_a_non_numeric_epsilon_is_one_line_exit_2_nothing_written(tmp_path, samples):
+    """A config value of the wrong kind found while folding is the file's fault, said as
+    such (not an internal error), and nothing is written."""
+    import zipfile
+
+    source = tmp_path / "m.keras"
+    with zipfile.ZipFile(samples / "bias_before_bn.keras") as original, zipfile.ZipFile(source, "w") as copy:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename == "config.json":
+                data = data.replace(b'"epsilon": 0.001', b'"epsilon": "x"')
+            copy.writestr(info, data)
+    run = run_bnaudit("fix", source, "-o", tmp_path / "x.keras", "--fold", "--no-verify")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "epsilon is 'x', not a number (the file was not written by Keras as saved)" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
 def test_unfoldable_model_and_wrong_data_write_nothing(tmp_path, samples):
     import keras
 

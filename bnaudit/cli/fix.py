@@ -12,6 +12,7 @@ import sys
 import click
 
 from ..findings import ExitCode
+from ..graph import ConfigError
 from ..loaders import LoadError
 from ..output import write_atomic
 from .options import fail
@@ -48,6 +49,10 @@ def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, 
         if debug:
             raise
         fail(f"{model}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    except ConfigError as exc:  # a config value of the wrong kind, found while editing
+        if debug:
+            raise
+        fail(f"{model}: {exc} (the file was not written by Keras as saved)")
     text = render(report, output_format)
     if report_file:
         write_atomic(report_file, text)

@@ -88,7 +88,7 @@ def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
 def _fold(copy: ModelCopy, bn: Layer, layer: Layer) -> list[Change]:
     stats = copy.read(bn)
     channels = stats["moving_mean"].shape[0]
-    scale = stats.get("gamma", np.ones(channels)) / np.sqrt(stats["moving_variance"] + float(bn.config.get("epsilon", 1e-3)))
+    scale = stats.get("gamma", np.ones(channels)) / np.sqrt(stats["moving_variance"] + bn.number("epsilon", 1e-3))
     shift = stats.get("beta", np.zeros(channels)) - scale * stats["moving_mean"]
     old = copy.read(layer, dtype=None)  # kernels in their own dtype: one rounding, no float64 copy
     kernel_name = "pointwise_kernel" if "pointwise_kernel" in old else next(iter(old))

@@ -58,7 +58,7 @@ def prove(original: Path, copy: Path, graph, applied: list[str], static_codes: l
             notes.append(f"{', '.join(not_run)} did not run on the copy")
     if not have_tf:
         notes.append('TensorFlow is not installed, so outputs and BN3xx/BN4xx were not checked (pip install "bnaudit[tensorflow]")')
-    elif options.get("verify_outputs", True):
+    else:
         try:
             _compare_outputs(original, copy, graph, applied, options, proof)
         except LoadError as exc:
@@ -71,50 +71,32 @@ def prove(original: Path, copy: Path, graph, applied: list[str], static_codes: l
     return proof
 
 
-def load_as_written(path: Path, graph, unsafe_load: bool = False):
-    """Load ``path`` with the Keras that wrote it: tf-keras for Keras 2 files, Keras 3 otherwise."""
-    from ..runtime import import_tensorflow, unsafe_layers
-
-    risky = unsafe_layers(graph)
-    if risky and not unsafe_load:
-        raise LoadError(f"it can execute code when loaded: {', '.join(risky[:3])}", "only for models you trust: pass --unsafe-load")
-    import_tensorflow()
-    try:
-        if graph.format == "h5-keras2":
-            if importlib.util.find_spec("tf_keras") is None:
-                raise LoadError("the file was written by Keras 2 and tf-keras is not installed", "pip install tf-keras")
-            import tf_keras
-
-            return tf_keras.models.load_model(str(path), compile=False)
-        import keras
-
-        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe_load)
-    except LoadError:
-        raise
-    except Exception as exc:  # Keras raises many types for files it cannot rebuild
-        raise LoadError(f"Keras could not load {path.name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
 def _compare_outputs(original: Path, copy: Path, graph, applied: list[str], options: dict[str, Any], proof: Proof) -> None:
     from ..analysis.tolerances import compare, compute_dtype, tolerance
     from ..graph import dtype_policy
+    from ..options import RuntimeOptions
+    from ..runtime import load_keras_model
+    from ..runtime.inference import flat_outputs
     from ..runtime.synthetic import integer_high, synthetic_inputs
 
-    before = load_as_written(original, graph, bool(options.get("unsafe_load")))
-    after = load_as_written(copy, graph, bool(options.get("unsafe_load")))
+    # Loaded as the runtime loads any model: with the Keras that wrote it, in safe mode,
+    # refusing code-carrying layers unless allowed and a Keras without the CVE fixes.
+    loading = RuntimeOptions(unsafe_load=bool(options.get("unsafe_load")))
+    before = load_keras_model(original, graph, loading)
+    after = load_keras_model(copy, graph, loading)
     if options.get("data"):
         from ..runtime.data import iter_batches
 
-        batches = list(iter_batches(options["data"], before, SAMPLES, int(options.get("max_samples") or SAMPLES)))
-        inputs = [np.concatenate(parts) for parts in zip(*batches)]
-        proof.inputs = f"samples of {options['data']} (the first)"
+        batches = iter_batches(options["data"], before, SAMPLES, int(options.get("max_samples") or SAMPLES))
+        inputs = [np.concatenate(parts) for parts in zip(*list(batches))]
+        proof.inputs = f"samples of {options['data']} ({batches.order})"
     else:
         inputs = synthetic_inputs(before, SAMPLES, int(options.get("seed") or 0), integer_high(graph))
         proof.inputs = "seeded synthetic N(0, 1) samples"
     proof.samples = len(inputs[0])
     feed = inputs[0] if len(inputs) == 1 else inputs
-    expected = _flat(before.predict(feed, batch_size=SAMPLES, verbose=0))
-    actual = _flat(after.predict(feed, batch_size=SAMPLES, verbose=0))
+    expected = flat_outputs(before.predict(feed, batch_size=SAMPLES, verbose=0))
+    actual = flat_outputs(after.predict(feed, batch_size=SAMPLES, verbose=0))
     dtype = compute_dtype(dtype_policy(layer) for layer in graph)
     tol = tolerance(dtype)
     rows = [compare(f"output_{i}", "copy", "original", a, e, tol, dtype) for i, (a, e) in enumerate(zip(actual, expected))]
@@ -123,11 +105,3 @@ def _compare_outputs(original: Path, copy: Path, graph, applied: list[str], opti
         proof.tolerance = tol.atol
         proof.figures["rtol"] = tol.rtol
         proof.figures["beyond_tolerance"] = sum(row.mismatched for row in rows)
-
-
-def _flat(outputs) -> list[np.ndarray]:
-    if isinstance(outputs, dict):
-        return [np.asarray(outputs[key]) for key in sorted(outputs)]
-    if isinstance(outputs, (list, tuple)):
-        return [np.asarray(value) for value in outputs]
-    return [np.asarray(outputs)]

@@ -50,11 +50,11 @@ def measure(model_path: Path, graph, options: dict[str, Any]) -> DataStatistics:
     """One statistics pass over ``options["data"]`` with the model at ``model_path`` (needs TensorFlow)."""
     from ..options import RuntimeOptions
     from ..runtime import load_keras_model
-    from ..runtime.data import iter_batches
+    from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
     from ..runtime.statistics import collect
 
     model = load_keras_model(model_path, graph, RuntimeOptions(unsafe_load=bool(options.get("unsafe_load"))))
-    batch_size = int(options.get("batch_size") or 32)
+    batch_size = int(options.get("batch_size") or DEFAULT_BATCH_SIZE)
     batches = iter_batches(options["data"], model, batch_size, options.get("max_samples"))
     return collect(model, batches, batch_size=batch_size, upstream=UPSTREAM)
 

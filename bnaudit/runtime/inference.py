@@ -34,6 +34,7 @@ import numpy as np
 from ..analysis.tolerances import Comparison, Tolerance, compare, compute_dtype, tolerance
 from ..graph import dtype_policy
 from . import import_tensorflow
+from .data import DEFAULT_BATCH_SIZE
 from .devices import DevicePlan, plan_devices
 from .synthetic import integer_high, synthetic_inputs
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 #: Samples run (synthetic or the first of ``--data``) unless ``max_samples`` says otherwise.
 DEFAULT_SAMPLES = 128
-DEFAULT_BATCH_SIZE = 32
 #: Samples of the first batch that are also run alone (BN402).
 SUBSET_SIZE = 4
 #: The two call paths, as findings and tables name them.
@@ -189,11 +189,11 @@ class _Passes:
 
     def _predict(self, model, device: str, inputs: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
         with self.tf.device(f"/{device}"):
-            return _flat(model.predict(_feed(inputs), batch_size=batch_size, verbose=0))
+            return flat_outputs(model.predict(_feed(inputs), batch_size=batch_size, verbose=0))
 
     def _call(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         with self.tf.device(f"/{self.plan.reference}"):
-            return _flat(self.model(_feed(inputs)))
+            return flat_outputs(self.model(_feed(inputs)))
 
 
 def float64_copy(model, safe_mode: bool = True):
@@ -242,7 +242,8 @@ def _feed(arrays: list[np.ndarray]):
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
-def _flat(outputs) -> list[np.ndarray]:
+def flat_outputs(outputs) -> list[np.ndarray]:
+    """A model's outputs (tensor, list or dict) as numpy arrays, in Keras's flattening order."""
     import keras
 
     return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
