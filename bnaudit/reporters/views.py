@@ -200,8 +200,8 @@ def verdict_words(result: AuditResult, fail_on: Severity) -> str:
     if state == "unreadable":
         return "unreadable: not audited"
     if state == "incomplete":
-        failed = sorted({e.rule for e in result.errors})
-        return f"incomplete: {', '.join(failed)} could not run; {counts}"
+        stopped = sorted({code for error in result.errors for code in error.rules})  # every rule each error stopped
+        return f"incomplete: {', '.join(stopped)} could not run; {counts}"
     return f"{'fails' if state == 'fail' else 'passes'} the gate {gate}: {counts}"
 
 
