@@ -80,8 +80,8 @@ class RuntimeOptions:
     custom_objects: str | None = None
     #: The order the data is read in: a seeded shuffle (default) or as stored.
     data_order: typing.Literal["shuffled", "sorted"] = "shuffled"
-    #: The seed of the shuffled order (None: 0).
-    data_seed: int | None = None
+    #: The seed of the shuffled order.
+    data_seed: int = 0
     statistics: StatisticsOptions = field(default_factory=StatisticsOptions)
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 

@@ -138,10 +138,7 @@ def iter_batches(
 
 def data_order(runtime: "RuntimeOptions") -> dict[str, Any]:
     """``iter_batches``'s ``order`` and ``seed`` from the runtime options (``data_order``, ``data_seed``)."""
-    return {
-        "order": runtime.data_order or DATA_ORDERS[0],
-        "seed": int(runtime.data_seed) if runtime.data_seed is not None else DEFAULT_DATA_SEED,
-    }
+    return {"order": runtime.data_order, "seed": runtime.data_seed}
 
 
 def _shard_samples(total: int, batch_size: int, k: int, n: int) -> int:
