@@ -21,13 +21,19 @@ from conftest import ROOT, SAMPLES, run_bnaudit
 MODEL = SAMPLES / "dropout_before_bn.keras"
 
 
-#: Runs the command line, then records which TensorFlow modules the process had imported.
+#: Runs the command line, then records which TensorFlow modules were imported, in this
+#: process and where each model was audited (a child process: tests/import_probe.py).
 #: (``-X importtime`` cannot tell: stderr is pointed at /dev/null while models are audited.)
 RECORDING_MAIN = """
 import atexit, json, os, sys
-record = lambda: open(os.environ["RECORD_MODULES"], "w").write(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")))
+from import_probe import modules_where_audited
+def record():
+    modules = set(sys.modules) | modules_where_audited(os.environ["IMPORT_PROBE_OUT"])
+    open(os.environ["RECORD_MODULES"], "w").write(json.dumps(sorted(m for m in modules if m.split(".")[0] == "tensorflow")))
 atexit.register(record)
 sys.argv[0] = "bnaudit"
+if sys.argv[1:2] == ["check"]:
+    sys.argv[2:2] = ["-p", "import_probe"]
 from bnaudit.cli import main
 main()
 """
@@ -46,11 +52,12 @@ def run_recorded(*args, cwd) -> Recorded:
     record = cwd / ".modules.json"
     proc = subprocess.run(
         [sys.executable, "-c", RECORDING_MAIN, *map(str, args)],
-        cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), "RECORD_MODULES": str(record)},
+        cwd=cwd, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "RECORD_MODULES": str(record), "IMPORT_PROBE_OUT": str(cwd / ".probe.jsonl")},
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
     )
     modules = json.loads(record.read_text())
     record.unlink()
+    (cwd / ".probe.jsonl").unlink(missing_ok=True)
     return Recorded(proc.returncode, proc.stdout, proc.stderr, bool(modules))
 
 

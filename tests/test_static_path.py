@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from import_probe import modules_where_audited
 
 
 @pytest.fixture(scope="module")
@@ -21,25 +22,9 @@ def saved_model(tmp_path_factory):
     return path
 
 
-#: A plugin whose hook runs where the model is audited (a child process: every model is
-#: read in one) and writes down what is imported there.
-IMPORT_PROBE = """
-import json, os, sys
-
-import bnaudit
-
-
-@bnaudit.hookimpl
-def bnaudit_modify_findings():
-    with open(os.environ["IMPORT_PROBE_OUT"], "a", encoding="utf-8") as out:
-        out.write(json.dumps(sorted(sys.modules)) + "\\n")
-"""
-
-
 def modules_of_check(tmp_path, *args: str) -> tuple[set[str], subprocess.CompletedProcess]:
     """Everything a fresh ``bnaudit check ARGS`` (the console script's body) imports, in the
     main process and in the process that audited each model."""
-    (tmp_path / "import_probe.py").write_text(IMPORT_PROBE, encoding="utf-8")
     out = tmp_path / "modules.jsonl"
     code = (
         "import sys, json\n"
@@ -49,11 +34,11 @@ def modules_of_check(tmp_path, *args: str) -> tuple[set[str], subprocess.Complet
         "finally:\n"
         "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "IMPORT_PROBE_OUT": str(out)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "IMPORT_PROBE_OUT": str(out)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    where_audited = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    where_audited = modules_where_audited(str(out))
     assert where_audited, proc.stderr  # the probe ran where the models were audited
-    return set(json.loads(proc.stderr.strip().splitlines()[-1])).union(*where_audited), proc
+    return set(json.loads(proc.stderr.strip().splitlines()[-1])) | where_audited, proc
 
 
 def test_static_check_imports_no_tensorflow_or_keras(saved_model, tmp_path):
