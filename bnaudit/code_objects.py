@@ -14,15 +14,31 @@ from typing import Any, Iterator
 
 from .keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
 
-#: A module Keras itself serializes classes from: ``keras`` or ``keras.<...>``
-#: (a ``startswith("keras")`` test would pass ``keras_payload``).
-_KERAS_MODULE = re.compile(r"keras(\.[A-Za-z_][A-Za-z0-9_]*)*")
+#: A module Keras itself serializes classes from: ``keras`` or ``keras.<...>``, and
+#: tf-keras's ``tf_keras.<...>`` (a ``startswith("keras")`` test would pass ``keras_payload``).
+_KERAS_MODULE = re.compile(r"(tf_)?keras(\.[A-Za-z_][A-Za-z0-9_]*)*")
 #: Modules whose functions Keras serializes by name in a model config (activations,
 #: losses, metrics, ops). Any other function, ``keras.config.enable_unsafe_deserialization``
 #: included (CVE-2025-9906), is flagged.
 _KERAS_FUNCTION_MODULE = re.compile(r"keras(\.src)?\.(activations|losses|metrics|ops|backend|random)(\.[A-Za-z_][A-Za-z0-9_]*)*")
 #: Config keys that hold a layer (wrappers, RNNs) or a list of layers (models, stacked cells).
 _LAYER_KEYS = frozenset({"layer", "forward_layer", "backward_layer", "cell"})
+#: tf-keras writes a ``TFOpLambda`` / ``SlicingOpLambda`` layer for each TensorFlow op
+#: called on a Keras tensor in a functional model, and loads it by looking its
+#: ``function`` up among TensorFlow's public API names: any of them, ``io.write_file`` or
+#: ``py_function`` included. Names of tensor arithmetic (operators, ``tf.math``, ``tf.nn``,
+#: ``tf.linalg``, the array ops below) compute on tensors only: such a layer is what
+#: ``keras.applications`` (MobileNetV3, ConvNeXt) is saved with, not code.
+_TENSOR_OP = re.compile(
+    r"(__operators__|math|nn|linalg)\.[A-Za-z_][A-Za-z0-9_]*"
+    r"|(reshape|transpose|concat|stack|unstack|expand_dims|squeeze|cast|shape|split|identity|clip_by_value"
+    r"|broadcast_to|tile|gather|pad|where|ones_like|zeros_like|reduce_mean|reduce_sum|reduce_max|reduce_min)"
+)
+_TF_OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
+#: Modules tf-keras names for the TensorFlow initializers it serializes (``Constant`` from
+#: ``tensorflow.python.ops.init_ops_v2`` in ``keras.applications.EfficientNetV2``):
+#: TensorFlow's own classes, looked up by name there.
+_TF_INITIALIZER_MODULE = re.compile(r"tensorflow\.python\.ops\.init_ops(_v2)?")
 _LAYER_LIST_KEYS = frozenset({"layers", "cells"})
 
 
@@ -105,6 +121,10 @@ def unsafe_objects(config: Any) -> list[tuple[str, dict[str, Any], str]]:
             why = _why_function(entry)
         elif class_name.startswith("__") and class_name != "__lambda__":
             why = ""  # Keras's own markers: __keras_tensor__, __tuple__, __numpy__, ...
+        elif class_name in _TF_OP_LAYERS and _TENSOR_OP.fullmatch(str((entry.get("config") or {}).get("function") or "")):
+            why = ""
+        elif not is_layer and _TF_INITIALIZER_MODULE.fullmatch(str(entry.get("module") or "")):
+            why = ""
         else:
             why = why_unsafe(class_name, str(entry.get("module") or ""), str(entry.get("registered_name") or ""), is_layer)
         if why and not any(where.startswith(f"{outer}/") for outer, _, _ in found):  # inside a flagged object: said

@@ -273,3 +273,35 @@ def test_a_corrupt_variable_length_string_cannot_make_libhdf5_allocate_gigabytes
     [line] = stderr.splitlines()
     assert line.startswith(f"bnaudit: error: {corrupt}: the 'model_config' attribute is corrupt (Can't synchronously read data (memory allocation failed")
     assert peak < 400, f"peak RSS {peak:.0f} MiB"
+
+
+@pytest.mark.parametrize(
+    "entry, flagged",
+    [
+        ({"class_name": "TFOpLambda", "config": {"name": "tf.__operators__.add", "function": "__operators__.add"}}, False),
+        ({"class_name": "TFOpLambda", "config": {"name": "tf.math.multiply", "function": "math.multiply"}}, False),
+        ({"class_name": "SlicingOpLambda", "config": {"name": "tf.__operators__.getitem", "function": "__operators__.getitem"}}, False),
+        ({"class_name": "TFOpLambda", "config": {"name": "tf.io.write_file", "function": "io.write_file"}}, True),
+        ({"class_name": "TFOpLambda", "config": {"name": "tf.py_function", "function": "py_function"}}, True),
+        ({"class_name": "TFOpLambda", "config": {"name": "op"}}, True),
+    ],
+)
+def test_tf_op_layers_are_code_unless_they_name_tensor_arithmetic(entry, flagged):
+    """tf-keras looks a TFOpLambda's function up among all of TensorFlow's API names: the
+    arithmetic keras.applications is saved with is fine, file or Python ops are not."""
+    from bnaudit.code_objects import unsafe_objects
+
+    config = {"class_name": "Functional", "config": {"layers": [{**entry, "config": {**entry["config"], "trainable": True}}]}}
+    assert [where for where, _, _ in unsafe_objects(config)] == ([entry["config"]["name"]] if flagged else [])
+
+
+def test_tf_keras_modules_and_its_tensorflow_initializers_are_keras():
+    """tf-keras names its own modules (``tf_keras.src.applications.convnext``) and
+    TensorFlow's initializers (``tensorflow.python.ops.init_ops_v2``) in saved configs."""
+    from bnaudit.code_objects import unsafe_objects
+
+    dense = {"class_name": "Dense", "config": {"name": "predictions", "bias_initializer": {"module": "tensorflow.python.ops.init_ops_v2", "class_name": "Constant", "config": {"value": 0}, "registered_name": "Constant"}}}
+    scale = {"class_name": "LayerScale", "module": "tf_keras.src.applications.convnext", "config": {"name": "layer_scale"}}
+    evil = {"class_name": "Dense", "config": {"name": "fc", "bias_initializer": {"module": "tensorflow.python.ops.gen_io_ops", "class_name": "WriteFile", "config": {}}}}
+    config = {"class_name": "Functional", "config": {"layers": [dense, scale, evil]}}
+    assert [where for where, _, _ in unsafe_objects(config)] == ["fc/bias_initializer"]
