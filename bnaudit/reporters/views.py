@@ -20,6 +20,7 @@ from ..result import AuditResult
 from ..rule import Rule
 from . import Report
 from .json import without_timings
+from .locations import relative_path
 from .measurements import StatisticsView, Table, devices, format_value, flatten, statistics_view, topic_tables
 from .svg import severity_bar
 
@@ -58,7 +59,8 @@ class ModelView:
 
     @property
     def path(self) -> str:
-        return self.result.path
+        """The model's path as every report locates it: relative to the working directory when inside it."""
+        return relative_path(self.result.path)
 
     @property
     def meta(self) -> dict[str, Any]:
