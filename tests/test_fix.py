@@ -306,6 +306,23 @@ def test_a_non_numeric_epsilon_is_one_line_exit_2_nothing_written(tmp_path, samp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
 
 
+def test_layers_inside_wrappers_are_refused_not_crashed_on(tmp_path):
+    """BN102 sees a Dense and a BN inside TimeDistributed; the fixes do not rewrite wrapped
+    layers, and say so in one line with nothing written."""
+    import keras
+
+    inputs = keras.Input((8, 12))
+    dense = keras.layers.TimeDistributed(keras.layers.Dense(16), name="td_dense")(inputs)
+    outputs = keras.layers.TimeDistributed(keras.layers.BatchNormalization(), name="td_bn")(dense)
+    keras.Model(inputs, outputs).save(tmp_path / "td.keras")
+    assert [(f.code, f.layer) for f in audit(tmp_path / "td.keras", select=["BN102"]).findings] == [("BN102", "td_bn/batch_normalization")]
+    for flag, says in (("--absorb-bias", "no bias can be absorbed (td_bn/batch_normalization: 'td_dense/dense' sits inside TimeDistributed 'td_dense'; wrapped layers are not rewritten)"),
+                       ("--fold", "no BN can be folded (td_bn/batch_normalization: its input comes from TimeDistributed 'td_dense', not a Dense or convolution)")):
+        run = run_bnaudit("fix", tmp_path / "td.keras", "-o", tmp_path / "x.keras", flag, "--no-verify")
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and says in run.stderr, run.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["td.keras"]
+
+
 def test_unfoldable_model_and_wrong_data_write_nothing(tmp_path, samples):
     import keras
 

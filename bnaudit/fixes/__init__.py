@@ -85,8 +85,9 @@ def fix(
                     changes, refused = recalibration.apply(copy, measured)
                 else:
                     changes, refused = {unbaking.NAME: unbaking, absorb.NAME: absorb, folding.NAME: folding}[name].apply(copy)
-                if name == folding.NAME and refused and not changes:
-                    raise FixError(f"no BN can be folded ({refused[0].layer}: {refused[0].why})", "nothing was written")
+                if refused and not changes and name in (folding.NAME, absorb.NAME):
+                    nothing = {folding.NAME: folding.NOTHING, absorb.NAME: absorb.NOTHING}[name]
+                    raise FixError(f"{nothing} ({refused[0].layer}: {refused[0].why})", "nothing was written")
                 report.changes += changes
                 report.refused += refused
             report.dropped_optimizer_state = copy.dropped_optimizer

@@ -16,16 +16,26 @@ from .changes import ArrayChange, Change, Refusal
 from .copy import ModelCopy
 
 NAME = "absorb-bias"
+#: What `bnaudit fix` says when every layer was refused.
+NOTHING = "no bias can be absorbed"
 CODES = ("BN102",)
 
 
 def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
     graph = copy.graph
     targets: dict[str, list] = {}
+    refused = []
+    wrappers = {inner: layer for layer in graph for inner in layer.wrapped}
     for bn in graph.batchnorms():
         producer = cancelled_bias(graph, bn)
-        if producer is not None:
-            targets.setdefault(producer.path, []).append(bn)
+        if producer is None:
+            continue
+        inner = next((layer for layer in (producer, bn) if layer.path in wrappers), None)
+        if inner is not None:  # its variables live under the wrapper's, in each writer's own layout
+            wrapper = wrappers[inner.path]
+            refused.append(Refusal(NAME, bn.path, f"{inner.path!r} sits inside {wrapper.class_name} {wrapper.path!r}; wrapped layers are not rewritten"))
+            continue
+        targets.setdefault(producer.path, []).append(bn)
     changes = []
     for path, bns in targets.items():
         producer = graph[path]
@@ -39,4 +49,4 @@ def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
         copy.entry(path)["config"]["use_bias"] = False
         changes.append(Change(NAME, path, "use_bias=False", [ArrayChange.of("bias", "removed", bias)]))
     copy.refresh()
-    return changes, []
+    return changes, refused

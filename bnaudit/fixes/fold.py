@@ -32,6 +32,8 @@ from .changes import ArrayChange, Change, Refusal
 from .copy import ModelCopy
 
 NAME = "fold"
+#: What `bnaudit fix` says when every layer was refused.
+NOTHING = "no BN can be folded"
 CODES: tuple[str, ...] = ()
 
 
