@@ -323,6 +323,20 @@ def test_layers_inside_wrappers_are_refused_not_crashed_on(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["td.keras"]
 
 
+def test_optimizer_state_is_said_dropped_only_where_the_file_held_one(tmp_path, samples):
+    import keras
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3, name="fc")(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "mse")
+    model.fit(np.ones((8, 4), "float32"), np.ones((8, 3), "float32"), epochs=1, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    for source, dropped in ((tmp_path / "trained.keras", True), (samples / "clean_conv_bn_relu.keras", False)):
+        report = fix(source, tmp_path / f"out_{source.name}", fold=True, verify=False)
+        assert report.dropped_optimizer_state is dropped, source.name
+
+
 def test_unfoldable_model_and_wrong_data_write_nothing(tmp_path, samples):
     import keras
 

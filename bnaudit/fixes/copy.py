@@ -234,9 +234,11 @@ class ModelCopy:
 
     def drop_optimizer_state(self) -> None:
         """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
-        if self.format == KERAS_ZIP:
-            found = [self.config.pop("compile_config", None) is not None, "optimizer" in self.h5]
-            if found[1]:
+        if self.format == KERAS_ZIP:  # an uncompiled model saves compile_config {} and no optimizer variables
+            optimizer = get_object(self.h5, "optimizer", "the optimizer state")
+            variables = get_object(optimizer, "vars", "the optimizer state") if isinstance(optimizer, h5py.Group) else None
+            found = [bool(self.config.pop("compile_config", None)), isinstance(variables, h5py.Group) and len(variables) > 0]
+            if optimizer is not None:
                 del self.h5["optimizer"]
         else:
             found = ["optimizer_weights" in self.h5, "training_config" in self.h5.attrs]
