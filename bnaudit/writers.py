@@ -62,10 +62,10 @@ class Writer:
     def baked_training_behaviour(self) -> str:
         """What a BN call saved with ``training=True`` does at inference under this writer (BN106)."""
         if self.family == "keras3":
-            return "Keras 3 keeps it under model(x) (model.predict of the loaded model uses the moving statistics)"
+            return "under model(x) in Keras 3; model.predict of the loaded model uses the moving statistics"
         if self.family == "keras2":
-            return "Keras 2 keeps it under model(x) and model.predict alike"
-        return "Keras 2 keeps it under model(x) and model.predict; Keras 3 under model(x)"
+            return "under model(x) and model.predict alike in Keras 2"
+        return "under model(x) and model.predict in Keras 2, under model(x) in Keras 3"
 
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")

@@ -418,8 +418,8 @@ def test_baked_training_is_described_for_its_writer(samples):
     k3 = audit(samples / "bn_training_baked.keras", select=("BN106",))
     k2 = audit(samples / "k2_bn_training_baked.h5", select=("BN106",))
     assert findings(k3) == {("BN106", "bn1")} and findings(k2) == {("BN106", "bn1")}
-    assert "Keras 3 keeps it under model(x) (model.predict" in k3.findings[0].message
-    assert "Keras 2 keeps it under model(x) and model.predict alike" in k2.findings[0].message
+    assert "(under model(x) in Keras 3; model.predict of the loaded model uses the moving statistics)" in k3.findings[0].message
+    assert "(under model(x) and model.predict alike in Keras 2)" in k2.findings[0].message
 
 
 # -- kind 8: advice that follows the layer's config and agrees with the other findings ---

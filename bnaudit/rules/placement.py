@@ -301,7 +301,7 @@ def batchnorm_training_baked(ctx):
                 f"BatchNormalization {bn.path!r} is called with training=True ({source}): "
                 f"it uses batch statistics at inference ({writer.baked_training_behaviour()})",
                 details={"source": source, "writer": writer.name},
-                fix="rebuild the model without training=True in the call and copy the weights over",
+                fix="`bnaudit fix --unbake` writes a copy without training=True in the call (or rebuild the model without it and copy the weights over)",
             )
 
 
