@@ -39,12 +39,14 @@ def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, 
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
     from ..fixes.report import render
+    from ..parallel import native_stderr_silenced
 
     try:
-        report = run_fix(
-            model, output, unbake=unbake, absorb_bias=absorb_bias, fold=fold, recalibrate=recalibrate, all_fixes=all_fixes,
-            data=data, stats=stats_file, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, unsafe_load=unsafe_load,
-        )
+        with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
+            report = run_fix(
+                model, output, unbake=unbake, absorb_bias=absorb_bias, fold=fold, recalibrate=recalibrate, all_fixes=all_fixes,
+                data=data, stats=stats_file, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, unsafe_load=unsafe_load,
+            )
     except LoadError as exc:
         if debug:
             raise
