@@ -51,14 +51,21 @@ class RuleContext:
         When computing it fails, the failure becomes one :class:`ModelError` of the rule
         that tried; that rule and every later one that asks raise :class:`RuleStopped`
         with it, and the engine records the first as failed and the others as skipped,
-        all named by that one error: one cause, one error.
+        all named by that one error: one cause, one error. Two computations that fail for
+        the same reason (a ``--data`` that fits neither the statistics pass nor the
+        re-runs) share the first one's error.
         """
+        failures: list[ModelError] = self.runtime.memo("shared failures", list)
 
         def attempt() -> Any:
             try:
                 return compute()
             except Exception as error:  # noqa: BLE001 - recorded, and re-raised as RuleStopped
-                return _SharedFailure(error_from(error, self.rule.code), error)
+                new = error_from(error, self.rule.code)
+                same = next((old for old in failures if (old.message, old.hint) == (new.message, new.hint)), None)
+                if same is None:
+                    failures.append(new)
+                return _SharedFailure(same or new, error)
 
         outcome = self.runtime.memo(key, attempt)
         if isinstance(outcome, _SharedFailure):

@@ -140,11 +140,12 @@ def test_data_that_does_not_fit_is_one_line_exit_2_and_the_other_models_still_ru
 
 
 def test_wrong_shape_data_is_one_line_on_one_stream(audit_run, trained):
-    """The text report on stdout does not repeat what stderr says; no rule repeats it either."""
-    run = run_bnaudit("check", "wrong.keras", "--select", "BN3", cwd=trained)
+    """The text report on stdout does not repeat what stderr says; no rule repeats it, and
+    the statistics pass and the re-runs, stopped by the same data, share one error."""
+    run = run_bnaudit("check", "wrong.keras", "--select", "BN3,BN4", cwd=trained)
     assert run.returncode == 2
     assert [line for line in run.stderr.splitlines() if "expects shape" in line] == [
-        f"bnaudit: error: wrong.keras [BN301, BN302, BN303]: --data {trained / 'wrong.npy'}: input 'features' expects shape "
+        f"bnaudit: error: wrong.keras [BN301, BN302, BN303, BN401, BN402, BN403, BN404]: --data {trained / 'wrong.npy'}: input 'features' expects shape "
         "(None, 16) float32; the data has shape (4, 15) float32 (reshape the data to the model's input shape)"
     ]
     assert "expects shape" not in run.stdout
