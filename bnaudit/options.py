@@ -129,7 +129,7 @@ def check_selection(selection: "Selection", rules: "Mapping[str, Rule]", keys: t
     for key, codes in zip(keys, (selection.select, selection.ignore, selection.extend_select)):
         unknown = [code for code in codes if code != "ALL" and not any(known.startswith(code) for known in rules)]
         if unknown:
-            raise OptionsError(f"{key} {', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
+            raise OptionsError(f"{key} {', '.join(unknown)} {'matches' if len(unknown) == 1 else 'match'} no rule; `bnaudit rules` lists the codes")
 
 
 def check_settings(settings: Mapping[str, Any], rules: "Mapping[str, Rule]") -> None:

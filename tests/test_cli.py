@@ -91,7 +91,7 @@ def test_select_and_ignore(bias_model, args, expected):
 
 def test_unknown_code_and_format_are_usage_errors(bias_model):
     run = invoke("check", "--select", "BN999", bias_model)
-    assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: --select BN999 match no rule; `bnaudit rules` lists the codes"
+    assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: --select BN999 matches no rule; `bnaudit rules` lists the codes"
     run = invoke("check", "--format", "yaml", bias_model)
     assert run.returncode == 2 and "unknown format 'yaml'" in run.stderr
 

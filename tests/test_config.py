@@ -137,8 +137,8 @@ def test_an_unknown_threshold_of_a_plugin_rule_is_an_error_too(project):
 @pytest.mark.parametrize(
     "table, message",
     [
-        ({"select": ["BN9"]}, "select: BN9 match no rule"),
-        ({"per-file-ignores": {"*.h5": ["BN777"]}}, "per-file-ignores '*.h5': BN777 match no rule"),
+        ({"select": ["BN9"]}, "select: BN9 matches no rule"),
+        ({"per-file-ignores": {"*.h5": ["BN777"]}}, "per-file-ignores '*.h5': BN777 matches no rule"),
         ({"bn999": {"limit": 1}}, "[bn999]: there is no rule BN999"),
         ({"th101": {"limit": "many"}}, "th101.limit = 'many': expected a int like its default 100"),
         ({"th101": {"limit": True}}, "th101.limit = True: expected a int like its default 100"),

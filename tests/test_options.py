@@ -17,8 +17,8 @@ MODEL = SAMPLES / "dropout_before_bn.keras"
 @pytest.mark.parametrize(
     "keywords, message",
     [
-        ({"ignore": ["BN13"]}, "ignore BN13 match no rule; `bnaudit rules` lists the codes"),
-        ({"select": ["BN1", "XX9"]}, "select XX9 match no rule; `bnaudit rules` lists the codes"),
+        ({"ignore": ["BN13"]}, "ignore BN13 matches no rule; `bnaudit rules` lists the codes"),
+        ({"select": ["BN1", "XX9"]}, "select XX9 matches no rule; `bnaudit rules` lists the codes"),
         (
             {"settings": {"bn301.drift_score": 1}},
             "setting 'bn301.drift_score': unknown threshold 'drift_score' (did you mean 'drift-score'?) "
@@ -62,7 +62,7 @@ def test_valid_keywords_land_in_the_typed_options_and_the_audit_runs():
 
 def test_the_command_line_goes_through_the_same_checks(tmp_path):
     run = run_bnaudit("check", MODEL, "--isolated", "--ignore", "BN13")
-    assert (run.returncode, run.stderr) == (2, "bnaudit: error: --ignore BN13 match no rule; `bnaudit rules` lists the codes\n")
+    assert (run.returncode, run.stderr) == (2, "bnaudit: error: --ignore BN13 matches no rule; `bnaudit rules` lists the codes\n")
     (tmp_path / "bnaudit.toml").write_text("[bn301]\ndrift_score = 1\n")
     run = run_bnaudit("check", MODEL, "--config", tmp_path / "bnaudit.toml")
     assert run.returncode == 2
@@ -70,3 +70,8 @@ def test_the_command_line_goes_through_the_same_checks(tmp_path):
         f"bnaudit: error: {tmp_path / 'bnaudit.toml'}: [bn301]: unknown threshold 'drift_score' (did you mean 'drift-score'?) "
         "(the thresholds of BN301: drift-score, mean-shift, log-variance-ratio, channel-fraction)\n"
     )
+
+
+def test_several_unknown_codes_are_named_together():
+    with pytest.raises(OptionsError, match=r"^select XX9, YY1 match no rule; `bnaudit rules` lists the codes$"):
+        bnaudit.audit(SAMPLES / "dropout_before_bn.keras", select=["XX9", "YY1"])

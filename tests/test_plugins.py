@@ -129,7 +129,7 @@ def test_removing_a_plugin_removes_its_rules(site, mixed_model, how):
         assert "ACME101" in rules.stdout
         check = run_bnaudit("check", mixed_model["paths"][".keras"], "--isolated", "--select", "LN101", *args, env=env)
         assert check.returncode == 2
-        assert check.stderr == "bnaudit: error: --select LN101 match no rule; `bnaudit rules` lists the codes\n"
+        assert check.stderr == "bnaudit: error: --select LN101 matches no rule; `bnaudit rules` lists the codes\n"
 
 
 def test_with_autoload_off_p_loads_just_the_plugins_named(site, mixed_model):

@@ -97,7 +97,8 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
     notices = [f"config: {project.name}"] if verbose else []
     if write_baseline:
-        notices.append(f"wrote {baselines.write(write_baseline, results, __version__)} findings to the baseline {write_baseline}")
+        written = baselines.write(write_baseline, results, __version__)
+        notices.append(f"wrote {written} finding{'s' if written != 1 else ''} to the baseline {write_baseline}")
     outcome = accepted.apply(results) if accepted else None
     if outcome:
         notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
