@@ -34,10 +34,10 @@ RESHAPE_CLASSES = frozenset({"Reshape", "Flatten", "Permute"})
 
 LINEAR_ACTIVATIONS = frozenset({None, "linear", "identity"})
 
-#: Config keys that hold a wrapped layer, and the attribute Keras 3's ``saving_lib``
-#: files it under (``Bidirectional`` keeps its forward copy in ``layer`` and saves it
-#: as ``forward_layer``). ``cells`` (``StackedRNNCells``) holds a list.
-WRAPPED_KEYS = {"layer": "layer", "backward_layer": "backward_layer", "cell": "cell", "cells": "cells"}
+#: Config keys that hold a wrapped layer; Keras 3's ``saving_lib`` files each under the
+#: attribute of that name (but ``Bidirectional`` keeps its forward copy in ``layer`` and
+#: saves it as ``forward_layer``). ``cells`` (``StackedRNNCells``) holds a list.
+WRAPPED_KEYS = ("layer", "backward_layer", "cell", "cells")
 #: Wrappers whose output is not simply their inner layer's value.
 COMBINING_WRAPPERS = frozenset({"Bidirectional", "RNN", "StackedRNNCells"})
 
@@ -482,12 +482,11 @@ def _wrapped_entries(entry: dict[str, Any]) -> tuple[list[tuple[str, dict[str, A
     the config keys that should hold one but hold something else."""
     config = entry.get("config") or {}
     found, unreadable = [], []
-    for key, attribute in WRAPPED_KEYS.items():
+    for key in WRAPPED_KEYS:
         value = config.get(key)
         if value is None:
             continue
-        if key == "layer" and entry.get("class_name") == "Bidirectional":
-            attribute = "forward_layer"
+        attribute = "forward_layer" if key == "layer" and entry.get("class_name") == "Bidirectional" else key
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, dict) and isinstance(item.get("class_name"), str) and isinstance(item.get("config"), dict):
                 found.append((attribute, item))

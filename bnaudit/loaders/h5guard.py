@@ -51,7 +51,7 @@ def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.
         try:
             link = current.get(part, getlink=True)
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
-            raise LoadError(f"{where}: the HDF5 link table is corrupt ({_first_line(exc)})", _RESAVE) from None
+            raise LoadError(f"{where}: the HDF5 link table is corrupt ({first_line(exc)})", _RESAVE) from None
         if link is None:
             return None
         if not isinstance(link, h5py.HardLink):
@@ -60,7 +60,7 @@ def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.
         try:
             current = current[part]
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
-            raise LoadError(f"{where}: {part!r} cannot be opened ({_first_line(exc)})", _RESAVE) from None
+            raise LoadError(f"{where}: {part!r} cannot be opened ({first_line(exc)})", _RESAVE) from None
     return current  # type: ignore[return-value]
 
 
@@ -102,7 +102,7 @@ def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> None:
     except LoadError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise LoadError(f"{where}: the HDF5 dataset header is corrupt ({_first_line(exc)})", _RESAVE) from None
+        raise LoadError(f"{where}: the HDF5 dataset header is corrupt ({first_line(exc)})", _RESAVE) from None
 
 
 def read_dataset(dataset: object, where: str, max_elements: int) -> np.ndarray:
@@ -117,7 +117,7 @@ def read_dataset(dataset: object, where: str, max_elements: int) -> np.ndarray:
     try:
         return np.asarray(dataset[()], dtype=np.float64)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
-        raise LoadError(f"{where} cannot be read ({_first_line(exc)})", _RESAVE) from None
+        raise LoadError(f"{where} cannot be read ({first_line(exc)})", _RESAVE) from None
 
 
 def read_text_attribute(obj: "h5py.Group | h5py.File", name: str, limit: int) -> "str | list[str] | None":
@@ -154,7 +154,7 @@ def read_text_attribute(obj: "h5py.Group | h5py.File", name: str, limit: int) ->
     except LoadError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, MemoryError) as exc:
-        raise LoadError(f"{where} is corrupt ({_first_line(exc)})", _RESAVE) from None
+        raise LoadError(f"{where} is corrupt ({first_line(exc)})", _RESAVE) from None
     return _decode(value, where)
 
 
@@ -171,7 +171,8 @@ def _decode(value: object, where: str) -> "str | list[str]":
     raise LoadError(f"{where} is not text", _HOSTILE)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error message (h5py's span several), or its type."""
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 

@@ -13,7 +13,7 @@ import h5py
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
 from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, claims, graph_from_json, refuse_polyglot
-from .h5guard import read_text_attribute
+from .h5guard import first_line, read_text_attribute
 from .weights import LegacyH5Weights
 
 H5_SUFFIXES = {".h5", ".hdf5"}
@@ -28,7 +28,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         h5 = h5py.File(path, "r")
     except OSError as exc:
         raise LoadError(
-            f"not a readable HDF5 file ({_first_line(exc)})",
+            f"not a readable HDF5 file ({first_line(exc)})",
             "the file is truncated or not HDF5; save the model again with model.save('x.h5')",
         ) from None
     try:
@@ -72,6 +72,3 @@ def _correct_virtual_batch_axes(graph: ModelGraph) -> None:
                 f"bug; Keras cannot load such a file back); it normalizes axis {layer.axis}, as audited"
             )
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
