@@ -31,7 +31,6 @@ from .locations import artifact_uri
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 FINGERPRINT_KEY = "bnaudit/rule-layer/v1"
-PYPI_PAGE = "https://pypi.org/project/bnaudit/"
 
 
 def render(report: Report) -> str:
@@ -42,6 +41,7 @@ def as_sarif(report: Report) -> dict[str, Any]:
     codes = sorted({c for r in report.results for c in r.rules_run} | {f.code for r in report.results for f in r.findings})
     index = {code: i for i, code in enumerate(codes)}
     names = {f.code: f.name for r in report.results for f in r.findings}
+    url = documentation_url()
     results = [_result(f, index) for r in report.results for f in r.findings]
     invocation: dict[str, Any] = {
         "executionSuccessful": not any(r.errors for r in report.results),
@@ -60,8 +60,8 @@ def as_sarif(report: Report) -> dict[str, Any]:
                         "name": "bnaudit",
                         "version": report.version,
                         "semanticVersion": report.version,
-                        "informationUri": documentation_url(),
-                        "rules": [_descriptor(code, report, names) for code in codes],
+                        **({"informationUri": url} if url else {}),
+                        "rules": [_descriptor(code, report, names, url) for code in codes],
                     }
                 },
                 "invocations": [invocation],
@@ -71,7 +71,8 @@ def as_sarif(report: Report) -> dict[str, Any]:
     }
 
 
-def _descriptor(code: str, report: Report, names: dict[str, str]) -> dict[str, Any]:
+def _descriptor(code: str, report: Report, names: dict[str, str], url: str) -> dict[str, Any]:
+    """A rule as SARIF describes it; ``helpUri`` only where a page exists (the rule's, else ``url``)."""
     rule = report.rules.get(code)
     if rule is None:  # a rule of a plugin that is not installed where the JSON is re-rendered
         summary = f"{code} {names.get(code, '')}".strip()
@@ -81,7 +82,7 @@ def _descriptor(code: str, report: Report, names: dict[str, str]) -> dict[str, A
             "shortDescription": {"text": summary},
             "fullDescription": {"text": summary},
             "help": {"text": summary, "markdown": summary},
-            "helpUri": documentation_url(),
+            **({"helpUri": url} if url else {}),
             "defaultConfiguration": {"level": "warning"},
         }
     sections = rule.doc_sections()
@@ -91,7 +92,7 @@ def _descriptor(code: str, report: Report, names: dict[str, str]) -> dict[str, A
         "shortDescription": {"text": rule.summary},
         "fullDescription": {"text": " ".join(sections.get("What it does", rule.summary).split())},
         "help": {"text": rule.docs or rule.summary, "markdown": f"**{rule.code} {rule.name}**: {rule.summary}\n\n{rule.docs}".strip()},
-        "helpUri": rule.help_uri or documentation_url(),
+        **({"helpUri": rule.help_uri or url} if rule.help_uri or url else {}),
         "defaultConfiguration": {"level": LEVELS[rule.severity]},
         "properties": {"tags": ["batchnorm", *sorted(rule.needs)]},
     }
@@ -164,7 +165,8 @@ def _configuration_notifications(report: Report) -> list[dict[str, Any]]:
 
 
 def documentation_url() -> str:
-    """The project's documentation URL from its metadata, else its PyPI page."""
+    """The project's documentation URL from its metadata ("" when it declares none: a
+    link to a page that does not exist helps nobody)."""
     from importlib import metadata
 
     try:
@@ -175,7 +177,7 @@ def documentation_url() -> str:
         label, _, url = entry.partition(",")
         if label.strip().lower() in {"documentation", "homepage", "source"} and url.strip():
             return url.strip()
-    return PYPI_PAGE
+    return ""
 
 
 @hookimpl
