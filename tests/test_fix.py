@@ -313,8 +313,8 @@ def test_layers_inside_wrappers_are_refused_not_crashed_on(tmp_path):
     import keras
 
     inputs = keras.Input((8, 12))
-    dense = keras.layers.TimeDistributed(keras.layers.Dense(16), name="td_dense")(inputs)
-    outputs = keras.layers.TimeDistributed(keras.layers.BatchNormalization(), name="td_bn")(dense)
+    dense = keras.layers.TimeDistributed(keras.layers.Dense(16, name="dense"), name="td_dense")(inputs)
+    outputs = keras.layers.TimeDistributed(keras.layers.BatchNormalization(name="batch_normalization"), name="td_bn")(dense)
     keras.Model(inputs, outputs).save(tmp_path / "td.keras")
     assert [(f.code, f.layer) for f in audit(tmp_path / "td.keras", select=["BN102"]).findings] == [("BN102", "td_bn/batch_normalization")]
     for flag, says in (("--absorb-bias", "no bias can be absorbed (td_bn/batch_normalization: 'td_dense/dense' sits inside TimeDistributed 'td_dense'; wrapped layers are not rewritten)"),
