@@ -10,6 +10,7 @@ from .loaders import LoadError
 from .result import SkippedRule
 
 if TYPE_CHECKING:
+    from .checkpoints import Checkpoints
     from .graph import Layer, ModelGraph
     from .loaders.weights import BNArrays
     from .result import AuditResult
@@ -20,7 +21,9 @@ class RuleContext:
     """The model under audit, the rule's settings, and a way to report findings.
 
     ``runtime`` is created on first use and shared by every rule of the same model, so
-    one forward pass serves all the rules that need statistics.
+    one forward pass serves all the rules that need statistics. ``base`` is the pairing
+    with an earlier checkpoint (:class:`bnaudit.checkpoints.Checkpoints`) for the rules
+    that need "base" (``bnaudit diff``), None otherwise.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class RuleContext:
         settings: dict[str, Any],
         result: "AuditResult",
         runtime: Callable[[], Any],
+        base: "Checkpoints | None" = None,
     ) -> None:
         self.model_path = model_path
         self.graph = graph
@@ -38,6 +42,7 @@ class RuleContext:
         self.settings = settings
         self.result = result
         self._runtime = runtime
+        self.base = base
 
     @property
     def runtime(self) -> Any:

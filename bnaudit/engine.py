@@ -53,8 +53,10 @@ class Auditor:
         self.rules: dict[str, Rule] = collect_rules(self.pm)
         self.pm.hook.bnaudit_configure(settings=self.options.settings)
 
-    def selected_rules(self) -> list[Rule]:
-        return [r for c, r in self.rules.items() if self.options.selection.is_selected(c)]
+    def selected_rules(self, pair: bool = False) -> list[Rule]:
+        """The selected rules of ``check`` (one model), or of ``diff`` (``pair``): those
+        that compare with a base checkpoint."""
+        return [r for c, r in self.rules.items() if self.options.selection.is_selected(c) and ("base" in r.needs) == pair]
 
     def audit(self, path: str | Path) -> AuditResult:
         path = Path(path)
@@ -67,10 +69,51 @@ class Auditor:
             return result
         try:
             self._describe(graph, result)
-            self._run_rules(path, graph, result)
+            self._run_rules(path, graph, result, self.selected_rules())
         finally:
             if graph.weights is not None:
                 graph.weights.close()
+        return self._finish(result, started)
+
+    def audit_pair(self, base_path: str | Path, tuned_path: str | Path) -> AuditResult:
+        """Run the rules that compare checkpoints (``bnaudit diff``) on ``tuned_path``.
+
+        The result is the tuned model's, with ``measurements["diff"]`` (the pairing and
+        per-layer change, see :mod:`bnaudit.checkpoints`) and ``meta["base"]``. An
+        unreadable file or two unrelated models is an error of the result, with no rule.
+        """
+        from .checkpoints import pair_checkpoints
+
+        base_path, tuned_path = Path(base_path), Path(tuned_path)
+        result = AuditResult(path=str(tuned_path), meta={"base": str(base_path)})
+        started = time.perf_counter()
+        graphs = []
+        try:
+            for role, path in (("BASE", base_path), ("TUNED", tuned_path)):
+                try:
+                    graphs.append(self._load(path))
+                except LoadError as exc:
+                    raise LoadError(f"{role} {path}: {exc.message}", exc.hint) from None
+            base, tuned = graphs
+            self._describe(tuned, result)
+            checkpoints = pair_checkpoints(base, tuned, str(base_path))
+            result.measurements["diff"] = checkpoints.measurements()
+            for role, paths in (("BASE", checkpoints.unpaired_base), ("TUNED", checkpoints.unpaired_tuned)):
+                if paths:
+                    listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+                    result.notes.append(f"{len(paths)} BN layer{'s' if len(paths) != 1 else ''} of {role} without a counterpart, not compared: {listed}")
+            self._run_rules(tuned_path, tuned, result, self.selected_rules(pair=True), base=checkpoints)
+        except LoadError as exc:
+            result.errors.append(ModelError(exc.message, hint=exc.hint))
+            return result
+        finally:
+            for graph in graphs:
+                if graph.weights is not None:
+                    graph.weights.close()
+        return self._finish(result, started)
+
+    def _finish(self, result: AuditResult, started: float) -> AuditResult:
+        """Let plugins adjust the findings, apply the selection, order them, time the audit."""
         try:
             self.pm.hook.bnaudit_modify_findings(findings=result.findings, result=result)
         except Exception as exc:  # a plugin's bug costs its own change, not the audit
@@ -120,7 +163,7 @@ class Auditor:
                 "treated as an opaque layer; rules do not look through it"
             )
 
-    def _run_rules(self, path: Path, graph, result: AuditResult) -> None:
+    def _run_rules(self, path: Path, graph, result: AuditResult, rules: list[Rule], base: Any = None) -> None:
         runtime_cache: dict[str, Any] = {}
 
         def runtime() -> Any:
@@ -131,13 +174,13 @@ class Auditor:
             return runtime_cache["runtime"]
 
         try:
-            for rule in self.selected_rules():
+            for rule in rules:
                 reason = self._skip_reason(rule, graph)
                 if reason:
                     result.skipped.append(SkippedRule(rule.code, reason))
                     continue
                 rule_started = time.perf_counter()
-                context = RuleContext(path, graph, rule, self.options.settings, result, runtime)
+                context = RuleContext(path, graph, rule, self.options.settings, result, runtime, base)
                 try:
                     result.findings.extend(rule.check(context) or [])
                 except LoadError as exc:
@@ -158,6 +201,8 @@ class Auditor:
     def _skip_reason(self, rule: Rule, graph) -> str:
         if "weights" in rule.needs and graph.weights is None:
             return "the file holds no weights"
+        if "optimizer" in rule.needs and graph.weights.optimizer_iterations() is None:
+            return "the file holds no optimizer state (saved with include_optimizer=False, or never compiled)"
         if "data" in rule.needs and not self.options.data and not self.options.runtime.get("stats"):
             return "needs --data"
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from . import LoadError
+from .optimizer import keras3_iterations, legacy_h5_iterations
 
 if TYPE_CHECKING:
     from ..graph import Layer
@@ -115,12 +116,20 @@ class H5Weights:
         """The named variables of ``layer`` as (unread) h5py objects."""
         raise NotImplementedError
 
+    def optimizer_iterations(self) -> int | None:  # pragma: no cover - abstract
+        """The optimizer's step count the file records, None without optimizer state
+        (see :mod:`bnaudit.loaders.optimizer`)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         self._h5.close()
 
 
 class KerasV3Weights(H5Weights):
     """``model.weights.h5`` of a ``.keras`` zip: variables under ``<save path>/vars/<i>``."""
+
+    def optimizer_iterations(self) -> int | None:
+        return keras3_iterations(self._h5)
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         group = self._h5.get(f"{layer.save_path}/vars")
@@ -139,6 +148,9 @@ class LegacyH5Weights(H5Weights):
     lists its datasets; a nested model's group lists the weights of all its layers,
     so a layer's variable is found by the last two segments of the name (``bn_1/gamma[:0]``).
     """
+
+    def optimizer_iterations(self) -> int | None:
+        return legacy_h5_iterations(self._h5)
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         top = layer.path.split("/", 1)[0]
