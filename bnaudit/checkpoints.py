@@ -132,7 +132,7 @@ def pair_checkpoints(base: ModelGraph, tuned: ModelGraph, base_path: str) -> Che
             f"no BatchNormalization layer of BASE ({len(base_bns)}) matches one of TUNED ({len(tuned_bns)}) by path or by position",
             "the models look unrelated: compare a model with its own fine-tuned copy",
         )
-    kinds = {b.path: "path" for b in by_base}
+    kinds = dict.fromkeys(by_base, "path")
     if positional:
         for b, t in zip(rest_base, rest_tuned):
             by_base[b.path] = t

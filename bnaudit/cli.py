@@ -25,6 +25,7 @@ from .config import ConfigError, config_options, given_on_command_line, load as 
 from .engine import AuditOptions, Auditor, discover, exit_code
 from .findings import ExitCode, Severity
 from .format_pairing import FormatOutputCommand, pair_formats_and_outputs
+from .gate_options import gate_options
 from .output import OutputError, write_atomic
 from .parallel import audit_models, run_options, timing_lines
 from .plugins import PluginError, collect_reporters, collect_rules, make_plugin_manager, plugin_infos
@@ -33,6 +34,7 @@ from .reporters import RenderError, Report
 from .reporters.text import summary_line
 from .selection import Selection
 from .stats_cli import merge, statistics_options, statistics_runtime, stats
+from .diff_cli import diff
 
 
 def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -58,13 +60,7 @@ def cli() -> None:
 
 @cli.command(cls=FormatOutputCommand)
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--select", multiple=True, help="Rule codes or prefixes to run (comma-separated; default: all).")
-@click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip.")
-@click.option("--extend-select", multiple=True, help="Codes or prefixes to add to the selection.")
-@click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1.")
-@click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
-@click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`.")
-@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
+@gate_options
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
 @statistics_options
@@ -124,22 +120,37 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     outcome = accepted.apply(results) if accepted else None
     if outcome:
         notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
+    conclude(
+        auditor, results, options, targets, rendering,
+        exit_zero=exit_zero or bool(write_baseline),
+        notices=notices,
+        stale_fails=bool(outcome and fail_on_stale and outcome.stale),
+        started=started if verbose else None,
+    )
+
+
+def conclude(auditor: Auditor, results, options: AuditOptions, targets, rendering: dict[str, Any], *, exit_zero: bool = False,
+             notices: list[str] | None = None, stale_fails: bool = False, started: float | None = None) -> None:
+    """The end of every command that gives a verdict: errors on stderr, the reports, the
+    notices (the summary when every report went to a file; timings when ``started``),
+    then exit with the verdict's code (``stale_fails`` turns a clean run into 1)."""
     for result in results:
         for error in result.errors:
             where = f" [{error.rule}]" if error.rule else ""
             hint = f" ({error.hint})" if error.hint else ""
             click.echo(f"bnaudit: error: {result.path}{where}: {error.message}{hint}", err=True)
     _emit(auditor, results, options, targets, rendering)
+    notices = list(notices or [])
     if all(output is not None for _, output in targets):  # every report in a file: the verdict still shows
         notices.append(summary_line(Report(results=results, rules=auditor.rules)))
-    if verbose:
+    if started is not None:
         notices += timing_lines(results, time.perf_counter() - started)
-    for line in [] if quiet else notices:
+    for line in [] if rendering.get("quiet") else notices:
         click.echo(line, err=True)
     code = exit_code(results, options.fail_on)
-    if outcome and fail_on_stale and outcome.stale and code == ExitCode.OK:
+    if stale_fails and code == ExitCode.OK:
         code = ExitCode.FINDINGS
-    if (exit_zero and code == ExitCode.FINDINGS) or (write_baseline and code == ExitCode.FINDINGS):
+    if exit_zero and code == ExitCode.FINDINGS:
         code = ExitCode.OK
     sys.exit(int(code))
 
@@ -242,6 +253,7 @@ def formats() -> None:
 cli.add_command(report)
 cli.add_command(stats)
 cli.add_command(merge)
+cli.add_command(diff)
 
 
 def _rules(plugins: tuple[str, ...]):

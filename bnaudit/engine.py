@@ -96,7 +96,14 @@ class Auditor:
                     raise LoadError(f"{role} {path}: {exc.message}", exc.hint) from None
             base, tuned = graphs
             self._describe(tuned, result)
-            checkpoints = pair_checkpoints(base, tuned, str(base_path))
+            try:
+                checkpoints = pair_checkpoints(base, tuned, str(base_path))
+            except (LoadError, OSError):
+                raise
+            except Exception as exc:  # a file that defeats the pairing: say so, on one line
+                if self.options.debug:
+                    raise
+                raise LoadError(f"could not compare the models ({type(exc).__name__}: {exc})", "run with --debug for details") from None
             result.measurements["diff"] = checkpoints.measurements()
             for role, paths in (("BASE", checkpoints.unpaired_base), ("TUNED", checkpoints.unpaired_tuned)):
                 if paths:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..findings import Severity
@@ -17,7 +19,8 @@ def render(report: Report) -> str:
     lines: list[str] = []
     for result in report.results:
         notes = [] if quiet else result.notes
-        if not (result.findings or result.errors or notes):
+        changes = [] if quiet else diff_lines(result.measurements.get("diff"))
+        if not (result.findings or result.errors or notes or changes):
             continue
         lines.append(style(result.path, bold=True))
         for error in result.errors:
@@ -32,10 +35,47 @@ def render(report: Report) -> str:
                 lines.append(f"        = fix: {finding.fix}")
         for note in notes:
             lines.append(f"  note: {note}")
+        lines += changes
         lines.append("")
     if not quiet:
         lines.append(summary_line(report))
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def diff_lines(diff: Any) -> list[str]:
+    """``bnaudit diff``'s per-layer change as a table (nothing for a ``check`` result).
+
+    Columns: the tuned layer, its base counterpart and how it was paired, frozen in
+    base -> tuned, the moving mean's largest shift in base standard deviations, the
+    standard deviation's largest relative change, gamma's and beta's largest change.
+    """
+    layers = diff.get("layers") if isinstance(diff, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        return []
+    header = ("BN layer", "base (paired by)", "frozen", "mean shift", "sd change", "gamma", "beta")
+    rows = [header]
+    for path, change in layers.items():
+        if not isinstance(change, dict):
+            continue
+        frozen = "->".join("yes" if change.get(k) else "no" for k in ("frozen_base", "frozen_tuned"))
+        rows.append(
+            (
+                str(path),
+                f"{change.get('base')} ({change.get('paired_by')})",
+                frozen,
+                _number(change.get("mean_shift"), "{:.3g}"),
+                _number(change.get("std_change"), "{:.1%}"),
+                _number(change.get("gamma_change"), "{:.3g}"),
+                _number(change.get("beta_change"), "{:.3g}"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    title = f"  change since {diff.get('base')} ({len(rows) - 1} BN layers):"
+    return [title] + ["    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _number(value: Any, form: str) -> str:
+    return form.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def summary_line(report: Report) -> str:
