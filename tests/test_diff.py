@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -247,3 +249,31 @@ def test_diff_imports_no_tensorflow_or_keras(checkpoints):
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
     [model] = json.loads(proc.stdout)["models"]
     assert codes(model) == [("BN211", "bn_a")]
+
+
+@pytest.mark.slow
+def test_docs_checkpoints_example_runs_as_written(tmp_path):
+    """docs/checkpoints.md: its script, run by Keras, gives its outputs line for line (numbers aside)."""
+    doc = (ROOT / "docs" / "checkpoints.md").read_text()
+    [script] = re.findall(r"```python\n(.*?)```", doc, re.S)
+    consoles = re.findall(r"```console\n\$ (.*?)\n(.*?)```", doc, re.S)
+    assert [command for command, _ in consoles] == ["bnaudit diff base.keras tuned.keras", "bnaudit check tuned.keras"]
+    (tmp_path / "finetune.py").write_text(script)
+    subprocess.run([sys.executable, "finetune.py"], cwd=tmp_path, check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    numbers = re.compile(r"\d+(\.\d+)?(e-?\d+)?%?")
+    for command, shown in consoles:
+        run = run_bnaudit(*command.split()[1:], cwd=tmp_path)
+        assert run.returncode == 0 and run.stderr == ""
+        mask = lambda text: [" ".join(numbers.sub("N", line).split()) for line in text.splitlines()]  # noqa: E731
+        assert mask(run.stdout) == mask(shown)
+
+
+def test_diff_json_validates_against_the_schema(checkpoints):
+    import jsonschema
+
+    schema = json.loads((ROOT / "docs" / "json-schema.json").read_text())
+    for tuned in ("toggled.keras", "renamed.keras", "transfer_drifted.keras"):
+        run = run_bnaudit("diff", checkpoints / "base.keras", checkpoints / tuned, "--format", "json")
+        document = json.loads(run.stdout)
+        jsonschema.Draft202012Validator(schema).validate(document)
+        assert document["models"][0]["meta"]["base"] == str(checkpoints / "base.keras")
