@@ -171,6 +171,21 @@ KERAS_LAYER_CLASSES = frozenset(
 CODE_CARRYING_CLASSES = frozenset({"Lambda", "TFSMLayer"})
 
 
+def why_unsafe(class_name: str, module: str, registered_name: str) -> str:
+    """Why loading this layer would run code from outside Keras ("" when it would not).
+
+    BN501 flags exactly what the runtime refuses to load (unless ``--unsafe-load``)."""
+    if class_name in CODE_CARRYING_CLASSES:
+        return f"{class_name} layers carry code or an external graph"
+    if class_name not in KERAS_LAYER_CLASSES:
+        return f"{class_name!r} is not a Keras built-in layer"
+    if module and not module.startswith("keras"):
+        return f"{class_name!r} comes from module {module!r}, not Keras"
+    if registered_name and registered_name != class_name:
+        return f"{class_name!r} is registered as custom object {registered_name!r}"
+    return ""
+
+
 def _regenerate() -> None:  # pragma: no cover - maintenance helper
     import inspect
 

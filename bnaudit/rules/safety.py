@@ -4,23 +4,8 @@ from __future__ import annotations
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
-from ..keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
+from ..keras_builtins import why_unsafe
 from ..rule import rule
-
-
-def why_unsafe(class_name: str, module: str, registered_name: str) -> str:
-    """Why loading this layer would run code from outside Keras ("" when it would not).
-
-    Shared with the runtime, which refuses to load exactly what this rule flags."""
-    if class_name in CODE_CARRYING_CLASSES:
-        return f"{class_name} layers carry code or an external graph"
-    if class_name not in KERAS_LAYER_CLASSES:
-        return f"{class_name!r} is not a Keras built-in layer"
-    if module and not module.startswith("keras"):
-        return f"{class_name!r} comes from module {module!r}, not Keras"
-    if registered_name and registered_name != class_name:
-        return f"{class_name!r} is registered as custom object {registered_name!r}"
-    return ""
 
 
 @rule("BN501", "unsafe-layer", Severity.WARNING)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import click
 
-from .config import ConfigError, config_options, given_on_command_line, load as load_config
-from .engine import AuditOptions, Auditor
-from .findings import Severity
+from ..config import ConfigError, config_options, given_on_command_line, load as load_config
+from ..engine import AuditOptions, Auditor
+from ..findings import Severity
+from ..plugins import PluginError
+from ..selection import Selection
 from .format_pairing import FormatOutputCommand
-from .gate_options import gate_options
-from .plugins import PluginError
-from .report_cli import rendering_options, report_options
-from .selection import Selection
+from .options import codes, conclude, fail, gate_options, rendering_options, report_options, targets
 
 
 @click.command(cls=FormatOutputCommand)
@@ -36,10 +35,8 @@ def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats
     bnaudit diff base.keras tuned.keras
     bnaudit diff base.h5 tuned.keras --format html -o diff.html
     """
-    from .cli import _codes, _targets, conclude, fail
-
     options = AuditOptions(
-        selection=Selection(_codes(select) or ("ALL",), _codes(ignore), _codes(extend_select)),
+        selection=Selection(codes(select) or ("ALL",), codes(ignore), codes(extend_select)),
         fail_on=Severity.parse(fail_on),
         plugins=tuple(plugins),
         debug=debug,
@@ -54,9 +51,9 @@ def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats
     unknown = options.selection.unknown(auditor.rules)
     if unknown:
         fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
-    targets = _targets(auditor, formats, outputs)
+    pairs = targets(auditor, formats, outputs)
     result = auditor.audit_pair(base, tuned)
     if result.unreadable:  # an input that cannot be compared: one line, no report
         [error] = [e for e in result.errors if not e.rule]
         fail(f"{error.message}{f' ({error.hint})' if error.hint else ''}")
-    conclude(auditor, [result], options, targets, report_options(templates, timestamp), exit_zero=exit_zero)
+    conclude(auditor, [result], options, pairs, report_options(templates, timestamp), exit_zero=exit_zero)
