@@ -10,6 +10,7 @@ from .loaders import LoadError
 from .result import ModelError
 
 if TYPE_CHECKING:
+    from .checkpoints import Checkpoints
     from .graph import Layer, ModelGraph
     from .loaders.weights import BNArrays
     from .rule import Rule
@@ -23,7 +24,9 @@ class RuleContext:
     and the engine records them with the rule's outcome.
 
     ``runtime`` is created on first use and shared by every rule of the same model, so
-    one forward pass serves all the rules that need statistics.
+    one forward pass serves all the rules that need statistics. ``base`` is the pairing
+    with an earlier checkpoint (:class:`bnaudit.checkpoints.Checkpoints`) for the rules
+    that need "base" (``bnaudit diff``), None otherwise.
     """
 
     def __init__(
@@ -33,12 +36,14 @@ class RuleContext:
         rule: "Rule",
         settings: dict[str, Any],
         runtime: Callable[[], Any],
+        base: "Checkpoints | None" = None,
     ) -> None:
         self.model_path = model_path
         self.graph = graph
         self.rule = rule
         self.settings = settings
         self._runtime = runtime
+        self.base = base
 
     @property
     def runtime(self) -> Any:

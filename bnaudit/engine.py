@@ -77,9 +77,14 @@ class Auditor:
         check_selection(self.options.selection, self.rules, keys)
         check_settings(self.options.settings, self.rules)
 
-    def selected_rules(self, options: AuditOptions | None = None) -> list[Rule]:
+    def selected_rules(self, options: AuditOptions | None = None, pair: bool = False) -> list[Rule]:
+        """The selected rules of ``check`` (one model), or of ``diff`` (``pair``): those
+        that compare with a base checkpoint (they need "base")."""
         options = options or self.options
-        return [r for c, r in self.rules.items() if options.selection.is_selected(c) and (r.static or not options.static)]
+        return [
+            r for c, r in self.rules.items()
+            if options.selection.is_selected(c) and (r.static or not options.static) and ("base" in r.needs) == pair
+        ]
 
     def audit(self, path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         """Audit one model with ``options`` (default: the run's); never raises for a bad file."""
@@ -98,6 +103,56 @@ class Auditor:
         finally:
             if graph.weights is not None:
                 graph.weights.close()
+        return self._finish(result, options, started)
+
+    def audit_pair(self, base_path: str | Path, tuned_path: str | Path, options: AuditOptions | None = None) -> AuditResult:
+        """Run the rules that compare checkpoints (``bnaudit diff``) on ``tuned_path``.
+
+        The result is the tuned model's, with ``measurements["diff"]`` (the pairing and
+        per-layer change, see :mod:`bnaudit.checkpoints`) and ``meta["base"]``. An
+        unreadable file or two unrelated models is an error of the result, with no rule;
+        never raises for a bad file.
+        """
+        from .checkpoints import pair_checkpoints
+
+        options = options or self.options
+        base_path, tuned_path = Path(base_path), Path(tuned_path)
+        result = AuditResult(path=str(tuned_path), meta={"base": str(base_path)})
+        started = time.perf_counter()
+        graphs = []
+        try:
+            for role, path in (("BASE", base_path), ("TUNED", tuned_path)):
+                try:
+                    graphs.append(self.load(path))
+                except LoadError as exc:
+                    raise LoadError(f"{role} {path}: {exc.message}", exc.hint) from None
+            base, tuned = graphs
+            self._describe(tuned, result)
+            try:
+                checkpoints = pair_checkpoints(base, tuned, str(base_path))
+            except (LoadError, OSError):
+                raise
+            except Exception as exc:  # a file that defeats the pairing: say so, on one line
+                if self.options.debug:
+                    raise
+                raise LoadError(f"could not compare the models ({type(exc).__name__}: {exc})", "run with --debug for details") from None
+            result.measurements["diff"] = checkpoints.measurements()
+            for role, paths in (("BASE", checkpoints.unpaired_base), ("TUNED", checkpoints.unpaired_tuned)):
+                if paths:
+                    listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+                    result.notes.append(f"{len(paths)} BN layer{'s' if len(paths) != 1 else ''} of {role} without a counterpart, not compared: {listed}")
+            self._run_rules(tuned_path, tuned, result, options, base=checkpoints)
+        except LoadError as exc:
+            result.errors.append(ModelError(exc.message, hint=exc.hint))
+            return result
+        finally:
+            for graph in graphs:
+                if graph.weights is not None:
+                    graph.weights.close()
+        return self._finish(result, options, started)
+
+    def _finish(self, result: AuditResult, options: AuditOptions, started: float) -> AuditResult:
+        """Let plugins adjust the findings, apply the selection, order them, time the audit."""
         try:
             self.pm.hook.bnaudit_modify_findings(findings=result.findings, result=result)
         except Exception as exc:  # a plugin's bug costs its own change, not the audit
@@ -154,7 +209,7 @@ class Auditor:
                 "treated as an opaque layer; rules do not look through it"
             )
 
-    def _run_rules(self, path: Path, graph, result: AuditResult, options: AuditOptions) -> None:
+    def _run_rules(self, path: Path, graph, result: AuditResult, options: AuditOptions, base: Any = None) -> None:
         runtime_cache: dict[str, Any] = {}
 
         def runtime() -> Any:
@@ -165,13 +220,13 @@ class Auditor:
             return runtime_cache["runtime"]
 
         try:
-            for rule in self.selected_rules(options):
+            for rule in self.selected_rules(options, pair=base is not None):
                 reason = _skip_reason(rule, graph, options)
                 if reason:
                     result.outcomes.append(RuleOutcome(rule.code, Status.SKIPPED, reason=reason))
                     continue
                 rule_started = time.perf_counter()
-                context = RuleContext(path, graph, rule, options.settings, runtime)
+                context = RuleContext(path, graph, rule, options.settings, runtime, base)
                 result.outcomes.append(self._check(rule, context, result))
                 result.meta.setdefault("rule_seconds", {})[rule.code] = round(time.perf_counter() - rule_started, 4)
         finally:

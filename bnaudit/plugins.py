@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "bnaudit.rules.safety",
     "bnaudit.rules.statistics",
     "bnaudit.rules.inference",
+    "bnaudit.rules.finetuning",
     "bnaudit.reporters.text",
     "bnaudit.reporters.json",
     "bnaudit.reporters.sarif",

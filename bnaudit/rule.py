@@ -22,11 +22,13 @@ CODE_PATTERN = re.compile(r"^[A-Z]{1,4}[0-9]{3}$")
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 DOC_SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
 
-#: What a rule may need. "graph" and "weights" are static (no TensorFlow);
-#: "data" needs ``--data`` or ``--stats``; "runtime" loads the model with Keras.
-NEEDS = ("graph", "weights", "data", "runtime")
+#: What a rule may need. "graph", "weights" and "optimizer" (the optimizer state saved
+#: with the model) are static (no TensorFlow); "base" is a second, earlier checkpoint
+#: (``bnaudit diff BASE TUNED`` runs these rules, ``check`` does not); "data" needs
+#: ``--data`` or ``--stats``; "runtime" loads the model with Keras.
+NEEDS = ("graph", "weights", "optimizer", "base", "data", "runtime")
 #: The needs of the static rules, the ones ``--static`` runs.
-STATIC_NEEDS = frozenset({"graph", "weights"})
+STATIC_NEEDS = frozenset({"graph", "weights", "optimizer", "base"})
 
 CheckFunction = Callable[["RuleContext"], Iterable["Finding | Measurement | Note"]]
 

@@ -141,3 +141,34 @@ def assert_bn_arrays_match(path, model) -> None:
                 assert got is None, (bn_path, name)
             else:
                 np.testing.assert_array_equal(got, expected[name], err_msg=f"{path} {bn_path}.{name}")
+
+
+# -- checkpoints before and after fine-tuning (bnaudit diff, BN205) -------------------
+
+
+def small_convnet(keras, names=("c1", "bn_a", "c2", "bn_b"), name="base", momentum=0.99):
+    """Conv -> BN -> ReLU twice, then a classifier: the shape of a backbone with a head.
+
+    ``keras`` is the module (Keras 3 or tf_keras), so one builder serves both formats.
+    """
+    layers = keras.layers
+    inp = keras.Input((8, 8, 3), name="image")
+    x = layers.Conv2D(4, 3, padding="same", use_bias=False, name=names[0])(inp)
+    x = layers.BatchNormalization(momentum=momentum, name=names[1])(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Conv2D(6, 3, padding="same", use_bias=False, name=names[2])(x)
+    x = layers.BatchNormalization(momentum=momentum, name=names[3])(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(2, name="head")(x), name=name)
+
+
+def fit_steps(model, steps: int, seed: int = 0, shift: float = 0.0) -> None:
+    """Train ``model`` for exactly ``steps`` optimizer steps (batches of 4) on random data;
+    ``shift`` moves the inputs' mean, so fine-tuning data differs from the base's."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(shift, 1.0, (4 * steps, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 2, 4 * steps)
+    if getattr(model, "optimizer", None) is None:  # eager: no tracing, 4x faster for a few steps
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)

@@ -103,7 +103,8 @@ def test_retraining_a_model_keeps_its_entries(tmp_path):
     assert hashlib.sha256((tmp_path / "m.keras").read_bytes()).hexdigest() != before
     proc, found, _ = check(tmp_path, "m.keras", "--baseline", "b.json", "--fail-on-stale")
     assert (proc.returncode, found) == (0, set())
-    assert "findings suppressed: 1, stale entries: 0" in proc.stderr  # BN102 on bn
+    # BN102 and BN205 on bn (one step, then three: far too few for momentum 0.99)
+    assert "findings suppressed: 2, stale entries: 0" in proc.stderr
 
 
 @pytest.mark.parametrize(

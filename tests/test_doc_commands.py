@@ -91,6 +91,8 @@ ELSEWHERE = {
     "python sample_models/build.py": "rewrites the committed sample models; tests/test_sample_models.py checks what they hold",
     "python sample_models/build.py /tmp/out --verify": "builds and reloads every sample model (minutes); tests/test_sample_models.py checks the committed ones",
     "python sample_models/build.py --only frozen_bn": "rewrites a committed sample model",
+    "bnaudit diff base.keras tuned.keras": "tests/test_diff.py runs docs/checkpoints.md's script and both its commands, output line for line",
+    "bnaudit check tuned.keras": "tests/test_diff.py runs docs/checkpoints.md's script and both its commands, output line for line",
     "bnaudit fix MODEL -o OUT [--unbake] [--absorb-bias] [--fold] [--recalibrate --data DATA | --stats FILE] [--all]": "the command's synopsis, not a runnable line; tests/test_fix.py runs each fix",
     "bnaudit stats model.keras --data data.npy --shard ${SLURM_ARRAY_TASK_ID}/8 -o parts/${SLURM_ARRAY_TASK_ID}.npz": "runs inside a Slurm job array; the same command is run here as shard 3/8",
 }

@@ -24,6 +24,7 @@ from .. import __version__
 #: the engine, the reporters, TensorFlow for ``stats``) is imported only when it runs.
 COMMANDS = {
     "check": "check",
+    "diff": "diff",
     "report": "report",
     "stats": "stats",
     "merge": "stats",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import time
 from typing import Any
 
@@ -14,28 +13,19 @@ from .. import __version__
 from .. import baseline as baselines
 from ..arguments import MODULE_ATTRIBUTE, module_problem
 from ..config import config_options, given_on_command_line, load as load_config
-from ..engine import AuditOptions, Auditor, discover, exit_code
-from ..findings import ExitCode, Severity
+from ..engine import AuditOptions, Auditor, discover
+from ..findings import Severity
 from ..options import OptionsError, runtime_options
-from ..parallel import audit_models, run_options, timing_lines
+from ..parallel import audit_models, run_options
 from ..plugins import PluginError
-from ..printable import printable
-from ..reporters import Report
-from ..reporters.text import summary_line
 from ..selection import Selection
 from .format_pairing import FormatOutputCommand
-from .options import codes, emit, fail, rendering_options, report_options, statistics_options, statistics_runtime, targets
+from .options import codes, conclude, fail, gate_options, rendering_options, report_options, statistics_options, statistics_runtime, targets
 
 
 @click.command(cls=FormatOutputCommand)
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--select", multiple=True, help="Rule codes or prefixes to run (comma-separated; default: all).")
-@click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip.")
-@click.option("--extend-select", multiple=True, help="Codes or prefixes to add to the selection.")
-@click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1.")
-@click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
-@click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`.")
-@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
+@gate_options
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
 @click.option("--static", is_flag=True, help="Run exactly the static rules (architecture, weights; no TensorFlow), whatever the config says.")
@@ -91,7 +81,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
 
         fail(f"--data and --inference run the model with TensorFlow, which is not installed ({INSTALL_TENSORFLOW})")
     pairs = targets(auditor, formats, outputs)
-    rendering = {**report_options(templates, timestamp), "quiet": quiet, "errors_on_stderr": True}
+    rendering = {**report_options(templates, timestamp), "quiet": quiet}
     started = time.perf_counter()
     files, results = discover(paths)
     results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
@@ -102,24 +92,13 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     outcome = accepted.apply(results) if accepted else None
     if outcome:
         notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
-    for result in results:
-        for error in result.errors:
-            where = f" [{error.where}]" if error.rules else ""
-            hint = f" ({error.hint})" if error.hint else ""
-            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
-    emit(auditor, results, options, pairs, rendering)
-    if all(output is not None for _, output in pairs):  # every report in a file: the verdict still shows
-        notices.append(summary_line(Report(results=results, rules=auditor.rules)))
-    if verbose:
-        notices += timing_lines(results, time.perf_counter() - started)
-    for line in [] if quiet else notices:
-        click.echo(printable(line), err=True)
-    code = exit_code(results, options.fail_on)
-    if outcome and fail_on_stale and outcome.stale and code == ExitCode.OK:
-        code = ExitCode.FINDINGS
-    if (exit_zero and code == ExitCode.FINDINGS) or (write_baseline and code == ExitCode.FINDINGS):
-        code = ExitCode.OK
-    sys.exit(int(code))
+    conclude(
+        auditor, results, options, pairs, rendering,
+        exit_zero=exit_zero or bool(write_baseline),
+        notices=notices,
+        stale_fails=bool(outcome and fail_on_stale and outcome.stale),
+        started=started if verbose else None,
+    )
 
 
 def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> dict[str, Any]:

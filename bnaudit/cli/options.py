@@ -1,4 +1,5 @@
-"""What several commands share: one-line errors, the format/output, rendering and statistics options.
+"""What several commands share: one-line errors, the gate (selection, ``--fail-on``,
+format/output) and the verdict that ends ``check`` and ``diff``, rendering and statistics options.
 
 Command modules (``check``, ``report``, ``stats``...) import from here and never from
 each other, so each command can be loaded on its own.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -86,6 +88,58 @@ def emit(auditor: Auditor, results, options: AuditOptions, pairs, rendering: dic
             click.echo(encoded(text), nl=False)
         else:
             write_atomic(output, encoded(text))
+
+
+def gate_options(command: Callable) -> Callable:
+    """``--select/--ignore/--extend-select``, ``--fail-on``, ``--exit-zero``, ``--format``/``-o``:
+    the options of every command that gives a verdict (``check``, ``diff``)."""
+    for decorator in reversed(
+        [
+            click.option("--select", multiple=True, help="Rule codes or prefixes to run (comma-separated; default: all)."),
+            click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip."),
+            click.option("--extend-select", multiple=True, help="Codes or prefixes to add to the selection."),
+            click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1."),
+            click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2)."),
+            click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`."),
+            click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format)."),
+        ]
+    ):
+        command = decorator(command)
+    return command
+
+
+def conclude(auditor: Auditor, results, options: AuditOptions, pairs, rendering: dict[str, Any], *, exit_zero: bool = False,
+             notices: list[str] | None = None, stale_fails: bool = False, started: float | None = None) -> None:
+    """The end of every command that gives a verdict (``check``, ``diff``).
+
+    Each error goes to stderr once (a text report on stdout leaves them out), then the
+    reports, then the notices (the summary when every report went to a file; timings
+    when ``started``) unless ``rendering["quiet"]``; then exit with the verdict's code
+    (``stale_fails`` turns a clean run into 1, ``exit_zero`` findings into 0).
+    """
+    from ..engine import exit_code
+    from ..parallel import timing_lines
+    from ..reporters.text import summary_line
+
+    for result in results:
+        for error in result.errors:
+            where = f" [{error.where}]" if error.rules else ""
+            hint = f" ({error.hint})" if error.hint else ""
+            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
+    emit(auditor, results, options, pairs, {**rendering, "errors_on_stderr": True})
+    notices = list(notices or [])
+    if all(output is not None for _, output in pairs):  # every report in a file: the verdict still shows
+        notices.append(summary_line(Report(results=results, rules=auditor.rules)))
+    if started is not None:
+        notices += timing_lines(results, time.perf_counter() - started)
+    for line in [] if rendering.get("quiet") else notices:
+        click.echo(printable(line), err=True)
+    code = exit_code(results, options.fail_on)
+    if stale_fails and code == ExitCode.OK:
+        code = ExitCode.FINDINGS
+    if exit_zero and code == ExitCode.FINDINGS:
+        code = ExitCode.OK
+    sys.exit(int(code))
 
 
 def rendering_options(command: Callable) -> Callable:

@@ -31,6 +31,9 @@ from . import LoadError
 #: Dataset layouts Keras's writers produce (h5py's default, and compact for tiny data).
 KERAS_LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.COMPACT: "compact"}
 _LAYOUT_NAMES = {h5py.h5d.CHUNKED: "chunked", h5py.h5d.VIRTUAL: "virtual"}
+#: A ``weight_names`` list (a layer's, the optimizer's): a few names per variable (HDF5 caps
+#: an attribute at 64 KiB in the compact form; dense attribute storage allows more).
+MAX_WEIGHT_NAMES_BYTES = 16 << 20
 _LINK_KINDS = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}
 
 

@@ -24,7 +24,8 @@ import h5py
 import numpy as np
 
 from . import LoadError
-from .h5guard import get_object, read_dataset, read_text_attribute
+from .h5guard import MAX_WEIGHT_NAMES_BYTES, get_object, read_dataset, read_text_attribute
+from .optimizer import keras3_iterations, legacy_h5_iterations
 
 if TYPE_CHECKING:
     from ..graph import Layer
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 MAX_CHANNELS = 1 << 24
 #: ``layer_arrays`` refuses an array with more elements than this (1 GiB of float32).
 MAX_ARRAY_ELEMENTS = 1 << 28
-#: A layer's ``weight_names`` list: a few names per variable (HDF5 caps an attribute at 64 KiB
-#: in the compact form; dense attribute storage allows more).
-MAX_WEIGHT_NAMES_BYTES = 16 << 20
 
 
 @dataclass
@@ -164,12 +162,20 @@ class H5Weights:
         """The named variables of ``layer`` as (unread) h5py objects."""
         raise NotImplementedError
 
+    def optimizer_iterations(self) -> int | None:  # pragma: no cover - abstract
+        """The optimizer's step count the file records, None without optimizer state
+        (see :mod:`bnaudit.loaders.optimizer`)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         self._h5.close()
 
 
 class KerasV3Weights(H5Weights):
     """``model.weights.h5`` of a ``.keras`` zip: variables under ``<save path>/vars/<i>``."""
+
+    def optimizer_iterations(self) -> int | None:
+        return keras3_iterations(self._h5)
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         where = f"layer {layer.path!r} ({layer.save_path})"
@@ -191,6 +197,9 @@ class LegacyH5Weights(H5Weights):
     Keras 3 after the layer (``time_distributed/batch_normalization/gamma``); both are
     in ``Layer.weight_scopes``.
     """
+
+    def optimizer_iterations(self) -> int | None:
+        return legacy_h5_iterations(self._h5)
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         top = layer.top_level or layer.path.split("/", 1)[0]

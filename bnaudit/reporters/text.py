@@ -7,6 +7,8 @@ terminal an escape sequence.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..findings import Severity
@@ -26,7 +28,8 @@ def render(report: Report) -> str:
         # When the command already wrote each error on stderr, the report on stdout does
         # not repeat it: one cause, one line, one stream.
         errors = [] if report.options.get("errors_on_stderr") else result.errors
-        if not (result.findings or errors or notes):
+        changes = [] if quiet else diff_lines(result.measurements.get("diff"))
+        if not (result.findings or errors or notes or changes):
             continue
         lines.append(style(p(result.path), bold=True))
         for error in errors:
@@ -41,10 +44,47 @@ def render(report: Report) -> str:
                 lines.append(f"        = fix: {p(finding.fix)}")
         for note in notes:
             lines.append(f"  note: {p(note)}")
+        lines += changes
         lines.append("")
     if not quiet:
         lines.append(summary_line(report))
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def diff_lines(diff: Any) -> list[str]:
+    """``bnaudit diff``'s per-layer change as a table (nothing for a ``check`` result).
+
+    Columns: the tuned layer, its base counterpart and how it was paired, frozen in
+    base -> tuned, the moving mean's largest shift in base standard deviations, the
+    standard deviation's largest relative change, gamma's and beta's largest change.
+    """
+    layers = diff.get("layers") if isinstance(diff, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        return []
+    header = ("BN layer", "base (paired by)", "frozen", "mean shift", "sd change", "gamma", "beta")
+    rows = [header]
+    for path, change in layers.items():
+        if not isinstance(change, dict):
+            continue
+        frozen = "->".join("yes" if change.get(k) else "no" for k in ("frozen_base", "frozen_tuned"))
+        rows.append(
+            (
+                p(str(path)),
+                p(f"{change.get('base')} ({change.get('paired_by')})"),
+                frozen,
+                _number(change.get("mean_shift"), "{:.3g}"),
+                _number(change.get("std_change"), "{:.1%}"),
+                _number(change.get("gamma_change"), "{:.3g}"),
+                _number(change.get("beta_change"), "{:.3g}"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    title = f"  change since {p(str(diff.get('base')))} ({len(rows) - 1} BN layers):"
+    return [title] + ["    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _number(value: Any, form: str) -> str:
+    return form.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def summary_line(report: Report) -> str:

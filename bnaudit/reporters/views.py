@@ -25,7 +25,7 @@ from .measurements import StatisticsView, Table, devices, format_value, flatten,
 from .svg import severity_bar
 
 #: Measurement topics with their own section; any other topic is shown as tables.
-KNOWN_TOPICS = ("layers", "statistics", "inference")
+KNOWN_TOPICS = ("layers", "statistics", "inference", "diff")
 
 
 @dataclass
@@ -53,6 +53,8 @@ class ModelView:
     #: Every BN layer with the sequence around it and the codes of its findings.
     batchnorms: list[tuple[str, list[list[Node]], list[str]]] = field(default_factory=list)
     statistics: StatisticsView | None = None
+    #: ``bnaudit diff``'s per-layer change since the base checkpoint, charted by mean shift.
+    diff: StatisticsView | None = None
     inference: list[Table] = field(default_factory=list)
     other: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -155,6 +157,7 @@ def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
         skipped=sorted(skipped.items()),
         devices=devices(inference),
         statistics=statistics_view(measurements.get("statistics"), codes, applied_thresholds(result, report)),
+        diff=statistics_view(measurements.get("diff"), codes),
         notes=list(result.notes),
     )
     neighbourhoods = measurements.get("layers")

@@ -1,12 +1,15 @@
-"""Static weight rules BN201-BN204: what the saved BN vectors say, read with h5py only."""
+"""Static weight rules BN201-BN205: what the saved BN vectors (and the optimizer's step
+count) say, read with h5py only."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
-from ..rule import rule
+from ..rule import Note, SkipRule, rule
 from .layers import listed_channels
 
 #: The initializers Keras gives the moving statistics, and the value each leaves.
@@ -198,6 +201,78 @@ def extreme_normalization_scale(ctx):
             )
 
 
+@rule("BN205", "moving-statistics-not-converged", Severity.WARNING, needs=("graph", "weights", "optimizer"), settings={"residual": 0.05})
+def moving_statistics_not_converged(ctx):
+    """A BatchNormalization's moving statistics had too few updates for its momentum.
+
+    ## What it does
+    Reads the optimizer's step count n from the file (saved with its optimizer:
+    `optimizer/vars/0` of a `.keras`, `optimizer_weights` of an `.h5`) and flags a
+    trainable BN whose momentum m leaves the initial values a weight m^n above 0.05.
+    Each training step updates the moving statistics once,
+    moving = m * moving + (1 - m) * batch, so after n steps the initializers (mean 0,
+    variance 1) still weigh m^n (Keras's `BatchNormalization` update; PyTorch's
+    `momentum` is 1 - m). 0.05 is three time constants of the average
+    (m^n = 0.05 at n = ln 0.05 / ln m, about 3 / (1 - m): 299 steps at m = 0.99): the
+    usual point where an exponential average counts as settled, and below the
+    batch-to-batch noise of the statistics. The limit is `residual` in
+    `[tool.bnaudit.bn205]`.
+
+    Not checked (a note says which layers) where the count does not bound the layer's
+    updates: frozen layers, and layers of a nested model, whose statistics may have
+    been restored from pretrained weights. A file without optimizer state (saved with
+    `include_optimizer=False`, or never compiled) lists the rule as skipped.
+
+    ## Why is this bad?
+    The moving statistics are still partly their initializers (0.99^100 = 0.37), so
+    inference normalizes with values between mean 0 / variance 1 and the data's: the
+    evaluated model behaves unlike the trained one.
+
+    ## Example
+    ```python
+    model.fit(x, y, epochs=1)   # 50 steps with BatchNormalization(momentum=0.99)
+    ```
+
+    ## Use instead
+    ```python
+    layers.BatchNormalization(momentum=0.9)   # settles in ~29 steps
+    ```
+    or train longer, or recompute the statistics on training data (`bnaudit fix --recalibrate`).
+    """
+    steps = ctx.graph.weights.optimizer_iterations()
+    if steps is None:
+        raise SkipRule("the file holds no optimizer state (saved with include_optimizer=False, or never compiled)")
+    limit = float(ctx.setting("residual"))
+    unbounded: dict[str, list[str]] = {}
+    for bn in ctx.graph.batchnorms():
+        if not bn.trainable:
+            unbounded.setdefault("frozen", []).append(bn.path)
+            continue
+        if bn.container:
+            unbounded.setdefault(f"inside nested model {bn.container!r}, possibly restored", []).append(bn.path)
+            continue
+        momentum = float(bn.config.get("momentum", 0.99))
+        if not 0 < momentum < 1:
+            continue
+        residual = momentum**steps
+        if residual > limit:
+            needed = math.ceil(math.log(limit) / math.log(momentum))
+            yield ctx.finding(
+                bn,
+                f"BatchNormalization {bn.path!r} had {steps} updates at momentum {momentum:g}: its initial "
+                f"values still weigh {residual:.2g} in the moving statistics (> {limit:g}; {needed} updates needed)",
+                details={"steps": steps, "momentum": momentum, "residual": round(residual, 6), "limit": limit, "steps_needed": needed},
+                fix=f"train at least {needed} steps, lower the momentum (0.9 settles in {math.ceil(math.log(limit) / math.log(0.9))}), "
+                "or recompute the statistics on training data (bnaudit fix --recalibrate)",
+            )
+    for why, paths in unbounded.items():
+        listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        yield Note(
+            f"BN205 did not check {len(paths)} BN layer{'s' if len(paths) != 1 else ''} ({why}: {listed}): "
+            f"the optimizer's {steps} steps do not bound their updates"
+        )
+
+
 @hookimpl
 def bnaudit_register_rules():
-    return [invalid_moving_statistics, moving_statistics_never_updated, dead_channels, extreme_normalization_scale]
+    return [invalid_moving_statistics, moving_statistics_never_updated, dead_channels, extreme_normalization_scale, moving_statistics_not_converged]
