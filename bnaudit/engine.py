@@ -7,6 +7,7 @@ model is audited independently, so one unreadable model never stops the others.
 from __future__ import annotations
 
 import glob
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,14 +18,14 @@ import pluggy
 
 from .findings import ExitCode, Severity
 from .keras_builtins import KERAS_LAYER_CLASSES
-from .loaders import LoadError, check_not_lfs_pointer
+from .loaders import LoadError, check_not_lfs_pointer, is_savedmodel_dir
 from .plugins import collect_rules, make_plugin_manager
 from .result import AuditResult, ModelError, SkippedRule
 from .rule import Rule
 from .selection import Selection
 from .context import RuleContext
 
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
 
 
 @dataclass
@@ -83,10 +84,11 @@ class Auditor:
         return result
 
     def _load(self, path: Path):
-        if not path.is_file():
+        if not path.is_file() and not is_savedmodel_dir(path):
             raise LoadError("no such file", "check the path")
         try:
-            check_not_lfs_pointer(path)
+            if path.is_file():
+                check_not_lfs_pointer(path)
             graph = self.pm.hook.bnaudit_load_model(path=path)
         except LoadError:
             raise
@@ -99,7 +101,7 @@ class Auditor:
         if graph is None:
             raise LoadError(
                 "not a model file bnaudit can read",
-                "bnaudit reads .keras and full-model .h5 files written by Keras 2 or 3",
+                "bnaudit reads .keras and full-model .h5 files written by Keras 2 or 3, .onnx files and SavedModel directories",
             )
         return graph
 
@@ -107,12 +109,14 @@ class Auditor:
         result.meta.update(
             format=graph.format,
             keras_version=graph.keras_version,
+            **({"producer": graph.producer} if graph.producer else {}),
             model_name=graph.name,
             layers=len(graph.layers),
             batchnorm_layers=len(graph.batchnorms()),
         )
         result.measurements["layers"] = batchnorm_neighbourhoods(graph)
-        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES})
+        # Operators of a non-Keras graph (ONNX) are opaque by design, not worth a note each.
+        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith("onnx:")})
         for class_name in unknown:
             paths = [l.path for l in graph if l.class_name == class_name]
             result.notes.append(
@@ -202,10 +206,12 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]
     problems: list[AuditResult] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            models = sorted(p for p in path.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+        if is_savedmodel_dir(path):
+            found.append(path)
+        elif path.is_dir():
+            models = _models_under(path)
             if not models:
-                problems.append(_problem(raw, "no .keras or .h5 files in this directory", "pass model files or a directory holding them"))
+                problems.append(_problem(raw, "no .keras, .h5 or .onnx files or SavedModel directories in this directory", "pass model files or a directory holding them"))
             found.extend(models)
         elif path.exists():
             found.append(path)
@@ -218,6 +224,20 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]
             problems.append(_problem(raw, "no such file or directory", "check the path"))
     unique = list(dict.fromkeys(found))
     return unique, problems
+
+
+def _models_under(folder: Path) -> list[Path]:
+    """Model files and SavedModel directories below ``folder`` (not the files inside a SavedModel)."""
+    found: list[Path] = []
+    for current, dirs, files in os.walk(folder):
+        here = Path(current)
+        if is_savedmodel_dir(here):
+            found.append(here)
+            dirs.clear()
+            continue
+        dirs.sort()
+        found.extend(here / f for f in sorted(files) if Path(f).suffix.lower() in MODEL_SUFFIXES and (here / f).is_file())
+    return sorted(found)
 
 
 def _problem(path: str | Path, message: str, hint: str) -> AuditResult:

@@ -101,9 +101,11 @@ class ModelGraph:
     nested: dict[str, NestedModel] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    #: "keras" (Keras 3 zip), "h5-keras3" or "h5-keras2".
+    #: "keras" (Keras 3 zip), "h5-keras3", "h5-keras2", "onnx" or "savedmodel".
     format: str = ""
     keras_version: str = ""
+    #: The tool that wrote a file that is not Keras's own (``tf2onnx 1.17.0``), where it says.
+    producer: str = ""
     #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
     weights: Any = None
 

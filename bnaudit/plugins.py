@@ -20,6 +20,7 @@ from .rule import Rule
 DEFAULT_PLUGINS = (
     "bnaudit.loaders.keras_zip",
     "bnaudit.loaders.keras_h5",
+    "bnaudit.loaders.onnx",
     "bnaudit.rules.placement",
     "bnaudit.rules.weights",
     "bnaudit.rules.safety",

@@ -73,7 +73,9 @@ def _read_vector(dataset: object, where: str) -> np.ndarray:
     return _read_array(dataset, where)
 
 
-def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
+def assemble_bn_arrays(values: dict[str, np.ndarray], where: str) -> BNArrays:
+    """The named vectors of one BN as :class:`BNArrays`; :class:`LoadError` when the moving
+    statistics are missing or the vectors differ in length (every loader's weights store)."""
     missing = [n for n in ("moving_mean", "moving_variance") if n not in values]
     if missing:
         raise LoadError(f"{where}: no {', '.join(missing)} in the weights file")
@@ -97,7 +99,7 @@ class H5Weights:
             where = f"layer {layer.path!r}"
             datasets = self._datasets(layer, bn_variable_names(layer))
             values = {name: _read_vector(d, f"{where} {name}") for name, d in datasets.items()}
-            self._cache[layer.path] = _assemble(values, where)
+            self._cache[layer.path] = assemble_bn_arrays(values, where)
         return self._cache[layer.path]
 
     def layer_arrays(self, layer: "Layer", names: "list[str] | tuple[str, ...]") -> dict[str, np.ndarray]:
