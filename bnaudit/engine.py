@@ -115,6 +115,7 @@ class Auditor:
             batchnorm_layers=len(graph.batchnorms()),
         )
         result.measurements["layers"] = batchnorm_neighbourhoods(graph)
+        result.notes.extend(graph.notes)
         # Operators of a non-Keras graph (ONNX) are opaque by design, not worth a note each.
         unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith("onnx:")})
         for class_name in unknown:
@@ -161,7 +162,7 @@ class Auditor:
 
     def _skip_reason(self, rule: Rule, graph) -> str:
         if "weights" in rule.needs and graph.weights is None:
-            return "the file holds no weights"
+            return graph.weights_missing or "the file holds no weights"
         if "data" in rule.needs and not self.options.data and not self.options.runtime.get("stats"):
             return "needs --data"
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):

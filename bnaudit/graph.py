@@ -52,6 +52,10 @@ class Layer:
     consumers: list[str] = field(default_factory=list)
     #: ``trainable`` after applying every enclosing model's flag.
     trainable: bool = True
+    #: Where a loader found the layer fixed in training mode outside its call kwargs
+    #: (an ONNX node's ``training_mode=1``, a serving function's FusedBatchNorm
+    #: ``is_training=true``); "" when nothing says so.
+    baked_training: str = ""
 
     @property
     def activation(self) -> str | None:
@@ -108,6 +112,10 @@ class ModelGraph:
     producer: str = ""
     #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
     weights: Any = None
+    #: Why ``weights`` is None although the file holds weights (a reader is not installed).
+    weights_missing: str = ""
+    #: What the loader wants the reader of the report to know about this file.
+    notes: list[str] = field(default_factory=list)
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:

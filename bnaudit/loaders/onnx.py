@@ -10,7 +10,7 @@ ONNX is where Keras models travel when they leave TensorFlow (tf2onnx, Keras 3's
 - ``BatchNormalization`` -> BatchNormalization with ``axis=1`` (ONNX normalizes the
   channel axis of NCHW), ``epsilon`` (ONNX default 1e-5), ``momentum`` where the node
   sets it, and ``training_mode=1`` (or, before opset 14, the running-statistics
-  outputs that only training mode writes) as a call with ``training=True`` (BN106);
+  outputs that only training mode writes) as ``Layer.baked_training`` (BN106);
 - ``Conv``/``ConvTranspose`` -> ``ConvND``/``ConvNDTranspose`` with
   ``data_format="channels_first"`` and ``use_bias`` from the optional bias input;
   ``Gemm``, and ``MatMul`` by a constant followed by ``Add`` of a constant, -> Dense;
@@ -160,6 +160,7 @@ class OnnxGraphBuilder:
         self.tensor_types: dict[str, int] = {}  # tensor name -> element type, where declared
         self.tensor_ranks: dict[str, int] = {}
         self.producer_of: dict[str, str] = {}  # tensor name -> layer path
+        self.baked: dict[str, str] = {}  # BN path -> why it runs in training mode
         self.bn_inputs: dict[str, list[str]] = {}  # BN path -> scale, B, mean, var tensor names
         self.node_inputs: dict[str, list[str]] = {}  # layer path -> its node's input tensors
         self.base_dir = base_dir
@@ -181,6 +182,8 @@ class OnnxGraphBuilder:
         self._merge_matmul_add()
         self._wire()
         self._fold_transposes()
+        for path, source in self.baked.items():
+            self.graph.layers[path].baked_training = source
         self.graph.weights = OnnxWeights(self.tensors, self.bn_inputs, self.node_inputs, self.base_dir)
         return self.graph
 
@@ -203,7 +206,7 @@ class OnnxGraphBuilder:
             index += 1
         return f"{name}_{index}"
 
-    def _add(self, path: str, class_name: str, config: dict, inputs: list[str], domain: str, kwargs=None) -> "Layer":
+    def _add(self, path: str, class_name: str, config: dict, inputs: list[str], domain: str) -> "Layer":
         from ..graph import Layer
 
         container, _, name = path.rpartition("/")
@@ -214,7 +217,6 @@ class OnnxGraphBuilder:
             config=config,
             module=f"onnx:{domain or 'ai.onnx'}",
             container=container if container in self.graph.nested else "",
-            call_kwargs=[kwargs or {}],
             input_shapes=[[None] * self.tensor_ranks[i] for i in inputs if i in self.tensor_ranks][:1],
         )
         self.node_inputs[path] = list(inputs)
@@ -239,8 +241,8 @@ class OnnxGraphBuilder:
                     if attribute.name == "value" and attribute.HasField("t"):
                         self.tensors[outputs[0]] = attribute.t
                 continue
-            class_name, config, kwargs = self._describe(node, path, inputs, outputs, attrs or {})
-            self._add(path, class_name, config, [i for i in inputs if i], domain, kwargs)
+            class_name, config = self._describe(node, path, inputs, outputs, attrs or {})
+            self._add(path, class_name, config, [i for i in inputs if i], domain)
             for output in outputs:
                 if output:
                     self.producer_of[output] = path
@@ -248,7 +250,7 @@ class OnnxGraphBuilder:
                 bodies = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
                 for number, body in enumerate(bodies):
                     inner = f"{path}/{attribute.name}" + (f"_{number}" if len(bodies) > 1 else "")
-                    self.graph.nested[inner] = NestedModel(inner, node.op_type, [kwargs or {}], True)
+                    self.graph.nested[inner] = NestedModel(inner, node.op_type, [], True)
                     self._declare(body)
                     for value in body.input:  # loop-carried values come from the node itself
                         self.producer_of[value.name] = path
@@ -278,10 +280,9 @@ class OnnxGraphBuilder:
             found[attribute.name] = onnx.helper.get_attribute_value(attribute)
         return found
 
-    def _describe(self, node, path, inputs, outputs, caller_attrs) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    def _describe(self, node, path, inputs, outputs, caller_attrs) -> tuple[str, dict[str, Any]]:
         op = node.op_type
         attrs = self._attributes(node, caller_attrs)
-        kwargs: dict[str, Any] = {}
         config: dict[str, Any] = {"onnx_op": op}
         if op == "BatchNormalization":
             config.update(axis=1, epsilon=float(attrs.get("epsilon", 1e-5)), center=True, scale=True)
@@ -293,23 +294,25 @@ class OnnxGraphBuilder:
                 config["spatial"] = 0
             # training_mode=1 (opset 14+); before, the optional running-statistics outputs
             # are written only in training mode.
-            training = attrs.get("training_mode", 0) == 1 or (self.opset < 14 and sum(1 for o in outputs if o) > 1)
-            kwargs = {"training": True} if training else {}
+            if attrs.get("training_mode", 0) == 1:
+                self.baked[path] = "the node's training_mode=1"
+            elif self.opset < 14 and sum(1 for o in outputs if o) > 1:
+                self.baked[path] = f"the node writes running statistics, which opset {self.opset} does only in training mode"
             if len(inputs) < 5:
                 raise LoadError(f"BatchNormalization node {node.name!r} has {len(inputs)} inputs, expected 5")
             self.bn_inputs[path] = inputs[1:5]
-            return "BatchNormalization", config, kwargs
+            return "BatchNormalization", config
         if op in ("Conv", "ConvTranspose"):
             kernel = self.tensors.get(inputs[1]) if len(inputs) > 1 else None
             rank = len(kernel.dims) - 2 if kernel is not None else len(attrs.get("kernel_shape", [0, 0]))
             rank = rank if rank in (1, 2, 3) else 2
             config.update(data_format="channels_first", use_bias=len(inputs) > 2 and bool(inputs[2]), groups=attrs.get("group", 1))
-            return f"Conv{rank}D" + ("Transpose" if op == "ConvTranspose" else ""), config, kwargs
+            return f"Conv{rank}D" + ("Transpose" if op == "ConvTranspose" else ""), config
         if op == "Gemm":
             config["use_bias"] = len(inputs) > 2 and bool(inputs[2])
         elif op == "MatMul" and len(inputs) == 2 and inputs[1] in self.tensors:
             config["use_bias"] = False
-            return "Dense", config, kwargs
+            return "Dense", config
         elif op == "Dropout":
             ratio = attrs.get("ratio")
             if ratio is None and len(inputs) > 1 and inputs[1] in self.tensors:
@@ -319,10 +322,10 @@ class OnnxGraphBuilder:
             config["perm"] = list(attrs.get("perm", []))
         elif op in ACTIVATION_OPS:
             config["activation"] = ACTIVATION_OPS[op]
-            return "Activation", config, kwargs
+            return "Activation", config
         elif op == "Softmax":
             config["axis"] = attrs.get("axis", -1)
-        return OP_CLASSES.get(op, op), config, kwargs
+        return OP_CLASSES.get(op, op), config
 
     def _wire(self) -> None:
         for layer in self.graph:

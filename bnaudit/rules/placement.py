@@ -257,7 +257,9 @@ def batchnorm_training_baked(ctx):
     ## What it does
     Flags a BatchNormalization whose call node in the saved graph carries `training=True`
     (Keras 3 `kwargs`, Keras 2 node kwargs), or that sits inside a nested model called
-    with `training=True`.
+    with `training=True`; in an ONNX file, a BatchNormalization node with
+    `training_mode=1`; in a SavedModel, a serving function that runs the layer's
+    FusedBatchNorm op with `is_training=true`.
 
     ## Why is this bad?
     The layer then normalizes with the statistics of the current batch even at
@@ -277,7 +279,9 @@ def batchnorm_training_baked(ctx):
     """
     for bn in ctx.graph.batchnorms():
         source = None
-        if any(kw.get("training") is True for kw in bn.call_kwargs):
+        if bn.baked_training:
+            source = bn.baked_training
+        elif any(kw.get("training") is True for kw in bn.call_kwargs):
             source = "its own call"
         elif not any("training" in kw for kw in bn.call_kwargs):
             for model in ctx.graph.enclosing_models(bn):
