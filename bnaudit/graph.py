@@ -199,9 +199,10 @@ class ModelGraph:
         found = []
         container = layer.container
         while container:
-            model = self.nested[container]
-            found.append(model)
-            container = model.path.rpartition("/")[0]
+            model = self.nested.get(container)  # an ONNX If/Loop node sits between its bodies
+            if model is not None:
+                found.append(model)
+            container = container.rpartition("/")[0]
         return found
 
 

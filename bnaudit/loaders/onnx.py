@@ -57,6 +57,8 @@ MAX_DEPTH = 32
 #: Above this a file is not a plausible ONNX protobuf (protobuf itself stops at 2 GiB).
 MAX_PROTO_BYTES = 2**31 - 1
 
+#: The BN node's inputs 2-5 (scale, B, input_mean, input_var) as Keras names them.
+BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
 #: ONNX operator -> the Keras layer class the rules know it as.
 OP_CLASSES = {
     "BatchNormalization": "BatchNormalization",
@@ -103,6 +105,8 @@ ACTIVATION_OPS = {
 }
 #: Attributes holding subgraphs that are expanded (``If`` branches, ``Loop``/``Scan`` bodies).
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+#: ``TensorProto.data_location`` of a tensor kept outside the protobuf.
+TENSOR_EXTERNAL = 1
 #: TensorProto data types the BN vectors may hold -> numpy dtype.
 _NUMERIC_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 16: None}  # 16: bfloat16, refused below
 
@@ -184,8 +188,23 @@ class OnnxGraphBuilder:
         self._fold_transposes()
         for path, source in self.baked.items():
             self.graph.layers[path].baked_training = source
+        self._check_tensors()
         self.graph.weights = OnnxWeights(self.tensors, self.bn_inputs, self.node_inputs, self.base_dir)
         return self.graph
+
+    def _check_tensors(self) -> None:
+        """Refuse hostile layouts at load time, once, rather than in every rule that reads them:
+        each external tensor's window, and the BN vectors' shapes and sizes."""
+        for path, names in self.bn_inputs.items():
+            for role, name in zip(BN_ROLES, names):
+                if name in self.tensors:
+                    where = f"layer {path!r} {role} ({name!r})"
+                    dims, _, _ = check_tensor(self.tensors[name], self.base_dir, where, MAX_CHANNELS)
+                    if len(dims) != 1:
+                        raise LoadError(f"{where} has shape {dims}, expected one vector per channel")
+        for name, tensor in self.tensors.items():
+            if tensor.data_location == TENSOR_EXTERNAL:
+                external_window(tensor, self.base_dir, f"tensor {name!r}")
 
     def _declare(self, g) -> None:
         for tensor in g.initializer:
@@ -407,12 +426,12 @@ def _scalar(tensor) -> float | None:
     return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
-def read_tensor(tensor, base_dir: Path | None, where: str, max_elements: int = MAX_ARRAY_ELEMENTS) -> np.ndarray:
-    """One TensorProto as a float64 array, its size checked against ``max_elements`` first.
+def check_tensor(tensor, base_dir: Path | None, where: str, max_elements: int = MAX_ARRAY_ELEMENTS) -> tuple[list[int], type, int]:
+    """Check one TensorProto's layout before anything is read: ``(dims, numpy dtype, bytes)``.
 
-    Raw data must hold exactly the declared number of bytes; external data is read only
-    from a file inside ``base_dir`` (the model's folder), within that file's size.
-    Raises :class:`LoadError` for anything else.
+    The element count must be at most ``max_elements``, the type float16/32/64, raw data
+    exactly the declared number of bytes, and external data a window of a file inside
+    ``base_dir`` (the model's folder). Raises :class:`LoadError` otherwise.
     """
     dims = [int(d) for d in tensor.dims]
     if any(d < 0 for d in dims):
@@ -424,24 +443,44 @@ def read_tensor(tensor, base_dir: Path | None, where: str, max_elements: int = M
     if dtype is None:
         raise LoadError(f"{where} holds ONNX data type {tensor.data_type}, not float16/32/64")
     nbytes = count * np.dtype(dtype).itemsize
-    if tensor.data_location == 1:  # EXTERNAL
-        raw = _read_external(tensor, base_dir, nbytes, where)
+    if tensor.data_location == TENSOR_EXTERNAL:
+        external_window(tensor, base_dir, where, nbytes)
+    elif tensor.HasField("raw_data"):
+        if len(tensor.raw_data) != nbytes:
+            raise LoadError(f"{where} declares {count} values ({nbytes} bytes) but holds {len(tensor.raw_data)} bytes")
+    else:
+        held = len(tensor.int32_data if dtype is np.float16 else tensor.double_data if dtype is np.float64 else tensor.float_data)
+        if held != count:
+            raise LoadError(f"{where} declares {count} values but holds {held}")
+    return dims, dtype, nbytes
+
+
+def read_tensor(tensor, base_dir: Path | None, where: str, max_elements: int = MAX_ARRAY_ELEMENTS) -> np.ndarray:
+    """One TensorProto as a float64 array, after :func:`check_tensor`. Raises :class:`LoadError`."""
+    dims, dtype, nbytes = check_tensor(tensor, base_dir, where, max_elements)
+    if tensor.data_location == TENSOR_EXTERNAL:
+        target, offset = external_window(tensor, base_dir, where, nbytes)
+        with open(target, "rb") as handle:
+            handle.seek(offset)
+            raw = handle.read(nbytes)
     elif tensor.HasField("raw_data"):
         raw = tensor.raw_data
+    elif dtype is np.float16:  # stored as uint16 bit patterns in int32_data
+        return np.asarray(tensor.int32_data, dtype=np.uint16).view(np.float16).astype(np.float64).reshape(dims)
     else:
-        values = {np.float32: tensor.float_data, np.float64: tensor.double_data}.get(dtype)
-        if dtype is np.float16:  # stored as uint16 bit patterns in int32_data
-            values = np.asarray(tensor.int32_data, dtype=np.uint16).view(np.float16)
-        values = np.asarray(values, dtype=np.float64)
-        if values.size != count:
-            raise LoadError(f"{where} declares {count} values but holds {values.size}")
-        return values.reshape(dims)
+        return np.asarray(tensor.double_data if dtype is np.float64 else tensor.float_data, dtype=np.float64).reshape(dims)
     if len(raw) != nbytes:
-        raise LoadError(f"{where} declares {count} values ({nbytes} bytes) but holds {len(raw)} bytes")
+        raise LoadError(f"{where}: external data ends after {len(raw)} of {nbytes} bytes")
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.float64).reshape(dims)
 
 
-def _read_external(tensor, base_dir: Path | None, nbytes: int, where: str) -> bytes:
+def external_window(tensor, base_dir: Path | None, where: str, nbytes: int | None = None) -> tuple[Path, int]:
+    """Where an external tensor's bytes lie: ``(file, offset)``, checked, nothing read.
+
+    The file must be inside ``base_dir`` (symbolic links resolved; absolute paths and
+    ``..`` that leave it are refused, as onnx's own loader does since 1.16), exist, and
+    hold ``[offset, offset + length)``; ``length`` must match ``nbytes`` where given.
+    """
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
     if base_dir is None or not location:
@@ -452,22 +491,20 @@ def _read_external(tensor, base_dir: Path | None, nbytes: int, where: str) -> by
             f"{where}: external data {location!r} lies outside the model's folder",
             "bnaudit reads external tensors only from the model's own folder; move the data file next to the model",
         )
-    try:
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", nbytes))
-    except ValueError:
-        raise LoadError(f"{where}: external data offset/length are not numbers") from None
     if not target.is_file():
         raise LoadError(f"{where}: external data file {location!r} is missing", "copy it next to the model")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", nbytes if nbytes is not None else 0))
+    except ValueError:
+        raise LoadError(f"{where}: external data offset/length are not numbers") from None
     size = target.stat().st_size
-    if offset < 0 or length != nbytes or offset + length > size:
+    if offset < 0 or length < 0 or offset + length > size or (nbytes is not None and length != nbytes):
         raise LoadError(
             f"{where}: external data {location!r} [{offset}, {offset + length}) does not fit "
-            f"the file ({size} bytes) or the declared {nbytes} bytes"
+            f"the file ({size} bytes)" + (f" or the declared {nbytes} bytes" if nbytes is not None else "")
         )
-    with open(target, "rb") as handle:
-        handle.seek(offset)
-        return handle.read(length)
+    return target, offset
 
 
 class OnnxWeights:
@@ -482,7 +519,7 @@ class OnnxWeights:
 
     def bn_arrays(self, layer: "Layer") -> BNArrays:
         if layer.path not in self._cache:
-            names = dict(zip(("gamma", "beta", "moving_mean", "moving_variance"), self._bn_inputs.get(layer.path, [])))
+            names = dict(zip(BN_ROLES, self._bn_inputs.get(layer.path, [])))
             values = {}
             for name, tensor_name in names.items():
                 where = f"layer {layer.path!r} {name} ({tensor_name!r})"
