@@ -56,9 +56,16 @@ def training_batchnorm_ops(path: Path) -> list[tuple[str, str]]:
             start = [nodes[t.name.split(":")[0]] for t in definition.outputs.values() if t.name.split(":")[0] in nodes]
             for name in _reachable(start, library):
                 for node in library[name].node_def:
-                    if node.op in BATCHNORM_OPS and node.attr["is_training"].b:
+                    if node.op in BATCHNORM_OPS and _is_training(node):
                         found.append((signature, node.name))
     return found
+
+
+def _is_training(node) -> bool:
+    """The op's ``is_training``. SavedModel strips attributes equal to the op's default,
+    and the FusedBatchNorm ops default to ``is_training=true`` (tf.raw_ops docs): absent
+    means training."""
+    return node.attr["is_training"].b if "is_training" in node.attr else True
 
 
 def _reachable(start, library) -> list[str]:
