@@ -11,7 +11,7 @@ from .result import SkippedRule
 
 if TYPE_CHECKING:
     from .graph import Layer, ModelGraph
-    from .loaders.weights import BNArrays
+    from .loaders.arrays import BNArrays
     from .result import AuditResult
     from .rule import Rule
 

@@ -110,7 +110,7 @@ class ModelGraph:
     keras_version: str = ""
     #: The tool that wrote a file that is not Keras's own (``tf2onnx 1.17.0``), where it says.
     producer: str = ""
-    #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
+    #: A lazy view of the saved arrays (``bn_arrays(layer)``, see ``bnaudit.loaders.arrays``); None if absent.
     weights: Any = None
     #: Why ``weights`` is None although the file holds weights (a reader is not installed).
     weights_missing: str = ""

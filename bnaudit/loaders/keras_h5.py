@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import h5py
+from typing import TYPE_CHECKING
 
 from ..graph import ConfigError, ModelGraph, build_graph
 from ..hookspecs import hookimpl
 from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, read_head
-from .weights import LegacyH5Weights
+
+if TYPE_CHECKING:
+    import h5py
 
 H5_SUFFIXES = {".h5", ".hdf5"}
 
@@ -23,6 +24,10 @@ H5_SUFFIXES = {".h5", ".hdf5"}
 def bnaudit_load_model(path: Path) -> ModelGraph | None:
     if path.suffix.lower() not in H5_SUFFIXES and read_head(path, 8) != HDF5_MAGIC:
         return None
+    import h5py  # here, not at start-up: an .onnx audit never needs it
+
+    from .weights import LegacyH5Weights
+
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:

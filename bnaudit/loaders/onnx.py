@@ -43,7 +43,7 @@ import numpy as np
 from ..graph import ModelGraph, NestedModel
 from ..hookspecs import hookimpl
 from . import LoadError
-from .weights import MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays
+from .arrays import MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays
 
 if TYPE_CHECKING:
     import onnx

@@ -33,7 +33,7 @@ import numpy as np
 from ..graph import ConfigError, ModelGraph, build_graph
 from ..hookspecs import hookimpl
 from . import MAX_CONFIG_BYTES, LoadError, is_savedmodel_dir
-from .weights import MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
+from .arrays import MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
 
 if TYPE_CHECKING:
     from ..graph import Layer

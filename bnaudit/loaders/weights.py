@@ -16,46 +16,16 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from . import LoadError
+from .arrays import MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
 
 if TYPE_CHECKING:
     from ..graph import Layer
-
-#: A BN vector longer than this is not a real channel count: refuse to read it.
-MAX_CHANNELS = 1 << 24
-#: ``layer_arrays`` refuses an array with more elements than this (1 GiB of float32).
-MAX_ARRAY_ELEMENTS = 1 << 28
-
-
-@dataclass
-class BNArrays:
-    """The saved vectors of one BN layer; ``gamma``/``beta`` are None when scale/center is off."""
-
-    gamma: np.ndarray | None
-    beta: np.ndarray | None
-    moving_mean: np.ndarray
-    moving_variance: np.ndarray
-
-    @property
-    def channels(self) -> int:
-        return int(self.moving_mean.shape[0])
-
-
-def bn_variable_names(layer: "Layer") -> list[str]:
-    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving stats."""
-    names = []
-    if layer.config.get("scale", True):
-        names.append("gamma")
-    if layer.config.get("center", True):
-        names.append("beta")
-    return names + ["moving_mean", "moving_variance"]
-
 
 def _read_array(dataset: object, where: str) -> np.ndarray:
     if not isinstance(dataset, h5py.Dataset):
@@ -71,20 +41,6 @@ def _read_vector(dataset: object, where: str) -> np.ndarray:
     if isinstance(dataset, h5py.Dataset) and (len(dataset.shape) != 1 or not 0 < dataset.shape[0] <= MAX_CHANNELS):
         raise LoadError(f"{where} has shape {dataset.shape}, expected one vector per channel")
     return _read_array(dataset, where)
-
-
-def assemble_bn_arrays(values: dict[str, np.ndarray], where: str) -> BNArrays:
-    """The named vectors of one BN as :class:`BNArrays`; :class:`LoadError` when the moving
-    statistics are missing or the vectors differ in length (every loader's weights store)."""
-    missing = [n for n in ("moving_mean", "moving_variance") if n not in values]
-    if missing:
-        raise LoadError(f"{where}: no {', '.join(missing)} in the weights file")
-    sizes = {v.shape[0] for v in values.values()}
-    if len(sizes) != 1:
-        raise LoadError(f"{where}: BN vectors of different lengths {sorted(sizes)}")
-    return BNArrays(
-        values.get("gamma"), values.get("beta"), values["moving_mean"], values["moving_variance"]
-    )
 
 
 class H5Weights:
