@@ -26,6 +26,8 @@ from .selection import Selection
 from .context import RuleContext
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
+#: Formats the static rules read but the TensorFlow runtime (``--data``, ``--inference``) does not load.
+NO_RUNTIME_FORMATS = ("onnx", "savedmodel")
 
 
 @dataclass
@@ -167,6 +169,8 @@ class Auditor:
             return "needs --data"
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):
             return "needs --data or --inference"
+        if graph.format in NO_RUNTIME_FORMATS and ("runtime" in rule.needs or ("data" in rule.needs and not self.options.runtime.get("stats"))):
+            return f"the data and inference rules run .keras and .h5 files with Keras; re-running a {graph.format} model is not supported"
         return ""
 
 

@@ -295,3 +295,26 @@ def test_a_fresh_tf2onnx_conversion_matches_the_committed_expectations(tmp_path)
     spec = next(s for s in SPECS if s.name == "consecutive_bn")
     to_onnx(make(tf_keras, spec), tmp_path / "consecutive_bn.onnx")
     assert _findings(tmp_path / "consecutive_bn.onnx") == sorted((f["code"], f["layer"]) for f in EXPORTED["onnx/consecutive_bn.onnx"])
+
+
+def test_runtime_rules_on_onnx_and_savedmodel_are_skipped_with_the_reason_not_passed():
+    run = run_bnaudit("check", "--inference", "--format", "json", "onnx/consecutive_bn.onnx", "savedmodel/dropout_before_bn", cwd=SAMPLES)
+    assert run.returncode == 0 and "Traceback" not in run.stderr  # BN105 and BN101 are warnings
+    for model in json.loads(run.stdout)["models"]:
+        skipped = {s["code"]: s["reason"] for s in model["skipped"]}
+        assert {"BN401", "BN402", "BN403", "BN404"} <= set(skipped)
+        assert all("not supported" in skipped[c] for c in ("BN401", "BN404"))
+        assert not {"BN401", "BN402", "BN403", "BN404"} & set(model["rules_run"])
+
+
+def test_every_report_format_renders_onnx_and_savedmodel_results(tmp_path):
+    formats = ["text", "json", "html", "sarif", "junit", "github"]
+    args = [a for f in formats for a in ("--format", f, "-o", str(tmp_path / f"report.{f}"))]
+    run = run_bnaudit("check", "--exit-zero", *args, "onnx/consecutive_bn.onnx", "savedmodel/bias_before_bn", cwd=SAMPLES)
+    assert run.returncode == 0, run.stderr
+    for f in formats:
+        text = (tmp_path / f"report.{f}").read_text()
+        assert "consecutive_bn/bn2/FusedBatchNormV3" in text, f
+        assert "bn_fc" in text, f
+    sarif = json.loads((tmp_path / "report.sarif").read_text())
+    assert {r["ruleId"] for r in sarif["runs"][0]["results"]} == {"BN102", "BN105"}
