@@ -26,8 +26,6 @@ from .selection import Selection
 from .context import RuleContext
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
-#: Formats the static rules read but the TensorFlow runtime (``--data``, ``--inference``) does not load.
-NO_RUNTIME_FORMATS = ("onnx", "savedmodel")
 
 
 @dataclass
@@ -169,8 +167,13 @@ class Auditor:
             return "needs --data"
         if "runtime" in rule.needs and not (self.options.data or self.options.inference):
             return "needs --data or --inference"
-        if graph.format in NO_RUNTIME_FORMATS and ("runtime" in rule.needs or ("data" in rule.needs and not self.options.runtime.get("stats"))):
-            return f"the data and inference rules run .keras and .h5 files with Keras; re-running a {graph.format} model is not supported"
+        if graph.format == "onnx":  # re-run with ONNX Runtime: BN401, BN402, BN404 on synthetic inputs
+            if "data" in rule.needs or rule.code == "BN403":
+                return "not measured on ONNX files (one call path; statistics from --data need Keras)"
+            if "runtime" in rule.needs and not self.options.inference:
+                return "ONNX files are re-run on synthetic inputs: pass --inference"
+        elif graph.format == "savedmodel" and ("runtime" in rule.needs or "data" in rule.needs):
+            return "the data and inference rules run .keras and .h5 files with Keras; re-running a SavedModel is not supported"
         return ""
 
 

@@ -297,14 +297,18 @@ def test_a_fresh_tf2onnx_conversion_matches_the_committed_expectations(tmp_path)
     assert _findings(tmp_path / "consecutive_bn.onnx") == sorted((f["code"], f["layer"]) for f in EXPORTED["onnx/consecutive_bn.onnx"])
 
 
-def test_runtime_rules_on_onnx_and_savedmodel_are_skipped_with_the_reason_not_passed():
-    run = run_bnaudit("check", "--inference", "--format", "json", "onnx/consecutive_bn.onnx", "savedmodel/dropout_before_bn", cwd=SAMPLES)
-    assert run.returncode == 0 and "Traceback" not in run.stderr  # BN105 and BN101 are warnings
-    for model in json.loads(run.stdout)["models"]:
+def test_runtime_rules_on_savedmodel_and_data_rules_on_onnx_are_skipped_with_the_reason_not_passed(tmp_path):
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((4, 8, 8, 3), np.float32))
+    run = run_bnaudit("check", "--data", data, "--format", "json", "onnx/consecutive_bn.onnx", "savedmodel/dropout_before_bn", cwd=SAMPLES)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr  # BN105 and BN101 are warnings
+    onnx_model, savedmodel = json.loads(run.stdout)["models"]
+    for model, codes in ((savedmodel, ("BN301", "BN302", "BN303", "BN401", "BN402", "BN403", "BN404")), (onnx_model, ("BN301", "BN302", "BN303", "BN401", "BN402", "BN403", "BN404"))):
         skipped = {s["code"]: s["reason"] for s in model["skipped"]}
-        assert {"BN401", "BN402", "BN403", "BN404"} <= set(skipped)
-        assert all("not supported" in skipped[c] for c in ("BN401", "BN404"))
-        assert not {"BN401", "BN402", "BN403", "BN404"} & set(model["rules_run"])
+        assert set(codes) <= set(skipped), model["path"]
+        assert not set(codes) & set(model["rules_run"])
+    assert "not supported" in {s["code"]: s["reason"] for s in savedmodel["skipped"]}["BN401"]
+    assert "pass --inference" in {s["code"]: s["reason"] for s in onnx_model["skipped"]}["BN401"]
 
 
 def test_every_report_format_renders_onnx_and_savedmodel_results(tmp_path):
@@ -318,3 +322,31 @@ def test_every_report_format_renders_onnx_and_savedmodel_results(tmp_path):
         assert "bn_fc" in text, f
     sarif = json.loads((tmp_path / "report.sarif").read_text())
     assert {r["ruleId"] for r in sarif["runs"][0]["results"]} == {"BN102", "BN105"}
+
+
+def test_onnx_runtime_rules_find_a_training_mode_bn_and_pass_an_inference_one(tmp_path):
+    """--inference on ONNX runs ONNX Runtime: BN402 (batch dependence) on the training-mode
+    BN, nothing on its inference twin; BN401/BN402/BN404 ran, BN403 skipped (one call path)."""
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", C, 8, 8])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", C, 8, 8])]
+    paths = {}
+    for mode in (0, 1):
+        folder = tmp_path / f"mode{mode}"
+        folder.mkdir()
+        node = helper.make_node(
+            "BatchNormalization", ["x", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["y", "running_mean", "running_var"][: 1 + 2 * mode],
+            name="bn", training_mode=mode,
+        )  # the spec wants the running statistics as outputs in training mode
+        paths[mode] = _save(folder, [node], _bn_tensors("bn"), inputs=inputs, outputs=outputs)
+    run = run_bnaudit("check", "--inference", "--format", "json", "--exit-zero", paths[0], paths[1])
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    models = {m["path"]: m for m in json.loads(run.stdout)["models"]}
+    clean, baked = models[str(paths[0])], models[str(paths[1])]
+    for model in (clean, baked):
+        assert model["errors"] == []
+        assert {"BN401", "BN402", "BN404"} <= set(model["rules_run"])
+        assert "BN403" in {s["code"] for s in model["skipped"]}
+        assert model["measurements"]["inference"]["repeatability"] and all(r["passed"] for r in model["measurements"]["inference"]["repeatability"])
+    # both BNs are the model's output (BN104); only the training-mode one depends on its batch
+    assert sorted((f["code"], f["layer"]) for f in clean["findings"]) == [("BN104", "bn")]
+    assert sorted((f["code"], f["layer"]) for f in baked["findings"]) == [("BN104", "bn"), ("BN106", "bn"), ("BN402", "y")]

@@ -23,7 +23,10 @@ def _results(ctx):
     None when they failed and another rule reported why."""
 
     def compute() -> Any:
-        from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
+        if ctx.graph.format == "onnx":
+            from ..runtime.onnx_inference import run_inference_checks  # ONNX Runtime, no TensorFlow
+        else:
+            from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
 
         results = run_inference_checks(ctx.runtime)
         ctx.result.measurements["inference"] = results.to_dict()
