@@ -224,6 +224,14 @@ _SNAKE_1 = re.compile(r"(.)([A-Z][a-z]+)")
 _SNAKE_2 = re.compile(r"([a-z])([A-Z])")
 
 
+def dtype_policy(layer: Layer) -> str:
+    """The layer's dtype policy name ("float32", "mixed_float16"), "" where the config has none."""
+    dtype = layer.config.get("dtype")
+    if isinstance(dtype, dict):
+        return str((dtype.get("config") or {}).get("name", ""))
+    return str(dtype or "")
+
+
 def snake_case(name: str) -> str:
     """Keras's ``naming.to_snake_case``: the key ``saving_lib`` files a layer under."""
     name = re.sub(r"\W+", "", name)

@@ -7,7 +7,7 @@ import pytest
 
 from bnaudit.loaders import LoadError
 from bnaudit.runtime.devices import select_devices
-from bnaudit.runtime.inference import Tolerance, compare, compute_dtype, tolerance
+from bnaudit.analysis.tolerances import Tolerance, compare, compute_dtype, tolerance
 
 TIGHT = Tolerance(atol=1e-3, rtol=0.0, source="test")
 

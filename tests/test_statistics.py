@@ -266,14 +266,15 @@ def test_stats_prints_the_table_and_progress_only_on_a_terminal(stats_run):
 
 
 def test_merged_shards_equal_the_single_pass_and_audit_without_the_data(keras, trained, stats_run, audit_run):
+    from bnaudit.analysis import statistics_file
     from bnaudit.runtime.data import iter_batches
-    from bnaudit.runtime.statistics import DataStatistics, collect
+    from bnaudit.runtime.statistics import collect
 
     model = keras.saving.load_model(trained / "mlp.keras")
     data = str(trained / "drifted.npy")
     for k in (1, 3):
         part = collect(model, iter_batches(data, model, 32, None, shard=(k, 3)), batch_size=32, shard=(k, 3))
-        part.save(trained / f"part{k}.npz")
+        statistics_file.save(part, trained / f"part{k}.npz")
     run = run_bnaudit("stats", trained / "mlp.keras", "--data", data, "--shard", "2/3", "-o", trained / "part2.npz")
     assert run.returncode == 0, run.stderr
     assert f"wrote shard 2/3 of {trained / 'mlp.keras'} (352 samples)" in run.stderr and run.stdout == ""
@@ -282,7 +283,7 @@ def test_merged_shards_equal_the_single_pass_and_audit_without_the_data(keras, t
     run = run_bnaudit("merge", *(trained / f"part{k}.npz" for k in (3, 1, 2)), "-o", merged_path)
     assert run.returncode == 0, run.stderr
     assert "1024 samples, 32 batches (complete)" in run.stderr
-    merged, single = DataStatistics.load(merged_path), DataStatistics.load(trained / "single.npz")
+    merged, single = statistics_file.load(merged_path), statistics_file.load(trained / "single.npz")
     assert merged.samples == single.samples == 1024 and merged.batches == single.batches and merged.complete
     for path, layer in single.layers.items():
         for part in ("moments", "batch_means", "batch_variances"):
@@ -310,13 +311,13 @@ def test_merged_shards_equal_the_single_pass_and_audit_without_the_data(keras, t
 
 
 def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
-    from bnaudit.runtime.statistics import DataStatistics
+    from bnaudit.analysis import statistics_file
 
-    part = DataStatistics.load(trained / "part1.npz")
+    part = statistics_file.load(trained / "part1.npz")
     run = run_bnaudit("merge", trained / "part1.npz", trained / "part1.npz", "-o", tmp_path / "twice.npz")
     assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: shard 1/3 is given twice (merge each shard once)"
     part.fingerprint = "0" * 16
-    part.save(tmp_path / "other.npz")
+    statistics_file.save(part, tmp_path / "other.npz")
     run = run_bnaudit("merge", trained / "part3.npz", tmp_path / "other.npz", "-o", tmp_path / "mixed.npz")
     assert run.returncode == 2 and "cannot merge statistics measured with different model" in run.stderr
     assert not (tmp_path / "mixed.npz").exists()
@@ -332,7 +333,7 @@ def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
 
 
 def test_moments_merge_in_any_grouping_equals_numpy_on_the_whole():
-    from bnaudit.runtime.moments import Moments
+    from bnaudit.analysis.moments import Moments
 
     rng = np.random.default_rng(5)
     values = rng.normal(1e3, 1e-2, size=(1000, 3))  # a large mean: where sums of squares cancel

@@ -108,13 +108,6 @@ def channel_axis_mismatch(graph: ModelGraph, layer: Layer, producer_classes: fro
     return AxisMismatch(producer, expected, rank)
 
 
-def dtype_policy(layer: Layer) -> str:
-    dtype = layer.config.get("dtype")
-    if isinstance(dtype, dict):
-        return str((dtype.get("config") or {}).get("name", ""))
-    return str(dtype or "")
-
-
 #: Findings list at most this many channel indices; the count is always given in full.
 MAX_LISTED_CHANNELS = 10
 

@@ -8,7 +8,7 @@ matter, reshapes) and through nested-model boundaries.
 from __future__ import annotations
 
 from ..findings import Severity
-from ..graph import BATCHNORM_CLASSES, Layer, ModelGraph, is_identity, is_value_preserving
+from ..graph import BATCHNORM_CLASSES, Layer, ModelGraph, dtype_policy, is_identity, is_value_preserving
 from ..hookspecs import hookimpl
 from ..rule import rule
 from .layers import (
@@ -19,7 +19,6 @@ from .layers import (
     bn_axes,
     channel_axis,
     channel_axis_mismatch,
-    dtype_policy,
     output_rank,
 )
 

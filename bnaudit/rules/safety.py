@@ -4,33 +4,8 @@ from __future__ import annotations
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
-from ..keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
-
-#: Operator domains of the ONNX standard and of ONNX Runtime's built-in contrib ops.
-ONNX_STANDARD_DOMAINS = frozenset({"ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"})
+from ..keras_builtins import why_unsafe
 from ..rule import rule
-
-
-def why_unsafe(class_name: str, module: str, registered_name: str) -> str:
-    """Why loading this layer would run code from outside Keras ("" when it would not).
-
-    Shared with the runtime, which refuses to load exactly what this rule flags.
-    Layers read from ONNX carry ``module="onnx:<domain>"``: an operator outside the
-    standard domains runs only with a custom-operator library (native code)."""
-    if module.startswith("onnx:"):
-        domain = module[len("onnx:"):]
-        if domain in ONNX_STANDARD_DOMAINS:
-            return ""
-        return f"operator {class_name!r} of domain {domain!r} runs only with a custom-operator library (native code)"
-    if class_name in CODE_CARRYING_CLASSES:
-        return f"{class_name} layers carry code or an external graph"
-    if class_name not in KERAS_LAYER_CLASSES:
-        return f"{class_name!r} is not a Keras built-in layer"
-    if module and not module.startswith("keras"):
-        return f"{class_name!r} comes from module {module!r}, not Keras"
-    if registered_name and registered_name != class_name:
-        return f"{class_name!r} is registered as custom object {registered_name!r}"
-    return ""
 
 
 @rule("BN501", "unsafe-layer", Severity.WARNING)

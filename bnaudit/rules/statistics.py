@@ -6,25 +6,17 @@ Keras) or from a merged statistics file given with ``--stats`` (which needs no
 TensorFlow). The moving statistics they are compared with are read from the file like
 every static rule reads them.
 
-Per channel, with v = variance + epsilon (what the layer divides by):
-
-* standardized mean shift ``|mu_d - mu_m| / sqrt(v_m)``;
-* log variance ratio ``ln(v_d / v_m)``;
-* symmetric KL divergence of N(mu_d, v_d) and N(mu_m, v_m):
-  ``(v_d/v_m + v_m/v_d - 2)/2 + (mu_d - mu_m)^2 (1/v_d + 1/v_m)/2``.
-
-A layer's drift score is the mean symmetric KL over its live channels (channels BN303
-calls dead are left out: a constant channel has an unbounded KL and its own rule).
+The per-channel comparison and the drift score are in :mod:`bnaudit.analysis.drift`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..analysis.drift import DEAD_VARIANCE_RATIO, LayerDrift, compare_layer, rounded
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..loaders import LoadError
@@ -34,7 +26,7 @@ from .layers import MAX_LISTED_CHANNELS, listed_channels
 
 if TYPE_CHECKING:
     from ..context import RuleContext
-    from ..runtime.statistics import DataStatistics, LayerStatistics
+    from ..analysis.statistics import DataStatistics
 
 #: Defaults of the ``bn301.*`` settings. A model's own training data stays far below
 #: them (drift scores of 0.002-0.003 in the tests, see docs/statistics.md); a mean shift
@@ -49,126 +41,7 @@ BN301_DEFAULTS = {
 #: changes with the normalization mode (a weakly trained model's own data gave ~89%).
 BN302_DEFAULTS = {"cka": 0.75, "agreement": 0.8}
 #: A channel is dead on the data when its variance there is below this fraction of its moving variance.
-BN303_DEFAULTS = {"variance-ratio": 1e-6}
-
-
-@dataclass
-class LayerDrift:
-    """Data vs. moving statistics of one BN layer, per channel and summarised."""
-
-    path: str
-    epsilon: float
-    statistics: "LayerStatistics"
-    moving_mean: np.ndarray
-    moving_variance: np.ndarray
-    mean_shift: np.ndarray
-    log_variance_ratio: np.ndarray
-    symmetric_kl: np.ndarray
-    dead: np.ndarray
-
-    @property
-    def channels(self) -> int:
-        return int(self.moving_mean.shape[0])
-
-    @property
-    def live(self) -> np.ndarray:
-        return ~self.dead
-
-    @property
-    def drift_score(self) -> float:
-        return float(self.symmetric_kl[self.live].mean()) if self.live.any() else 0.0
-
-    @property
-    def worst_channel(self) -> int | None:
-        if not self.live.any():
-            return None
-        return int(np.flatnonzero(self.live)[np.argmax(self.symmetric_kl[self.live])])
-
-    def drifted(self, mean_shift: float, log_variance_ratio: float) -> np.ndarray:
-        """Live channels beyond either per-channel threshold."""
-        return self.live & ((self.mean_shift > mean_shift) | (np.abs(self.log_variance_ratio) > log_variance_ratio))
-
-    def summary(self) -> dict[str, Any]:
-        """The per-layer numbers of the JSON output and the ``stats`` table."""
-        worst = self.worst_channel
-        live = self.live
-        moments = self.statistics.moments
-        spread_scale = np.sqrt(moments.variance + self.epsilon)
-        return {
-            "channels": self.channels,
-            "values_per_channel": int(moments.count[0]) if moments.channels else 0,
-            "drift_score": _number(self.drift_score),
-            "worst_channel": worst,
-            "worst_channel_kl": _number(self.symmetric_kl[worst]) if worst is not None else None,
-            "mean_shift": _number(self.mean_shift[live].mean()) if live.any() else None,
-            "max_mean_shift": _number(self.mean_shift[live].max()) if live.any() else None,
-            "variance_ratio": _number(np.exp(self.log_variance_ratio[live].mean())) if live.any() else None,
-            "max_abs_log_variance_ratio": _number(np.abs(self.log_variance_ratio[live]).max()) if live.any() else None,
-            "dead_channels": int(self.dead.sum()),
-            "full_batches": int(self.statistics.batch_means.count[0]) if moments.channels else 0,
-            # Spread across batches, relative to the data's own scale: what training-mode BN sees.
-            "batch_mean_spread": _finite_mean(self.statistics.batch_means.std / spread_scale),
-            "batch_variance_spread": _finite_mean(self.statistics.batch_variances.std / (moments.variance + self.epsilon)),
-        }
-
-    def per_channel(self) -> dict[str, list]:
-        moments = self.statistics.moments
-        return {
-            "data_mean": _numbers(moments.mean),
-            "data_variance": _numbers(moments.variance),
-            "moving_mean": _numbers(self.moving_mean),
-            "moving_variance": _numbers(self.moving_variance),
-            "mean_shift": _numbers(self.mean_shift),
-            "log_variance_ratio": _numbers(self.log_variance_ratio),
-            "symmetric_kl": _numbers(self.symmetric_kl),
-            "batch_mean_std": _numbers(self.statistics.batch_means.std),
-            "batch_variance_std": _numbers(self.statistics.batch_variances.std),
-        }
-
-
-def compare_layer(
-    statistics: "LayerStatistics",
-    moving_mean: np.ndarray,
-    moving_variance: np.ndarray,
-    epsilon: float,
-    dead_ratio: float = BN303_DEFAULTS["variance-ratio"],
-) -> LayerDrift:
-    data_mean = statistics.moments.mean
-    data_variance = statistics.moments.variance
-    v_d = np.maximum(data_variance, 0.0) + epsilon
-    v_m = np.maximum(moving_variance, 0.0) + epsilon
-    delta = data_mean - moving_mean
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        symmetric_kl = 0.5 * (v_d / v_m + v_m / v_d - 2.0) + 0.5 * delta * delta * (1.0 / v_d + 1.0 / v_m)
-        dead = (data_variance < dead_ratio * moving_variance) & (moving_variance > epsilon)
-    return LayerDrift(
-        path=statistics.path,
-        epsilon=epsilon,
-        statistics=statistics,
-        moving_mean=moving_mean,
-        moving_variance=moving_variance,
-        mean_shift=np.abs(delta) / np.sqrt(v_m),
-        log_variance_ratio=np.log(v_d / v_m),
-        symmetric_kl=symmetric_kl,
-        dead=dead,
-    )
-
-
-def _number(value: Any) -> float | None:
-    """A JSON-safe float (reports refuse NaN), rounded to what a person reads."""
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else None
-
-
-def _finite_mean(values: np.ndarray) -> float | None:
-    """Mean over the channels where it is defined (no full batch: none is)."""
-    finite = values[np.isfinite(values)]
-    return _number(finite.mean()) if finite.size else None
-
-
-def _numbers(values: np.ndarray) -> list[float | None]:
-    return [_number(v) for v in values]
-
+BN303_DEFAULTS = {"variance-ratio": DEAD_VARIANCE_RATIO}
 
 
 # -- the shared pass -----------------------------------------------------------------
@@ -193,12 +66,13 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     ``shard`` (K, N), ``save_statistics`` (write the moments to this ``.npz``) and
     ``progress_terminal`` (where to show progress).
     """
-    from ..runtime.statistics import DataStatistics, Progress, collect, fingerprint
+    from ..analysis import statistics_file
+    from ..analysis.statistics import fingerprint
 
     options = ctx.runtime.options
     runtime = options.runtime
     if runtime.get("stats"):
-        statistics = DataStatistics.load(runtime["stats"])
+        statistics = statistics_file.load(runtime["stats"])
         if not statistics.complete:
             raise LoadError(
                 f"{runtime['stats']} holds shards {statistics.shards} of {statistics.shard_count}",
@@ -211,7 +85,9 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
                 "measure the statistics on this model file",
             )
         return statistics
+    from ..progress import Progress
     from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
+    from ..runtime.statistics import collect
 
     model = ctx.runtime.model
     batch_size = int(runtime.get("batch_size") or DEFAULT_BATCH_SIZE)
@@ -236,7 +112,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
     if runtime.get("save_statistics"):
         try:
-            statistics.save(runtime["save_statistics"])
+            statistics_file.save(statistics, runtime["save_statistics"])
         except OSError as exc:
             raise LoadError(f"cannot write {runtime['save_statistics']}: {exc.strerror or exc}", "check the directory exists and is writable") from None
     return statistics
@@ -336,7 +212,7 @@ def moving_statistics_drift(ctx):
             details={
                 **summary,
                 "drifted_channels": int(drifted.sum()),
-                "drifted_fraction": _number(fraction),
+                "drifted_fraction": rounded(fraction),
                 "drifted_channel_list": listed_channels(drifted),
                 "thresholds": limits,
                 "samples": statistics.samples,
@@ -381,8 +257,8 @@ def train_inference_divergence(ctx):
     limits = thresholds(ctx)
     cka, agreement = statistics.comparison.cka, statistics.comparison.agreement
     ctx.result.measurements["train_inference"] = {
-        "cka": _number(cka) if cka is not None else None,
-        "top1_agreement": _number(agreement) if agreement is not None else None,
+        "cka": rounded(cka) if cka is not None else None,
+        "top1_agreement": rounded(agreement) if agreement is not None else None,
         "compared_predictions": statistics.comparison.compared,
         "samples": statistics.samples,
     }
@@ -440,8 +316,8 @@ def channels_dead_on_data(ctx):
                 "dead": int(drift.dead.sum()),
                 "channels": drift.channels,
                 "dead_channels": listed_channels(drift.dead),
-                "data_variance": [_number(v) for v in drift.statistics.moments.variance[drift.dead][:MAX_LISTED_CHANNELS]],
-                "moving_variance": [_number(v) for v in drift.moving_variance[drift.dead][:MAX_LISTED_CHANNELS]],
+                "data_variance": [rounded(v) for v in drift.statistics.moments.variance[drift.dead][:MAX_LISTED_CHANNELS]],
+                "moving_variance": [rounded(v) for v in drift.moving_variance[drift.dead][:MAX_LISTED_CHANNELS]],
                 "variance_ratio": ratio,
             },
             fix="check that the data covers what the model was trained on; otherwise prune these channels",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..loaders import LoadError
-from ..rules.safety import why_unsafe
+from ..keras_builtins import why_unsafe
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions

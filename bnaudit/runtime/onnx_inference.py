@@ -2,7 +2,7 @@
 
 The counterpart of :mod:`bnaudit.runtime.inference` for ``.onnx`` (same
 :class:`~bnaudit.runtime.inference.InferenceResults`, same Polygraphy-style
-:func:`~bnaudit.runtime.inference.compare`, same tolerances), with ONNX Runtime's
+:func:`~bnaudit.analysis.tolerances.compare`, same tolerances), with ONNX Runtime's
 execution providers in the place of TensorFlow's devices:
 
 1. all N samples, in batches, on each execution provider present (CPU first; CUDA,
@@ -29,7 +29,8 @@ import numpy as np
 
 from ..loaders import LoadError
 from .devices import NO_GPU, DevicePlan
-from .inference import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, SUBSET_SIZE, InferenceResults, _Timer, compare, tolerance
+from ..analysis.tolerances import compare, tolerance
+from .inference import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, SUBSET_SIZE, InferenceResults, _Timer
 from .synthetic import OPEN_DIM
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ the wrapper reduces the layer's input to per-channel count, mean and variance on
 device, and returns those vectors from the compiled step next to the model outputs.
 So a single ``tf.function`` call per batch measures every BN layer, nested models and
 shared layers included, and only per-channel vectors leave the device; the host merges
-them in float64 (:mod:`.moments`), so memory does not grow with the data.
+them in float64 (:mod:`bnaudit.analysis.moments`), so memory does not grow with the data.
 
 The wrapper also chooses how each BN normalizes: ``"inference"`` (moving statistics,
 what deployment sees) or ``"training"`` (the batch's own statistics, computed here
@@ -20,240 +20,25 @@ batch and the per-replica moments are merged like any others. In training mode t
 replicas normalize with the statistics of the whole batch (an all-reduce, as
 synchronized BN does), so results do not depend on the number of devices.
 
-Statistics are saved as ``.npz`` (:meth:`DataStatistics.save`) so that shards measured
-on different machines merge (:meth:`DataStatistics.merge`) to the single-pass result.
+What the pass returns, how shards merge and the file they are saved in are
+TensorFlow-free and live in :mod:`bnaudit.analysis`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import threading
 import time
-import zipfile
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from ..loaders import LoadError
+from ..analysis.cka import ModeComparison
+from ..analysis.moments import Moments
+from ..analysis.statistics import UPSTREAM_MODES, DataStatistics, LayerStatistics, fingerprint
 from . import import_tensorflow
-from .moments import Moments
 
-FORMAT = "bnaudit-statistics"
-FORMAT_VERSION = 1
-UPSTREAM_MODES = ("inference", "training")
-
-
-# -- results -------------------------------------------------------------------------
-
-
-@dataclass
-class LayerStatistics:
-    """What the data produced at one BN layer's input, per channel."""
-
-    path: str
-    moments: Moments
-    #: Spread across full batches of each batch's mean and variance (what training-mode BN sees).
-    batch_means: Moments
-    batch_variances: Moments
-
-    def merge(self, other: "LayerStatistics") -> "LayerStatistics":
-        return LayerStatistics(
-            self.path,
-            self.moments.merge(other.moments),
-            self.batch_means.merge(other.batch_means),
-            self.batch_variances.merge(other.batch_variances),
-        )
-
-
-@dataclass
-class ModeComparison:
-    """Model outputs with BN on batch statistics vs. on moving statistics, summed over batches.
-
-    Linear CKA is the minibatch form of Nguyen et al. (2021): unbiased HSIC estimates
-    (Song et al., 2012) summed over batches, so no more than one batch is ever held.
-    It needs the model's outputs, so it lives only in a pass over ``--data`` and is
-    not saved with the moments.
-    """
-
-    hsic_xy: float = 0.0
-    hsic_xx: float = 0.0
-    hsic_yy: float = 0.0
-    agreeing: int = 0
-    compared: int = 0
-
-    @property
-    def cka(self) -> float | None:
-        denominator = self.hsic_xx * self.hsic_yy
-        if not denominator > 0:
-            return None
-        return float(self.hsic_xy / np.sqrt(denominator))
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agreeing / self.compared if self.compared else None
-
-    def add(self, inference: list[np.ndarray], training: list[np.ndarray]) -> None:
-        x = np.concatenate([o.reshape(len(o), -1) for o in inference], axis=1).astype(np.float64)
-        y = np.concatenate([o.reshape(len(o), -1) for o in training], axis=1).astype(np.float64)
-        if len(x) >= 4:
-            k, l = x @ x.T, y @ y.T
-            self.hsic_xy += _unbiased_hsic(k, l)
-            self.hsic_xx += _unbiased_hsic(k, k)
-            self.hsic_yy += _unbiased_hsic(l, l)
-        for a, b in zip(inference, training):
-            if a.ndim >= 2 and a.shape[-1] >= 2:
-                self.agreeing += int((a.argmax(-1) == b.argmax(-1)).sum())
-                self.compared += int(a[..., 0].size)
-
-
-def _unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
-    n = k.shape[0]
-    k = k.copy()
-    l = l.copy()
-    np.fill_diagonal(k, 0.0)
-    np.fill_diagonal(l, 0.0)
-    kl = k @ l
-    value = np.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 * kl.sum() / (n - 2)
-    return float(value / (n * (n - 3)))
-
-
-@dataclass
-class DataStatistics:
-    """Everything one pass (or the merge of several shards) measured for one model."""
-
-    layers: dict[str, LayerStatistics]
-    batch_size: int
-    upstream: str
-    #: Hash of the model's moving statistics: shards and audits must be of the same model.
-    fingerprint: str
-    samples: int = 0
-    batches: int = 0
-    replicas: int = 1
-    comparison: ModeComparison | None = None
-    #: Shards held (numbered from 1) out of ``shard_count``; a single pass holds [1] of 1.
-    shards: list[int] = field(default_factory=lambda: [1])
-    shard_count: int = 1
-    seconds: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        return sorted(self.shards) == list(range(1, self.shard_count + 1))
-
-    def merge(self, other: "DataStatistics") -> "DataStatistics":
-        """Combine two shards of the same model, data cut and settings."""
-        mine = (self.fingerprint, self.batch_size, self.upstream, self.shard_count, list(self.layers))
-        theirs = (other.fingerprint, other.batch_size, other.upstream, other.shard_count, list(other.layers))
-        names = ("model", "batch size", "upstream mode", "shard count", "BN layers")
-        for name, a, b in zip(names, mine, theirs):
-            if a != b:
-                raise LoadError(f"cannot merge statistics measured with different {name} ({_short(a)} vs {_short(b)})")
-        overlap = set(self.shards) & set(other.shards)
-        if overlap:
-            raise LoadError(f"shard {sorted(overlap)[0]}/{self.shard_count} is given twice", "merge each shard once")
-        return replace(
-            self,
-            layers={path: layer.merge(other.layers[path]) for path, layer in self.layers.items()},
-            samples=self.samples + other.samples,
-            batches=self.batches + other.batches,
-            replicas=max(self.replicas, other.replicas),
-            comparison=None,
-            shards=sorted(self.shards + other.shards),
-            seconds=self.seconds + other.seconds,
-        )
-
-    # -- files ------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write an ``.npz`` (plain arrays plus a JSON header; nothing pickled), atomically."""
-        from ..output import write_atomic
-
-        arrays: dict[str, np.ndarray] = {}
-        for index, layer in enumerate(self.layers.values()):
-            arrays.update(layer.moments.to_arrays(f"l{index}."))
-            arrays.update(layer.batch_means.to_arrays(f"l{index}.batch_means."))
-            arrays.update(layer.batch_variances.to_arrays(f"l{index}.batch_variances."))
-        header = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "layers": list(self.layers),
-            "batch_size": self.batch_size,
-            "upstream": self.upstream,
-            "fingerprint": self.fingerprint,
-            "samples": self.samples,
-            "batches": self.batches,
-            "replicas": self.replicas,
-            "shards": self.shards,
-            "shard_count": self.shard_count,
-            "seconds": self.seconds,
-        }
-        arrays["header"] = np.array(json.dumps(header))
-        write_atomic(path, _npz_bytes(arrays))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "DataStatistics":
-        """Read a file written by :meth:`save`; a LoadError names what is wrong with it."""
-        hint = "write it with `bnaudit stats -o` or `bnaudit merge`"
-        if not Path(path).is_file():
-            raise LoadError(f"{path}: no such statistics file", hint)
-        if not zipfile.is_zipfile(path):
-            raise LoadError(f"{path} is not a bnaudit statistics file (not an .npz)", hint)
-        try:
-            with np.load(path, allow_pickle=False) as arrays:
-                header = json.loads(str(arrays["header"]))
-                if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
-                    raise LoadError(f"{path} is not a bnaudit statistics file (version {FORMAT_VERSION})", hint)
-                layers = {
-                    name: LayerStatistics(
-                        name,
-                        Moments.from_arrays(arrays, f"l{index}."),
-                        Moments.from_arrays(arrays, f"l{index}.batch_means."),
-                        Moments.from_arrays(arrays, f"l{index}.batch_variances."),
-                    )
-                    for index, name in enumerate(header["layers"])
-                }
-            return cls(
-                layers=layers,
-                batch_size=int(header["batch_size"]),
-                upstream=str(header["upstream"]),
-                fingerprint=str(header["fingerprint"]),
-                samples=int(header["samples"]),
-                batches=int(header["batches"]),
-                replicas=int(header["replicas"]),
-                shards=[int(k) for k in header["shards"]],
-                shard_count=int(header["shard_count"]),
-                seconds=float(header.get("seconds", 0.0)),
-            )
-        except LoadError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LoadError(f"cannot read the statistics file {path} ({type(exc).__name__}: {exc})", hint) from None
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def fingerprint(moving: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> str:
-    """A short hash of each BN's path, moving mean and moving variance (as float64), in path order."""
-    digest = hashlib.sha256()
-    for path, mean, variance in sorted(moving, key=lambda item: item[0]):
-        digest.update(path.encode())
-        digest.update(np.asarray(mean, np.float64).tobytes())
-        digest.update(np.asarray(variance, np.float64).tobytes())
-    return digest.hexdigest()[:16]
-
-
-# -- the pass ------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from ..progress import Progress
 
 
 def batchnorm_layers(model) -> dict[str, Any]:
@@ -516,47 +301,3 @@ class _FlatTotals:
 
 def _gather(strategy, value) -> np.ndarray:
     return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(value)])
-
-
-class Progress:
-    """Samples, batches per second and ETA on one rewritten line of the user's terminal.
-
-    The command line names the terminal its stderr is attached to before any audit
-    starts (``Runtime`` options ``progress_terminal``): while models are audited, fd 2
-    itself points at /dev/null to keep native libraries quiet, and workers of ``-j``
-    run in other processes. No terminal, no progress.
-    """
-
-    def __init__(self, total: int | None, stream: TextIO, every: float = 0.5) -> None:
-        self.total = total
-        self.stream = stream
-        self.every = every
-        self.started = time.perf_counter()
-        self.shown = 0.0
-
-    @classmethod
-    def on_terminal(cls, terminal: str | None, total: int | None) -> "Progress | None":
-        if not terminal:
-            return None
-        try:
-            return cls(total, open(terminal, "w", encoding="utf-8"))
-        except OSError:  # the terminal went away: carry on without progress
-            return None
-
-    def update(self, samples: int, batches: int) -> None:
-        now = time.perf_counter()
-        if now - self.shown < self.every:
-            return
-        self.shown = now
-        elapsed = max(now - self.started, 1e-9)
-        line = f"bnaudit: statistics: {samples} samples, {batches} batches, {batches / elapsed:.1f} batches/s"
-        if self.total:
-            remaining = (self.total - samples) * elapsed / max(samples, 1)
-            line += f", ETA {remaining:.0f}s"
-        self.stream.write("\r" + line + "\033[K")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.shown:
-            self.stream.write("\r\033[K")
-        self.stream.close()

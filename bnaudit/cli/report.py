@@ -3,7 +3,6 @@
 CI keeps the JSON of ``bnaudit check --format json`` as the record of a run; this
 command turns it into HTML, SARIF, JUnit... later without auditing the models again
 (they may be gone). Several documents (e.g. from sharded CI jobs) render as one report.
-Also home of the rendering options that ``check`` shares (``--templates``, ``--timestamp``).
 """
 
 from __future__ import annotations
@@ -11,36 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from .findings import Severity
+from ..findings import Severity
 from .format_pairing import FormatOutputCommand
-
-
-def rendering_options(command: Callable) -> Callable:
-    """The options that shape rendering, for every command that renders a report."""
-    command = click.option(
-        "--timestamp", is_flag=True, help="Stamp reports with the time and keep durations (off: identical input, identical output)."
-    )(command)
-    return click.option(
-        "--templates", metavar="DIR", help="Directory of HTML templates that override the built-in ones (same file names)."
-    )(command)
-
-
-def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
-    """``Report.options`` from the rendering options; exits 2 on a bad ``--templates``."""
-    from .cli import fail
-
-    if templates is not None and not Path(templates).is_dir():
-        fail(f"--templates {templates}: not a directory (give the directory holding your report.html.j2 etc.)")
-    return {
-        "templates": templates,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds") if timestamp else None,
-    }
+from .options import emit, fail, rendering_options, report_options, targets
 
 
 @click.command(cls=FormatOutputCommand)
@@ -55,10 +32,9 @@ def report(documents, formats, outputs, templates, timestamp, plugins) -> None:
     \b
     bnaudit report results.json --format html -o report.html --format sarif -o bnaudit.sarif
     """
-    from .cli import _emit, _targets, fail
-    from .engine import AuditOptions, Auditor
-    from .plugins import PluginError
-    from .reporters.json import DocumentError, results_from_document
+    from ..engine import AuditOptions, Auditor
+    from ..plugins import PluginError
+    from ..reporters.json import DocumentError, results_from_document
 
     results, thresholds = [], []
     for name in documents:
@@ -73,8 +49,7 @@ def report(documents, formats, outputs, templates, timestamp, plugins) -> None:
         auditor = Auditor(AuditOptions(fail_on=fail_on, plugins=tuple(plugins)))
     except PluginError as exc:
         fail(str(exc))
-    targets = _targets(auditor, formats, outputs)
-    _emit(auditor, results, auditor.options, targets, report_options(templates, timestamp))
+    emit(auditor, results, auditor.options, targets(auditor, formats, outputs), report_options(templates, timestamp))
 
 
 def _read(name: str) -> Any:

@@ -6,8 +6,6 @@ prints them as a table or JSON. ``--shard K/N -o part.npz`` measures one shard o
 data and writes its partial moments; ``merge`` combines the parts into the statistics
 of the whole data, which ``check --stats`` and ``stats --stats`` read without loading
 TensorFlow. How to run the shards on an existing scheduler: docs/statistics.md.
-
-Also home of the statistics options ``check`` shares (:func:`statistics_options`).
 """
 
 from __future__ import annotations
@@ -15,50 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from .findings import ExitCode
-from .loaders import LoadError
-from .output import terminal_of_stderr
+from ..findings import ExitCode
+from ..loaders import LoadError
+from .options import fail, statistics_options, statistics_runtime
 
-UPSTREAM_HELP = "BN layers before the measured one normalize with moving statistics (inference, default) or batch statistics (training)."
-
-
-def statistics_options(command: Callable) -> Callable:
-    """The options of the statistics pass, for ``check`` and ``stats``."""
-    for decorator in reversed(
-        [
-            click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of --data (default: 32, or batch-size in the config)."),
-            click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data."),
-            click.option("--upstream", type=click.Choice(["inference", "training"]), default="inference", show_default=True, help=UPSTREAM_HELP),
-            click.option("--per-channel", is_flag=True, help="Add per-channel arrays to the statistics in the JSON output."),
-            click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
-        ]
-    ):
-        command = decorator(command)
-    return command
-
-
-def statistics_runtime(data: str | None, batch_size: int | None, max_samples: int | None, upstream: str, per_channel: bool, stats_file: str | None) -> dict[str, Any]:
-    """The statistics options as ``AuditOptions.runtime`` keys; exits 2 on a contradiction."""
-    from .cli import fail
-
-    if data and stats_file:
-        fail("give --data (measure now) or --stats (measured before), not both")
-    if stats_file and not Path(stats_file).is_file():
-        fail(f"--stats {stats_file}: no such file (write it with `bnaudit merge`)")
-    given = {
-        "batch_size": batch_size,
-        "max_samples": max_samples,
-        "upstream": upstream,
-        "per_channel": per_channel,
-        "stats": stats_file,
-        "progress_terminal": terminal_of_stderr(),
-    }
-    return {key: value for key, value in given.items() if value not in (None, False)}
 
 
 @click.command()
@@ -72,19 +34,18 @@ def statistics_runtime(data: str | None, batch_size: int | None, max_samples: in
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_file, shard, output, output_format, unsafe_load, debug) -> None:
     """Print, per BN layer, how the data's statistics compare with the moving statistics."""
-    from .cli import fail
-    from .config import ConfigError, given_on_command_line, load as load_config
-    from .engine import AuditOptions, Auditor
-    from .parallel import native_stderr_silenced
-    from .plugins import PluginError
-    from .selection import Selection
+    from ..config import ConfigError, given_on_command_line, load as load_config
+    from ..engine import AuditOptions, Auditor
+    from ..parallel import native_stderr_silenced
+    from ..plugins import PluginError
+    from ..selection import Selection
 
     runtime = statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file)
     if shard:
         if not output:
             fail("--shard writes partial moments: give -o FILE.npz")
         try:
-            from .runtime.data import parse_shard
+            from ..runtime.data import parse_shard
 
             runtime["shard"] = parse_shard(shard)
         except LoadError as exc:
@@ -154,15 +115,14 @@ def _fmt(value: float | None) -> str:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the merged statistics (.npz).")
 def merge(parts: tuple[str, ...], output: str) -> None:
     """Merge partial moments written by `bnaudit stats --shard K/N -o PART` into one statistics file."""
-    from .cli import fail
-    from .runtime.statistics import DataStatistics
+    from ..analysis import statistics_file
 
     try:
-        loaded = sorted((DataStatistics.load(part) for part in parts), key=lambda s: s.shards)
+        loaded = sorted((statistics_file.load(part) for part in parts), key=lambda s: s.shards)
         merged = loaded[0]
         for part in loaded[1:]:
             merged = merged.merge(part)
-        merged.save(output)
+        statistics_file.save(merged, output)
     except LoadError as exc:
         fail(exc.message + (f" ({exc.hint})" if exc.hint else ""))
     status = "complete" if merged.complete else f"shards {merged.shards} of {merged.shard_count}: merge the rest before auditing"

@@ -1,0 +1,37 @@
+"""``bnaudit rules``: the rule catalog, or one rule's documentation."""
+
+from __future__ import annotations
+
+import click
+
+from ..plugins import PluginError, collect_rules, make_plugin_manager
+from .options import fail
+
+
+@click.command()
+@click.argument("code", required=False)
+@click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module first.")
+def rules(code: str | None, plugins: tuple[str, ...]) -> None:
+    """List the rules, or show the documentation of one (bnaudit rules BN101)."""
+    all_rules = _rules(plugins)
+    if code is None:
+        for rule in all_rules.values():
+            needs = "+".join(sorted(rule.needs - {"graph"})) or "graph"
+            click.echo(f"{rule.code}  {rule.name:<36} {rule.severity.label:<8} {needs:<14} {rule.summary}")
+        return
+    found = all_rules.get(code.upper()) or next((r for r in all_rules.values() if r.name == code), None)
+    if found is None:
+        fail(f"no rule {code!r}; `bnaudit rules` lists them")
+    click.echo(f"# {found.code} {found.name}\n")
+    click.echo(f"Default severity: {found.severity.label}. Needs: {', '.join(sorted(found.needs))}.\n")
+    if found.settings:
+        thresholds = ", ".join(f"{key} = {value!r}" for key, value in found.settings.items())
+        click.echo(f"Thresholds ([tool.bnaudit.{found.code.lower()}] in the config): {thresholds}.\n")
+    click.echo(f"{found.summary}\n\n{found.docs}")
+
+
+def _rules(plugins: tuple[str, ...]):
+    try:
+        return collect_rules(make_plugin_manager(plugins))
+    except PluginError as exc:
+        fail(str(exc))
