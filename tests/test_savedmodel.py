@@ -151,3 +151,14 @@ def test_a_serving_function_that_runs_batchnorm_in_training_mode_is_bn106(tmp_pa
     assert [f.layer for f in baked] == ["always_training_bn"]
     assert "serving signature 'serving_default'" in baked[0].details["source"]
     assert "is_training=true" in baked[0].details["source"]
+
+
+@pytest.mark.slow
+def test_a_keras3_export_is_refused_with_what_to_do_instead(tmp_path):
+    """Keras 3 ``export()`` writes no keras_metadata.pb: no layer configs to audit."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False), keras.layers.BatchNormalization()])
+    model.export(tmp_path / "exported", format="tf_saved_model")
+    assert not (tmp_path / "exported" / "keras_metadata.pb").exists()
+    _one_line_exit_2(tmp_path / "exported", "no keras_metadata.pb")

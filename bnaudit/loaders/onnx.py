@@ -40,15 +40,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from ..graph import ModelGraph, NestedModel
+from ..graph import Layer, ModelGraph, NestedModel
 from ..hookspecs import hookimpl
 from . import LoadError
 from .arrays import MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays
 
 if TYPE_CHECKING:
     import onnx
-
-    from ..graph import Layer
 
 ONNX_SUFFIXES = {".onnx"}
 #: Nested subgraphs / function calls deeper than this are refused (a hostile file can
@@ -225,9 +223,7 @@ class OnnxGraphBuilder:
             index += 1
         return f"{name}_{index}"
 
-    def _add(self, path: str, class_name: str, config: dict, inputs: list[str], domain: str) -> "Layer":
-        from ..graph import Layer
-
+    def _add(self, path: str, class_name: str, config: dict, inputs: list[str], domain: str) -> Layer:
         container, _, name = path.rpartition("/")
         layer = Layer(
             path=path,
@@ -363,13 +359,16 @@ class OnnxGraphBuilder:
     def _merge_matmul_add(self) -> None:
         """``MatMul(x, W)`` then ``Add(_, b)`` with constant W and b is one Dense with a bias."""
         consumers: dict[str, list[str]] = {}
+        outputs_of: dict[str, list[str]] = {}
         for layer in self.graph:
             for name in self.node_inputs[layer.path]:
                 consumers.setdefault(name, []).append(layer.path)
+        for tensor, producer in self.producer_of.items():
+            outputs_of.setdefault(producer, []).append(tensor)
         for layer in list(self.graph):
             if layer.class_name != "Dense" or layer.config.get("onnx_op") != "MatMul":
                 continue
-            outputs = [t for t, p in self.producer_of.items() if p == layer.path]
+            outputs = outputs_of.get(layer.path, [])
             if len(outputs) != 1 or len(consumers.get(outputs[0], [])) != 1:
                 continue
             add = self.graph.layers[consumers[outputs[0]][0]]
@@ -378,9 +377,8 @@ class OnnxGraphBuilder:
                 continue
             layer.config["use_bias"] = True
             layer.config["bias_node"] = add.path
-            for tensor, producer in list(self.producer_of.items()):
-                if producer == add.path:
-                    self.producer_of[tensor] = layer.path
+            for tensor in outputs_of.get(add.path, []):
+                self.producer_of[tensor] = layer.path
             self.graph.outputs = [layer.path if o == add.path else o for o in self.graph.outputs]
             del self.graph.layers[add.path]
 
@@ -517,7 +515,7 @@ class OnnxWeights:
         self._base_dir = base_dir
         self._cache: dict[str, BNArrays] = {}
 
-    def bn_arrays(self, layer: "Layer") -> BNArrays:
+    def bn_arrays(self, layer: Layer) -> BNArrays:
         if layer.path not in self._cache:
             names = dict(zip(BN_ROLES, self._bn_inputs.get(layer.path, [])))
             values = {}
@@ -532,7 +530,7 @@ class OnnxWeights:
             self._cache[layer.path] = assemble_bn_arrays(values, f"layer {layer.path!r}")
         return self._cache[layer.path]
 
-    def layer_arrays(self, layer: "Layer", names) -> dict[str, np.ndarray]:
+    def layer_arrays(self, layer: Layer, names) -> dict[str, np.ndarray]:
         """The constant inputs of ``layer``'s node, by position (``names[i]`` = the i-th constant)."""
         constants = [i for i in self._node_inputs.get(layer.path, []) if i in self._tensors]
         return {
