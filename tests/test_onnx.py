@@ -311,6 +311,7 @@ def test_runtime_rules_on_savedmodel_and_data_rules_on_onnx_are_skipped_with_the
     assert "pass --inference" in {s["code"]: s["reason"] for s in onnx_model["skipped"]}["BN401"]
 
 
+@pytest.mark.slow
 def test_every_report_format_renders_onnx_and_savedmodel_results(tmp_path):
     formats = ["text", "json", "html", "sarif", "junit", "github"]
     args = [a for f in formats for a in ("--format", f, "-o", str(tmp_path / f"report.{f}"))]

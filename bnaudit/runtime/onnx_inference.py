@@ -117,6 +117,8 @@ def run_inference_checks(runtime: "Runtime") -> InferenceResults:
         results.batch_dependence += rows(f"{RUN}, each sample alone", f"{RUN}, in a batch of {first}", alone, [o[subset] for o in base], subset, path=RUN)
     else:
         results.notes.append("batch dependence (BN402) was not checked: the model's batch dimension is fixed at 1")
+    if options.get("devices") or options.get("reference") == "float64":
+        results.notes.append("--devices and --reference float64 apply to Keras models: ONNX re-runs compare every execution provider with the CPU")
     ran = ", ".join(plan.all)
     results.notes.insert(
         0,
