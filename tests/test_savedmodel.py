@@ -162,3 +162,15 @@ def test_a_keras3_export_is_refused_with_what_to_do_instead(tmp_path):
     model.export(tmp_path / "exported", format="tf_saved_model")
     assert not (tmp_path / "exported" / "keras_metadata.pb").exists()
     _one_line_exit_2(tmp_path / "exported", "no keras_metadata.pb")
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_same_findings_on_onnx_and_savedmodel():
+    args = ("check", "--exit-zero", "--format", "json", "onnx/consecutive_bn.onnx", "onnx/extreme_scale.onnx", "savedmodel/nested_transfer", "savedmodel/bn_no_center_no_scale")
+    serial = json.loads(run_bnaudit(*args, cwd=SAMPLES).stdout)["models"]
+    parallel = json.loads(run_bnaudit(args[0], "-j", "2", *args[1:], cwd=SAMPLES).stdout)["models"]
+
+    def key(models):
+        return [(m["path"], sorted((f["code"], f["layer"]) for f in m["findings"]), m["errors"]) for m in models]
+    assert key(serial) == key(parallel)
+    assert all(m["findings"] for m in serial)
