@@ -101,8 +101,6 @@ ACTIVATION_OPS = {
     "Mish": "mish",
     "Clip": "clip",
 }
-#: Attributes holding subgraphs that are expanded (``If`` branches, ``Loop``/``Scan`` bodies).
-SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 #: ``TensorProto.data_location`` of a tensor kept outside the protobuf.
 TENSOR_EXTERNAL = 1
 #: TensorProto data types the BN vectors may hold -> numpy dtype.
