@@ -28,7 +28,7 @@ import numpy as np
 
 from .graph import Layer, ModelGraph
 from .loaders import LoadError
-from .loaders.weights import BNArrays
+from .loaders.arrays import BNArrays
 
 
 class MismatchError(LoadError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from .keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES
+from .keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES, ONNX_STANDARD_DOMAINS
 
 #: A module Keras itself serializes classes from: ``keras`` or ``keras.<...>``, and
 #: tf-keras's ``tf_keras.<...>`` (a ``startswith("keras")`` test would pass ``keras_payload``).
@@ -46,8 +46,15 @@ def why_unsafe(class_name: str, module: str, registered_name: str, is_layer: boo
     """Why loading this serialized object would run code from outside Keras ("" when it would not).
 
     ``is_layer``: the object sits where Keras expects a layer, so a class outside its
-    built-in layers is custom code.
+    built-in layers is custom code. Operators read from ONNX carry
+    ``module="onnx:<domain>"``: one outside the standard domains runs only with a
+    custom-operator library (native code).
     """
+    if module.startswith("onnx:"):
+        domain = module[len("onnx:"):]
+        if domain in ONNX_STANDARD_DOMAINS:
+            return ""
+        return f"operator {class_name!r} of domain {domain!r} runs only with a custom-operator library (native code)"
     if class_name in CODE_CARRYING_CLASSES:
         return f"{class_name} objects carry code, a module or an external graph"
     if module and not _KERAS_MODULE.fullmatch(module):

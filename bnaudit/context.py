@@ -12,7 +12,7 @@ from .result import ModelError
 if TYPE_CHECKING:
     from .checkpoints import Checkpoints
     from .graph import Layer, ModelGraph
-    from .loaders.weights import BNArrays
+    from .loaders.arrays import BNArrays
     from .rule import Rule
 
 

@@ -9,6 +9,7 @@ some (per-file ignores, data per glob), so one unreadable model never stops the 
 from __future__ import annotations
 
 import glob
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pluggy
 from .findings import ExitCode, Finding, Severity
 from .graph import ConfigError
 from .keras_builtins import KERAS_LAYER_CLASSES
-from .loaders import LoadError, check_not_lfs_pointer
+from .loaders import LoadError, check_not_lfs_pointer, is_savedmodel_dir
 from .options import RuntimeOptions, check_selection, check_settings
 from .plugins import collect_rules, make_plugin_manager
 from .context import RuleContext, RuleStopped, error_from
@@ -28,13 +29,9 @@ from .result import AuditResult, ModelError, RuleOutcome, Status
 from .rule import Measurement, Note, Rule, SkipRule
 from .selection import Selection
 
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
 #: The file that marks a TensorFlow SavedModel directory (``tf.saved_model.save``, ``model.export``).
 SAVED_MODEL_FILE = "saved_model.pb"
-SAVED_MODEL_PROBLEM = (
-    "a TensorFlow SavedModel, which bnaudit does not read (it holds a traced graph, not the Keras layers and their config)",
-    "audit the .keras or .h5 file the model was exported from, or load it in Keras and save it with model.save('model.keras')",
-)
 
 
 @dataclass
@@ -166,10 +163,11 @@ class Auditor:
 
     def load(self, path: Path):
         """The model's graph (weights opened lazily); :class:`LoadError` when it cannot be read."""
-        if not path.is_file():
+        if not path.is_file() and not is_savedmodel_dir(path):
             raise LoadError("no such file", "check the path")
         try:
-            check_not_lfs_pointer(path)
+            if path.is_file():
+                check_not_lfs_pointer(path)
             graph = self.pm.hook.bnaudit_load_model(path=path)
         except LoadError:
             raise
@@ -182,7 +180,7 @@ class Auditor:
         if graph is None:
             raise LoadError(
                 "not a model file bnaudit can read",
-                "bnaudit reads .keras and full-model .h5 files written by Keras 2 or 3",
+                "bnaudit reads .keras and full-model .h5 files written by Keras 2 or 3, .onnx files and SavedModel directories",
             )
         return graph
 
@@ -190,6 +188,7 @@ class Auditor:
         result.meta.update(
             format=graph.format,
             keras_version=graph.keras_version,
+            **({"producer": graph.producer} if graph.producer else {}),
             model_name=graph.name,
             layers=len(graph.layers),
             batchnorm_layers=len(graph.batchnorms()),
@@ -201,7 +200,8 @@ class Auditor:
                 "the model holds no BatchNormalization layer (nested models and wrappers included): "
                 "no BN rule had a layer to check"
             )
-        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES})
+        # Operators of a non-Keras graph (ONNX) are opaque by design, not worth a note each.
+        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith("onnx:")})
         for class_name in unknown:
             paths = [l.path for l in graph if l.class_name == class_name]
             result.notes.append(
@@ -277,11 +277,18 @@ class Auditor:
 def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
     """Why ``rule`` cannot run on this model with these options; empty when it can."""
     if "weights" in rule.needs and graph.weights is None:
-        return "the file holds no weights"
+        return graph.weights_missing or "the file holds no weights"
     if "data" in rule.needs and not options.data and not options.runtime.statistics.stats:
         return "needs --data"
     if "runtime" in rule.needs and not (options.data or options.inference):
         return "needs --data or --inference"
+    if graph.format == "onnx":  # re-run with ONNX Runtime: BN401, BN402, BN404 on synthetic inputs
+        if "data" in rule.needs or rule.code == "BN403":
+            return "not measured on ONNX files (one call path; statistics from --data need Keras)"
+        if "runtime" in rule.needs and not options.inference:
+            return "ONNX files are re-run on synthetic inputs: pass --inference"
+    elif graph.format == "savedmodel" and ("runtime" in rule.needs or "data" in rule.needs):
+        return "the data and inference rules run .keras and .h5 files with Keras; re-running a SavedModel is not supported"
     return ""
 
 
@@ -350,15 +357,15 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]
     problems: list[AuditResult] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            models = sorted(p for p in path.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
-            if not models and (path / SAVED_MODEL_FILE).is_file():
-                problems.append(_problem(raw, *SAVED_MODEL_PROBLEM))
-            elif not models:
-                problems.append(_problem(raw, "no .keras or .h5 files in this directory", "pass model files or a directory holding them"))
+        if is_savedmodel_dir(path):
+            found.append(path)
+        elif path.is_dir():
+            models = _models_under(path)
+            if not models:
+                problems.append(_problem(raw, "no .keras, .h5 or .onnx files or SavedModel directories in this directory", "pass model files or a directory holding them"))
             found.extend(models)
         elif path.name == SAVED_MODEL_FILE and path.is_file():
-            problems.append(_problem(raw, *SAVED_MODEL_PROBLEM))
+            problems.append(_problem(raw, "the graph file of a TensorFlow SavedModel, not a model by itself", f"pass its directory: bnaudit check {path.parent}"))
         elif path.exists():
             found.append(path)
         elif glob.has_magic(str(raw)):
@@ -370,6 +377,20 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]
             problems.append(_problem(raw, "no such file or directory", "check the path"))
     unique = list(dict.fromkeys(found))
     return unique, problems
+
+
+def _models_under(folder: Path) -> list[Path]:
+    """Model files and SavedModel directories below ``folder`` (not the files inside a SavedModel)."""
+    found: list[Path] = []
+    for current, dirs, files in os.walk(folder):
+        here = Path(current)
+        if is_savedmodel_dir(here):
+            found.append(here)
+            dirs.clear()
+            continue
+        dirs.sort()
+        found.extend(here / f for f in sorted(files) if Path(f).suffix.lower() in MODEL_SUFFIXES and (here / f).is_file())
+    return sorted(found)
 
 
 def _problem(path: str | Path, message: str, hint: str) -> AuditResult:

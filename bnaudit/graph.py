@@ -89,6 +89,10 @@ class Layer:
             return axis
         shift = lambda a: a - self.saved_axis_offset if isinstance(a, int) and a > 0 else a  # noqa: E731
         return [shift(a) for a in axis] if isinstance(axis, list) else shift(axis)
+    #: Where a loader found the layer fixed in training mode outside its call kwargs
+    #: (an ONNX node's ``training_mode=1``, a serving function's FusedBatchNorm
+    #: ``is_training=true``); "" when nothing says so.
+    baked_training: str = ""
 
     @property
     def activation(self) -> str | None:
@@ -150,10 +154,12 @@ class ModelGraph:
     nested: dict[str, NestedModel] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    #: "keras" (Keras 3 zip), "h5-keras3" or "h5-keras2".
+    #: "keras" (Keras 3 zip), "h5-keras3", "h5-keras2", "onnx" or "savedmodel".
     format: str = ""
     keras_version: str = ""
-    #: A lazy view of the saved arrays (see ``bnaudit.loaders.weights``); None if absent.
+    #: The tool that wrote a file that is not Keras's own (``tf2onnx 1.17.0``), where it says.
+    producer: str = ""
+    #: A lazy view of the saved arrays (``bn_arrays(layer)``, see ``bnaudit.loaders.arrays``); None if absent.
     weights: Any = None
     #: What reading the file taught that every report should say (copied to the notes).
     notes: list[str] = field(default_factory=list)
@@ -161,6 +167,8 @@ class ModelGraph:
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Whole-graph walks computed once (see :meth:`reaches_output`).
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    #: Why ``weights`` is None although the file holds weights (a reader is not installed).
+    weights_missing: str = ""
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:
@@ -250,9 +258,10 @@ class ModelGraph:
         found = []
         container = layer.container
         while container:
-            model = self.nested[container]
-            found.append(model)
-            container = model.path.rpartition("/")[0]
+            model = self.nested.get(container)  # an ONNX If/Loop node sits between its bodies
+            if model is not None:
+                found.append(model)
+            container = container.rpartition("/")[0]
         return found
 
 

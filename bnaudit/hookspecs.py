@@ -44,7 +44,11 @@ def bnaudit_register_rules() -> "list[Rule]":
 
 @hookspec(firstresult=True)
 def bnaudit_load_model(path: "Path") -> "ModelGraph | None":
-    """Read the model file at ``path`` into a :class:`bnaudit.graph.ModelGraph`.
+    """Read the model at ``path`` into a :class:`bnaudit.graph.ModelGraph`.
+
+    ``path`` is a file, or a directory that :func:`bnaudit.loaders.is_savedmodel_dir`
+    accepts (a SavedModel); the built-in loaders for ``.keras``, ``.h5``, ``.onnx`` and
+    SavedModel directories are implementations of this hook like any other.
 
     Called once per model file, before its rules run. Return None when the file is not
     in a format this loader knows, so the next loader is asked; raise

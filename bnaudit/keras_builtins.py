@@ -183,6 +183,10 @@ CODE_CARRYING_CLASSES = frozenset(
     {"Lambda", "__lambda__", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "TFOpLambda", "SlicingOpLambda"}
 )
 
+#: Operator domains of the ONNX standard and of ONNX Runtime's built-in contrib ops; an
+#: operator of any other domain runs only with a custom-operator library (native code).
+ONNX_STANDARD_DOMAINS = frozenset({"ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"})
+
 
 def _regenerate() -> None:  # pragma: no cover - maintenance helper
     import inspect

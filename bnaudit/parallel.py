@@ -203,6 +203,9 @@ def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str
     libhdf5 allocate gigabytes before it checks anything, and with the ceiling that
     allocation fails and the read is one clean error. Audits that run the model
     (``--data``, ``--inference``) may legitimately take hours and gigabytes: neither.
+    Nor the ceiling for a SavedModel directory: its variables are read with
+    TensorFlow's checkpoint reader, whose import alone reserves gigabytes of address
+    space (the loader checks each tensor's declared size in the index before reading).
     """
     marker = Path(markers, str(index))
     marker.touch()
@@ -211,7 +214,7 @@ def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(STATIC_SECONDS)
     try:
-        with _memory_ceiling(STATIC_MEMORY_BYTES if static else None):
+        with _memory_ceiling(STATIC_MEMORY_BYTES if static and not path.is_dir() else None):
             result = _worker["auditor"].audit(path, options)
     finally:
         if static:

@@ -21,6 +21,8 @@ from .rule import Rule
 DEFAULT_PLUGINS = (
     "bnaudit.loaders.keras_zip",
     "bnaudit.loaders.keras_h5",
+    "bnaudit.loaders.onnx",
+    "bnaudit.loaders.savedmodel",
     "bnaudit.rules.placement",
     "bnaudit.rules.weights",
     "bnaudit.rules.safety",

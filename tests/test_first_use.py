@@ -140,7 +140,9 @@ def test_an_output_whose_suffix_names_no_single_format_is_refused(tmp_path, outp
     assert not (tmp_path / output).exists()
 
 
-def test_a_savedmodel_directory_is_named_as_one(tmp_path):
+def test_a_savedmodel_directory_is_audited_and_its_graph_file_named(tmp_path):
+    """A SavedModel is read as its directory (one without Keras configs is named as such); its
+    saved_model.pb alone is named for what it is."""
     import tensorflow as tf
 
     class Doubler(tf.Module):
@@ -150,15 +152,20 @@ def test_a_savedmodel_directory_is_named_as_one(tmp_path):
 
     tf.saved_model.save(Doubler(), str(tmp_path / "exported"))
     assert (tmp_path / "exported" / "saved_model.pb").is_file()
-    hint = (
-        "a TensorFlow SavedModel, which bnaudit does not read (it holds a traced graph, not the Keras layers and their config) "
-        "(audit the .keras or .h5 file the model was exported from, or load it in Keras and save it with model.save('model.keras'))"
+    run = run_bnaudit("check", "exported", "--isolated", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[0] == (
+        "bnaudit: error: exported: this SavedModel has no keras_metadata.pb, so it keeps no Keras layer configs "
+        "(Keras 3 export() and plain TensorFlow write none) (audit the .keras file it was exported from, "
+        "or convert it with tf2onnx and audit the .onnx)"
     )
-    for given in ("exported", "exported/saved_model.pb"):
-        run = run_bnaudit("check", given, str(MODEL), "--isolated", cwd=tmp_path)
-        assert run.returncode == 2
-        assert run.stderr.strip() == f"bnaudit: error: {given}: {hint}"
-        assert "BN101" in run.stdout  # the other model is still audited
+    run = run_bnaudit("check", "exported/saved_model.pb", str(MODEL), "--isolated", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        "bnaudit: error: exported/saved_model.pb: the graph file of a TensorFlow SavedModel, not a model by itself "
+        "(pass its directory: bnaudit check exported)"
+    )
+    assert "BN101" in run.stdout  # the other model is still audited
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
           config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose,
           devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects,
           batch_size, max_samples, upstream, per_channel, stats_file) -> None:
-    """Audit model files, directories (recursing into *.keras and *.h5) and globs."""
+    """Audit model files, SavedModel directories, directories (recursing into *.keras, *.h5, *.onnx and SavedModels) and globs."""
     if debug:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if static and (data or inference or stats_file):

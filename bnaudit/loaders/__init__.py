@@ -37,6 +37,15 @@ class LoadError(Exception):
         self.hint = hint
 
 
+#: A directory holding one of these is a TensorFlow SavedModel (tf-keras adds the last).
+SAVEDMODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")
+
+
+def is_savedmodel_dir(path: Path) -> bool:
+    """True for a SavedModel directory: the one place that decides it, for loaders and discovery."""
+    return path.is_dir() and any((path / marker).is_file() for marker in SAVEDMODEL_MARKERS)
+
+
 def read_head(path: Path, size: int = 64) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(size)

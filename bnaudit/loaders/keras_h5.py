@@ -7,14 +7,14 @@ that wrote the file is the ``keras_version`` attribute (2.x for tf-keras, 3.x fo
 from __future__ import annotations
 
 from pathlib import Path
-
-import h5py
+from typing import TYPE_CHECKING
 
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
 from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, claims, graph_from_json, refuse_polyglot
-from .h5guard import first_line, read_text_attribute
-from .weights import LegacyH5Weights
+
+if TYPE_CHECKING:
+    import h5py
 
 H5_SUFFIXES = {".h5", ".hdf5"}
 
@@ -24,6 +24,11 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     if not claims(path, H5_SUFFIXES, HDF5_MAGIC):
         return None
     refuse_polyglot(path)
+    import h5py  # here, not at start-up: an .onnx audit never needs it
+
+    from .h5guard import first_line
+    from .weights import LegacyH5Weights
+
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
@@ -41,6 +46,8 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
 
 
 def _graph_from(h5: h5py.File) -> ModelGraph:
+    from .h5guard import read_text_attribute
+
     raw = read_text_attribute(h5, "model_config", MAX_CONFIG_BYTES)
     if raw is None:
         raise LoadError(

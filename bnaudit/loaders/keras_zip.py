@@ -10,7 +10,6 @@ from pathlib import Path
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
 from . import MAX_CONFIG_BYTES, ZIP_MAGIC, LoadError, claims, graph_from_json, refuse_polyglot
-from .weights import KerasV3Weights, open_zip_member_h5
 
 
 @hookimpl
@@ -38,6 +37,8 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         graph.keras_version = str(metadata.get("keras_version", ""))
         weights = members.get("model.weights.h5")
         if weights is not None:
+            from .weights import KerasV3Weights, open_zip_member_h5  # h5py only when a .keras is read
+
             try:
                 graph.weights = KerasV3Weights(open_zip_member_h5(str(path), archive, weights))
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:

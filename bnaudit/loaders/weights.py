@@ -17,61 +17,18 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import h5py
 import numpy as np
 
 from . import LoadError
+from .arrays import BN_VECTORS, MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
 from .h5guard import MAX_WEIGHT_NAMES_BYTES, get_object, read_dataset, read_text_attribute
 from .optimizer import keras3_iterations, legacy_h5_iterations
 
 if TYPE_CHECKING:
     from ..graph import Layer
-
-#: A BN vector longer than this is not a real channel count: refuse to read it.
-MAX_CHANNELS = 1 << 24
-#: ``layer_arrays`` refuses an array with more elements than this (1 GiB of float32).
-MAX_ARRAY_ELEMENTS = 1 << 28
-
-
-@dataclass
-class BNArrays:
-    """The saved vectors of one BN layer; ``gamma``/``beta`` are None when scale/center is off."""
-
-    gamma: np.ndarray | None
-    beta: np.ndarray | None
-    moving_mean: np.ndarray
-    moving_variance: np.ndarray
-
-    @property
-    def channels(self) -> int:
-        return int(self.moving_mean.shape[0])
-
-
-#: What batch renormalization (``renorm=True``, Keras 2 and 3) adds after the moving statistics.
-RENORM_VARIABLES = ("moving_stddev", "renorm_mean", "renorm_stddev")
-
-
-def bn_variable_names(layer: "Layer") -> list[str]:
-    """The BN variables in Keras's creation order: trainable (gamma, beta), then moving
-    statistics, then batch renormalization's three (Keras 2 ``BatchNormalizationBase``
-    and Keras 3 ``BatchNormalization.build`` both create them in this order)."""
-    names = []
-    if layer.config.get("scale", True):
-        names.append("gamma")
-    if layer.config.get("center", True):
-        names.append("beta")
-    names += ["moving_mean", "moving_variance"]
-    if layer.config.get("renorm"):
-        names += RENORM_VARIABLES
-    return names
-
-
-#: The four vectors every BN rule reads; the renorm variables are checked but not read.
-BN_VECTORS = ("gamma", "beta", "moving_mean", "moving_variance")
-
 
 def _read_vector(dataset: object, where: str, channels: int | None) -> np.ndarray:
     """One BN vector: at most ``channels`` elements (the count the config implies), checked
@@ -106,18 +63,6 @@ def bn_channel_count(layer: "Layer") -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_CHANNELS else None
 
 
-def _assemble(values: dict[str, np.ndarray], where: str) -> BNArrays:
-    missing = [n for n in ("moving_mean", "moving_variance") if n not in values]
-    if missing:
-        raise LoadError(f"{where}: no {', '.join(missing)} in the weights file")
-    sizes = {v.shape[0] for v in values.values()}
-    if len(sizes) != 1:
-        raise LoadError(f"{where}: BN vectors of different lengths {sorted(sizes)}")
-    return BNArrays(
-        values.get("gamma"), values.get("beta"), values["moving_mean"], values["moving_variance"]
-    )
-
-
 @contextlib.contextmanager
 def _corrupt_file_is_load_error(where: str) -> Iterator[None]:
     """libhdf5's errors on a damaged file (h5py raises them as RuntimeError, OSError,
@@ -143,7 +88,7 @@ class H5Weights:
                 datasets = self._datasets(layer, bn_variable_names(layer))
                 channels = bn_channel_count(layer)
                 values = {name: _read_vector(d, f"{where} {name}", channels) for name, d in datasets.items() if name in BN_VECTORS}
-            self._cache[layer.path] = _assemble(values, where)
+            self._cache[layer.path] = assemble_bn_arrays(values, where)
         return self._cache[layer.path]
 
     def layer_arrays(self, layer: "Layer", names: "list[str] | tuple[str, ...]") -> dict[str, np.ndarray]:

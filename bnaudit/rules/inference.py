@@ -23,7 +23,10 @@ def _results(ctx):
     (a failure stops the four rules with one error)."""
 
     def compute() -> Any:
-        from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
+        if ctx.graph.format == "onnx":
+            from ..runtime.onnx_inference import run_inference_checks  # ONNX Runtime, no TensorFlow
+        else:
+            from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
 
         return run_inference_checks(ctx.runtime)
 

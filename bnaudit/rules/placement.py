@@ -268,7 +268,9 @@ def batchnorm_training_baked(ctx):
     ## What it does
     Flags a BatchNormalization whose call node in the saved graph carries `training=True`
     (Keras 3 `kwargs`, Keras 2 node kwargs), or that sits inside a nested model called
-    with `training=True`.
+    with `training=True`; in an ONNX file, a BatchNormalization node with
+    `training_mode=1`; in a SavedModel, a serving function that runs the layer's
+    FusedBatchNorm op with `is_training=true`.
 
     ## Why is this bad?
     The layer then normalizes with the statistics of the current batch even at
@@ -292,7 +294,9 @@ def batchnorm_training_baked(ctx):
     for bn in ctx.graph.batchnorms():
         source = None
         baked = baked_training(ctx.graph, bn)
-        if baked:
+        if bn.baked_training:
+            source = bn.baked_training
+        elif baked:
             source = "its own call" if baked == bn.path else f"the call of nested model {baked!r}"
         if source:
             writer = writer_of(ctx.graph.format, ctx.graph.keras_version)

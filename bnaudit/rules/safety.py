@@ -6,7 +6,7 @@ What counts, and the walk over every object of the config, live in
 
 from __future__ import annotations
 
-from ..code_objects import unsafe_objects
+from ..code_objects import unsafe_objects, why_unsafe
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..rule import rule
@@ -40,6 +40,16 @@ def unsafe_layer(ctx):
     x = layers.Rescaling(2.0)(x)  # or a registered, reviewed custom layer
     ```
     """
+    for layer in ctx.graph:  # a graph read from ONNX has no Keras config: its operators
+        if layer.module.startswith("onnx:"):
+            why = why_unsafe(layer.class_name, layer.module, "")
+            if why:
+                yield ctx.finding(
+                    layer,
+                    f"operator {layer.path!r}: {why}; running the model can execute code",
+                    details={"object": layer.path, "class_name": layer.class_name, "module": layer.module, "registered_name": ""},
+                    fix="replace it with standard ONNX operators, or run only models from sources you trust",
+                )
     for where, entry, why in unsafe_objects(ctx.graph.config):
         layer = _nearest_layer(ctx.graph, where)
         yield ctx.finding(

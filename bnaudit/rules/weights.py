@@ -239,7 +239,10 @@ def moving_statistics_not_converged(ctx):
     ```
     or train longer, or recompute the statistics on training data (`bnaudit fix --recalibrate`).
     """
-    steps = ctx.graph.weights.optimizer_iterations()
+    read_count = getattr(ctx.graph.weights, "optimizer_iterations", None)  # .keras and .h5 only
+    if read_count is None:
+        raise SkipRule(f"a {ctx.graph.format} file holds no optimizer state")
+    steps = read_count()
     if steps is None:
         raise SkipRule("the file holds no optimizer state (saved with include_optimizer=False, or never compiled)")
     limit = float(ctx.setting("residual"))

@@ -1,0 +1,114 @@
+"""Write the sample models in the formats Keras models travel in: ONNX and SavedModel.
+
+Usage::
+
+    python sample_models/build_exports.py [OUTDIR] [--only NAME ...]
+
+Needs ``tensorflow``, ``tf-keras`` and ``tf2onnx`` (the ``[test]`` extra). Each model of
+``build.py`` is rebuilt with tf-keras (same seeds, same weights as ``k2_NAME.h5``) and
+
+* converted with tf2onnx to ``onnx/NAME.onnx`` (opset 17). tf2onnx folds a
+  BatchNormalization into the convolution before it by default (its
+  ``remove_back_to_back`` optimizer); that pass is switched off here so the BN nodes
+  the audit is about stay in the file, as they do in any export made for auditing.
+* saved as a tf-keras SavedModel directory ``savedmodel/NAME/`` (``saved_model.pb``,
+  ``keras_metadata.pb``, ``variables/``), for the models in ``SAVEDMODEL_SAMPLES``.
+
+``expected_exports.json`` lists the findings bnaudit must report on each; the names
+map as ``docs/formats.md`` describes (an ONNX node is named
+``<model>/<layer path>/<TF op>`` by tf2onnx, a SavedModel layer keeps its Keras path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from build import SPECS, channel_scale_class, format_expected, make  # noqa: E402
+
+#: SavedModel directories are ~100 KB each: a few that cover placement, weights,
+#: nesting and the baked training flag.
+SAVEDMODEL_SAMPLES = (
+    "clean_conv_bn_relu",
+    "bias_before_bn",
+    "bn_training_baked",
+    "nested_transfer",
+    "bn_no_center_no_scale",
+    "dropout_before_bn",
+)
+OPSET = 17
+
+#: Findings of the Keras original that the converted ONNX file cannot show, and why.
+#: Everything else must be reported on the node that carries the Keras layer's name.
+LOST_IN_ONNX = {
+    ("bias_before_bn", "bn_fc"): "a BN on a rank-2 input is not FusedBatchNorm in TF: tf2onnx writes Mul/Add",
+    ("bn_after_softmax", "bn_out"): "rank-2 BN: Mul/Add",
+    ("bn_as_final_layer", "bn_out"): "rank-2 BN: Mul/Add",
+    ("nested_sequential_block", "mlp_block/mlp_bn"): "rank-2 BN: Mul/Add",
+    ("dropout_before_bn", "bn2"): "the inference graph has no Dropout",
+    ("dropout_through_flatten", "bn_flat"): "no Dropout in the inference graph (and a rank-2 BN)",
+    ("nested_cross_boundary", "block/block_bn"): "no Dropout in the inference graph",
+    ("bn_training_baked", "bn1"): "tf2onnx writes the BN in inference mode (training_mode=0)",
+    ("frozen_bn", "bn1"): "ONNX has no trainable flag",
+    ("bn_unusual_momentum", "bn1"): "tf2onnx does not write momentum (inference only)",
+    ("bn_fp16_small_epsilon", "bn1"): "tf2onnx casts the BN's input to float32",
+    ("lambda_layer", "rescale_lambda"): "the Lambda becomes standard operators",
+    ("custom_layer", "channel_scale"): "the custom layer becomes standard operators",
+}
+
+
+def to_onnx(model, path: Path) -> None:
+    import tensorflow as tf
+    import tf2onnx
+    from tf2onnx import optimizer
+
+    spec = [tf.TensorSpec((None, *i.shape[1:]), i.dtype, name=i.name.split(":")[0]) for i in model.inputs]
+    optimizers = {k: v for k, v in optimizer._get_optimizers().items() if k != "remove_back_to_back"}
+    tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET, output_path=str(path), optimizers=optimizers)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("outdir", nargs="?", default=str(HERE))
+    ap.add_argument("--only", nargs="*", help="build only these model names")
+    args = ap.parse_args(argv)
+    import tf_keras
+
+    channel_scale_class(tf_keras)
+    outdir = Path(args.outdir)
+    (outdir / "onnx").mkdir(parents=True, exist_ok=True)
+    expected_path = outdir / "expected_exports.json"
+    expected = json.loads(expected_path.read_text()) if expected_path.exists() else {}
+    for spec in SPECS:
+        if args.only and spec.name not in args.only:
+            continue
+        model = make(tf_keras, spec)
+        to_onnx(model, outdir / "onnx" / f"{spec.name}.onnx")
+        print(f"onnx/{spec.name}.onnx", file=sys.stderr)
+        expected[f"onnx/{spec.name}.onnx"] = [
+            {"code": code, "layer": f"{model.name}/{layer}/FusedBatchNormV3"}
+            for code, layer in sorted(spec.expected)
+            if (spec.name, layer) not in LOST_IN_ONNX
+        ]
+        if spec.name in SAVEDMODEL_SAMPLES:
+            model.save(outdir / "savedmodel" / spec.name, save_format="tf")
+            print(f"savedmodel/{spec.name}/", file=sys.stderr)
+            expected[f"savedmodel/{spec.name}"] = [{"code": c, "layer": l} for c, l in sorted(spec.expected)]
+    expected_path.write_text(format_expected(expected))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""SavedModel directories: the graph of the .h5 from keras_metadata.pb, the BN vectors from the checkpoint.
+
+``sample_models/savedmodel/NAME/`` are tf-keras ``model.save(dir, save_format="tf")`` of
+the sample models (``sample_models/build_exports.py``); their layer paths are the Keras
+paths, so the findings must be exactly those of ``NAME.keras``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SAMPLES, run_bnaudit
+
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+EXPORTED = json.loads((SAMPLES / "expected_exports.json").read_text())
+SAVEDMODELS = sorted(k for k in EXPORTED if k.startswith("savedmodel/"))
+
+
+@pytest.fixture(scope="module")
+def audited():
+    run = run_bnaudit("check", "--format", "json", "--exit-zero", *SAVEDMODELS, cwd=SAMPLES)
+    assert "Traceback" not in run.stderr
+    return {m["path"]: m for m in json.loads(run.stdout)["models"]}
+
+
+@pytest.mark.parametrize("name", SAVEDMODELS)
+def test_same_findings_on_the_same_layers_as_the_keras_original(audited, name):
+    model = audited[name]
+    assert model["errors"] == []
+    assert model["meta"]["format"] == "savedmodel"
+    got = sorted((f["code"], f["layer"]) for f in model["findings"])
+    keras_original = EXPECTED[name.removeprefix("savedmodel/") + ".keras"]
+    assert got == sorted((f["code"], f["layer"]) for f in keras_original)
+    assert got == sorted((f["code"], f["layer"]) for f in EXPORTED[name])
+
+
+def test_weight_rules_ran_on_checkpoint_values(audited):
+    model = audited["savedmodel/bn_no_center_no_scale"]
+    assert not {"BN201", "BN202", "BN203", "BN204"} & {s["code"] for s in model["skipped"]}
+    [finding] = [f for f in model["findings"] if f["code"] == "BN201"]
+    # only a reader that maps bn3's two variables (no gamma, no beta) to the right keys sees it
+    assert finding["layer"] == "bn3" and finding["details"]["problems"]["moving_variance"]["negative"] == 1
+
+
+def test_a_folder_of_savedmodels_and_onnx_files_is_discovered(tmp_path):
+    shutil.copytree(SAMPLES / "savedmodel" / "bias_before_bn", tmp_path / "exports" / "bias_sm")
+    (tmp_path / "exports" / "nested").mkdir()
+    shutil.copy(SAMPLES / "onnx" / "consecutive_bn.onnx", tmp_path / "exports" / "nested" / "consecutive_bn.onnx")
+    run = run_bnaudit("check", "--format", "json", "--exit-zero", tmp_path / "exports")
+    paths = sorted(m["path"] for m in json.loads(run.stdout)["models"])
+    assert paths == [str(tmp_path / "exports" / "bias_sm"), str(tmp_path / "exports" / "nested" / "consecutive_bn.onnx")]
+
+
+def _copy(tmp_path, name="bias_before_bn"):
+    target = tmp_path / name
+    shutil.copytree(SAMPLES / "savedmodel" / name, target)
+    return target
+
+
+def _one_line_exit_2(path, message):
+    run = run_bnaudit("check", path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bnaudit: error: {path}: ") and message in lines[0], lines
+
+
+def test_truncated_metadata_is_one_line_and_exit_2(tmp_path):
+    model = _copy(tmp_path)
+    metadata = model / "keras_metadata.pb"
+    metadata.write_bytes(metadata.read_bytes()[:1000])
+    _one_line_exit_2(model, "keras_metadata.pb")
+
+
+def test_metadata_that_is_not_json_is_one_line_and_exit_2(tmp_path):
+    from bnaudit.loaders.savedmodel import _saved_metadata_class
+
+    model = _copy(tmp_path)
+    message = _saved_metadata_class()()
+    node = message.nodes.add()
+    node.node_path, node.identifier, node.metadata = "root", "_tf_keras_model", "{not json"
+    (model / "keras_metadata.pb").write_bytes(message.SerializeToString())
+    _one_line_exit_2(model, "is not JSON")
+
+
+def test_damaged_checkpoint_is_one_error_not_a_crash(tmp_path):
+    model = _copy(tmp_path)
+    index = model / "variables" / "variables.index"
+    index.write_bytes(index.read_bytes()[:40])
+    run = run_bnaudit("check", "--format", "json", model)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    [result] = json.loads(run.stdout)["models"]
+    assert result["errors"] and all("checkpoint is unreadable" in e["message"] for e in result["errors"])
+
+
+def test_a_savedmodel_without_keras_metadata_says_what_to_do(tmp_path):
+    model = _copy(tmp_path)
+    (model / "keras_metadata.pb").unlink()
+    _one_line_exit_2(model, "no keras_metadata.pb")
+
+
+def test_without_tensorflow_the_architecture_rules_run_and_the_weight_rules_are_skipped_with_a_note():
+    """``sys.modules["tensorflow"] = None`` is how Python marks a module as not importable."""
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; import json, bnaudit;"
+        "r = bnaudit.audit('sample_models/savedmodel/bias_before_bn');"
+        "print(json.dumps({'findings': sorted((f.code, f.layer) for f in r.findings), 'skipped': {s.code: s.reason for s in r.skipped},"
+        " 'notes': r.notes, 'errors': [e.message for e in r.errors]}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["errors"] == []
+    assert out["findings"] == [["BN102", "bn1"], ["BN102", "bn_fc"]]
+    assert set(out["skipped"]) >= {"BN201", "BN202", "BN203", "BN204"}
+    assert all("TensorFlow's checkpoint reader" in out["skipped"][c] for c in ("BN201", "BN204"))
+    assert any("pip install 'bnaudit[tensorflow]'" in n for n in out["notes"])
+
+
+@pytest.mark.slow
+def test_a_serving_function_that_runs_batchnorm_in_training_mode_is_bn106(tmp_path):
+    """A BN subclass that always calls the fused kernel with training=True: the config
+    shows nothing, the serving signature's FusedBatchNormV3 has is_training=true."""
+    import numpy as np
+    import tf_keras
+
+    class BatchNormalization(tf_keras.layers.BatchNormalization):  # unregistered: saved as "BatchNormalization"
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=True)
+
+    inputs = tf_keras.Input((8, 8, 3), name="image")
+    x = tf_keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = BatchNormalization(name="always_training_bn")(x)
+    x = tf_keras.layers.ReLU(name="relu")(x)
+    x = tf_keras.layers.Conv2D(4, 3, use_bias=False, name="conv2")(x)
+    x = tf_keras.layers.BatchNormalization(name="plain_bn")(x)
+    outputs = tf_keras.layers.ReLU(name="relu2")(x)
+    model = tf_keras.Model(inputs, outputs, name="forced")
+    for layer in model.layers:
+        for var in layer.weights:
+            if "moving" in var.name:
+                var.assign(np.full(var.shape, 0.5 if "variance" in var.name else 0.1, np.float32))
+    model.save(tmp_path / "forced", save_format="tf")
+    result = __import__("bnaudit").audit(tmp_path / "forced")
+    assert result.errors == []
+    baked = [f for f in result.findings if f.code == "BN106"]
+    assert [f.layer for f in baked] == ["always_training_bn"]
+    assert "serving signature 'serving_default'" in baked[0].details["source"]
+    assert "is_training=true" in baked[0].details["source"]
+
+
+@pytest.mark.slow
+def test_a_keras3_export_is_refused_with_what_to_do_instead(tmp_path):
+    """Keras 3 ``export()`` writes no keras_metadata.pb: no layer configs to audit."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False), keras.layers.BatchNormalization()])
+    model.export(tmp_path / "exported", format="tf_saved_model")
+    assert not (tmp_path / "exported" / "keras_metadata.pb").exists()
+    _one_line_exit_2(tmp_path / "exported", "no keras_metadata.pb")
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_same_findings_on_onnx_and_savedmodel():
+    args = ("check", "--exit-zero", "--format", "json", "onnx/consecutive_bn.onnx", "onnx/extreme_scale.onnx", "savedmodel/nested_transfer", "savedmodel/bn_no_center_no_scale")
+    serial = json.loads(run_bnaudit(*args, cwd=SAMPLES).stdout)["models"]
+    parallel = json.loads(run_bnaudit(args[0], "-j", "2", *args[1:], cwd=SAMPLES).stdout)["models"]
+
+    def key(models):
+        return [(m["path"], sorted((f["code"], f["layer"]) for f in m["findings"]), m["errors"]) for m in models]
+    assert key(serial) == key(parallel)
+    assert all(m["findings"] for m in serial)
