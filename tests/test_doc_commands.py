@@ -91,6 +91,7 @@ ELSEWHERE = {
     "python sample_models/build.py": "rewrites the committed sample models; tests/test_sample_models.py checks what they hold",
     "python sample_models/build.py /tmp/out --verify": "builds and reloads every sample model (minutes); tests/test_sample_models.py checks the committed ones",
     "python sample_models/build.py --only frozen_bn": "rewrites a committed sample model",
+    "bnaudit check model.keras model.h5 model.onnx saved_model_dir/": "names the formats, not files here; tests/test_onnx.py checks .onnx and SavedModel samples together in one run, every report format included",
     "bnaudit diff base.keras tuned.keras": "tests/test_diff.py runs docs/checkpoints.md's script and both its commands, output line for line",
     "bnaudit check tuned.keras": "tests/test_diff.py runs docs/checkpoints.md's script and both its commands, output line for line",
     "bnaudit fix MODEL -o OUT [--unbake] [--absorb-bias] [--fold] [--recalibrate --data DATA | --stats FILE] [--all]": "the command's synopsis, not a runnable line; tests/test_fix.py runs each fix",
