@@ -92,6 +92,7 @@ ELSEWHERE = {
     "python sample_models/build.py /tmp/out --verify": "builds and reloads every sample model (minutes); tests/test_sample_models.py checks the committed ones",
     "python sample_models/build.py --only frozen_bn": "rewrites a committed sample model",
     "bnaudit fix MODEL -o OUT [--unbake] [--absorb-bias] [--fold] [--recalibrate --data DATA | --stats FILE] [--all]": "the command's synopsis, not a runnable line; tests/test_fix.py runs each fix",
+    "bnaudit fix model.keras -o fixed.keras --recalibrate --data train.npy --verify-data heldout.npy": "tests/test_fix_recalibrate.py runs it as written on the sample model and compares its output with the doc's",
     "bnaudit stats model.keras --data data.npy --shard ${SLURM_ARRAY_TASK_ID}/8 -o parts/${SLURM_ARRAY_TASK_ID}.npz": "runs inside a Slurm job array; the same command is run here as shard 3/8",
 }
 
