@@ -134,3 +134,75 @@ def test_verify_data_says_what_it_could_not_measure(tmp_path):
         "outputs.top1_agreement": "no output has a class axis (last axis of at least 2)",
     }
     assert figures["outputs_max_abs_delta"] > 0 and figures["before"]["cka"] is not None
+
+
+def branching_model(path):
+    """Three BN depth levels: bn_a; bn_b and bn_c on two branches after it; bn_d after their sum."""
+    import keras
+    from keras import layers
+
+    from model_builders import set_trained_statistics
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    a = layers.ReLU(name="ra")(layers.BatchNormalization(name="bn_a")(layers.Conv2D(6, 3, padding="same", name="ca")(inputs)))
+    b = layers.BatchNormalization(name="bn_b")(layers.Conv2D(6, 3, padding="same", name="cb")(a))
+    c = layers.BatchNormalization(name="bn_c")(layers.Conv2D(6, 1, name="cc")(a))
+    d = layers.BatchNormalization(name="bn_d")(layers.Conv2D(6, 3, padding="same", name="cd")(layers.ReLU(name="rs")(layers.Add(name="sum")([b, c]))))
+    model = keras.Model(inputs, layers.Dense(3, name="head")(layers.GlobalAveragePooling2D(name="gap")(d)))
+    set_trained_statistics(model, seed=7)
+    model.save(path)
+    return path
+
+
+def test_levels_group_batchnorms_by_depth(tmp_path):
+    from bnaudit.engine import Auditor
+    from bnaudit.fixes.recalibrate import levels
+
+    graph = Auditor().load(branching_model(tmp_path / "branching.keras"))
+    graph.weights.close()
+    assert levels(graph) == [["bn_a"], ["bn_b", "bn_c"], ["bn_d"]]
+
+
+def input_population_statistics(model, bn: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance per channel of ``bn``'s input, the model run in inference mode (float64)."""
+    import keras
+
+    producer = model.get_layer(bn)._inbound_nodes[0].input_tensors[0]
+    features = keras.Model(model.inputs, producer).predict(x, verbose=0).astype(np.float64)
+    return features.mean(axis=(0, 1, 2)), features.var(axis=(0, 1, 2))
+
+
+def test_per_level_recalibration_is_exact_and_one_pass_is_not(tmp_path):
+    """After per-level recalibration each BN's moving statistics are the population
+    statistics of its input in the recalibrated model itself; after one pass (upstream
+    BNs on batch statistics, small batches) the deeper ones are not."""
+    import keras
+
+    source = branching_model(tmp_path / "branching.keras")
+    x = (np.random.default_rng(4).standard_normal((64, 8, 8, 3)) * 2 + 1).astype("float32")
+    np.save(tmp_path / "d.npy", x)
+    exact = fix_in_subprocess(source, tmp_path / "exact.keras", "--recalibrate", "--data", tmp_path / "d.npy", "--recalibrate-method", "per-level", "--batch-size", "4")
+    assert exact["recalibration"] == {"method": "per-level", "passes": 3, "samples": 64}
+    assert {c["what"] for c in exact["changes"]} == {"population statistics over 64 samples (upstream BNs recalibrated first)"}
+    one = fix_in_subprocess(source, tmp_path / "one.keras", "--recalibrate", "--data", tmp_path / "d.npy", "--batch-size", "4")
+    assert one["recalibration"] == {"method": "one-pass", "passes": 1, "samples": 64}
+    for name, exactly in (("exact.keras", True), ("one.keras", False)):
+        model = keras.saving.load_model(tmp_path / name, compile=False)
+        for bn in ("bn_a", "bn_b", "bn_c", "bn_d"):
+            mean, variance = input_population_statistics(model, bn, x)
+            layer = model.get_layer(bn)
+            close = np.allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5) and np.allclose(layer.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5)
+            # bn_a depends on no BN: both methods measure it exactly.
+            assert close == (exactly or bn == "bn_a"), (name, bn)
+
+
+def test_per_level_needs_data_and_a_known_method(tmp_path, samples):
+    from bnaudit import fix
+    from bnaudit.loaders import LoadError
+
+    source = samples / "clean_conv_bn_relu.keras"
+    with pytest.raises(LoadError, match="--stats holds one-pass statistics; the per-level method measures with --data"):
+        fix(source, tmp_path / "x.keras", recalibrate=True, stats=str(tmp_path / "all.npz"), recalibrate_method="per-level")
+    with pytest.raises(LoadError, match="unknown recalibration method 'exact'"):
+        fix(source, tmp_path / "x.keras", recalibrate=True, data=str(tmp_path / "d.npy"), recalibrate_method="exact")
+    assert list(tmp_path.iterdir()) == []

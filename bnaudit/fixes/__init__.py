@@ -44,6 +44,7 @@ def fix(
     all_fixes: bool = False,
     data: str | None = None,
     stats: str | None = None,
+    recalibrate_method: str = "one-pass",
     batch_size: int | None = None,
     max_samples: int | None = None,
     verify: bool = True,
@@ -59,7 +60,9 @@ def fix(
     an image directory, module:function); ``stats`` a complete statistics file merged
     by ``bnaudit merge`` from passes with ``--upstream training``. ``verify_data``:
     held-out data (same forms as ``data``) on which a recalibration is measured before
-    and after (``report.heldout``, see :mod:`.heldout`).
+    and after (``report.heldout``, see :mod:`.heldout`). ``recalibrate_method``: one of
+    :data:`.recalibrate.METHODS` ("one-pass", the default, or "per-level": one pass per
+    BN depth level with upstream BNs already recalibrated; ``data`` only).
 
     :returns: the :class:`FixReport` (changes, refusals, proof); ``out`` holds the copy.
     :raises LoadError: (or its subclass :class:`FixError`) for a model, request or data
@@ -67,6 +70,10 @@ def fix(
     """
     path, out = Path(path), Path(out)
     wanted = _requested(unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats)
+    if recalibrate_method not in recalibration.METHODS:
+        raise FixError(f"unknown recalibration method {recalibrate_method!r}", f"give one of {', '.join(recalibration.METHODS)}")
+    if recalibrate_method != "one-pass" and stats:
+        raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
     _check_paths(path, out)
     graph = Auditor().load(path)
     if graph.weights is not None:
@@ -77,7 +84,7 @@ def fix(
             graph.weights.close()
     if all_fixes:
         wanted |= {unbaking.NAME, absorb.NAME}
-    options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed}
+    options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed, "method": recalibrate_method}
     report = FixReport(path=str(path), output=str(out), format=graph.format, fixes=[name for name in ORDER if name in wanted])
     if verify_data:
         report.heldout = _heldout_before(path, verify_data, verify, recalibration.NAME in wanted, options)
@@ -88,6 +95,8 @@ def fix(
                 if name == recalibration.NAME:
                     measured = recalibration.load_statistics(stats, copy) if stats else _measure(copy, path, Path(workdir), bool(report.changes), options)
                     changes, refused = recalibration.apply(copy, measured)
+                    per_level = recalibrate_method == "per-level"
+                    report.recalibration = {"method": recalibrate_method, "passes": max(1, len(recalibration.levels(copy.graph))) if per_level else 1, "samples": measured.samples}
                 else:
                     changes, refused = {unbaking.NAME: unbaking, absorb.NAME: absorb, folding.NAME: folding}[name].apply(copy)
                 if refused and not changes and name in (folding.NAME, absorb.NAME):

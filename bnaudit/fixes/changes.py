@@ -88,6 +88,8 @@ class FixReport:
     refused: list[Refusal] = field(default_factory=list)
     proof: Proof = field(default_factory=lambda: Proof("not run"))
     dropped_optimizer_state: bool = False
+    #: How the statistics were measured (``method``, ``passes`` over the data), for ``--recalibrate``.
+    recalibration: dict[str, Any] | None = None
     #: Before/after figures on held-out data (``--verify-data``); None when not asked for.
     heldout: "Heldout | None" = None
 

@@ -53,6 +53,9 @@ def _text(report: FixReport) -> str:
         lines.append("  " + "  ".join(printable(cell).ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + printable(row[3]))
     for refusal in report.refused:
         lines.append(printable(f"  {refusal.fix}  {refusal.layer}  not changed: {refusal.why}"))
+    if report.recalibration:
+        r = report.recalibration
+        lines.append(f"recalibrated {r['method']}: {r['passes']} pass{'es' if r['passes'] != 1 else ''} over {r['samples']} samples")
     if report.dropped_optimizer_state:
         lines.append("the saved optimizer state was dropped: the variables it belonged to changed")
     lines.append(verdict(report))
