@@ -95,8 +95,7 @@ def fix(
                 if name == recalibration.NAME:
                     measured = recalibration.load_statistics(stats, copy) if stats else _measure(copy, path, Path(workdir), bool(report.changes), options)
                     changes, refused = recalibration.apply(copy, measured)
-                    per_level = recalibrate_method == "per-level"
-                    report.recalibration = {"method": recalibrate_method, "passes": max(1, len(recalibration.levels(copy.graph))) if per_level else 1, "samples": measured.samples}
+                    report.recalibration = recalibration.summary(recalibrate_method, copy.graph, measured)
                 else:
                     changes, refused = {unbaking.NAME: unbaking, absorb.NAME: absorb, folding.NAME: folding}[name].apply(copy)
                 if refused and not changes and name in (folding.NAME, absorb.NAME):

@@ -122,6 +122,13 @@ def load_statistics(path: str, copy: ModelCopy) -> DataStatistics:
     return stats
 
 
+def summary(method: str, graph, stats: DataStatistics) -> dict[str, Any]:
+    """``FixReport.recalibration``: the method, its passes over the data (one per level
+    for "per-level", at least one) and the samples measured."""
+    passes = max(1, len(levels(graph))) if method == "per-level" else 1
+    return {"method": method, "passes": passes, "samples": stats.samples}
+
+
 def apply(copy: ModelCopy, stats: DataStatistics) -> tuple[list[Change], list[Refusal]]:
     changes, refused = [], []
     how = "upstream BNs recalibrated first" if stats.upstream == "recalibrated" else "upstream BNs on batch statistics"
