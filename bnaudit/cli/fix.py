@@ -28,6 +28,8 @@ from .options import fail
 @click.option("--all", "all_fixes", is_flag=True, help="Every fix the findings call for (unbake, absorb-bias; recalibrate with --data/--stats); never --fold.")
 @click.option("--data", type=click.Path(), help="Data for --recalibrate and for the proof: .npy, .npz, an image directory or module:function.")
 @click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
+@click.option("--recalibrate-method", type=click.Choice(["one-pass", "per-level"]), default="one-pass", show_default=True, help="one-pass: upstream BNs on batch statistics; per-level: one pass per BN depth level, upstream BNs already recalibrated (exact, slower).")
+@click.option("--verify-data", "verify_data", type=click.Path(), metavar="HELDOUT", help="Held-out data: BN301 drift, BN302 agreement and the output change, before and after --recalibrate (reported, not judged).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of the statistics pass (default 32).")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Format of the change list.")
@@ -35,7 +37,7 @@ from .options import fail
 @click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
 @click.option("--unsafe-load", is_flag=True, help="Let the proof and recalibration load models with Lambda or custom layers (executes their code).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats_file, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug) -> None:
+def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats_file, recalibrate_method, verify_data, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug) -> None:
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
     from ..fixes.report import render
@@ -45,7 +47,7 @@ def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, 
         with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
             report = run_fix(
                 model, output, unbake=unbake, absorb_bias=absorb_bias, fold=fold, recalibrate=recalibrate, all_fixes=all_fixes,
-                data=data, stats=stats_file, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, unsafe_load=unsafe_load,
+                data=data, stats=stats_file, recalibrate_method=recalibrate_method, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load,
             )
     except LoadError as exc:
         if debug:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..engine import Auditor
 from ..loaders import LoadError
-from . import absorb
+from . import absorb, heldout
 from . import fold as folding
 from . import recalibrate as recalibration
 from . import unbake as unbaking
@@ -44,9 +44,11 @@ def fix(
     all_fixes: bool = False,
     data: str | None = None,
     stats: str | None = None,
+    recalibrate_method: str = "one-pass",
     batch_size: int | None = None,
     max_samples: int | None = None,
     verify: bool = True,
+    verify_data: str | None = None,
     unsafe_load: bool = False,
     seed: int = 0,
 ) -> FixReport:
@@ -56,7 +58,11 @@ def fix(
     (BN102) and, given ``data`` or ``stats``, recalibrate; never fold, which changes
     what the model is (inference only). ``data`` is what ``--data`` takes (.npy, .npz,
     an image directory, module:function); ``stats`` a complete statistics file merged
-    by ``bnaudit merge`` from passes with ``--upstream training``.
+    by ``bnaudit merge`` from passes with ``--upstream training``. ``verify_data``:
+    held-out data (same forms as ``data``) on which a recalibration is measured before
+    and after (``report.heldout``, see :mod:`.heldout`). ``recalibrate_method``: one of
+    :data:`.recalibrate.METHODS` ("one-pass", the default, or "per-level": one pass per
+    BN depth level with upstream BNs already recalibrated; ``data`` only).
 
     :returns: the :class:`FixReport` (changes, refusals, proof); ``out`` holds the copy.
     :raises LoadError: (or its subclass :class:`FixError`) for a model, request or data
@@ -64,6 +70,10 @@ def fix(
     """
     path, out = Path(path), Path(out)
     wanted = _requested(unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats)
+    if recalibrate_method not in recalibration.METHODS:
+        raise FixError(f"unknown recalibration method {recalibrate_method!r}", f"give one of {', '.join(recalibration.METHODS)}")
+    if recalibrate_method != "one-pass" and stats:
+        raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
     _check_paths(path, out)
     graph = Auditor().load(path)
     if graph.weights is not None:
@@ -74,8 +84,10 @@ def fix(
             graph.weights.close()
     if all_fixes:
         wanted |= {unbaking.NAME, absorb.NAME}
-    options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed}
+    options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed, "method": recalibrate_method}
     report = FixReport(path=str(path), output=str(out), format=graph.format, fixes=[name for name in ORDER if name in wanted])
+    if verify_data:
+        report.heldout = _heldout_before(path, verify_data, verify, recalibration.NAME in wanted, options)
     with tempfile.TemporaryDirectory(prefix=".bnaudit-fix-", dir=out.parent) as workdir:
         copy = ModelCopy(path, graph, Path(workdir))
         try:
@@ -83,6 +95,7 @@ def fix(
                 if name == recalibration.NAME:
                     measured = recalibration.load_statistics(stats, copy) if stats else _measure(copy, path, Path(workdir), bool(report.changes), options)
                     changes, refused = recalibration.apply(copy, measured)
+                    report.recalibration = recalibration.summary(recalibrate_method, copy.graph, measured)
                 else:
                     changes, refused = {unbaking.NAME: unbaking, absorb.NAME: absorb, folding.NAME: folding}[name].apply(copy)
                 if refused and not changes and name in (folding.NAME, absorb.NAME):
@@ -99,6 +112,8 @@ def fix(
         static = [code for name in report.fixes for code in modules[name].CODES if code in ("BN102", "BN106", "BN202")]
         changed = [name for name in report.fixes if any(change.fix == name for change in report.changes)]
         report.proof = prove(path, out, graph, changed, static, {**options, "data": data})
+        if report.heldout is not None and not report.heldout.not_run.get("heldout"):
+            heldout.after(report.heldout, path, out, graph, options)
     else:
         report.proof.detail = "not asked for (--no-verify)"
     return report
@@ -117,6 +132,19 @@ def _requested(unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats) -
     if data and recalibration.NAME in wanted and importlib.util.find_spec("tensorflow") is None:
         raise FixError("--recalibrate --data runs the model with TensorFlow, which is not installed", 'pip install "bnaudit[tensorflow]"')
     return wanted
+
+
+def _heldout_before(path: Path, data: str, verify: bool, recalibrating: bool, options: dict[str, Any]) -> "heldout.Heldout":
+    """The original's side of ``--verify-data``, measured before anything is written."""
+    if not recalibrating:
+        raise FixError("--verify-data measures a recalibration", "give it with --recalibrate (--data or --stats) or --all --data")
+    if not verify:
+        raise FixError("--verify-data is part of the proof, which --no-verify turns off", "drop one of them")
+    if importlib.util.find_spec("tensorflow") is None:
+        figures = heldout.Heldout(data=data)
+        figures.not_run["heldout"] = 'TensorFlow is not installed (pip install "bnaudit[tensorflow]")'
+        return figures
+    return heldout.before(path, data, options)
 
 
 def _check_paths(path: Path, out: Path) -> None:

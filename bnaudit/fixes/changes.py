@@ -7,9 +7,12 @@ The JSON form (``FixReport.to_dict``) is documented in docs/fix.md ("JSON schema
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .heldout import Heldout
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +88,10 @@ class FixReport:
     refused: list[Refusal] = field(default_factory=list)
     proof: Proof = field(default_factory=lambda: Proof("not run"))
     dropped_optimizer_state: bool = False
+    #: How the statistics were measured (``method``, ``passes`` over the data), for ``--recalibrate``.
+    recalibration: dict[str, Any] | None = None
+    #: Before/after figures on held-out data (``--verify-data``); None when not asked for.
+    heldout: "Heldout | None" = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}

@@ -53,10 +53,43 @@ def _text(report: FixReport) -> str:
         lines.append("  " + "  ".join(printable(cell).ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + printable(row[3]))
     for refusal in report.refused:
         lines.append(printable(f"  {refusal.fix}  {refusal.layer}  not changed: {refusal.why}"))
+    if report.recalibration:
+        r = report.recalibration
+        lines.append(f"recalibrated {r['method']}: {r['passes']} pass{'es' if r['passes'] != 1 else ''} over {r['samples']} samples")
     if report.dropped_optimizer_state:
         lines.append("the saved optimizer state was dropped: the variables it belonged to changed")
     lines.append(verdict(report))
+    if report.heldout is not None:
+        lines += [printable(line) for line in heldout_lines(report.heldout)]
     return "\n".join(lines) + "\n"
+
+
+def heldout_lines(figures) -> list[str]:
+    """``--verify-data``'s figures, before -> after, one line per figure and per BN layer."""
+    before, after = figures.before, figures.after
+    lines = [f"held-out data {figures.data} ({figures.samples} samples), original -> copy (reported, not judged):"]
+    if before.drift or after.drift:
+        lines.append(
+            f"  BN301 drift score: max {_number(before.drift_max)} -> {_number(after.drift_max)}, "
+            f"median {_number(before.drift_median)} -> {_number(after.drift_median)}; "
+            f"BN301 reports {len(before.reported)} -> {len(after.reported)} layers"
+        )
+        for layer in dict.fromkeys([*before.drift, *after.drift]):
+            lines.append(f"    {layer}  drift {_number(before.drift.get(layer))} -> {_number(after.drift.get(layer))}")
+    if (before.top1_agreement, before.cka, after.top1_agreement, after.cka) != (None,) * 4:
+        lines.append(
+            f"  BN302 training vs. inference mode: top-1 agreement {_number(before.top1_agreement)} -> {_number(after.top1_agreement)}, "
+            f"linear CKA {_number(before.cka)} -> {_number(after.cka)}"
+        )
+    if figures.outputs_max_abs_delta is not None:
+        agreement = f", top-1 agreement {_number(figures.outputs_top1_agreement)}" if figures.outputs_top1_agreement is not None else ""
+        lines.append(f"  outputs, copy vs. original: max |Δ| {figures.outputs_max_abs_delta:.3g}{agreement}")
+    lines += [f"  not run: {what}: {why}" for what, why in figures.not_run.items()]
+    return lines
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _html(report: FixReport) -> str:
@@ -64,4 +97,4 @@ def _html(report: FixReport) -> str:
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(resources.files("bnaudit").joinpath("templates/fix.html.j2").read_text(encoding="utf8"))
-    return template.render(report=report, verdict=verdict(report))
+    return template.render(report=report, verdict=verdict(report), number=_number)
