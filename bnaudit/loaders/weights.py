@@ -260,11 +260,16 @@ def stored_member_start(path: str, info: zipfile.ZipInfo) -> int | None:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def zip_member_file(path: str, info: zipfile.ZipInfo) -> io.RawIOBase:
-    """A stored (uncompressed, unencrypted) zip member as a seekable file, read where it lies."""
+def open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> "io.RawIOBase | zipfile.ZipExtFile":
+    """A zip member to read: where it lies when stored uncompressed and unencrypted (as
+    Keras writes every member), with no copy and no inflating; else decompressed by zipfile.
+
+    The stored form is seekable at no cost, which h5py needs; zipfile's own reader
+    (the other form) seeks backwards by decompressing again from the start.
+    """
     start = stored_member_start(path, info)
     if start is None:
-        raise LoadError(f"{info.filename} is compressed or encrypted in the zip, not stored")
+        return archive.open(info)
     return _ZipMemberFile(path, start, info.file_size)
 
 
@@ -274,9 +279,8 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
     lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
     """
-    start = stored_member_start(path, info)
-    if start is not None:
-        member = _ZipMemberFile(path, start, info.file_size)
+    member = open_member(path, archive, info)
+    if isinstance(member, _ZipMemberFile):
         try:
             return h5py.File(member, "r")
         except BaseException:
@@ -285,8 +289,8 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     # Decompressed into an anonymous temporary file, not memory: the size is untrusted.
     spill = tempfile.TemporaryFile()
     try:
-        with archive.open(info) as source:
-            shutil.copyfileobj(source, spill, 1 << 20)
+        with member:
+            shutil.copyfileobj(member, spill, 1 << 20)
         spill.seek(0)
         return h5py.File(spill, "r")
     except BaseException:
