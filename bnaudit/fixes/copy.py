@@ -30,7 +30,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ import numpy as np
 from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
 from ..loaders import LoadError
 from ..loaders.h5guard import check_dataset, first_line, read_text_attribute, refuse_links
-from ..loaders.weights import MAX_ARRAY_ELEMENTS, MAX_WEIGHT_NAMES_BYTES, bn_variable_names
+from ..loaders.weights import MAX_ARRAY_ELEMENTS, MAX_WEIGHT_NAMES_BYTES, FileWindow, bn_variable_names
 from . import keras_zip
 
 #: Format names as the loaders set ``ModelGraph.format``.
@@ -78,15 +77,17 @@ class ModelCopy:
         self.source = source
         self.format = graph.format
         self.graph = graph
-        self._weights_path = workdir / "weights.h5"
+        self._working = workdir / f"copy{source.suffix}"
+        self._zip: keras_zip.WorkingZip | None = None
+        self._window: FileWindow | None = None
         if self.format == KERAS_ZIP:
             if graph.weights is None:  # the loader found no weights member
                 raise FixError("the .keras file holds no model.weights.h5", "save the whole model with model.save()")
         elif self.format in (H5_KERAS2, H5_KERAS3):
-            shutil.copyfile(source, self._weights_path)
+            shutil.copyfile(source, self._working)  # os.sendfile on Linux: a copy in the kernel
         else:
             raise FixError(f"cannot rewrite a model of format {self.format!r}", "fixes work on .keras and .h5 files")
-        self.config = deepcopy(graph.config)
+        self.config = json.loads(json.dumps(graph.config))  # a deep copy, at C speed (the config is JSON)
         self._h5: h5py.File | None = None
         self._found: dict[tuple, dict[str, h5py.Dataset]] = {}
         self._optimizer_checked = False
@@ -95,11 +96,11 @@ class ModelCopy:
 
     @property
     def h5(self) -> h5py.File:
-        """The weights, opened for writing on first use (a config-only fix never copies them out of a zip)."""
+        """The weights, opened for writing on first use (inside the copy's zip for a ``.keras``)."""
         if self._h5 is None:
-            if self.format == KERAS_ZIP and not self._weights_path.exists():
-                keras_zip.extract(self.source, WEIGHTS, self._weights_path)
-            h5 = h5py.File(self._weights_path, "r+")
+            if self.format == KERAS_ZIP:
+                self._window = self._working_zip().weights()
+            h5 = h5py.File(self._window or self._working, "r+")
             try:
                 refuse_links(h5, "the weights file")
             except BaseException:
@@ -108,10 +109,16 @@ class ModelCopy:
             self._h5 = h5
         return self._h5
 
+    def _working_zip(self) -> keras_zip.WorkingZip:
+        if self._zip is None:
+            self._zip = keras_zip.WorkingZip(self.source, self._working, WEIGHTS)
+        return self._zip
+
     # -- the config -------------------------------------------------------------------
     def refresh(self) -> None:
         """Rebuild the graph after a config edit (paths, producers, save paths)."""
         self.graph = build_graph(self.config)
+        self._index: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None
 
     def _models(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(path, entry) of the model and every nested model."""
@@ -137,11 +144,15 @@ class ModelCopy:
         return self.entry_pair(path)[0]
 
     def entry_pair(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The config entry of the layer (or nested model) at ``path`` and its enclosing model's."""
-        for found, entry, model in self.entries():
-            if found == path:
-                return entry, model
-        raise KeyError(path)
+        """The config entry of the layer (or nested model) at ``path`` and its enclosing model's.
+
+        :raises KeyError: no layer at ``path``.
+        """
+        if self._index is None:  # one walk per config layout, not one per question
+            self._index = {}
+            for found, entry, model in self.entries():
+                self._index.setdefault(found, (entry, model))
+        return self._index[path]
 
     # -- the variables ----------------------------------------------------------------
     def read(self, layer: Layer, names: tuple[str, ...] | None = None, dtype: Any = np.float64) -> dict[str, np.ndarray]:
@@ -265,34 +276,39 @@ class ModelCopy:
     def save(self, out: Path, *, last: bool = False) -> None:
         """Write the fixed copy to ``out`` atomically, in the input's format.
 
-        ``last``: nothing is edited after this save, so an ``.h5`` working file is itself
-        moved into place (the workdir is on the output's filesystem) instead of copied.
+        The working file is the copy itself (an ``.h5``, or the ``.keras`` zip with its
+        weights inside, see :mod:`.keras_zip`), so with ``last`` (nothing is edited after
+        this save) it is moved into place, the workdir being on the output's filesystem;
+        otherwise a copy of it is, and editing goes on.
         """
         if self.format != KERAS_ZIP:
             self.h5.attrs["model_config"] = json.dumps(self.config).encode("utf8")
         self.close()
         out.parent.mkdir(parents=True, exist_ok=True)
-        if self.format != KERAS_ZIP and last:
-            os.replace(self._weights_path, out)
+        if self.format == KERAS_ZIP:
+            self._working_zip().finish({CONFIG: json.dumps(self.config).encode("utf8")})
+        if last:
+            os.replace(self._working, out)
             return
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         try:
-            if self.format == KERAS_ZIP:
-                edited = {WEIGHTS: self._weights_path} if self._weights_path.exists() else {}
-                keras_zip.rewrite(self.source, Path(tmp), {CONFIG: json.dumps(self.config).encode("utf8"), **edited})
-            else:
-                shutil.copyfile(self._weights_path, tmp)
+            shutil.copyfile(self._working, tmp)
             os.replace(tmp, out)
         except BaseException:
             os.unlink(tmp)
             raise
+        if self._zip is not None:
+            self._zip.reopen()
 
     def close(self) -> None:
         self._found.clear()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+        if self._window is not None:
+            self._window.close()
+            self._window = None
 
     def _datasets(self, layer: Layer) -> dict[str, h5py.Dataset]:
         """The variables of ``layer`` by name, looked up once until the layout changes (h5py lookups are slow)."""
