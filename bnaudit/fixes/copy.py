@@ -11,8 +11,9 @@ are handled in one place and a fix never sees which one it is editing:
   attribute, and ``model_weights/<layer>/`` groups whose ``weight_names`` attribute lists
   the datasets in the order Keras loads them (by position), ``layer_names`` the groups.
 
-The input is read once and never opened for writing: the weights are copied to a
-temporary file next to the output, edited there, and the finished copy is moved into
+The input is read once and never opened for writing: the copy is built in a working
+file next to the output (the ``.h5`` copied once, or the ``.keras`` zip with its
+weights edited inside it, see :mod:`.keras_zip`), and the finished copy is moved into
 place with ``os.replace`` (atomic on one filesystem), so a failure leaves no output.
 Nothing from the file is imported or executed; the config is plain JSON, the one the
 loader parsed (within its size limits), copied so the loader's graph stays as read.
