@@ -91,6 +91,7 @@ class ModelCopy:
         self.config = json.loads(json.dumps(graph.config))  # a deep copy, at C speed (the config is JSON)
         self._h5: h5py.File | None = None
         self._found: dict[tuple, dict[str, h5py.Dataset]] = {}
+        self._groups: dict[str, tuple[h5py.Group, list[str]]] = {}
         self._optimizer_checked = False
         self.dropped_optimizer = False
         self.refresh()
@@ -189,7 +190,7 @@ class ModelCopy:
         bias = datasets["bias"]
         names = [n for n in names if f"{group.name}/{n}" != bias.name]  # by path: no lookup follows a link
         del self.h5[bias.name]
-        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+        self._set_names(group, "weight_names", names)
 
     def add_bias(self, layer: Layer, values: np.ndarray) -> None:
         """Create ``layer``'s bias (it had ``use_bias=False``); the caller sets it True in the config."""
@@ -207,7 +208,7 @@ class ModelCopy:
         bias_name = f"{head}/bias{':0' if last.endswith(':0') else ''}"
         group.create_dataset(bias_name, data=values.astype(kernel.dtype))
         names.insert(names.index(kernel_name) + 1, bias_name)  # Keras loads by position: bias follows its kernel
-        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+        self._set_names(group, "weight_names", names)
 
     def remove_layers(self, replaced: dict[str, str]) -> None:
         """Delete the layers at the paths in ``replaced``; their consumers (and outputs) read the
@@ -245,11 +246,11 @@ class ModelCopy:
             group, names = self._legacy_group(layer)
             if "/" not in layer.path:
                 root = group.parent
-                root.attrs["layer_names"] = np.array([n for n in _strings(root.attrs["layer_names"]) if n != layer.name], dtype=h5py.string_dtype())
+                self._set_names(root, "layer_names", [n for n in _strings(root.attrs["layer_names"]) if n != layer.name])
                 del root[layer.name]
                 continue
             gone = {d.name for d in self._datasets(layer).values()}
-            group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
+            self._set_names(group, "weight_names", [n for n in names if group[n].name not in gone])
             for dataset in gone:
                 del self.h5[dataset]
         self._found.clear()
@@ -304,6 +305,7 @@ class ModelCopy:
 
     def close(self) -> None:
         self._found.clear()
+        self._groups.clear()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
@@ -339,13 +341,28 @@ class ModelCopy:
         return {name: _dataset(group, weight, layer) for name, weight in zip(names, mine)}
 
     def _legacy_group(self, layer: Layer) -> tuple[h5py.Group, list[str]]:
-        where = f"layer {layer.path!r}"
-        root = _get(self.h5, "model_weights", where) or self.h5
-        group = _get(root, layer.path.split("/", 1)[0], where)
-        if not isinstance(group, h5py.Group):
-            raise FixError(f"{where}: no weights group in the file")
-        names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
-        return group, [names] if isinstance(names, str) else names
+        """The weights group of ``layer``'s top-level layer and its ``weight_names``, read
+        once until :meth:`_set_names` changes them (a nested model's group lists all its layers')."""
+        top = layer.path.split("/", 1)[0]
+        if top not in self._groups:
+            where = f"layer {layer.path!r}"
+            root = _get(self.h5, "model_weights", where) or self.h5
+            group = _get(root, top, where)
+            if not isinstance(group, h5py.Group):
+                raise FixError(f"{where}: no weights group in the file")
+            names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
+            self._groups[top] = group, [names] if isinstance(names, str) else names
+        group, names = self._groups[top]
+        return group, list(names)
+
+    def _set_names(self, group: h5py.Group, attribute: str, names: list[str]) -> None:
+        """Write a legacy ``weight_names`` or ``layer_names`` attribute (strings, as Keras writes them)."""
+        group.attrs[attribute] = np.array(names, dtype=h5py.string_dtype())
+        for top, (known, _) in list(self._groups.items()):
+            if attribute == "weight_names" and known == group:
+                self._groups[top] = known, list(names)
+            elif attribute == "layer_names" and top not in names:  # a layer, and its group, removed
+                del self._groups[top]
 
 
 def _get(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.Dataset | None":
