@@ -12,20 +12,32 @@ import sys
 import click
 
 from ..findings import ExitCode
+from ..fixes import FIXES
 from ..graph import ConfigError
 from ..loaders import LoadError
 from ..output import write_atomic
 from .options import fail
 
 
+def _fix_flags(command):
+    """One flag per fix of :data:`bnaudit.fixes.FIXES`, in the order they run."""
+    for one in reversed(FIXES):
+        command = click.option(one.flag, one.keyword, is_flag=True, help=one.help)(command)
+    return command
+
+
+def _all_help() -> str:
+    by_findings = ", ".join(one.name for one in FIXES if one.module.CODES and not one.needs_data)
+    with_data = ", ".join(one.name for one in FIXES if one.module.CODES and one.needs_data)
+    never = ", ".join(one.flag for one in FIXES if not one.module.CODES)
+    return f"Every fix the findings call for ({by_findings}; {with_data} with --data/--stats); never {never}."
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
-@click.option("--unbake", is_flag=True, help="BN106: remove a fixed training=True from BN calls (config only).")
-@click.option("--absorb-bias", is_flag=True, help="BN102: move the bias of the layer before a BN into its moving mean (exact).")
-@click.option("--fold", is_flag=True, help="Fold each foldable BN into the Dense/convolution before it and remove it (inference-only model).")
-@click.option("--recalibrate", is_flag=True, help="BN301/BN202: recompute moving statistics as population statistics over --data (or --stats).")
-@click.option("--all", "all_fixes", is_flag=True, help="Every fix the findings call for (unbake, absorb-bias; recalibrate with --data/--stats); never --fold.")
+@_fix_flags
+@click.option("--all", "all_fixes", is_flag=True, help=_all_help())
 @click.option("--data", type=click.Path(), help="Data for --recalibrate and for the proof: .npy, .npz, an image directory or module:function.")
 @click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
 @click.option("--recalibrate-method", type=click.Choice(["one-pass", "per-level"]), default="one-pass", show_default=True, help="one-pass: upstream BNs on batch statistics; per-level: one pass per BN depth level, upstream BNs already recalibrated (exact, slower).")
@@ -37,7 +49,7 @@ from .options import fail
 @click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
 @click.option("--unsafe-load", is_flag=True, help="Let the proof and recalibration load models with Lambda or custom layers (executes their code).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats_file, recalibrate_method, verify_data, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug) -> None:
+def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_data, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug, **chosen) -> None:
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
     from ..fixes.report import render
@@ -46,8 +58,8 @@ def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, 
     try:
         with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
             report = run_fix(
-                model, output, unbake=unbake, absorb_bias=absorb_bias, fold=fold, recalibrate=recalibrate, all_fixes=all_fixes,
-                data=data, stats=stats_file, recalibrate_method=recalibrate_method, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load,
+                model, output, all_fixes=all_fixes, data=data, stats=stats_file, recalibrate_method=recalibrate_method, batch_size=batch_size,
+                max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load, **chosen,
             )
     except LoadError as exc:
         if debug:

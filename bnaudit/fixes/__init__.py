@@ -1,8 +1,9 @@
 """``bnaudit fix``: write a corrected copy of a model, then prove it is right.
 
 Each fix is one module with ``NAME``, the rule ``CODES`` it answers and
-``apply(copy) -> (changes, refusals)`` over a :class:`~.copy.ModelCopy`; this module
-checks the request, runs the fixes in a safe order (unbake, recalibrate, absorb-bias,
+``apply(copy) -> (changes, refusals)`` over a :class:`~.copy.ModelCopy`, listed once in
+:data:`FIXES`, from which the keywords of :func:`fix`, the command's flags and ``--all``
+are derived. This module checks the request, runs the fixes in a safe order (unbake, recalibrate, absorb-bias,
 fold: statistics are measured with the model as it will be served, a bias is absorbed
 into statistics already recalibrated, and folding, which removes the BNs, comes last),
 writes the copy atomically and hands it to :mod:`.proof`. Unbake, absorb-bias and fold
@@ -14,33 +15,65 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ..engine import Auditor
 from ..loaders import LoadError
-from . import absorb, heldout
-from . import fold as folding
-from . import recalibrate as recalibration
-from . import unbake as unbaking
+from . import absorb, fold, heldout, recalibrate, unbake
 from .changes import FixReport
 from .copy import FixError, ModelCopy
 from .proof import prove
 
-__all__ = ["FixError", "FixReport", "fix"]
+__all__ = ["FIXES", "Fix", "FixError", "FixReport", "fix"]
 
-#: Every fix in the order it runs.
-ORDER = (unbaking.NAME, recalibration.NAME, absorb.NAME, folding.NAME)
+
+@dataclass(frozen=True)
+class Fix:
+    """One fix as the API, the CLI and ``--all`` know it.
+
+    ``module`` holds ``NAME``, ``CODES`` (the findings it answers, re-checked on the copy;
+    a fix that answers none is never part of ``--all``), ``apply`` and, where refusing
+    every layer means there is nothing to write, ``NOTHING`` (the message).
+    """
+
+    module: ModuleType
+    #: The help of its command-line flag.
+    help: str
+    #: Applied only given ``--data`` or ``--stats`` (its ``apply`` takes the statistics).
+    needs_data: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.module.NAME
+
+    @property
+    def keyword(self) -> str:
+        """Its keyword argument of :func:`fix` (and :func:`bnaudit.fix`)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+
+#: Every fix, in the order it runs (the module docstring says why that order is safe).
+FIXES = (
+    Fix(unbake, "BN106: remove a fixed training=True from BN calls (config only)."),
+    Fix(recalibrate, "BN301/BN202: recompute moving statistics as population statistics over --data (or --stats).", needs_data=True),
+    Fix(absorb, "BN102: move the bias of the layer before a BN into its moving mean (exact)."),
+    Fix(fold, "Fold each foldable BN into the Dense/convolution before it and remove it (inference-only model)."),
+)
+#: Codes a fix answers that the static audit of the copy re-checks without TensorFlow.
+STATIC_CODES = ("BN102", "BN106", "BN202")
 
 
 def fix(
     path: str | Path,
     out: str | Path,
     *,
-    unbake: bool = False,
-    absorb_bias: bool = False,
-    fold: bool = False,
-    recalibrate: bool = False,
     all_fixes: bool = False,
     data: str | None = None,
     stats: str | None = None,
@@ -51,27 +84,31 @@ def fix(
     verify_data: str | None = None,
     unsafe_load: bool = False,
     seed: int = 0,
+    **chosen: bool,
 ) -> FixReport:
     """Write a fixed copy of the model at ``path`` to ``out`` and return what changed.
 
-    ``all_fixes`` applies every fix the findings call for: unbake (BN106), absorb-bias
-    (BN102) and, given ``data`` or ``stats``, recalibrate; never fold, which changes
-    what the model is (inference only). ``data`` is what ``--data`` takes (.npy, .npz,
-    an image directory, module:function); ``stats`` a complete statistics file merged
-    by ``bnaudit merge`` from passes with ``--upstream training``. ``verify_data``:
+    ``chosen``: one keyword per fix of :data:`FIXES` (``unbake``, ``recalibrate``,
+    ``absorb_bias``, ``fold``), True to apply it. ``all_fixes`` applies every fix the
+    findings call for: unbake (BN106), absorb-bias (BN102) and, given ``data`` or
+    ``stats``, recalibrate; never fold, which changes what the model is (inference
+    only). ``data`` is what ``--data`` takes (.npy, .npz, an image directory,
+    module:function); ``stats`` a complete statistics file merged by ``bnaudit merge``
+    from passes with ``--upstream training``. ``verify_data``:
     held-out data (same forms as ``data``) on which a recalibration is measured before
     and after (``report.heldout``, see :mod:`.heldout`). ``recalibrate_method``: one of
     :data:`.recalibrate.METHODS` ("one-pass", the default, or "per-level": one pass per
     BN depth level with upstream BNs already recalibrated; ``data`` only).
 
     :returns: the :class:`FixReport` (changes, refusals, proof); ``out`` holds the copy.
+    :raises TypeError: for a keyword that names no fix.
     :raises LoadError: (or its subclass :class:`FixError`) for a model, request or data
         that cannot be handled; nothing is written then, and the input is never written.
     """
     path, out = Path(path), Path(out)
-    wanted = _requested(unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats)
-    if recalibrate_method not in recalibration.METHODS:
-        raise FixError(f"unknown recalibration method {recalibrate_method!r}", f"give one of {', '.join(recalibration.METHODS)}")
+    wanted = _requested(chosen, all_fixes, data, stats)
+    if recalibrate_method not in recalibrate.METHODS:
+        raise FixError(f"unknown recalibration method {recalibrate_method!r}", f"give one of {', '.join(recalibrate.METHODS)}")
     if recalibrate_method != "one-pass" and stats:
         raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
     _check_paths(path, out)
@@ -82,35 +119,32 @@ def fix(
                 graph.weights.bn_arrays(bn)
         finally:
             graph.weights.close()
-    if all_fixes:
-        wanted |= {unbaking.NAME, absorb.NAME}
     options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed, "method": recalibrate_method}
-    report = FixReport(path=str(path), output=str(out), format=graph.format, fixes=[name for name in ORDER if name in wanted])
+    report = FixReport(path=str(path), output=str(out), format=graph.format, fixes=[f.name for f in wanted])
     if verify_data:
-        report.heldout = _heldout_before(path, verify_data, verify, recalibration.NAME in wanted, options)
+        report.heldout = _heldout_before(path, verify_data, verify, any(one.needs_data for one in wanted), options)
     with tempfile.TemporaryDirectory(prefix=".bnaudit-fix-", dir=out.parent) as workdir:
         copy = ModelCopy(path, graph, Path(workdir))
         try:
-            for name in report.fixes:
-                if name == recalibration.NAME:
-                    measured = recalibration.load_statistics(stats, copy) if stats else _measure(copy, path, Path(workdir), bool(report.changes), options)
-                    changes, refused = recalibration.apply(copy, measured)
-                    report.recalibration = recalibration.summary(recalibrate_method, copy.graph, measured)
+            for one in wanted:
+                if one.needs_data:
+                    measured = one.module.load_statistics(stats, copy) if stats else _measure(copy, path, Path(workdir), bool(report.changes), options)
+                    changes, refused = one.module.apply(copy, measured)
+                    report.recalibration = one.module.summary(recalibrate_method, copy.graph, measured)
                 else:
-                    changes, refused = {unbaking.NAME: unbaking, absorb.NAME: absorb, folding.NAME: folding}[name].apply(copy)
-                if refused and not changes and name in (folding.NAME, absorb.NAME):
-                    nothing = {folding.NAME: folding.NOTHING, absorb.NAME: absorb.NOTHING}[name]
+                    changes, refused = one.module.apply(copy)
+                nothing = getattr(one.module, "NOTHING", None)
+                if refused and not changes and nothing:
                     raise FixError(f"{nothing} ({refused[0].layer}: {refused[0].why})", "nothing was written")
                 report.changes += changes
                 report.refused += refused
             report.dropped_optimizer_state = copy.dropped_optimizer
-            copy.save(out)
+            copy.save(out, last=True)
         finally:
             copy.close()
     if verify:
-        modules = {unbaking.NAME: unbaking, recalibration.NAME: recalibration, absorb.NAME: absorb, folding.NAME: folding}
-        static = [code for name in report.fixes for code in modules[name].CODES if code in ("BN102", "BN106", "BN202")]
-        changed = [name for name in report.fixes if any(change.fix == name for change in report.changes)]
+        static = [code for one in wanted for code in one.module.CODES if code in STATIC_CODES]
+        changed = [one.name for one in wanted if any(change.fix == one.name for change in report.changes)]
         report.proof = prove(path, out, graph, changed, static, {**options, "data": data})
         if report.heldout is not None and not report.heldout.not_run.get("heldout"):
             heldout.after(report.heldout, path, out, graph, options)
@@ -119,17 +153,23 @@ def fix(
     return report
 
 
-def _requested(unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats) -> set[str]:
-    wanted = {name for name, on in ((unbaking.NAME, unbake), (absorb.NAME, absorb_bias), (folding.NAME, fold), (recalibration.NAME, recalibrate)) if on}
+def _requested(chosen: dict[str, bool], all_fixes: bool, data: str | None, stats: str | None) -> list[Fix]:
+    """The fixes to run, in order; raises for a request that cannot be met."""
+    unknown = sorted(set(chosen) - {one.keyword for one in FIXES})
+    if unknown:
+        raise TypeError(f"fix() got an unexpected keyword argument {unknown[0]!r}")
+    wanted = [one for one in FIXES if chosen.get(one.keyword)]
     if not wanted and not all_fixes:
-        raise FixError("no fix chosen", "give --unbake, --absorb-bias, --fold, --recalibrate --data DATA, or --all")
+        flags = ", ".join(one.flag + (" --data DATA" if one.needs_data else "") for one in FIXES)
+        raise FixError("no fix chosen", f"give {flags}, or --all")
     if data and stats:
         raise FixError("give --data (measure now) or --stats (measured before), not both")
-    if recalibrate and not (data or stats):
-        raise FixError("--recalibrate needs the data to measure", "give --data DATA or --stats FILE from `bnaudit merge`")
-    if all_fixes and (data or stats):
-        wanted.add(recalibration.NAME)
-    if data and recalibration.NAME in wanted and importlib.util.find_spec("tensorflow") is None:
+    for one in wanted:
+        if one.needs_data and not (data or stats):
+            raise FixError(f"{one.flag} needs the data to measure", "give --data DATA or --stats FILE from `bnaudit merge`")
+    if all_fixes:
+        wanted = [one for one in FIXES if one in wanted or one.module.CODES and (data or stats or not one.needs_data)]
+    if data and any(one.needs_data for one in wanted) and importlib.util.find_spec("tensorflow") is None:
         raise FixError("--recalibrate --data runs the model with TensorFlow, which is not installed", 'pip install "bnaudit[tensorflow]"')
     return wanted
 
@@ -166,4 +206,4 @@ def _measure(copy: ModelCopy, original: Path, workdir: Path, edited: bool, optio
     if edited:
         stage = workdir / f"stage{original.suffix}"
         copy.save(stage)
-    return recalibration.measure(stage, copy.graph, options)
+    return recalibrate.measure(stage, copy.graph, options)

@@ -27,7 +27,10 @@ class ArrayChange:
 
     @classmethod
     def between(cls, name: str, old: np.ndarray, new: np.ndarray) -> ArrayChange:
-        return cls(name, "changed", float(np.max(np.abs(new - old))) if old.size else 0.0)
+        if not old.size:
+            return cls(name, "changed", 0.0)
+        delta = np.subtract(new, old)
+        return cls(name, "changed", float(np.abs(delta, out=delta).max()))  # one temporary array, not two (kernels are large)
 
     @classmethod
     def of(cls, name: str, action: str, values: np.ndarray) -> ArrayChange:

@@ -11,20 +11,25 @@ are handled in one place and a fix never sees which one it is editing:
   attribute, and ``model_weights/<layer>/`` groups whose ``weight_names`` attribute lists
   the datasets in the order Keras loads them (by position), ``layer_names`` the groups.
 
-The input is read once and never opened for writing: the weights are copied to a
-temporary file next to the output, edited there, and the finished copy is moved into
+The input is read once and never opened for writing: the copy is built in a working
+file next to the output (the ``.h5`` copied once, or the ``.keras`` zip with its
+weights edited inside it, see :mod:`.keras_zip`), and the finished copy is moved into
 place with ``os.replace`` (atomic on one filesystem), so a failure leaves no output.
-Nothing from the file is imported or executed; the config is plain JSON.
+Nothing from the file is imported or executed; the config is plain JSON, the one the
+loader parsed (within its size limits), copied so the loader's graph stays as read.
+
+The working weights file is checked once, when opened, to hold hard links only
+(:func:`~bnaudit.loaders.h5guard.refuse_links`), so variables are then opened by their
+path in one call rather than link by link; each array is still checked before it is
+read (:func:`~bnaudit.loaders.h5guard.check_dataset`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +39,14 @@ import numpy as np
 
 from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
 from ..loaders import LoadError
-from ..loaders.h5guard import check_dataset, get_object, read_text_attribute
-from ..loaders.weights import MAX_ARRAY_ELEMENTS, MAX_WEIGHT_NAMES_BYTES, bn_variable_names, zip_member_file
+from ..loaders.h5guard import check_dataset, first_line, read_text_attribute, refuse_links
+from ..loaders.weights import MAX_ARRAY_ELEMENTS, MAX_WEIGHT_NAMES_BYTES, FileWindow, bn_variable_names
+from . import keras_zip
 
 #: Format names as the loaders set ``ModelGraph.format``.
 KERAS_ZIP, H5_KERAS2, H5_KERAS3 = "keras", "h5-keras2", "h5-keras3"
+#: The members of a ``.keras`` zip a fix rewrites.
+WEIGHTS, CONFIG = "model.weights.h5", "config.json"
 
 
 class FixError(LoadError):
@@ -70,38 +78,49 @@ class ModelCopy:
         self.source = source
         self.format = graph.format
         self.graph = graph
-        self._weights_path = workdir / "weights.h5"
+        self._working = workdir / f"copy{source.suffix}"
+        self._zip: keras_zip.WorkingZip | None = None
+        self._window: FileWindow | None = None
         if self.format == KERAS_ZIP:
-            with zipfile.ZipFile(source) as archive:
-                self.config = json.loads(archive.read("config.json"))
-                if "model.weights.h5" not in archive.namelist():
-                    raise FixError("the .keras file holds no model.weights.h5", "save the whole model with model.save()")
+            if graph.weights is None:  # the loader found no weights member
+                raise FixError("the .keras file holds no model.weights.h5", "save the whole model with model.save()")
         elif self.format in (H5_KERAS2, H5_KERAS3):
-            shutil.copyfile(source, self._weights_path)
-            with h5py.File(self._weights_path, "r") as h5:
-                raw = h5.attrs["model_config"]
-            self.config = json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
+            shutil.copyfile(source, self._working)  # os.sendfile on Linux: a copy in the kernel
         else:
             raise FixError(f"cannot rewrite a model of format {self.format!r}", "fixes work on .keras and .h5 files")
+        self.config = json.loads(json.dumps(graph.config))  # a deep copy, at C speed (the config is JSON)
         self._h5: h5py.File | None = None
         self._found: dict[tuple, dict[str, h5py.Dataset]] = {}
+        self._groups: dict[str, tuple[h5py.Group, list[str]]] = {}
+        self._optimizer_checked = False
         self.dropped_optimizer = False
         self.refresh()
 
     @property
     def h5(self) -> h5py.File:
-        """The weights, opened for writing on first use (a config-only fix never copies them out of a zip)."""
+        """The weights, opened for writing on first use (inside the copy's zip for a ``.keras``)."""
         if self._h5 is None:
-            if self.format == KERAS_ZIP and not self._weights_path.exists():
-                with zipfile.ZipFile(self.source) as archive, _member(self.source, archive, "model.weights.h5") as member, open(self._weights_path, "wb") as out:
-                    shutil.copyfileobj(member, out, 1 << 22)
-            self._h5 = h5py.File(self._weights_path, "r+")
+            if self.format == KERAS_ZIP:
+                self._window = self._working_zip().weights()
+            h5 = h5py.File(self._window or self._working, "r+")
+            try:
+                refuse_links(h5, "the weights file")
+            except BaseException:
+                h5.close()
+                raise
+            self._h5 = h5
         return self._h5
+
+    def _working_zip(self) -> keras_zip.WorkingZip:
+        if self._zip is None:
+            self._zip = keras_zip.WorkingZip(self.source, self._working, WEIGHTS)
+        return self._zip
 
     # -- the config -------------------------------------------------------------------
     def refresh(self) -> None:
         """Rebuild the graph after a config edit (paths, producers, save paths)."""
         self.graph = build_graph(self.config)
+        self._index: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None
 
     def _models(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(path, entry) of the model and every nested model."""
@@ -127,11 +146,15 @@ class ModelCopy:
         return self.entry_pair(path)[0]
 
     def entry_pair(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The config entry of the layer (or nested model) at ``path`` and its enclosing model's."""
-        for found, entry, model in self.entries():
-            if found == path:
-                return entry, model
-        raise KeyError(path)
+        """The config entry of the layer (or nested model) at ``path`` and its enclosing model's.
+
+        :raises KeyError: no layer at ``path``.
+        """
+        if self._index is None:  # one walk per config layout, not one per question
+            self._index = {}
+            for found, entry, model in self.entries():
+                self._index.setdefault(found, (entry, model))
+        return self._index[path]
 
     # -- the variables ----------------------------------------------------------------
     def read(self, layer: Layer, names: tuple[str, ...] | None = None, dtype: Any = np.float64) -> dict[str, np.ndarray]:
@@ -152,13 +175,13 @@ class ModelCopy:
         dataset = self._datasets(layer)[name]
         if dataset.shape != values.shape:
             raise FixError(f"layer {layer.path!r}: {name} would change shape {dataset.shape} -> {values.shape}")
-        dataset[()] = values.astype(dataset.dtype)
+        dataset.write_direct(np.ascontiguousarray(values, dtype=dataset.dtype))  # no copy when already in that dtype
 
     def drop_bias(self, layer: Layer) -> None:
         """Remove ``layer``'s bias variable; the caller sets ``use_bias=False`` in the config."""
         self.drop_optimizer_state()
-        self._found.clear()
         datasets = self._datasets(layer)
+        self._forget(layer)
         if self.format == KERAS_ZIP:
             group = self.h5[f"{layer.save_path}/vars"]
             del group[str(len(group) - 1)]  # the bias is created last
@@ -167,13 +190,13 @@ class ModelCopy:
         bias = datasets["bias"]
         names = [n for n in names if f"{group.name}/{n}" != bias.name]  # by path: no lookup follows a link
         del self.h5[bias.name]
-        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+        self._set_names(group, "weight_names", names)
 
     def add_bias(self, layer: Layer, values: np.ndarray) -> None:
         """Create ``layer``'s bias (it had ``use_bias=False``); the caller sets it True in the config."""
         self.drop_optimizer_state()
-        self._found.clear()
         datasets = self._datasets(layer)
+        self._forget(layer)
         kernel = datasets["pointwise_kernel" if "pointwise_kernel" in datasets else next(iter(datasets))]
         if self.format == KERAS_ZIP:
             group = self.h5[f"{layer.save_path}/vars"]
@@ -185,7 +208,7 @@ class ModelCopy:
         bias_name = f"{head}/bias{':0' if last.endswith(':0') else ''}"
         group.create_dataset(bias_name, data=values.astype(kernel.dtype))
         names.insert(names.index(kernel_name) + 1, bias_name)  # Keras loads by position: bias follows its kernel
-        group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+        self._set_names(group, "weight_names", names)
 
     def remove_layers(self, replaced: dict[str, str]) -> None:
         """Delete the layers at the paths in ``replaced``; their consumers (and outputs) read the
@@ -223,20 +246,23 @@ class ModelCopy:
             group, names = self._legacy_group(layer)
             if "/" not in layer.path:
                 root = group.parent
-                root.attrs["layer_names"] = np.array([n for n in _strings(root.attrs["layer_names"]) if n != layer.name], dtype=h5py.string_dtype())
+                self._set_names(root, "layer_names", [n for n in _strings(root.attrs["layer_names"]) if n != layer.name])
                 del root[layer.name]
                 continue
             gone = {d.name for d in self._datasets(layer).values()}
-            group.attrs["weight_names"] = np.array([n for n in names if group[n].name not in gone], dtype=h5py.string_dtype())
+            self._set_names(group, "weight_names", [n for n in names if group[n].name not in gone])
             for dataset in gone:
                 del self.h5[dataset]
         self._found.clear()
 
     def drop_optimizer_state(self) -> None:
         """Variables change: the saved optimizer state no longer matches them, so it is dropped."""
+        if self._optimizer_checked:
+            return
+        self._optimizer_checked = True
         if self.format == KERAS_ZIP:  # an uncompiled model saves compile_config {} and no optimizer variables
-            optimizer = get_object(self.h5, "optimizer", "the optimizer state")
-            variables = get_object(optimizer, "vars", "the optimizer state") if isinstance(optimizer, h5py.Group) else None
+            optimizer = _get(self.h5, "optimizer", "the optimizer state")
+            variables = _get(optimizer, "vars", "the optimizer state") if isinstance(optimizer, h5py.Group) else None
             found = [bool(self.config.pop("compile_config", None)), isinstance(variables, h5py.Group) and len(variables) > 0]
             if optimizer is not None:
                 del self.h5["optimizer"]
@@ -249,40 +275,43 @@ class ModelCopy:
         self.dropped_optimizer = self.dropped_optimizer or any(found)
 
     # -- writing ----------------------------------------------------------------------
-    def save(self, out: Path) -> None:
-        """Write the fixed copy to ``out`` atomically, in the input's format."""
+    def save(self, out: Path, *, last: bool = False) -> None:
+        """Write the fixed copy to ``out`` atomically, in the input's format.
+
+        The working file is the copy itself (an ``.h5``, or the ``.keras`` zip with its
+        weights inside, see :mod:`.keras_zip`), so with ``last`` (nothing is edited after
+        this save) it is moved into place, the workdir being on the output's filesystem;
+        otherwise a copy of it is, and editing goes on.
+        """
         if self.format != KERAS_ZIP:
             self.h5.attrs["model_config"] = json.dumps(self.config).encode("utf8")
         self.close()
         out.parent.mkdir(parents=True, exist_ok=True)
+        if self.format == KERAS_ZIP:
+            self._working_zip().finish({CONFIG: json.dumps(self.config).encode("utf8")})
+        if last:
+            os.replace(self._working, out)
+            return
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         try:
-            if self.format == KERAS_ZIP:
-                self._write_zip(Path(tmp))
-            else:
-                shutil.copyfile(self._weights_path, tmp)
+            shutil.copyfile(self._working, tmp)
             os.replace(tmp, out)
         except BaseException:
             os.unlink(tmp)
             raise
+        if self._zip is not None:
+            self._zip.reopen()
 
     def close(self) -> None:
         self._found.clear()
+        self._groups.clear()
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
-
-    def _write_zip(self, target: Path) -> None:
-        with zipfile.ZipFile(self.source) as original, zipfile.ZipFile(target, "w") as archive:
-            for info in original.infolist():
-                if info.filename == "config.json":
-                    archive.writestr(info, json.dumps(self.config))
-                elif info.filename == "model.weights.h5" and self._weights_path.exists():
-                    archive.write(self._weights_path, info.filename, compress_type=info.compress_type)
-                else:
-                    with original.open(info) as member, archive.open(info, "w") as copy:
-                        shutil.copyfileobj(member, copy, 1 << 20)
+        if self._window is not None:
+            self._window.close()
+            self._window = None
 
     def _datasets(self, layer: Layer) -> dict[str, h5py.Dataset]:
         """The variables of ``layer`` by name, looked up once until the layout changes (h5py lookups are slow)."""
@@ -291,10 +320,15 @@ class ModelCopy:
             self._found[key] = self._lookup(layer)
         return self._found[key]
 
+    def _forget(self, layer: Layer) -> None:
+        """Drop what :meth:`_datasets` found for ``layer``, whose variables are about to change."""
+        for key in [key for key in self._found if key[0] == layer.path]:
+            del self._found[key]
+
     def _lookup(self, layer: Layer) -> dict[str, h5py.Dataset]:
         names = variable_names(layer)
         if self.format == KERAS_ZIP:
-            group = get_object(self.h5, f"{layer.save_path}/vars", f"layer {layer.path!r}")
+            group = _get(self.h5, f"{layer.save_path}/vars", f"layer {layer.path!r}")
             if not isinstance(group, h5py.Group) or len(group) != len(names):
                 raise FixError(f"layer {layer.path!r}: the weights file does not hold its {len(names)} variables")
             return {name: _dataset(group, str(i), layer) for i, name in enumerate(names)}
@@ -307,27 +341,42 @@ class ModelCopy:
         return {name: _dataset(group, weight, layer) for name, weight in zip(names, mine)}
 
     def _legacy_group(self, layer: Layer) -> tuple[h5py.Group, list[str]]:
-        where = f"layer {layer.path!r}"
-        root = get_object(self.h5, "model_weights", where) or self.h5
-        group = get_object(root, layer.path.split("/", 1)[0], where)
-        if not isinstance(group, h5py.Group):
-            raise FixError(f"{where}: no weights group in the file")
-        names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
-        return group, [names] if isinstance(names, str) else names
+        """The weights group of ``layer``'s top-level layer and its ``weight_names``, read
+        once until :meth:`_set_names` changes them (a nested model's group lists all its layers')."""
+        top = layer.path.split("/", 1)[0]
+        if top not in self._groups:
+            where = f"layer {layer.path!r}"
+            root = _get(self.h5, "model_weights", where) or self.h5
+            group = _get(root, top, where)
+            if not isinstance(group, h5py.Group):
+                raise FixError(f"{where}: no weights group in the file")
+            names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
+            self._groups[top] = group, [names] if isinstance(names, str) else names
+        group, names = self._groups[top]
+        return group, list(names)
+
+    def _set_names(self, group: h5py.Group, attribute: str, names: list[str]) -> None:
+        """Write a legacy ``weight_names`` or ``layer_names`` attribute (strings, as Keras writes them)."""
+        group.attrs[attribute] = np.array(names, dtype=h5py.string_dtype())
+        for top, (known, _) in list(self._groups.items()):
+            if attribute == "weight_names" and known == group:
+                self._groups[top] = known, list(names)
+            elif attribute == "layer_names" and top not in names:  # a layer, and its group, removed
+                del self._groups[top]
 
 
-def _member(path: Path, archive: zipfile.ZipFile, name: str):
-    """A zip member to read: in place when stored (as Keras writes it), else decompressed."""
-    info = archive.getinfo(name)
-    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-        return io.BufferedReader(zip_member_file(str(path), info), 1 << 22)
-    return archive.open(info)
+def _get(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.Dataset | None":
+    """The object at ``path`` below ``parent`` in one lookup (None if absent): the working
+    file holds hard links only (checked when it was opened), so no step can lead out of it."""
+    try:
+        return parent.get(path)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise FixError(f"{where}: {path!r} cannot be opened ({first_line(exc)})", "the file is damaged; save the model again") from None
 
 
 def _dataset(group: h5py.Group, key: str, layer: Layer) -> h5py.Dataset:
-    """One variable, found through hard links only (:func:`~bnaudit.loaders.h5guard.get_object`):
-    a fix reads and writes nothing Keras never writes, as ``check`` does."""
-    value = get_object(group, key, f"layer {layer.path!r}")
+    """One variable (a fix reads and writes nothing Keras never writes, as ``check`` does)."""
+    value = _get(group, key, f"layer {layer.path!r}")
     if not isinstance(value, h5py.Dataset):
         raise FixError(f"layer {layer.path!r}: {key} is not an array in the weights file")
     return value

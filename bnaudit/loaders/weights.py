@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import struct
 import tempfile
@@ -165,15 +166,26 @@ class LegacyH5Weights(H5Weights):
         return found
 
 
-class _ZipMemberFile(io.RawIOBase):
-    """A stored (uncompressed) zip member, readable in place at its offset."""
+class FileWindow(io.RawIOBase):
+    """Bytes ``start`` to ``start + size`` of a file, as a seekable file of their own.
 
-    def __init__(self, path: str, start: int, size: int) -> None:
-        self._file = open(path, "rb")
-        self._start, self._size, self._pos = start, size, 0
+    Read-only, it is a stored zip member read where it lies: h5py reads the weights of
+    a ``.keras`` so, without extracting them. Writable, it is the last thing in a file
+    being written (``bnaudit fix`` lets h5py edit the weights of the copy inside the
+    copy's zip so): writes past its end grow it, and truncating it truncates the file.
+    h5py's file-object driver calls ``readinto``, ``write``, ``seek``, ``tell``,
+    ``truncate`` and ``flush``.
+    """
+
+    def __init__(self, path: str, start: int, size: int, writable: bool = False) -> None:
+        self._file = open(path, "r+b" if writable else "rb")
+        self._start, self._size, self._pos, self._writable = start, size, 0, writable
 
     def readable(self) -> bool:
         return True
+
+    def writable(self) -> bool:
+        return self._writable
 
     def seekable(self) -> bool:
         return True
@@ -195,9 +207,49 @@ class _ZipMemberFile(io.RawIOBase):
         self._pos += got or 0
         return got or 0
 
+    def write(self, data) -> int:
+        if not self._writable:
+            raise io.UnsupportedOperation("write")
+        self._file.seek(self._start + self._pos)
+        written = self._file.write(data)
+        self._pos += written
+        self._size = max(self._size, self._pos)
+        return written
+
+    def truncate(self, size: int | None = None) -> int:
+        if not self._writable:
+            raise io.UnsupportedOperation("truncate")
+        self._size = self._pos if size is None else size
+        self._file.truncate(self._start + self._size)
+        return self._size
+
+    def flush(self) -> None:
+        if not self.closed and not self._file.closed:
+            self._file.flush()
+
+    def append_to(self, target: "io.BufferedIOBase") -> None:
+        """Append all its bytes to ``target`` (a file open for writing, at its end): in the
+        kernel (``os.copy_file_range``, Linux) where the OS allows, else through a buffer."""
+        self._file.flush()
+        copy_range = getattr(os, "copy_file_range", None)
+        done = 0
+        if copy_range is not None:
+            target.flush()
+            try:
+                while done < self._size:
+                    step = copy_range(self._file.fileno(), target.fileno(), self._size - done, self._start + done)
+                    if step == 0:
+                        break
+                    done += step
+            except OSError:  # another filesystem or an old kernel: copy what is left through a buffer
+                pass
+            target.seek(0, io.SEEK_END)
+        self.seek(done)
+        shutil.copyfileobj(self, target, 1 << 22)
+
     def close(self) -> None:
-        self._file.close()
         super().close()
+        self._file.close()
 
 
 def stored_member_start(path: str, info: zipfile.ZipInfo) -> int | None:
@@ -214,12 +266,17 @@ def stored_member_start(path: str, info: zipfile.ZipInfo) -> int | None:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def zip_member_file(path: str, info: zipfile.ZipInfo) -> io.RawIOBase:
-    """A stored (uncompressed, unencrypted) zip member as a seekable file, read where it lies."""
+def open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> "FileWindow | zipfile.ZipExtFile":
+    """A zip member to read: where it lies when stored uncompressed and unencrypted (as
+    Keras writes every member), with no copy and no inflating; else decompressed by zipfile.
+
+    The stored form is seekable at no cost, which h5py needs; zipfile's own reader
+    (the other form) seeks backwards by decompressing again from the start.
+    """
     start = stored_member_start(path, info)
     if start is None:
-        raise LoadError(f"{info.filename} is compressed or encrypted in the zip, not stored")
-    return _ZipMemberFile(path, start, info.file_size)
+        return archive.open(info)
+    return FileWindow(path, start, info.file_size)
 
 
 def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
@@ -228,9 +285,8 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
     lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
     """
-    start = stored_member_start(path, info)
-    if start is not None:
-        member = _ZipMemberFile(path, start, info.file_size)
+    member = open_member(path, archive, info)
+    if isinstance(member, FileWindow):
         try:
             return h5py.File(member, "r")
         except BaseException:
@@ -239,8 +295,8 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     # Decompressed into an anonymous temporary file, not memory: the size is untrusted.
     spill = tempfile.TemporaryFile()
     try:
-        with archive.open(info) as source:
-            shutil.copyfileobj(source, spill, 1 << 20)
+        with member:
+            shutil.copyfileobj(member, spill, 1 << 20)
         spill.seek(0)
         return h5py.File(spill, "r")
     except BaseException:
