@@ -13,6 +13,7 @@ worker processes, TensorFlow's native logs on fd 2).
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -93,6 +94,14 @@ def run_bnaudit(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
         timeout=timeout,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def audited_by_path(*paths: str, cwd: Path) -> dict[str, dict]:
+    """``bnaudit check --format json --exit-zero PATHS`` run in ``cwd``: each model's JSON
+    result by its path as given (no traceback allowed on stderr)."""
+    run = run_bnaudit("check", "--format", "json", "--exit-zero", *paths, cwd=cwd)
+    assert "Traceback" not in run.stderr
+    return {m["path"]: m for m in json.loads(run.stdout)["models"]}
 
 
 def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Run:

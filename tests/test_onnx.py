@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SAMPLES, run_bnaudit
+from conftest import audited_by_path, SAMPLES, run_bnaudit
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -32,9 +32,7 @@ C = 4
 
 @pytest.fixture(scope="module")
 def audited():
-    run = run_bnaudit("check", "--format", "json", "--exit-zero", *ONNX_SAMPLES, cwd=SAMPLES)
-    assert "Traceback" not in run.stderr
-    return {m["path"]: m for m in json.loads(run.stdout)["models"]}
+    return audited_by_path(*ONNX_SAMPLES, cwd=SAMPLES)
 
 
 @pytest.mark.parametrize("name", ONNX_SAMPLES)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SAMPLES, run_bnaudit
+from conftest import audited_by_path, ROOT, SAMPLES, run_bnaudit
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 EXPORTED = json.loads((SAMPLES / "expected_exports.json").read_text())
@@ -23,9 +23,7 @@ SAVEDMODELS = sorted(k for k in EXPORTED if k.startswith("savedmodel/"))
 
 @pytest.fixture(scope="module")
 def audited():
-    run = run_bnaudit("check", "--format", "json", "--exit-zero", *SAVEDMODELS, cwd=SAMPLES)
-    assert "Traceback" not in run.stderr
-    return {m["path"]: m for m in json.loads(run.stdout)["models"]}
+    return audited_by_path(*SAVEDMODELS, cwd=SAMPLES)
 
 
 @pytest.mark.parametrize("name", SAVEDMODELS)
