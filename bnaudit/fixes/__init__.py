@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..engine import Auditor
+from ..engine import Auditor, read_batchnorm_vectors
 from ..loaders import LoadError
+from ..parallel import reading_limits
 from . import absorb
 from . import fold as folding
 from . import recalibrate as recalibration
@@ -65,13 +66,9 @@ def fix(
     path, out = Path(path), Path(out)
     wanted = _requested(unbake, absorb_bias, fold, recalibrate, all_fixes, data, stats)
     _check_paths(path, out)
-    graph = Auditor().load(path)
-    if graph.weights is not None:
-        try:  # every BN vector read as `check` reads it: a file check refuses is refused here
-            for bn in graph.batchnorms():
-                graph.weights.bn_arrays(bn)
-        finally:
-            graph.weights.close()
+    with reading_limits():  # bounded in the child process of `bnaudit fix`
+        graph = Auditor().load(path)
+        read_batchnorm_vectors(graph)  # a file `check` refuses is refused here
     if all_fixes:
         wanted |= {unbaking.NAME, absorb.NAME}
     options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed}

@@ -36,6 +36,9 @@ class LoadError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self):  # the hint travels too, from a child process
+        return type(self), (self.message, self.hint)
+
 
 def read_head(path: Path, size: int = 64) -> bytes:
     with open(path, "rb") as handle:
