@@ -284,24 +284,24 @@ class ChildDied(LoadError):
 
 
 def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``function(*args, **kwargs)`` run in a child process: its value, or its exception raised here.
+    """``function(*args, **kwargs)`` run in a forked child process: its value, or its exception raised here.
 
     For a command's work on one model file (``bnaudit fix``): a native crash or endless
     loop while reading the file costs the child, and this process says so in one line.
-    The function's own reading runs under :func:`reading_limits` there. ``function``,
-    its arguments, value and exception must pickle (a forkserver child imports them).
-    Raises :class:`ChildDied` (a :class:`~bnaudit.loaders.LoadError`) when the child
-    ended without an answer.
+    The function's own reading runs under :func:`reading_limits` there. Its value and
+    exception must pickle. As :func:`audit_models` at ``-j 1``, a process that already
+    runs TensorFlow (the test suite calling the command) cannot fork safely: the call
+    runs here. Raises :class:`ChildDied` (a :class:`~bnaudit.loaders.LoadError`) when
+    the child ended without an answer.
     """
     import multiprocessing
 
-    context = multiprocessing.get_context(_start_method())
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload([__name__])
+    if _start_method() != "fork":
+        return function(*args, **kwargs)
+    context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_answer, args=(send, function, args, kwargs), daemon=True)
-    with _main_not_imported():
-        child.start()
+    child.start()
     send.close()
     try:
         ok, value = receive.recv()

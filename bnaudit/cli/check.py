@@ -24,7 +24,7 @@ from ..reporters import Report
 from ..reporters.text import summary_line
 from ..selection import Selection
 from .format_pairing import FormatOutputCommand
-from .options import codes, emit, fail, rendering_options, report_options, statistics_options, statistics_runtime, targets
+from .options import FilePath, codes, emit, fail, rendering_options, report_options, statistics_options, statistics_runtime, targets
 
 
 @click.command(cls=FormatOutputCommand)
@@ -35,10 +35,10 @@ from .options import codes, emit, fail, rendering_options, report_options, stati
 @click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
 @click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`.")
-@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
+@click.option("-o", "--output", "outputs", multiple=True, type=FilePath(), help="Write the output to FILE (repeatable, one per --format).")
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
-@click.option("--static", is_flag=True, help="Run exactly the static rules (architecture, weights; no TensorFlow), whatever the config says.")
+@click.option("--static", is_flag=True, help="Run exactly the static rules (needs: graph, weights; no TensorFlow), whatever the config says.")
 @statistics_options
 @click.option("--devices", help="Devices the BN4xx re-runs compare with the first CPU, e.g. CPU:1,GPU:0 (default: all).")
 @click.option("--reference", type=click.Choice(["cpu", "float64"]), default="cpu", show_default=True, help="BN401 compares every device with the first CPU, or with a float64 run on it.")
@@ -93,8 +93,11 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     pairs = targets(auditor, formats, outputs)
     rendering = {**report_options(templates, timestamp), "quiet": quiet, "errors_on_stderr": True}
     started = time.perf_counter()
-    files, results = discover(paths)
-    results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
+    files, unmatched = discover(paths)
+    _print_errors(unmatched)  # a path that names no model is no model: not counted, not in the reports
+    if not files:
+        sys.exit(ExitCode.ERROR)
+    results = audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
     notices = [f"config: {project.name}"] if verbose else []
     if write_baseline:
         written = baselines.write(write_baseline, results, __version__)
@@ -102,11 +105,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     outcome = accepted.apply(results) if accepted else None
     if outcome:
         notices.append(f"baseline {baseline}: findings suppressed: {outcome.suppressed}, stale entries: {len(outcome.stale)}")
-    for result in results:
-        for error in result.errors:
-            where = f" [{error.where}]" if error.rules else ""
-            hint = f" ({error.hint})" if error.hint else ""
-            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
+    _print_errors(results)
     emit(auditor, results, options, pairs, rendering)
     if all(output is not None for _, output in pairs):  # every report in a file: the verdict still shows
         notices.append(summary_line(Report(results=results, rules=auditor.rules)))
@@ -119,7 +118,16 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         code = ExitCode.FINDINGS
     if (exit_zero and code == ExitCode.FINDINGS) or (write_baseline and code == ExitCode.FINDINGS):
         code = ExitCode.OK
-    sys.exit(int(code))
+    sys.exit(int(ExitCode.ERROR if unmatched else code))
+
+
+def _print_errors(results) -> None:
+    """One line on stderr per error: ``bnaudit: error: PATH [RULES]: what is wrong (what to do)``."""
+    for result in results:
+        for error in result.errors:
+            where = f" [{error.where}]" if error.rules else ""
+            hint = f" ({error.hint})" if error.hint else ""
+            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
 
 
 def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> dict[str, Any]:

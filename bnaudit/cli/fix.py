@@ -15,23 +15,23 @@ from ..findings import ExitCode
 from ..graph import ConfigError
 from ..loaders import LoadError
 from ..output import write_atomic
-from .options import fail
+from .options import MODEL_HINT, STATS_HINT, FilePath, fail
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
+@click.argument("model", type=FilePath(MODEL_HINT))
+@click.option("-o", "--output", required=True, type=FilePath(), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
 @click.option("--unbake", is_flag=True, help="BN106: remove a fixed training=True from BN calls (config only).")
 @click.option("--absorb-bias", is_flag=True, help="BN102: move the bias of the layer before a BN into its moving mean (exact).")
 @click.option("--fold", is_flag=True, help="Fold each foldable BN into the Dense/convolution before it and remove it (inference-only model).")
 @click.option("--recalibrate", is_flag=True, help="BN301/BN202: recompute moving statistics as population statistics over --data (or --stats).")
 @click.option("--all", "all_fixes", is_flag=True, help="Every fix the findings call for (unbake, absorb-bias; recalibrate with --data/--stats); never --fold.")
 @click.option("--data", type=click.Path(), help="Data for --recalibrate and for the proof: .npy, .npz, an image directory or module:function.")
-@click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
+@click.option("--stats", "stats_file", type=FilePath(STATS_HINT), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of the statistics pass (default 32).")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Format of the change list.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write the change list to FILE instead of stdout.")
+@click.option("--report", "report_file", type=FilePath(), help="Write the change list to FILE instead of stdout.")
 @click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
 @click.option("--unsafe-load", is_flag=True, help="Let the proof and recalibration load models with Lambda or custom layers (executes their code).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -39,11 +39,12 @@ def fix(model, output, unbake, absorb_bias, fold, recalibrate, all_fixes, data, 
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
     from ..fixes.report import render
-    from ..parallel import native_stderr_silenced
+    from ..parallel import call_in_child, native_stderr_silenced
 
-    try:
+    try:  # in a child process: a model that crashes or hangs libhdf5 costs the child, not this one
         with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
-            report = run_fix(
+            report = call_in_child(
+                run_fix,
                 model, output, unbake=unbake, absorb_bias=absorb_bias, fold=fold, recalibrate=recalibrate, all_fixes=all_fixes,
                 data=data, stats=stats_file, batch_size=batch_size, max_samples=max_samples, verify=not no_verify, unsafe_load=unsafe_load,
             )

@@ -33,6 +33,32 @@ def fail(message: str) -> None:
     sys.exit(ExitCode.ERROR)
 
 
+class FilePath(click.ParamType):
+    """A path that must name a file, not a directory: one line and exit 2 when it is a
+    directory (``click.Path(dir_okay=False)`` answers with its multi-line usage block).
+
+    ``hint`` says what to give instead; an option's message starts with its name
+    (``-o out: is a directory (give a file name)``), an argument's with the path alone.
+    """
+
+    name = "file"
+
+    def __init__(self, hint: str = "give a file name") -> None:
+        self.hint = hint
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is not None and os.path.isdir(value):
+            label = f"{param.opts[0]} " if isinstance(param, click.Option) else ""
+            fail(f"{label}{value}: is a directory ({self.hint})")
+        return value
+
+
+#: What to give instead of a directory, per kind of input file.
+MODEL_HINT = "give a model file: .keras or .h5"
+STATS_HINT = "give the .npz file written by `bnaudit merge`"
+PARTS_HINT = "give the .npz files written by `bnaudit stats --shard K/N -o PART`"
+
+
 def codes(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--select BN1,BN2 --select BN5`` -> ("BN1", "BN2", "BN5")."""
     return tuple(code.strip().upper() for value in values for code in value.split(",") if code.strip())
@@ -126,7 +152,7 @@ def statistics_options(command: Callable) -> Callable:
             click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data."),
             click.option("--upstream", type=click.Choice(["inference", "training"]), default="inference", show_default=True, help=UPSTREAM_HELP),
             click.option("--per-channel", is_flag=True, help="Add per-channel arrays to the statistics in the JSON output."),
-            click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
+            click.option("--stats", "stats_file", type=FilePath(STATS_HINT), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
             click.option("--data-order", type=click.Choice(["shuffled", "sorted"]), default="shuffled", show_default=True, expose_value=False, callback=_remember, help=ORDER_HELP),
             click.option("--data-seed", type=int, default=0, show_default=True, expose_value=False, callback=_remember, help="Seed of the shuffled --data order."),
         ]

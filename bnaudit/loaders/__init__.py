@@ -40,6 +40,14 @@ class LoadError(Exception):
         return type(self), (self.message, self.hint)
 
 
+def save_call(path: Path, kind: str) -> str:
+    """The ``model.save(...)`` call that writes ``path`` again, for a hint: the file's own
+    name where Keras saves that suffix as ``kind`` ("zip" or "hdf5"), else its stem with
+    the suffix Keras gives that kind (``weights.bin`` -> ``model.save('weights.keras')``)."""
+    name = path.name if KERAS_SUFFIXES.get(path.suffix.lower()) == kind else path.stem + (".keras" if kind == "zip" else ".h5")
+    return f"model.save({name!r})"
+
+
 def read_head(path: Path, size: int = 64) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(size)
