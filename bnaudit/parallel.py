@@ -300,7 +300,7 @@ def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return function(*args, **kwargs)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_answer, args=(send, function, args, kwargs), daemon=True)
+    child = context.Process(target=_answer, args=(send, function, args, kwargs))  # not daemonic: the proof starts its own
     child.start()
     send.close()
     try:
