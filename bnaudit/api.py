@@ -78,7 +78,7 @@ def audit_many(paths: Iterable[str | Path], *, jobs: int = 1, in_process: bool =
         raise OptionsError(f"jobs: expected a count of processes (0: one per CPU), got {jobs!r}")
     if in_process and jobs != 1:
         raise OptionsError("jobs: in_process=True audits in this process; give jobs=1 or in_process=False")
-    own = {key: options.pop(key) for key in _AUDITOR_KEYWORDS if key in options}
+    own = {key: options.pop(key, default) for key, default in _DEFAULTS.items()}
     auditor = _auditor(**own, runtime=options)  # the rest are runtime keywords, checked there
     files, problems = discover(paths)
     if in_process:
@@ -86,26 +86,18 @@ def audit_many(paths: Iterable[str | Path], *, jobs: int = 1, in_process: bool =
     return problems + audit_models([(path, auditor.options) for path in files], jobs, auditor, isolate=True)
 
 
-#: :func:`audit`'s keywords that are not runtime options.
-_AUDITOR_KEYWORDS = ("select", "ignore", "data", "inference", "settings", "plugins")
+#: :func:`audit`'s keywords that are not runtime options, with their defaults.
+_DEFAULTS: dict[str, Any] = {"select": ("ALL",), "ignore": (), "data": None, "inference": False, "settings": None, "plugins": ()}
 
 
-def _auditor(
-    select: Iterable[str] = ("ALL",),
-    ignore: Iterable[str] = (),
-    data: str | None = None,
-    inference: bool = False,
-    settings: dict[str, Any] | None = None,
-    plugins: Iterable[str] = (),
-    runtime: dict[str, Any] | None = None,
-) -> Auditor:
+def _auditor(select, ignore, data, inference, settings, plugins, runtime) -> Auditor:
     """The run's :class:`Auditor`, its options checked as the command line's are."""
     options = AuditOptions(
         selection=Selection(_codes(select), _codes(ignore)),
         settings=dict(settings or {}),
         data=data,
         inference=inference,
-        runtime=runtime_options(runtime or {}),
+        runtime=runtime_options(runtime),
         plugins=tuple(plugins),
         fail_on=Severity.ERROR,
     )
