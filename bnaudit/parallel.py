@@ -57,13 +57,15 @@ def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor, isolate: b
     exception: in a process that already runs TensorFlow (the test suite calling the
     command), forking can deadlock and a clean child would import TensorFlow again per
     run, so ``-j 1`` audits in-process there. ``isolate=True`` (:func:`bnaudit.audit`'s
-    default) makes no exception: a clean 'forkserver' child reads the models there.
+    default) makes no exception: a clean 'forkserver' child reads the models there. A
+    daemonic process (a ``multiprocessing.Pool`` worker calling bnaudit) may not start
+    children at all: it audits in-process.
     """
     if not jobs:
         return []
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     debug = auditor.options.debug
-    if workers <= 1 and _start_method() != "fork" and not isolate:
+    if (workers <= 1 and _start_method() != "fork" and not isolate) or _daemonic():
         with native_stderr_silenced(not debug):
             return [auditor.audit(path, options) for path, options in jobs]
     return _isolated(jobs, workers, auditor)
@@ -126,6 +128,12 @@ def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[
         now = time.time()
         found = {int(name): os.stat(Path(markers, name)) for name in os.listdir(markers)}
         return results, {index: marker.st_size == 0 and now - marker.st_mtime >= STATIC_SECONDS - 1 for index, marker in found.items()}
+
+
+def _daemonic() -> bool:
+    """True in a daemonic process (a ``multiprocessing.Pool`` worker), which may start no child."""
+    module = sys.modules.get("multiprocessing")  # never imported: no multiprocessing worker either
+    return module is not None and module.current_process().daemon
 
 
 def _start_method() -> str:
@@ -290,13 +298,13 @@ def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     loop while reading the file costs the child, and this process says so in one line.
     The function's own reading runs under :func:`reading_limits` there. Its value and
     exception must pickle. As :func:`audit_models` at ``-j 1``, a process that already
-    runs TensorFlow (the test suite calling the command) cannot fork safely: the call
-    runs here. Raises :class:`ChildDied` (a :class:`~bnaudit.loaders.LoadError`) when
+    runs TensorFlow (the test suite calling the command) cannot fork safely, and a
+    daemonic one may not start children: the call runs here. Raises :class:`ChildDied` (a :class:`~bnaudit.loaders.LoadError`) when
     the child ended without an answer.
     """
     import multiprocessing
 
-    if _start_method() != "fork":
+    if _start_method() != "fork" or _daemonic():
         return function(*args, **kwargs)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)

@@ -133,3 +133,25 @@ def test_audit_many_reports_paths_that_name_no_model_first(tmp_path):
         ("missing.h5", ["no such file or directory"], []),
         ("consecutive_bn.keras", [], [("BN105", "bn2")]),
     ]
+
+
+
+POOL_CALLER = """
+import multiprocessing, sys
+import bnaudit
+
+def findings(path):
+    return [(f.code, f.layer) for f in bnaudit.audit(path, select=["BN105"]).findings]
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        print(pool.map(findings, sys.argv[1:]))
+"""
+
+
+def test_a_multiprocessing_pool_worker_can_call_audit(tmp_path):
+    """A daemonic process may start no child: it audits in its own process, not with an error."""
+    (tmp_path / "pool_caller.py").write_text(POOL_CALLER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "pool_caller.py", str(SAMPLES / "consecutive_bn.keras")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (0, "[[('BN105', 'bn2')]]\n"), proc.stderr[-2000:]
