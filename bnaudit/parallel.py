@@ -173,10 +173,10 @@ def _main_not_imported() -> Iterator[None]:
 
 
 def _died(path: Path, hung: bool = False) -> AuditResult:
-    return AuditResult(str(path), errors=[ModelError(died_message(hung), hint="run with -j 1 --debug to see why")])
+    return AuditResult(str(path), errors=[ModelError(_died_message(hung), hint="run with -j 1 --debug to see why")])
 
 
-def died_message(hung: bool) -> str:
+def _died_message(hung: bool) -> str:
     """What a model gets when the child process reading it was stopped (``hung``) or died."""
     if hung:
         return f"reading this model did not finish in {STATIC_SECONDS} s (an endless loop in a native library); the process was stopped"
@@ -315,7 +315,7 @@ def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         ok, value = receive.recv()
     except EOFError:  # it died before answering
         child.join()
-        raise ChildDied(died_message(child.exitcode == -signal.SIGALRM), "run with --debug to see why") from None
+        raise ChildDied(_died_message(child.exitcode == -signal.SIGALRM), "run with --debug to see why") from None
     finally:
         receive.close()
     child.join()
