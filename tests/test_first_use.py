@@ -237,22 +237,23 @@ def test_a_directory_where_a_file_is_wanted_is_one_line(tmp_path, args, expected
     assert list(directory.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written
 
 
-def test_a_path_that_names_no_model_is_an_error_not_a_model(tmp_path):
-    """As a missing path is for pytest and ruff: one line, exit 2; it is not counted as
-    an (unreadable) model, and the models the other paths name are still audited."""
+def test_paths_that_name_no_model_alone_are_one_line_each_and_no_report(tmp_path):
+    """An empty directory is what a missing path is: one line, exit 2. With nothing else to
+    audit, that is all (no "1 model, 0 findings, 1 unreadable" summary, as pytest and ruff
+    stop); beside real models it is listed as unreadable and the models are still audited."""
     empty = tmp_path / "empty"
     empty.mkdir()
     lines = [
         f"bnaudit: error: {empty}: no .keras or .h5 files in this directory (pass model files or a directory holding them)",
         f"bnaudit: error: {tmp_path / 'missing.keras'}: no such file or directory (check the path)",
     ]
-    alone = invoke("check", empty, tmp_path / "missing.keras")
-    assert (alone.returncode, alone.stdout, alone.stderr.splitlines()) == (2, "", lines)
-    text = invoke("check", empty, tmp_path / "missing.keras", MODEL)
-    assert text.returncode == 2 and text.stderr.splitlines() == lines
-    assert text.stdout.splitlines()[-1] == "1 model, 1 finding (1 warning)"
-    document = json.loads(invoke("check", "--format", "json", empty, MODEL).stdout)
-    assert [m["path"] for m in document["models"]] == [str(MODEL)] and document["summary"]["unreadable"] == 0
+    for args in ([empty], [tmp_path / "missing.keras"], [empty, tmp_path / "missing.keras"]):
+        run = invoke("check", *args, "--format", "json")
+        assert (run.returncode, run.stdout, run.stderr.splitlines()) == (2, "", [line for line in lines if any(f"{a}:" in line for a in args)])
+    beside = invoke("check", empty, MODEL, "--format", "json")
+    assert beside.returncode == 2 and beside.stderr.splitlines() == lines[:1]
+    models = {m["path"]: ([e["message"] for e in m["errors"]], [(f["code"], f["layer"]) for f in m["findings"]]) for m in json.loads(beside.stdout)["models"]}
+    assert models == {str(empty): (["no .keras or .h5 files in this directory"], []), str(MODEL): ([], [("BN101", "bn2")])}
 
 
 def test_the_needs_of_a_rule_have_one_vocabulary():

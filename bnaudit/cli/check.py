@@ -24,7 +24,7 @@ from ..reporters import Report
 from ..reporters.text import summary_line
 from ..selection import Selection
 from .format_pairing import FormatOutputCommand
-from .options import FilePath, codes, emit, fail, rendering_options, report_options, statistics_options, statistics_runtime, targets
+from .options import FilePath, baseline_options, codes, emit, fail, rendering_options, report_options, statistics_options, statistics_runtime, targets
 
 
 @click.command(cls=FormatOutputCommand)
@@ -51,7 +51,7 @@ from .options import FilePath, codes, emit, fail, rendering_options, report_opti
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs.")
 @rendering_options
 @config_options
-@baselines.baseline_options
+@baseline_options
 @run_options
 def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, static, plugins, debug, templates, timestamp,
           config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose,
@@ -93,11 +93,11 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     pairs = targets(auditor, formats, outputs)
     rendering = {**report_options(templates, timestamp), "quiet": quiet, "errors_on_stderr": True}
     started = time.perf_counter()
-    files, unmatched = discover(paths)
-    _print_errors(unmatched)  # a path that names no model is no model: not counted, not in the reports
-    if not files:
+    files, results = discover(paths)
+    if not files:  # nothing to audit, as pytest and ruff stop on paths that name nothing: no report
+        _print_errors(results)
         sys.exit(ExitCode.ERROR)
-    results = audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
+    results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
     notices = [f"config: {project.name}"] if verbose else []
     if write_baseline:
         written = baselines.write(write_baseline, results, __version__)
@@ -118,7 +118,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         code = ExitCode.FINDINGS
     if (exit_zero and code == ExitCode.FINDINGS) or (write_baseline and code == ExitCode.FINDINGS):
         code = ExitCode.OK
-    sys.exit(int(ExitCode.ERROR if unmatched else code))
+    sys.exit(int(code))
 
 
 def _print_errors(results) -> None:

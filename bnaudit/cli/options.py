@@ -134,6 +134,13 @@ def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
     }
 
 
+def baseline_options(command):
+    """``--baseline``, ``--write-baseline`` and ``--fail-on-stale`` for ``bnaudit check``."""
+    command = click.option("--fail-on-stale", is_flag=True, help="Exit 1 when a --baseline entry matches no finding any more.")(command)
+    command = click.option("--write-baseline", metavar="FILE", type=FilePath(), help="Record the current findings in FILE as accepted, and exit 0 (2 on errors).")(command)
+    return click.option("--baseline", metavar="FILE", type=FilePath("give the file --write-baseline wrote"), help="Report only findings that FILE (from --write-baseline) does not hold.")(command)
+
+
 UPSTREAM_HELP = "BN layers before the measured one normalize with moving statistics (inference, default) or batch statistics (training)."
 ORDER_HELP = "Read --data in a seeded shuffled order (default, as Keras's image_dataset_from_directory) or in sorted file order."
 
