@@ -1,6 +1,6 @@
 """bnaudit: audit the BatchNormalization layers of saved Keras models.
 
-The public face for users and plugin authors: ``audit()``, ``fix()``, the ``hookimpl`` marker,
+The public face for users and plugin authors: ``audit()``, ``audit_many()``, ``fix()``, the ``hookimpl`` marker,
 and the value types rules and reporters use. Importing bnaudit never imports
 TensorFlow or Keras.
 """
@@ -11,7 +11,7 @@ import os
 
 __version__ = "0.1.0"
 
-from .api import audit
+from .api import audit, audit_many
 from .findings import ExitCode, Finding, Severity
 from .hookspecs import hookimpl
 from .reporters import Report, Reporter
@@ -27,6 +27,7 @@ __all__ = [
     "Rule",
     "Severity",
     "audit",
+    "audit_many",
     "fix",
     "hookimpl",
     "rule",

@@ -43,15 +43,6 @@ class Outcome:
     stale: list[Key] = field(default_factory=list)
 
 
-def baseline_options(command):
-    """``--baseline``, ``--write-baseline`` and ``--fail-on-stale`` for ``bnaudit check``."""
-    import click
-
-    command = click.option("--fail-on-stale", is_flag=True, help="Exit 1 when a --baseline entry matches no finding any more.")(command)
-    command = click.option("--write-baseline", metavar="FILE", help="Record the current findings in FILE as accepted, and exit 0 (2 on errors).")(command)
-    return click.option("--baseline", metavar="FILE", help="Report only findings that FILE (from --write-baseline) does not hold.")(command)
-
-
 def model_key(model: str | Path, root: Path) -> str:
     """A model's path relative to the baseline's directory, with ``/`` separators."""
     return Path(os.path.relpath(Path(model).resolve(), root)).as_posix()

@@ -161,6 +161,25 @@ class Auditor:
         result.meta["seconds"] = round(time.perf_counter() - started, 4)
         return result
 
+    def first_read(self, path: str | Path) -> AuditResult | None:
+        """Read what the static rules read (the config, every BN vector) and keep nothing.
+
+        A child process runs this under its reading limits before an audit that runs
+        the model, since a native crash or endless loop comes from reading the file.
+        Returns the result with the error when the model cannot be loaded (the audit
+        would fail the same way), else None: a vector refused is left to the rule that
+        reads it, which reports it as a plain audit does.
+        """
+        try:
+            graph = self.load(Path(path))
+        except LoadError as exc:
+            return AuditResult(str(path), errors=[ModelError(exc.message, hint=exc.hint)])
+        try:
+            read_batchnorm_vectors(graph)
+        except (LoadError, ConfigError):
+            pass
+        return None
+
     def load(self, path: Path):
         """The model's graph (weights opened lazily); :class:`LoadError` when it cannot be read."""
         if not path.is_file() and not is_savedmodel_dir(path):
@@ -272,6 +291,18 @@ class Auditor:
             return RuleOutcome(rule.code, Status.FAILED, error=error)
         return RuleOutcome(rule.code, Status.RAN)
 
+
+
+def read_batchnorm_vectors(graph) -> None:
+    """Read every BN vector of ``graph`` once, as the weights rules read them, then close
+    its weights: a vector ``check`` refuses raises :class:`LoadError` (or ``ConfigError``)."""
+    if graph.weights is None:
+        return
+    try:
+        for bn in graph.batchnorms():
+            graph.weights.bn_arrays(bn)
+    finally:
+        graph.weights.close()
 
 
 def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:

@@ -28,13 +28,14 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator, Sequence
-
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from .engine import AuditOptions, Auditor
+from .loaders import LoadError
 from .result import AuditResult, ModelError
 
 Job = tuple[Path, AuditOptions]
+T = TypeVar("T")
 
 
 def run_options(command):
@@ -48,20 +49,23 @@ def run_options(command):
     )(command)
 
 
-def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[AuditResult]:
+def audit_models(jobs: Sequence[Job], workers: int, auditor: Auditor, isolate: bool = False) -> list[AuditResult]:
     """Audit every (path, options) job; ``workers`` > 1 uses that many processes (0: one per CPU).
 
     Models are read in child processes even at ``-j 1`` (one long-lived forked worker),
-    so a native crash on a hostile file costs that model only. The one exception is a
-    process that already runs TensorFlow (a program calling bnaudit, or the test suite):
-    forking it can deadlock, and a clean child would import TensorFlow again per run, so
-    ``-j 1`` audits in-process there.
+    so a native crash on a hostile file costs that model only. The command line makes one
+    exception: in a process that already runs TensorFlow (the test suite calling the
+    command), forking can deadlock and a clean child would import TensorFlow again per
+    run, so ``-j 1`` audits in-process there. ``isolate=True`` (:func:`bnaudit.audit`'s
+    default) makes no exception: a clean 'forkserver' child reads the models there. A
+    daemonic process (a ``multiprocessing.Pool`` worker calling bnaudit) may not start
+    children at all: it audits in-process.
     """
     if not jobs:
         return []
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     debug = auditor.options.debug
-    if workers <= 1 and _start_method() != "fork":
+    if (workers <= 1 and _start_method() != "fork" and not isolate) or _daemonic():
         with native_stderr_silenced(not debug):
             return [auditor.audit(path, options) for path, options in jobs]
     return _isolated(jobs, workers, auditor)
@@ -90,7 +94,8 @@ def _isolated(jobs: Sequence[Job], workers: int, auditor: Auditor) -> list[Audit
 
 def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[AuditResult | None], dict[int, bool]]:
     """Results in job order, None where a worker died; and the jobs a dead worker was on,
-    each with whether it ran out of time (its marker is as old as the time limit).
+    each with whether it ran out of time (its marker, still empty, is as old as the time
+    limit: an audit that runs the model writes to it once its limited first read is done).
 
     A forked worker inherits ``auditor`` itself (its plugin manager, plugins registered
     in-process included, and its rules: nothing is built again); a forkserver or spawned
@@ -111,7 +116,8 @@ def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[
     threads = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="bnaudit-jobs-") as markers:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(auditor.options, threads, inherited)) as pool:
-            futures = [pool.submit(_audit_in_worker, index, path, options, markers) for index, (path, options) in enumerate(jobs)]
+            with _main_not_imported():  # the workers start as the jobs are submitted
+                futures = [pool.submit(_audit_in_worker, index, path, options, markers) for index, (path, options) in enumerate(jobs)]
             for (path, _), future in zip(jobs, futures):
                 try:
                     results.append(future.result())
@@ -120,7 +126,14 @@ def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[
                 except Exception as exc:  # a result that cannot travel back, or a bug: this model only
                     results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
         now = time.time()
-        return results, {int(name): now - os.stat(Path(markers, name)).st_mtime >= STATIC_SECONDS - 1 for name in os.listdir(markers)}
+        found = {int(name): os.stat(Path(markers, name)) for name in os.listdir(markers)}
+        return results, {index: marker.st_size == 0 and now - marker.st_mtime >= STATIC_SECONDS - 1 for index, marker in found.items()}
+
+
+def _daemonic() -> bool:
+    """True in a daemonic process (a ``multiprocessing.Pool`` worker), which may start no child."""
+    module = sys.modules.get("multiprocessing")  # never imported: no multiprocessing worker either
+    return module is not None and module.current_process().daemon
 
 
 def _start_method() -> str:
@@ -129,20 +142,51 @@ def _start_method() -> str:
     import multiprocessing
 
     methods = multiprocessing.get_all_start_methods()
-    if "tensorflow" not in sys.modules and "fork" in methods:
+    if sys.modules.get("tensorflow") is None and "fork" in methods:  # None: marked not importable
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+@contextlib.contextmanager
+def _main_not_imported() -> Iterator[None]:
+    """Start 'forkserver' and 'spawn' children here without them importing the caller's script.
+
+    multiprocessing tells such a child to import the ``__main__`` script it was started
+    from (as ``__mp_main__``), which runs the whole script again unless it is guarded by
+    ``if __name__ == "__main__"``; a program calling :func:`bnaudit.audit` owes bnaudit no
+    such guard, and bnaudit's children need nothing from the script. A ``__main__`` whose
+    spec is named ``__main__`` is one multiprocessing skips, so the script's spec reads
+    so while children start. Forked children are copies and import nothing: untouched.
+    """
+    import importlib.machinery
+
+    main = sys.modules.get("__main__")
+    if main is None or _start_method() == "fork":
+        yield
+        return
+    spec = getattr(main, "__spec__", None)
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+
+
 def _died(path: Path, hung: bool = False) -> AuditResult:
+    return AuditResult(str(path), errors=[ModelError(_died_message(hung), hint="run with -j 1 --debug to see why")])
+
+
+def _died_message(hung: bool) -> str:
+    """What a model gets when the child process reading it was stopped (``hung``) or died."""
     if hung:
-        message = f"reading this model did not finish in {STATIC_SECONDS} s (an endless loop in a native library); the process was stopped"
-    else:
-        message = "the process auditing this model died (a crash in a native library)"
-    return AuditResult(str(path), errors=[ModelError(message, hint="run with -j 1 --debug to see why")])
+        return f"reading this model did not finish in {STATIC_SECONDS} s (an endless loop in a native library); the process was stopped"
+    return "the process auditing this model died (a crash in a native library)"
 
 
 _worker: dict[str, Auditor] = {}
+
+#: True in a child process bnaudit started to read models: :func:`reading_limits` applies there only.
+_in_child = False
 
 
 #: Seconds a static-only audit of one model may take in a worker (``BNAUDIT_STATIC_SECONDS``);
@@ -152,6 +196,33 @@ STATIC_SECONDS = int(os.environ.get("BNAUDIT_STATIC_SECONDS", "") or 120)
 #: Address space a static-only audit may add to a worker: configs are capped at 16 MiB and
 #: BN vectors at what the file stores, so a legitimate audit stays far below this.
 STATIC_MEMORY_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def reading_limits(path: str | Path) -> Iterator[None]:
+    """Bound the reading of a model file, in a child process bnaudit started; elsewhere nothing.
+
+    An alarm whose default action ends the process after :data:`STATIC_SECONDS`: an
+    endless loop inside libhdf5 (a corrupt attribute can cause one) never returns to
+    Python, so only the process's end stops it. An address-space ceiling
+    (:data:`STATIC_MEMORY_BYTES` more than now): a corrupt variable-length string can make
+    libhdf5 allocate gigabytes before it checks anything; under the ceiling that
+    allocation fails and the read is one clean error. In the caller's own process the
+    alarm would end the caller, so neither applies there. ``path`` is the model read:
+    a SavedModel directory gets the alarm only, since its variables are read with
+    TensorFlow's checkpoint reader, whose import alone reserves gigabytes of address
+    space (the loader checks each tensor's declared size in the index before reading).
+    """
+    if not _in_child:
+        yield
+        return
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(STATIC_SECONDS)
+    try:
+        with _memory_ceiling(None if Path(path).is_dir() else STATIC_MEMORY_BYTES):
+            yield
+    finally:
+        signal.alarm(0)
 
 
 @contextlib.contextmanager
@@ -185,6 +256,8 @@ THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM
 
 def _start_worker(options: AuditOptions, threads: int, inherited: bool) -> None:
     """The worker's one :class:`Auditor`: inherited through fork, else built once here."""
+    global _in_child
+    _in_child = True
     for variable in THREAD_VARIABLES:  # before TensorFlow is imported; the user's choice wins
         os.environ.setdefault(variable, str(threads))
     if not options.debug:
@@ -196,31 +269,77 @@ def _start_worker(options: AuditOptions, threads: int, inherited: bool) -> None:
 def _audit_in_worker(index: int, path: Path, options: AuditOptions, markers: str) -> AuditResult:
     """Audit one model, with a marker file naming it while it is being audited.
 
-    A static-only audit runs under an alarm whose default action ends the process: an
-    endless loop inside libhdf5 (a corrupt attribute can cause one) never returns to
-    Python, so only the process's end stops it; the model then counts as hung. It also
-    runs under an address-space ceiling: a corrupt variable-length string can make
-    libhdf5 allocate gigabytes before it checks anything, and with the ceiling that
-    allocation fails and the read is one clean error. Audits that run the model
-    (``--data``, ``--inference``) may legitimately take hours and gigabytes: neither.
-    Nor the ceiling for a SavedModel directory: its variables are read with
-    TensorFlow's checkpoint reader, whose import alone reserves gigabytes of address
-    space (the loader checks each tensor's declared size in the index before reading).
+    A static-only audit runs whole under :func:`reading_limits`; if they stop it, the
+    model counts as hung. An audit that runs the model (``--data``, ``--inference``) may
+    legitimately take hours and gigabytes: only its first read of the file (the config,
+    every BN vector: where a hostile file crashes or hangs a native library) runs under
+    them; then the marker says so, and the audit runs unbounded.
     """
     marker = Path(markers, str(index))
     marker.touch()
-    static = not (options.data or options.inference or options.runtime.statistics.stats)
-    if static:
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(STATIC_SECONDS)
-    try:
-        with _memory_ceiling(STATIC_MEMORY_BYTES if static and not path.is_dir() else None):
-            result = _worker["auditor"].audit(path, options)
-    finally:
-        if static:
-            signal.alarm(0)
+    auditor = _worker["auditor"]
+    if not (options.data or options.inference or options.runtime.statistics.stats):
+        with reading_limits(path):
+            result = auditor.audit(path, options)
+    else:
+        with reading_limits(path):
+            unreadable = auditor.first_read(path)
+        marker.write_text("read")
+        result = unreadable or auditor.audit(path, options)
     marker.unlink()
     return result
+
+
+class ChildDied(LoadError):
+    """The child process running a command's work on a model died or was stopped."""
+
+
+def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function(*args, **kwargs)`` run in a forked child process: its value, or its exception raised here.
+
+    For a command's work on one model file (``bnaudit fix``): a native crash or endless
+    loop while reading the file costs the child, and this process says so in one line.
+    The function's own reading runs under :func:`reading_limits` there. Its value and
+    exception must pickle. As :func:`audit_models` at ``-j 1``, a process that already
+    runs TensorFlow (the test suite calling the command) cannot fork safely, and a
+    daemonic one may not start children: the call runs here. Raises :class:`ChildDied` (a :class:`~bnaudit.loaders.LoadError`) when
+    the child ended without an answer.
+    """
+    import multiprocessing
+
+    if _start_method() != "fork" or _daemonic():
+        return function(*args, **kwargs)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_answer, args=(send, function, args, kwargs))  # not daemonic: the proof starts its own
+    child.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:  # it died before answering
+        child.join()
+        raise ChildDied(_died_message(child.exitcode == -signal.SIGALRM), "run with --debug to see why") from None
+    finally:
+        receive.close()
+    child.join()
+    if ok:
+        return value
+    raise value
+
+
+def _answer(send: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """In the child: run ``function`` and send back (True, value) or (False, exception)."""
+    global _in_child
+    _in_child = True
+    try:
+        answer = (True, function(*args, **kwargs))
+    except Exception as exc:
+        answer = (False, exc)
+    try:
+        send.send(answer)
+    except Exception as exc:  # an answer that does not pickle: its text still travels
+        send.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    send.close()
 
 
 def _point_stderr_at_devnull() -> int:

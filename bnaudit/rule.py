@@ -75,8 +75,15 @@ class Rule:
     settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
+    def needs_label(self) -> str:
+        """What the rule needs, as ``bnaudit rules`` and the README's catalog show it: the
+        ``needs`` names joined by "+", without "graph" where there is more (every rule
+        reads the graph): ``graph``, ``weights``, ``data+weights``, ``runtime``."""
+        return "+".join(sorted(self.needs - {"graph"})) or "graph"
+
+    @property
     def static(self) -> bool:
-        """True when the rule reads only the saved architecture and weights (no TensorFlow)."""
+        """True when the rule reads only the saved graph and weights (no TensorFlow)."""
         return self.needs <= STATIC_NEEDS
 
     def __post_init__(self) -> None:

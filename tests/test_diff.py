@@ -209,7 +209,7 @@ def test_html_sarif_and_junit_like_check(checkpoints, tmp_path):
     [
         ("base.keras", "unrelated.keras", "bnaudit: error: BN 'bn_a' has 4 channels in BASE, its counterpart 'bn_a' 7 in TUNED (paired by path) (the models are not two checkpoints of one architecture)"),
         ("base.keras", "no_bn.keras", "bnaudit: error: TUNED has no BatchNormalization layer: nothing to compare (give two checkpoints of a model with BN layers)"),
-        ("garbage.keras", "base.keras", "bnaudit: error: BASE {dir}/garbage.keras: not a readable .keras file (File is not a zip file) (the file is truncated or not a Keras zip; save it again with model.save('x.keras'))"),
+        ("garbage.keras", "base.keras", "bnaudit: error: BASE {dir}/garbage.keras: not a readable .keras file (File is not a zip file) (the file is truncated or not a Keras zip; save it again with model.save('garbage.keras'))"),
         ("base.keras", "missing.keras", "bnaudit: error: TUNED {dir}/missing.keras: no such file (check the path)"),
     ],
 )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLES, run_bnaudit
+from conftest import ROOT, SAMPLES, invoke, run_bnaudit
 
 MODEL = SAMPLES / "dropout_before_bn.keras"
 
@@ -211,3 +211,83 @@ def test_report_infers_the_format_of_its_outputs_too(tmp_path):
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
     assert (tmp_path / "junit.xml").read_text().startswith("<?xml")
+
+
+# -- paths that name a directory where a file is wanted, or no model at all --------------
+
+OUTPUT_DIRECTORY_CASES = [
+    (["check", MODEL, "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
+    (["check", MODEL, "--format", "sarif", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
+    (["check", MODEL, "--write-baseline", "{d}"], "--write-baseline {d}: is a directory (give a file name)"),
+    (["check", MODEL, "--baseline", "{d}"], "--baseline {d}: is a directory (give the file --write-baseline wrote)"),
+    (["check", MODEL, "--stats", "{d}"], "--stats {d}: is a directory (give the .npz file written by `bnaudit merge`)"),
+    (["report", "results.json", "--format", "html", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
+    (["stats", MODEL, "--data", "data.npy", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
+    (["stats", "{d}", "--data", "data.npy"], "{d}: is a directory (give a model file: .keras or .h5)"),
+    (["merge", "part.npz", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
+    (["merge", "{d}", "-o", "merged.npz"], "{d}: is a directory (give the .npz files written by `bnaudit stats --shard K/N -o PART`)"),
+    (["fix", MODEL, "--absorb-bias", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
+    (["fix", MODEL, "--absorb-bias", "-o", "fixed.keras", "--report", "{d}"], "--report {d}: is a directory (give a file name)"),
+    (["fix", MODEL, "--recalibrate", "--stats", "{d}", "-o", "fixed.keras"], "--stats {d}: is a directory (give the .npz file written by `bnaudit merge`)"),
+    (["fix", "{d}", "--absorb-bias", "-o", "fixed.keras"], "{d}: is a directory (give a model file: .keras or .h5)"),
+]
+
+
+@pytest.mark.parametrize("args, expected", OUTPUT_DIRECTORY_CASES, ids=[" ".join(map(str, a[:1] + a[2:])) for a, _ in OUTPUT_DIRECTORY_CASES])
+def test_a_directory_where_a_file_is_wanted_is_one_line(tmp_path, args, expected):
+    """click's own ``dir_okay=False`` check printed its usage block; every command that
+    takes a file (-o, --report, --write-baseline, --baseline, --stats, a model, parts) says it in one line."""
+    directory = tmp_path / "out"
+    directory.mkdir()
+    run = invoke(*[str(a).format(d=directory) for a in args], cwd=tmp_path)
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", f"bnaudit: error: {expected.format(d=directory)}\n")
+    assert list(directory.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written
+
+
+def test_paths_that_name_no_model_alone_are_one_line_each_and_no_report(tmp_path):
+    """An empty directory is what a missing path is: one line, exit 2. With nothing else to
+    audit, that is all (no "1 model, 0 findings, 1 unreadable" summary, as pytest and ruff
+    stop); beside real models it is listed as unreadable and the models are still audited."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    lines = [
+        f"bnaudit: error: {empty}: no .keras, .h5 or .onnx files or SavedModel directories in this directory (pass model files or a directory holding them)",
+        f"bnaudit: error: {tmp_path / 'missing.keras'}: no such file or directory (check the path)",
+    ]
+    for args in ([empty], [tmp_path / "missing.keras"], [empty, tmp_path / "missing.keras"]):
+        run = invoke("check", *args, "--format", "json")
+        assert (run.returncode, run.stdout, run.stderr.splitlines()) == (2, "", [line for line in lines if any(f"{a}:" in line for a in args)])
+    beside = invoke("check", empty, MODEL, "--format", "json")
+    assert beside.returncode == 2 and beside.stderr.splitlines() == lines[:1]
+    models = {m["path"]: ([e["message"] for e in m["errors"]], [(f["code"], f["layer"]) for f in m["findings"]]) for m in json.loads(beside.stdout)["models"]}
+    assert models == {str(empty): (["no .keras, .h5 or .onnx files or SavedModel directories in this directory"], []), str(MODEL): ([], [("BN101", "bn2")])}
+
+
+def test_the_needs_of_a_rule_have_one_vocabulary():
+    """`bnaudit rules`, a rule's page, the README's catalog and the plugin guide name what a
+    rule reads alike: graph, weights, optimizer, base, data, runtime (graph left out where there is more)."""
+    import re
+
+    from bnaudit.plugins import collect_rules, make_plugin_manager
+
+    rules = collect_rules(make_plugin_manager())
+    listed = {line.split()[0]: line.split()[3] for line in invoke("rules").stdout.splitlines()}
+    assert listed == {code: rule.needs_label for code, rule in rules.items()}
+    assert set(listed.values()) == {"graph", "weights", "optimizer+weights", "base+weights", "data+weights", "data+runtime", "runtime"}
+    assert "Default severity: warning. Needs: data+weights.\n" in invoke("rules", "BN301").stdout
+    readme = (ROOT / "README.md").read_text()
+    table = dict(re.findall(r"^\| (BN\d{3}) \| [a-z0-9-]+ \| \w+ \| ([^|]+?) \|", readme, re.M))
+    assert table == listed
+    plugins_guide = (ROOT / "docs" / "plugins.md").read_text()
+    assert all(f'`"{name}"`' in plugins_guide for name in ("graph", "weights", "optimizer", "base", "data", "runtime"))
+
+
+@pytest.mark.parametrize("name, data, hint", [
+    ("m.keras", b"PK\x03\x04 not a zip", "save it again with model.save('m.keras')"),
+    ("resnet.h5", b"\x89HDF\r\n\x1a\n truncated", "save the model again with model.save('resnet.h5')"),
+    ("net.hdf5", b"\x89HDF\r\n\x1a\n truncated", "save the model again with model.save('net.hdf5')"),
+])
+def test_the_hint_for_a_broken_file_names_the_file(tmp_path, name, data, hint):
+    (tmp_path / name).write_bytes(data)
+    run = invoke("check", tmp_path / name)
+    assert run.returncode == 2 and run.stderr.endswith(f"; {hint})\n"), run.stderr

@@ -265,7 +265,7 @@ def test_data_and_runtime_rules_reach_a_wrapped_batchnorm(keras2_runtime_models)
     from bnaudit import audit as run_audit
 
     paths = keras2_runtime_models
-    result = run_audit(paths["wrapped"], data=str(paths["wrapped_data"]))
+    result = run_audit(paths["wrapped"], data=str(paths["wrapped_data"]), in_process=True)
     assert result.errors == []
     assert list(result.measurements["statistics"]["layers"]) == ["td_bn/bn"]
     assert result.measurements["inference"]["device_table"] is not None
@@ -505,7 +505,7 @@ def overflowed_model(tmp_path_factory):
 
 @pytest.mark.slow
 def test_layer_with_non_finite_statistics_is_not_measured(overflowed_model):
-    result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN2", "BN3"))
+    result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN2", "BN3"), in_process=True)
     assert result.errors == []
     got = findings(result)
     assert ("BN201", "bn_broken") in got
@@ -524,14 +524,14 @@ def test_bn302_says_why_it_could_not_judge(overflowed_model, data, batch_size):
     options = {"batch_size": batch_size} if batch_size else {}
     cka_reason = "linear CKA needs batches of at least 4 samples"
     # A 3-class output still gives top-1 agreement: judged on that, and the result says CKA was not.
-    result = audit(overflowed_model / "healthy.keras", data=str(overflowed_model / data), select=("BN302",), **options)
+    result = audit(overflowed_model / "healthy.keras", data=str(overflowed_model / data), select=("BN302",), **options, in_process=True)
     assert result.errors == []
     measured = result.measurements["train_inference"]
     assert measured["cka"] is None and measured["top1_agreement"] is not None
     assert len(measured["not_judged"]) == 1 and measured["not_judged"][0].startswith(cka_reason)
     assert [s for s in result.skipped if s.code == "BN302"] == []
     # A regressor has no class axis either: BN302 is listed as skipped, with both reasons.
-    result = audit(overflowed_model / "regressor.keras", data=str(overflowed_model / data), select=("BN302",), **options)
+    result = audit(overflowed_model / "regressor.keras", data=str(overflowed_model / data), select=("BN302",), **options, in_process=True)
     assert result.errors == [] and result.findings == []
     (skipped,) = [s for s in result.skipped if s.code == "BN302"]
     assert cka_reason in skipped.reason and "class axis" in skipped.reason
@@ -539,7 +539,7 @@ def test_bn302_says_why_it_could_not_judge(overflowed_model, data, batch_size):
 
 @pytest.mark.slow
 def test_bn302_leaves_out_non_finite_outputs(overflowed_model):
-    result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN302",))
+    result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN302",), in_process=True)
     assert result.errors == [] and result.findings == []
     measured = result.measurements["train_inference"]
     assert measured["cka"] is None and measured["top1_agreement"] is None
@@ -609,14 +609,14 @@ def class_folders(tmp_path_factory):
 def test_bn302_verdict_does_not_depend_on_folder_order(class_folders):
     verdicts = {}
     for name in ("by_class", "flat"):
-        result = audit(class_folders / "classifier.keras", data=str(class_folders / name), select=("BN302",))
+        result = audit(class_folders / "classifier.keras", data=str(class_folders / name), select=("BN302",), in_process=True)
         assert result.errors == [], result.errors
         assert result.measurements["statistics"]["order"] == "shuffled (seed 0)"
         assert result.measurements["statistics"]["samples"] == 96  # every PNG and grey BMP decoded
         verdicts[name] = findings(result)
     assert verdicts == {"by_class": set(), "flat": set()}
     # Read one class per batch, the same images make training-mode BN describe a class, not the data.
-    result = audit(class_folders / "classifier.keras", data=str(class_folders / "by_class"), select=("BN302",), data_order="sorted")
+    result = audit(class_folders / "classifier.keras", data=str(class_folders / "by_class"), select=("BN302",), data_order="sorted", in_process=True)
     assert result.measurements["statistics"]["order"] == "sorted (file order)"
     assert findings(result) == {("BN302", "")}
 

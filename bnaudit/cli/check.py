@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from typing import Any
 
@@ -14,13 +15,13 @@ from .. import baseline as baselines
 from ..arguments import MODULE_ATTRIBUTE, module_problem
 from ..config import config_options, given_on_command_line, load as load_config
 from ..engine import AuditOptions, Auditor, discover
-from ..findings import Severity
+from ..findings import ExitCode, Severity
 from ..options import OptionsError, runtime_options
 from ..parallel import audit_models, run_options
 from ..plugins import PluginError
 from ..selection import Selection
 from .format_pairing import FormatOutputCommand
-from .options import codes, conclude, fail, gate_options, rendering_options, report_options, statistics_options, statistics_runtime, targets
+from .options import baseline_options, codes, conclude, fail, gate_options, print_errors, rendering_options, report_options, statistics_options, statistics_runtime, targets
 
 
 @click.command(cls=FormatOutputCommand)
@@ -28,7 +29,7 @@ from .options import codes, conclude, fail, gate_options, rendering_options, rep
 @gate_options
 @click.option("--data", type=click.Path(), help="Data for the statistics rules (BN3xx): .npy, .npz, an image directory or module:function.")
 @click.option("--inference", is_flag=True, help="Re-run inference on seeded synthetic inputs (BN4xx) even without --data.")
-@click.option("--static", is_flag=True, help="Run exactly the static rules (architecture, weights; no TensorFlow), whatever the config says.")
+@click.option("--static", is_flag=True, help="Run exactly the static rules (needs: graph, weights, optimizer; no TensorFlow), whatever the config says.")
 @statistics_options
 @click.option("--devices", help="Devices the BN4xx re-runs compare with the first CPU, e.g. CPU:1,GPU:0 (default: all).")
 @click.option("--reference", type=click.Choice(["cpu", "float64"]), default="cpu", show_default=True, help="BN401 compares every device with the first CPU, or with a float64 run on it.")
@@ -41,7 +42,7 @@ from .options import codes, conclude, fail, gate_options, rendering_options, rep
 @click.option("--debug", is_flag=True, help="Show tracebacks and TensorFlow's logs.")
 @rendering_options
 @config_options
-@baselines.baseline_options
+@baseline_options
 @run_options
 def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, data, inference, static, plugins, debug, templates, timestamp,
           config_file, isolated, baseline, write_baseline, fail_on_stale, jobs, quiet, verbose,
@@ -84,6 +85,9 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     rendering = {**report_options(templates, timestamp), "quiet": quiet}
     started = time.perf_counter()
     files, results = discover(paths)
+    if not files:  # nothing to audit, as pytest and ruff stop on paths that name nothing: no report
+        print_errors(results)
+        sys.exit(int(ExitCode.ERROR))
     results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
     notices = [f"config: {project.name}"] if verbose else []
     if write_baseline:
@@ -99,6 +103,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         stale_fails=bool(outcome and fail_on_stale and outcome.stale),
         started=started if verbose else None,
     )
+
 
 
 def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> dict[str, Any]:

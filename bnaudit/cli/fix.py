@@ -16,7 +16,7 @@ from ..fixes import FIXES
 from ..graph import ConfigError
 from ..loaders import LoadError
 from ..output import write_atomic
-from .options import fail
+from .options import MODEL_HINT, STATS_HINT, FilePath, fail
 
 
 def _fix_flags(command):
@@ -34,18 +34,18 @@ def _all_help() -> str:
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
+@click.argument("model", type=FilePath(MODEL_HINT))
+@click.option("-o", "--output", required=True, type=FilePath(), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
 @_fix_flags
 @click.option("--all", "all_fixes", is_flag=True, help=_all_help())
 @click.option("--data", type=click.Path(), help="Data for --recalibrate and for the proof: .npy, .npz, an image directory or module:function.")
-@click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
+@click.option("--stats", "stats_file", type=FilePath(STATS_HINT), help="Recalibrate from statistics merged by `bnaudit merge` (measured with --upstream training).")
 @click.option("--recalibrate-method", type=click.Choice(["one-pass", "per-level"]), default="one-pass", show_default=True, help="one-pass: upstream BNs on batch statistics; per-level: one pass per BN depth level, upstream BNs already recalibrated (exact, slower).")
 @click.option("--verify-data", "verify_data", type=click.Path(), metavar="HELDOUT", help="Held-out data: BN301 drift, BN302 agreement and the output change, before and after --recalibrate (reported, not judged).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of the statistics pass (default 32).")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Format of the change list.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write the change list to FILE instead of stdout.")
+@click.option("--report", "report_file", type=FilePath(), help="Write the change list to FILE instead of stdout.")
 @click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
 @click.option("--unsafe-load", is_flag=True, help="Let the proof and recalibration load models with Lambda or custom layers (executes their code).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -53,11 +53,12 @@ def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_d
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
     from ..fixes.report import render
-    from ..parallel import native_stderr_silenced
+    from ..parallel import call_in_child, native_stderr_silenced
 
-    try:
+    try:  # in a child process: a model that crashes or hangs libhdf5 costs the child, not this one
         with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
-            report = run_fix(
+            report = call_in_child(
+                run_fix,
                 model, output, all_fixes=all_fixes, data=data, stats=stats_file, recalibrate_method=recalibrate_method, batch_size=batch_size,
                 max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load, **chosen,
             )

@@ -35,6 +35,32 @@ def fail(message: str) -> None:
     sys.exit(ExitCode.ERROR)
 
 
+class FilePath(click.ParamType):
+    """A path that must name a file, not a directory: one line and exit 2 when it is a
+    directory (``click.Path(dir_okay=False)`` answers with its multi-line usage block).
+
+    ``hint`` says what to give instead; an option's message starts with its name
+    (``-o out: is a directory (give a file name)``), an argument's with the path alone.
+    """
+
+    name = "file"
+
+    def __init__(self, hint: str = "give a file name") -> None:
+        self.hint = hint
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is not None and os.path.isdir(value):
+            label = f"{param.opts[0]} " if isinstance(param, click.Option) else ""
+            fail(f"{label}{value}: is a directory ({self.hint})")
+        return value
+
+
+#: What to give instead of a directory, per kind of input file.
+MODEL_HINT = "give a model file: .keras or .h5"
+STATS_HINT = "give the .npz file written by `bnaudit merge`"
+PARTS_HINT = "give the .npz files written by `bnaudit stats --shard K/N -o PART`"
+
+
 def codes(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--select BN1,BN2 --select BN5`` -> ("BN1", "BN2", "BN5")."""
     return tuple(code.strip().upper() for value in values for code in value.split(",") if code.strip())
@@ -101,7 +127,7 @@ def gate_options(command: Callable) -> Callable:
             click.option("--fail-on", type=click.Choice(["info", "warning", "error"]), default="error", show_default=True, help="Lowest severity that makes the exit code 1."),
             click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2)."),
             click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`."),
-            click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format)."),
+            click.option("-o", "--output", "outputs", multiple=True, type=FilePath(), help="Write the output to FILE (repeatable, one per --format)."),
         ]
     ):
         command = decorator(command)
@@ -121,11 +147,7 @@ def conclude(auditor: Auditor, results, options: AuditOptions, pairs, rendering:
     from ..parallel import timing_lines
     from ..reporters.text import summary_line
 
-    for result in results:
-        for error in result.errors:
-            where = f" [{error.where}]" if error.rules else ""
-            hint = f" ({error.hint})" if error.hint else ""
-            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
+    print_errors(results)
     emit(auditor, results, options, pairs, {**rendering, "errors_on_stderr": True})
     notices = list(notices or [])
     if all(output is not None for _, output in pairs):  # every report in a file: the verdict still shows
@@ -140,6 +162,15 @@ def conclude(auditor: Auditor, results, options: AuditOptions, pairs, rendering:
     if exit_zero and code == ExitCode.FINDINGS:
         code = ExitCode.OK
     sys.exit(int(code))
+
+
+def print_errors(results) -> None:
+    """One line on stderr per error: ``bnaudit: error: PATH [RULES]: what is wrong (what to do)``."""
+    for result in results:
+        for error in result.errors:
+            where = f" [{error.where}]" if error.rules else ""
+            hint = f" ({error.hint})" if error.hint else ""
+            click.echo(printable(f"bnaudit: error: {result.path}{where}: {error.message}{hint}"), err=True)
 
 
 def rendering_options(command: Callable) -> Callable:
@@ -162,6 +193,13 @@ def report_options(templates: str | None, timestamp: bool) -> dict[str, Any]:
     }
 
 
+def baseline_options(command):
+    """``--baseline``, ``--write-baseline`` and ``--fail-on-stale`` for ``bnaudit check``."""
+    command = click.option("--fail-on-stale", is_flag=True, help="Exit 1 when a --baseline entry matches no finding any more.")(command)
+    command = click.option("--write-baseline", metavar="FILE", type=FilePath(), help="Record the current findings in FILE as accepted, and exit 0 (2 on errors).")(command)
+    return click.option("--baseline", metavar="FILE", type=FilePath("give the file --write-baseline wrote"), help="Report only findings that FILE (from --write-baseline) does not hold.")(command)
+
+
 UPSTREAM_HELP = "BN layers before the measured one normalize with moving statistics (inference, default) or batch statistics (training)."
 ORDER_HELP = "Read --data in a seeded shuffled order (default, as Keras's image_dataset_from_directory) or in sorted file order."
 
@@ -180,7 +218,7 @@ def statistics_options(command: Callable) -> Callable:
             click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data."),
             click.option("--upstream", type=click.Choice(["inference", "training"]), default="inference", show_default=True, help=UPSTREAM_HELP),
             click.option("--per-channel", is_flag=True, help="Add per-channel arrays to the statistics in the JSON output."),
-            click.option("--stats", "stats_file", type=click.Path(dir_okay=False), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
+            click.option("--stats", "stats_file", type=FilePath(STATS_HINT), help="Audit from statistics merged by `bnaudit merge` instead of --data."),
             click.option("--data-order", type=click.Choice(["shuffled", "sorted"]), default="shuffled", show_default=True, expose_value=False, callback=_remember, help=ORDER_HELP),
             click.option("--data-seed", type=int, default=0, show_default=True, expose_value=False, callback=_remember, help="Seed of the shuffled --data order."),
         ]

@@ -17,13 +17,13 @@ import click
 
 from ..findings import Severity
 from .format_pairing import FormatOutputCommand
-from .options import emit, fail, rendering_options, report_options, targets
+from .options import FilePath, emit, fail, rendering_options, report_options, targets
 
 
 @click.command(cls=FormatOutputCommand)
 @click.argument("documents", nargs=-1, required=True)
 @click.option("--format", "formats", multiple=True, help="Output format (repeatable; an -o right after it takes its output). See `bnaudit formats`.")
-@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False), help="Write the output to FILE (repeatable, one per --format).")
+@click.option("-o", "--output", "outputs", multiple=True, type=FilePath(), help="Write the output to FILE (repeatable, one per --format).")
 @rendering_options
 @click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (for its rules' docs and its formats).")
 def report(documents, formats, outputs, templates, timestamp, plugins) -> None:

@@ -16,14 +16,13 @@ def rules(code: str | None, plugins: tuple[str, ...]) -> None:
     all_rules = _rules(plugins)
     if code is None:
         for rule in all_rules.values():
-            needs = "+".join(sorted(rule.needs - {"graph"})) or "graph"
-            click.echo(f"{rule.code}  {rule.name:<36} {rule.severity.label:<8} {needs:<14} {rule.summary}")
+            click.echo(f"{rule.code}  {rule.name:<36} {rule.severity.label:<8} {rule.needs_label:<14} {rule.summary}")
         return
     found = all_rules.get(code.upper()) or next((r for r in all_rules.values() if r.name == code), None)
     if found is None:
         fail(f"no rule {code!r}; `bnaudit rules` lists them")
     click.echo(f"# {found.code} {found.name}\n")
-    click.echo(f"Default severity: {found.severity.label}. Needs: {', '.join(sorted(found.needs))}.\n")
+    click.echo(f"Default severity: {found.severity.label}. Needs: {found.needs_label}.\n")
     if found.settings:
         thresholds = ", ".join(f"{key} = {value!r}" for key, value in found.settings.items())
         click.echo(f"Thresholds ([tool.bnaudit.{found.code.lower()}] in the config): {thresholds}.\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,16 +21,16 @@ import click
 from ..findings import ExitCode
 from ..loaders import LoadError
 from ..printable import printable
-from .options import fail, statistics_options, statistics_runtime
+from .options import MODEL_HINT, PARTS_HINT, FilePath, fail, statistics_options, statistics_runtime
 
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=FilePath(MODEL_HINT))
 @click.option("--data", type=click.Path(), help="Data to measure: .npy, .npz, an image directory or package.module:function.")
 @statistics_options
 @click.option("--shard", metavar="K/N", help="Measure only shard K of N (batches K, K+N, ...) and write its partial moments with -o.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the measured moments to FILE (.npz) for `bnaudit merge` / --stats.")
+@click.option("-o", "--output", type=FilePath(), help="Write the measured moments to FILE (.npz) for `bnaudit merge` / --stats.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="How to print the per-layer table.")
 @click.option("--unsafe-load", is_flag=True, help="Load models with Lambda or custom layers (executes their code: trusted models only).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -38,7 +39,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     from ..config import ConfigError, given_on_command_line, load as load_config
     from ..engine import AuditOptions, Auditor
     from ..options import runtime_options
-    from ..parallel import native_stderr_silenced
+    from ..parallel import audit_models
     from ..plugins import PluginError
     from ..selection import Selection
 
@@ -66,8 +67,9 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
         fail(str(exc))
     if not options.data and not stats_file:
         fail("stats needs --data DATA (or --stats FILE from `bnaudit merge`)")
-    with native_stderr_silenced(not debug):  # TensorFlow's start-up chatter; progress has its own line
-        result = auditor.audit(model)
+    # Read in a child process, as `check` reads: a model that crashes or hangs libhdf5 costs
+    # the child; TensorFlow's start-up chatter stays there, progress has its own line.
+    [result] = audit_models([(Path(model), options)], 1, auditor)
     for error in result.errors:
         hint = f" ({error.hint})" if error.hint else ""
         click.echo(printable(f"bnaudit: error: {model}: {error.message}{hint}"), err=True)
@@ -113,8 +115,8 @@ def _fmt(value: float | None) -> str:
 
 
 @click.command()
-@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the merged statistics (.npz).")
+@click.argument("parts", nargs=-1, required=True, type=FilePath(PARTS_HINT))
+@click.option("-o", "--output", required=True, type=FilePath(), help="Where to write the merged statistics (.npz).")
 def merge(parts: tuple[str, ...], output: str) -> None:
     """Merge partial moments written by `bnaudit stats --shard K/N -o PART` into one statistics file."""
     from ..analysis import statistics_file

@@ -20,8 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..engine import Auditor
+from ..engine import Auditor, read_batchnorm_vectors
 from ..loaders import LoadError
+from ..parallel import reading_limits
 from . import absorb, fold, heldout, recalibrate, unbake
 from .changes import FixReport
 from .copy import FixError, ModelCopy
@@ -112,13 +113,9 @@ def fix(
     if recalibrate_method != "one-pass" and stats:
         raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
     _check_paths(path, out)
-    graph = Auditor().load(path)
-    if graph.weights is not None:
-        try:  # every BN vector read as `check` reads it: a file check refuses is refused here
-            for bn in graph.batchnorms():
-                graph.weights.bn_arrays(bn)
-        finally:
-            graph.weights.close()
+    with reading_limits(path):  # bounded in the child process of `bnaudit fix`
+        graph = Auditor().load(path)
+        read_batchnorm_vectors(graph)  # a file `check` refuses is refused here
     options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed, "method": recalibrate_method}
     report = FixReport(path=str(path), output=str(out), format=graph.format, fixes=[f.name for f in wanted])
     if verify_data:

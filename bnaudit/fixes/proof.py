@@ -48,7 +48,9 @@ def prove(original: Path, copy: Path, graph, applied: list[str], static_codes: l
     codes = static_codes + (runtime_codes if have_tf else [])
     if codes:
         runtime = {k: options[k] for k in ("batch_size", "max_samples", "unsafe_load") if options.get(k)}
-        result = audit(copy, select=codes, data=options.get("data") if "BN301" in codes else None, inference="BN402" in codes, **runtime)
+        # The copy is bnaudit's own output, from a file already read under the limits: read
+        # here, where TensorFlow may already run, not in a child that would import it again.
+        result = audit(copy, select=codes, data=options.get("data") if "BN301" in codes else None, inference="BN402" in codes, in_process=True, **runtime)
         proof.checked_codes = [code for code in codes if code in result.rules_run]
         proof.remaining = [{"code": f.code, "layer": f.layer, "message": f.message} for f in result.findings]
         for error in result.errors:

@@ -36,6 +36,17 @@ class LoadError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self):  # the hint travels too, from a child process
+        return type(self), (self.message, self.hint)
+
+
+def save_call(path: Path, kind: str) -> str:
+    """The ``model.save(...)`` call that writes ``path`` again, for a hint: the file's own
+    name where Keras saves that suffix as ``kind`` ("zip" or "hdf5"), else its stem with
+    the suffix Keras gives that kind (``weights.bin`` -> ``model.save('weights.keras')``)."""
+    name = path.name if KERAS_SUFFIXES.get(path.suffix.lower()) == kind else path.stem + (".keras" if kind == "zip" else ".h5")
+    return f"model.save({name!r})"
+
 
 #: A directory holding one of these is a TensorFlow SavedModel (tf-keras adds the last).
 SAVEDMODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")

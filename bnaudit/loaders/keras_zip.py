@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
-from . import MAX_CONFIG_BYTES, ZIP_MAGIC, LoadError, claims, graph_from_json, refuse_polyglot
+from . import MAX_CONFIG_BYTES, ZIP_MAGIC, LoadError, claims, graph_from_json, refuse_polyglot, save_call
 
 
 @hookimpl
@@ -22,14 +22,14 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise LoadError(
             f"not a readable .keras file ({exc})",
-            "the file is truncated or not a Keras zip; save it again with model.save('x.keras')",
+            f"the file is truncated or not a Keras zip; save it again with {save_call(path, 'zip')}",
         ) from None
     with archive:
         members = {info.filename: info for info in archive.infolist()}
         if "config.json" not in members:
             raise LoadError(
                 "the .keras file has no config.json",
-                "it is not a complete Keras 3 model; save it again with model.save('x.keras')",
+                f"it is not a complete Keras 3 model; save it again with {save_call(path, 'zip')}",
             )
         graph = graph_from_json(_read_member(archive, members["config.json"]), "config.json")
         metadata = _metadata(archive, members.get("metadata.json"))
