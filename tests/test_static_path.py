@@ -62,6 +62,8 @@ ON_DEMAND = (
     "bnaudit.reporters.views",
     "jinja2",
     "markupsafe",
+    # Only when a distribution declares the entry-point group "bnaudit" (none does here).
+    "importlib.metadata",
 )
 # multiprocessing and concurrent.futures are not on the list: every model is read in a
 # child process (a native crash on a hostile file costs that model only).
