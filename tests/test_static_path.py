@@ -64,6 +64,7 @@ ON_DEMAND = (
     "markupsafe",
     # Only when a distribution declares the entry-point group "bnaudit" (none does here).
     "importlib.metadata",
+    "xml.etree.ElementTree",
 )
 # multiprocessing and concurrent.futures are not on the list: every model is read in a
 # child process (a native crash on a hostile file costs that model only).
