@@ -79,8 +79,9 @@ def _wrapped(obj: object) -> "h5py.Group | h5py.Dataset | h5py.Datatype":
     raise TypeError(f"unknown object type {type(obj).__name__}")
 
 
-def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> None:
-    """Refuse a dataset Keras could not have written, or one whose bytes are not in the file.
+def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> "tuple[h5py.h5s.SpaceID, h5py.h5t.TypeID]":
+    """Refuse a dataset Keras could not have written, or one whose bytes are not in the file;
+    return its dataspace and stored type as checked (what a read needs).
 
     Checked, in this order and without reading any data: layout (contiguous or compact),
     no external storage, no filters, a numeric element type of at most 8 bytes, at most
@@ -114,6 +115,7 @@ def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> None:
         offset = dataset.id.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else 0
         if offset is not None and offset + declared > h5py.h5i.get_file_id(dataset.id).get_filesize():
             raise LoadError(f"{where} points past the end of the file", _RESAVE)
+        return space, dtype
     except LoadError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
@@ -128,16 +130,16 @@ def read_dataset(dataset: object, where: str, max_elements: int) -> np.ndarray:
     """
     if not isinstance(dataset, h5py.Dataset):
         raise LoadError(f"{where} is not an array in the weights file")
-    check_dataset(dataset, where, max_elements)
+    space, stored_type = check_dataset(dataset, where, max_elements)
     try:
         # ``dataset.id.read`` into an array of the stored type: what ``dataset[()]`` does,
         # without the selection machinery of h5py's high-level indexing.
-        shape = dataset.id.shape
+        shape = space.shape
         if shape is None:
             raise TypeError("a null dataspace holds no values")
-        values = np.empty(shape, dtype=dataset.id.dtype)
+        values = np.empty(shape, dtype=stored_type.dtype)
         if values.size:
-            dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+            dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=stored_type)
         return np.asarray(values, dtype=np.float64)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise LoadError(f"{where} cannot be read ({first_line(exc)})", _RESAVE) from None
