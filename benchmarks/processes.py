@@ -21,14 +21,15 @@ class Usage:
     peak_mb: float
 
 
-def run_process(command: list[str]) -> Usage:
-    """Run ``command`` with its output discarded and measure it (``os.wait4`` rusage).
+def run_process(command: list[str], env: dict[str, str] | None = None) -> Usage:
+    """Run ``command`` (in ``env``, default this process's) with its output discarded and
+    measure it (``os.wait4`` rusage, which includes the children it waited for).
 
     Exit 0 or 1 counts as success (1 is bnaudit's "findings"); anything else stops the
     benchmark with the command and its status.
     """
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)

@@ -11,8 +11,9 @@ Results come back in the order the models were given, so ``-j N`` reports exactl
 ``-j 1`` does. A worker that dies (a native crash on a hostile file) costs only the
 model it was auditing: each worker marks the model it is on, so after a crash the
 marked models are audited again one at a time, each in a fresh child, and the unmarked
-ones together. At ``-j 1`` the models are read in one forked worker too, so the same
-holds; only a process that already imported TensorFlow audits in-process.
+ones together. At ``-j 1`` the models are read in one forked worker too (a plain fork
+and a pipe, not a pool: :func:`_in_forked_child`), so the same holds; only a process
+that already imported TensorFlow audits in-process.
 
 TensorFlow writes its start-up logs from C++ straight to file descriptor 2, past
 ``TF_CPP_MIN_LOG_LEVEL``; while models are audited that descriptor points at
@@ -101,8 +102,24 @@ def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[
     in-process included, and its rules: nothing is built again); a forkserver or spawned
     one builds its own from ``auditor.options``.
     """
-    import multiprocessing  # only with -j or a child reader: a run without them starts without it
     import tempfile
+
+    forked = _start_method() == "fork"
+    if forked:
+        _worker["auditor"] = auditor
+    with tempfile.TemporaryDirectory(prefix="bnaudit-jobs-") as markers:
+        if workers == 1 and forked:
+            results = _in_forked_child(jobs, auditor.options, markers)
+        else:
+            results = _in_executor(jobs, workers, auditor.options, markers)
+        now = time.time()
+        found = {int(name): os.stat(Path(markers, name)) for name in os.listdir(markers)}
+        return results, {index: marker.st_size == 0 and now - marker.st_mtime >= STATIC_SECONDS - 1 for index, marker in found.items()}
+
+
+def _in_executor(jobs: Sequence[Job], workers: int, options: AuditOptions, markers: str) -> list[AuditResult | None]:
+    """``workers`` processes of a ``ProcessPoolExecutor`` (``-j N``, or any run after TensorFlow started)."""
+    import multiprocessing  # only here: a -j 1 static run starts without it
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -110,24 +127,19 @@ def _in_pool(jobs: Sequence[Job], workers: int, auditor: Auditor) -> tuple[list[
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
     inherited = context.get_start_method() == "fork"
-    if inherited:
-        _worker["auditor"] = auditor
     results: list[AuditResult | None] = []
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with tempfile.TemporaryDirectory(prefix="bnaudit-jobs-") as markers:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(auditor.options, threads, inherited)) as pool:
-            with _main_not_imported():  # the workers start as the jobs are submitted
-                futures = [pool.submit(_audit_in_worker, index, path, options, markers) for index, (path, options) in enumerate(jobs)]
-            for (path, _), future in zip(jobs, futures):
-                try:
-                    results.append(future.result())
-                except BrokenProcessPool:
-                    results.append(None)
-                except Exception as exc:  # a result that cannot travel back, or a bug: this model only
-                    results.append(AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")]))
-        now = time.time()
-        found = {int(name): os.stat(Path(markers, name)) for name in os.listdir(markers)}
-        return results, {index: marker.st_size == 0 and now - marker.st_mtime >= STATIC_SECONDS - 1 for index, marker in found.items()}
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(options, threads, inherited)) as pool:
+        with _main_not_imported():  # the workers start as the jobs are submitted
+            futures = [pool.submit(_audit_in_worker, index, path, job_options, markers) for index, (path, job_options) in enumerate(jobs)]
+        for (path, _), future in zip(jobs, futures):
+            try:
+                results.append(future.result())
+            except BrokenProcessPool:
+                results.append(None)
+            except Exception as exc:  # a result that cannot travel back, or a bug: this model only
+                results.append(_internal_error(path, exc))
+    return results
 
 
 def _daemonic() -> bool:
@@ -136,15 +148,66 @@ def _daemonic() -> bool:
     return module is not None and module.current_process().daemon
 
 
+def _in_forked_child(jobs: Sequence[Job], options: AuditOptions, markers: str) -> list[AuditResult | None]:
+    """One forked child audits the jobs in turn and sends each result down a pipe as it
+    is done (pickled, as a pool would); None for each job whose result never came.
+
+    The same isolation as a one-process pool, without what a pool adds to every run:
+    importing ``multiprocessing`` and ``concurrent.futures``, two queues with their
+    feeder threads, a manager thread, and the shutdown handshake, together about a
+    tenth of a second of a static check's wall time on a 2-core machine (docs/ci.md,
+    "Start-up"). The child never returns into the caller: it ends with ``os._exit``.
+    """
+    import pickle
+
+    for stream in (sys.stdout, sys.stderr):  # what is buffered here must not be written twice
+        stream.flush()
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(readable)
+            _start_worker(options, os.cpu_count() or 1, inherited=True)
+            with os.fdopen(writable, "wb") as pipe:
+                for index, (path, job_options) in enumerate(jobs):
+                    try:
+                        result = _audit_in_worker(index, path, job_options, markers)
+                        message = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+                    except Exception as exc:  # a result that cannot travel back, or a bug: this model only
+                        message = pickle.dumps(_internal_error(path, exc), pickle.HIGHEST_PROTOCOL)
+                    pipe.write(message)
+                    pipe.flush()
+            status = 0
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(status)
+    os.close(writable)
+    results: list[AuditResult | None] = []
+    with os.fdopen(readable, "rb") as pipe:
+        while len(results) < len(jobs):
+            try:
+                results.append(pickle.load(pipe))
+            except Exception:  # the child died: nothing more, or half a result, came
+                break
+    os.waitpid(pid, 0)
+    return results + [None] * (len(jobs) - len(results))
+
+
+def _internal_error(path: Path, exc: Exception) -> AuditResult:
+    return AuditResult(str(path), errors=[ModelError(f"internal error: {type(exc).__name__}: {exc}", hint="run with -j 1 --debug")])
+
+
 def _start_method() -> str:
     """'fork' while no TensorFlow thread exists here (the static path): a worker starts in
     milliseconds. Otherwise a clean 'forkserver' ('spawn' where there is none)."""
+    if sys.modules.get("tensorflow") is None and hasattr(os, "fork"):  # None: marked not importable; fork wherever os has it
+        return "fork"
     import multiprocessing
 
-    methods = multiprocessing.get_all_start_methods()
-    if sys.modules.get("tensorflow") is None and "fork" in methods:  # None: marked not importable
-        return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ hooks are enough.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
+import sys
 from dataclasses import dataclass, field
 
 import pluggy
@@ -66,7 +68,7 @@ def make_plugin_manager(plugins: tuple[str, ...] = (), autoload: bool | None = N
             pm.register(importlib.import_module(module_name), name=module_name)
     if autoload is None:
         autoload = not os.environ.get(AUTOLOAD_ENV)
-    if autoload:
+    if autoload and group_may_be_declared(ENTRY_POINT_GROUP):
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # a broken third-party package must not look like our crash
@@ -82,6 +84,44 @@ def make_plugin_manager(plugins: tuple[str, ...] = (), autoload: bool | None = N
             pm.register(module, name=module_name)
     pm.check_pending()
     return pm
+
+
+def group_may_be_declared(group: str) -> bool:
+    """False only when no distribution that ``importlib.metadata`` can see declares
+    entry points in ``group``: then pluggy's scan, which imports ``importlib.metadata``
+    (and ``email``, ``csv``, ``zipfile`` with it) and parses every distribution's
+    entry points, would find nothing, and skipping it saves a third of bnaudit's own
+    start-up (docs/ci.md, "Start-up").
+
+    Looks where ``importlib.metadata``'s path finder looks: the ``*.dist-info`` and
+    ``*.egg-info`` directories (and a ``.egg``'s ``EGG-INFO``) of each ``sys.path``
+    directory, for an ``entry_points.txt`` with a ``[group]`` line. Anything it cannot
+    look through this way (a zip on ``sys.path``, another finder that lists
+    distributions) answers True, so the full scan runs and no plugin is ever missed.
+    """
+    header = f"[{group}]"
+    if any(hasattr(finder, "find_distributions") and finder is not importlib.machinery.PathFinder for finder in sys.meta_path):
+        return True
+    for entry in sys.path:
+        base = os.fspath(entry) or "."
+        try:
+            with os.scandir(base) as children:
+                names = [child.name for child in children]
+        except NotADirectoryError:
+            return True  # a zip (an .egg, a zipapp): let importlib.metadata read it
+        except OSError:
+            continue  # absent or unreadable: importlib.metadata finds nothing there either
+        egg = base.lower().endswith(".egg")
+        for name in names:
+            low = name.lower()
+            if low.endswith((".dist-info", ".egg-info")) or (egg and low == "egg-info"):
+                try:
+                    with open(os.path.join(base, name, "entry_points.txt"), encoding="utf-8", errors="replace") as lines:
+                        if any(line.strip() == header for line in lines):
+                            return True
+                except OSError:
+                    continue
+    return False
 
 
 def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:

@@ -26,8 +26,14 @@ import bnaudit
 from bnaudit import Severity, rule
 
 
+#: The command's own process: plugins are loaded there before any worker forks from it
+#: (a forkserver or spawned worker imports this module itself, and is a multiprocessing child).
+COMMAND_PID = os.getpid()
+
+
 def where():
-    return {"pid": os.getpid(), "worker": multiprocessing.parent_process() is not None, "tensorflow": "tensorflow" in sys.modules}
+    worker = multiprocessing.parent_process() is not None or os.getpid() != COMMAND_PID
+    return {"pid": os.getpid(), "worker": worker, "tensorflow": "tensorflow" in sys.modules}
 
 
 @rule("PR101", "static-probe", Severity.INFO)

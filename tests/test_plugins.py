@@ -190,3 +190,35 @@ def test_the_plugins_own_test_suites_pass_against_the_installed_packages(site):
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def _distribution(directory: Path, name: str, entry_points: str) -> None:
+    info = directory / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(entry_points, encoding="utf-8")
+
+
+def test_the_entry_point_scan_is_skipped_only_when_no_distribution_declares_the_group(tmp_path, monkeypatch):
+    from bnaudit.plugins import group_may_be_declared
+
+    _distribution(tmp_path / "other", "other", "[console_scripts]\nother = other:main\n# [bnaudit] in a comment\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(tmp_path / "other")])
+    assert not group_may_be_declared("bnaudit")
+    assert group_may_be_declared("console_scripts")
+    _distribution(tmp_path / "plugin", "plugin", "[bnaudit]\nplugin = plugin_module\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "other"), str(tmp_path / "plugin")])
+    assert group_may_be_declared("bnaudit")
+    (tmp_path / "app.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # a zip on the path: importlib.metadata reads it
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "other"), str(tmp_path / "app.zip")])
+    assert group_may_be_declared("bnaudit")
+
+
+def test_the_entry_point_scan_runs_for_every_group_importlib_metadata_finds():
+    """Never a plugin missed: each group some installed distribution declares is seen."""
+    from importlib.metadata import distributions
+
+    from bnaudit.plugins import group_may_be_declared
+
+    groups = {entry_point.group for dist in distributions() for entry_point in dist.entry_points}
+    assert groups and sorted(g for g in groups if not group_may_be_declared(g)) == []

@@ -34,15 +34,18 @@ _LAYOUT_NAMES = {h5py.h5d.CHUNKED: "chunked", h5py.h5d.VIRTUAL: "virtual"}
 #: A ``weight_names`` list (a layer's, the optimizer's): a few names per variable (HDF5 caps
 #: an attribute at 64 KiB in the compact form; dense attribute storage allows more).
 MAX_WEIGHT_NAMES_BYTES = 16 << 20
-_LINK_KINDS = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}
-_LINK_TYPES = {h5py.h5l.TYPE_SOFT: _LINK_KINDS[h5py.SoftLink], h5py.h5l.TYPE_EXTERNAL: _LINK_KINDS[h5py.ExternalLink]}
+_LINK_KINDS = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an external link"}
 
 
-def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.Dataset | None":
+def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.Dataset | h5py.Datatype | None":
     """The object at ``path`` below ``parent``, following hard links only (None if absent).
 
     Each step is looked up as a link first, so a soft or external link is refused
-    without being followed (following an external link opens another file).
+    without being followed (following an external link opens another file). The steps
+    use h5py's low-level ``links.exists``/``links.get_info`` and ``h5o.open`` (the
+    ``H5Lexists``, ``H5Lget_info`` and ``H5Oopen`` calls of the C API): the high-level
+    ``Group.get(getlink=True)`` and ``Group[name]`` do the same, and a BN layer needs a
+    dozen such steps, which at their cost was most of a static check of a large model.
 
     Raises:
         LoadError: a step is a soft, external or user-defined link, or the file's
@@ -52,18 +55,18 @@ def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.
     for part in (p for p in path.split("/") if p):
         if not isinstance(current, h5py.Group):
             return None
+        name = part.encode("utf8")
         try:
-            link = current.get(part, getlink=True)
+            if not current.id.links.exists(name):
+                return None
+            kind = current.id.links.get_info(name).type
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
             raise LoadError(f"{where}: the HDF5 link table is corrupt ({first_line(exc)})", _RESAVE) from None
-        if link is None:
-            return None
-        if not isinstance(link, h5py.HardLink):
-            kind = _LINK_KINDS.get(type(link), "a user-defined link")
-            raise LoadError(f"{where}: {part!r} is {kind}, which Keras never writes (it can point at another file)", _HOSTILE)
+        if kind != h5py.h5l.TYPE_HARD:
+            raise LoadError(f"{where}: {part!r} is {_LINK_KINDS.get(kind, 'a user-defined link')}, which Keras never writes (it can point at another file)", _HOSTILE)
         try:
-            current = current[part]
-        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            current = _wrapped(h5py.h5o.open(current.id, name))
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
             raise LoadError(f"{where}: {part!r} cannot be opened ({first_line(exc)})", _RESAVE) from None
     return current  # type: ignore[return-value]
 
@@ -87,13 +90,25 @@ def refuse_links(h5: h5py.File, where: str) -> None:
         raise LoadError(f"{where}: the HDF5 link table is corrupt ({first_line(exc)})", _RESAVE) from None
     if found:
         name, kind = found
-        text = _LINK_TYPES.get(kind, "a user-defined link")
+        text = _LINK_KINDS.get(kind, "a user-defined link")
         shown = name.decode("utf8", "replace") if isinstance(name, bytes) else str(name)
         raise LoadError(f"{where}: {shown!r} is {text}, which Keras never writes (it can point at another file)", _HOSTILE)
 
 
-def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> None:
-    """Refuse a dataset Keras could not have written, or one whose bytes are not in the file.
+def _wrapped(obj: object) -> "h5py.Group | h5py.Dataset | h5py.Datatype":
+    """A low-level object as the high-level one ``Group[name]`` would give (read-only datasets)."""
+    if isinstance(obj, h5py.h5g.GroupID):
+        return h5py.Group(obj)
+    if isinstance(obj, h5py.h5d.DatasetID):
+        return h5py.Dataset(obj, readonly=True)
+    if isinstance(obj, h5py.h5t.TypeID):
+        return h5py.Datatype(obj)
+    raise TypeError(f"unknown object type {type(obj).__name__}")
+
+
+def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> "tuple[h5py.h5s.SpaceID, h5py.h5t.TypeID]":
+    """Refuse a dataset Keras could not have written, or one whose bytes are not in the file;
+    return its dataspace and stored type as checked (what a read needs).
 
     Checked, in this order and without reading any data: layout (contiguous or compact),
     no external storage, no filters, a numeric element type of at most 8 bytes, at most
@@ -125,8 +140,9 @@ def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> None:
         if stored != declared:
             raise LoadError(f"{where} declares {declared} bytes but the file stores {stored}", _HOSTILE)
         offset = dataset.id.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else 0
-        if offset is not None and offset + declared > dataset.file.id.get_filesize():
+        if offset is not None and offset + declared > h5py.h5i.get_file_id(dataset.id).get_filesize():
             raise LoadError(f"{where} points past the end of the file", _RESAVE)
+        return space, dtype
     except LoadError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
@@ -141,9 +157,17 @@ def read_dataset(dataset: object, where: str, max_elements: int) -> np.ndarray:
     """
     if not isinstance(dataset, h5py.Dataset):
         raise LoadError(f"{where} is not an array in the weights file")
-    check_dataset(dataset, where, max_elements)
+    space, stored_type = check_dataset(dataset, where, max_elements)
     try:
-        return np.asarray(dataset[()], dtype=np.float64)
+        # ``dataset.id.read`` into an array of the stored type: what ``dataset[()]`` does,
+        # without the selection machinery of h5py's high-level indexing.
+        shape = space.shape
+        if shape is None:
+            raise TypeError("a null dataspace holds no values")
+        values = np.empty(shape, dtype=stored_type.dtype)
+        if values.size:
+            dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=stored_type)
+        return np.asarray(values, dtype=np.float64)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise LoadError(f"{where} cannot be read ({first_line(exc)})", _RESAVE) from None
 

@@ -15,8 +15,7 @@ failed rule is an ``<error>`` (a rule stopped by another's error is skipped, poi
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..findings import Finding
 from ..hookspecs import hookimpl
@@ -24,12 +23,20 @@ from ..result import AuditResult, Status
 from . import Report, Reporter
 from .locations import relative_path
 
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+
 MODEL_CASE = "<model>"
 #: Characters XML 1.0 cannot carry even escaped; a layer name may hold them.
 XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def render(report: Report) -> str:
+    # The XML library is imported by the first JUnit report, not by every run that
+    # registers this format (docs/ci.md, "Start-up"); the helpers below use it then.
+    global ET
+    import xml.etree.ElementTree as ET
+
     root = ET.Element("testsuites", name="bnaudit")
     seen: set[tuple[str, str]] = set()
     for result in report.results:
