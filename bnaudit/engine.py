@@ -174,7 +174,7 @@ class Auditor:
                 rule_started = time.perf_counter()
                 context = RuleContext(path, graph, rule, options.settings, runtime)
                 outcome = self._check(rule, context, result)
-                if outcome.status is not Status.SKIPPED:
+                if outcome.status is Status.RAN:
                     outcome.settings = effective_settings(rule, options.settings)
                 result.outcomes.append(outcome)
                 result.meta.setdefault("rule_seconds", {})[rule.code] = round(time.perf_counter() - rule_started, 4)

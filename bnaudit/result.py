@@ -80,7 +80,7 @@ class RuleOutcome:
     reason: str = ""
     error: ModelError | None = None
     #: The settings the rule applied (defaults overridden by config and ``--set``), for a
-    #: rule that declares some and was checked; reports draw these thresholds.
+    #: rule that declares some and ran; reports draw these thresholds.
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, errors: list[ModelError]) -> dict[str, Any]:
@@ -123,6 +123,16 @@ class AuditResult:
     @property
     def skipped(self) -> list[SkippedRule]:
         return [SkippedRule(o.code, o.reason) for o in self.outcomes if o.status is Status.SKIPPED]
+
+    def skipped_by_reason(self, stopped: bool = True) -> list[tuple[str, list[str]]]:
+        """(reason, codes) of the skipped rules, sorted by reason; ``stopped=False`` leaves
+        out the rules an error stopped (that error names them already)."""
+        named = set() if stopped else {code for error in self.errors for code in error.rules if code != error.rule}
+        grouped: dict[str, list[str]] = {}
+        for item in self.skipped:
+            if item.code not in named:
+                grouped.setdefault(item.reason, []).append(item.code)
+        return sorted(grouped.items())
 
     @property
     def failed(self) -> list[RuleOutcome]:

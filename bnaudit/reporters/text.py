@@ -12,21 +12,27 @@ import click
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..printable import printable as p
-from . import Report, Reporter
+from . import Report, Reporter, common_skipped
 
 COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
 def render(report: Report) -> str:
     style = (lambda text, **kw: click.style(text, **kw)) if report.color else (lambda text, **kw: text)
-    quiet = report.options.get("quiet")  # -q: findings and errors only, no notes or summary
+    quiet = report.options.get("quiet")  # -q: findings and errors only, no notes, skipped rules or summary
+    audited = [r for r in report.results if not r.unreadable]
+    # Rules an error stopped are named by that error; the rest are said once for the run
+    # when every model skipped them alike (a static check: "needs --data"), else per model.
+    skipped = {id(r): r.skipped_by_reason(stopped=False) for r in audited}
+    common = common_skipped([skipped[id(r)] for r in audited])
     lines: list[str] = []
     for result in report.results:
         notes = [] if quiet else result.notes
+        own = [] if quiet else [item for item in skipped.get(id(result), []) if item not in common]
         # When the command already wrote each error on stderr, the report on stdout does
         # not repeat it: one cause, one line, one stream.
         errors = [] if report.options.get("errors_on_stderr") else result.errors
-        if not (result.findings or errors or notes):
+        if not (result.findings or errors or notes or own):
             continue
         lines.append(style(p(result.path), bold=True))
         for error in errors:
@@ -39,12 +45,21 @@ def render(report: Report) -> str:
             lines.append(f"  {style(p(finding.code), bold=True)} {severity} {p(layer)}: {p(finding.message)}")
             if finding.fix:
                 lines.append(f"        = fix: {p(finding.fix)}")
+        if own:
+            lines.append(f"  skipped: {p(skipped_words(own))}")
         for note in notes:
             lines.append(f"  note: {p(note)}")
         lines.append("")
     if not quiet:
+        if common:
+            lines.append(f"skipped{' on every model read' if len(audited) > 1 else ''}: {p(skipped_words(common))}")
         lines.append(summary_line(report))
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def skipped_words(skipped: list[tuple[str, list[str]]]) -> str:
+    """``"BN301, BN302 (needs --data); GD103 (why)"``: codes grouped by their reason."""
+    return "; ".join(f"{', '.join(codes)} ({reason})" for reason, codes in skipped)
 
 
 def summary_line(report: Report) -> str:

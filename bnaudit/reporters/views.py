@@ -18,7 +18,7 @@ from markupsafe import Markup
 from ..findings import Finding, Severity
 from ..result import AuditResult
 from ..rule import Rule
-from . import Report
+from . import Report, common_skipped
 from ..measurements import BatchNormNeighbourhood
 from ..result import Status
 from .locations import relative_path
@@ -130,15 +130,10 @@ def build(report: Report) -> dict[str, Any]:
 def _common_skipped(models: list[ModelView]) -> list[tuple[str, list[str]]]:
     """The (reason, codes) every audited model skipped alike: said once, not on every model."""
     audited = [m for m in models if not m.result.unreadable]
-    if len(audited) < 2:
-        return []
-    return [item for item in audited[0].skipped if all(item in m.skipped for m in audited[1:])]
+    return common_skipped([m.skipped for m in audited]) if len(audited) >= 2 else []
 
 
 def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
-    skipped: dict[str, list[str]] = {}
-    for item in result.skipped:
-        skipped.setdefault(item.reason, []).append(item.code)
     codes: dict[str, list[str]] = {}
     for f in result.findings:
         codes.setdefault(f.layer, []).append(f.code)
@@ -150,7 +145,7 @@ def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
         verdict_words=verdict_words(result, report.fail_on),
         counts=result.counts(),
         severity_chart=severity_bar({k: v for k, v in reversed(result.counts().items())}),
-        skipped=sorted(skipped.items()),
+        skipped=result.skipped_by_reason(),
         devices=page.devices,
         statistics=page.statistics,
         inference=page.inference,
