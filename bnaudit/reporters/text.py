@@ -52,7 +52,7 @@ def render(report: Report) -> str:
         lines.append("")
     if not quiet:
         if common:
-            lines.append(f"skipped{' on every model read' if len(audited) > 1 else ''}: {p(skipped_words(common))}")
+            lines.append(f"skipped{' on every model audited' if len(audited) > 1 else ''}: {p(skipped_words(common))}")
         lines.append(summary_line(report))
     return "\n".join(lines) + "\n" if lines else ""
 
