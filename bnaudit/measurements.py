@@ -23,9 +23,11 @@ call-path-comparison     :class:`CallPathComparison` (BN402-BN404)    ``inferenc
 =======================  ===========================================  ===========================
 
 Adding a kind is one small class here (its fields, ``kind``, ``topic``, where it goes:
-``slot``, keyed by ``layer`` or appended to a list) and one renderer in
-:mod:`bnaudit.reporters.measurements`; :func:`from_json` learns to read it back by
-listing it in :data:`KINDS`. A plugin may instead yield a plain :class:`Measurement`
+``slot``, merged into the topic, keyed by ``layer`` or appended to a list) and one
+renderer in :mod:`bnaudit.reporters.measurements` (``RENDERERS``); listing it in
+:data:`KINDS` lets :func:`from_json` read it back (``bnaudit report``). A per-layer
+change between two checkpoints is keyed by ``layer`` like :class:`BatchNormDrift`; a
+re-run per execution provider is a :class:`ComparisonRow` like :class:`DeviceComparison`. A plugin may instead yield a plain :class:`Measurement`
 (a topic and any JSON value): it is merged into the document as given and shown as
 generic, escaped tables.
 
@@ -308,12 +310,31 @@ class InferenceSetup(Measured):
 
 
 @dataclass(frozen=True)
-class DeviceComparison(Measured):
-    """One output on one device against the reference run (BN401): a row of the device table.
+class ComparisonRow(Measured):
+    """A row of a comparison table: one output of one run against a reference run.
 
-    ``comparison`` holds the errors (max, mean, 99th percentile; absolute and relative)
-    and the elements beyond tolerance, see :class:`bnaudit.analysis.tolerances.Comparison`.
+    Its ``comparison`` (:class:`bnaudit.analysis.tolerances.Comparison`) holds the
+    errors (max, mean, 99th percentile; absolute and relative) and the elements beyond
+    tolerance; the JSON row is the comparison's own. Kinds of rows (per device, per
+    call path, per execution provider...) subclass this with a ``comparison`` field.
     """
+
+    @property
+    def identity(self) -> tuple:
+        c = self.comparison  # type: ignore[attr-defined]
+        return (self.kind, c.output, c.run, c.reference)
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.comparison.to_dict()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class DeviceComparison(ComparisonRow):
+    """One output on one device against the reference run (BN401): a row of the device table."""
 
     kind: ClassVar[str] = "device-comparison"
     topic: ClassVar[str] = "inference"
@@ -321,25 +342,13 @@ class DeviceComparison(Measured):
 
     comparison: "Comparison"
 
-    @property
-    def identity(self) -> tuple:
-        c = self.comparison
-        return (self.kind, c.output, c.run, c.reference)
-
-    @property
-    def passed(self) -> bool:
-        return self.comparison.passed
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.comparison.to_dict()
-
     @classmethod
     def from_dict(cls, record: Any, **known: Any):
-        return cls(_comparison(record), **known)
+        return cls(_comparison(record))
 
 
 @dataclass(frozen=True)
-class CallPathComparison(Measured):
+class CallPathComparison(ComparisonRow):
     """One output of one call path against another run of the same model (BN402-BN404).
 
     ``check`` is the table it belongs to (:data:`CALL_PATH_CHECKS`): a sample alone
@@ -356,18 +365,10 @@ class CallPathComparison(Measured):
 
     @property
     def identity(self) -> tuple:
-        c = self.comparison
-        return (self.kind, self.check, c.output, c.run, c.reference)
-
-    @property
-    def passed(self) -> bool:
-        return self.comparison.passed
+        return (*super().identity, self.check)
 
     def place(self, topic: dict[str, Any]) -> None:
         topic.setdefault(self.check, []).append(self.to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.comparison.to_dict()
 
     @classmethod
     def from_dict(cls, record: Any, **known: Any):

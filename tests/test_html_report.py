@@ -324,3 +324,52 @@ def test_the_wheel_ships_the_templates(tmp_path):
     )
     assert installed.returncode == 0, installed.stderr
     assert "dropout-before-batchnorm" in installed.stdout
+
+
+def shifted_statistics(model: Path, out: Path, shift: float) -> Path:
+    """A statistics file (as `bnaudit merge` writes) for ``model``: every BN layer's input
+    measured ``shift`` moving standard deviations off its moving mean. Read with --stats,
+    BN301 runs without TensorFlow."""
+    import numpy as np
+
+    from bnaudit.analysis import statistics_file
+    from bnaudit.analysis.moments import Moments
+    from bnaudit.analysis.statistics import DataStatistics, LayerStatistics, fingerprint
+    from bnaudit.engine import Auditor
+
+    graph = Auditor().load(model)
+    moving, layers = [], {}
+    for bn in graph.batchnorms():
+        arrays = graph.weights.bn_arrays(bn)
+        mean, variance = arrays.moving_mean.astype(np.float64), arrays.moving_variance.astype(np.float64)
+        moving.append((bn.path, arrays.moving_mean, arrays.moving_variance))
+        data_mean = mean + shift * np.sqrt(variance + 1e-3)
+        spread = Moments.of_observation(data_mean).merge(Moments.of_observation(data_mean))
+        layers[bn.path] = LayerStatistics(bn.path, Moments.of_batch(16, data_mean, variance), spread, spread)
+    graph.weights.close()
+    statistics_file.save(DataStatistics(layers, 8, "inference", fingerprint(moving), samples=16, batches=2), out)
+    return out
+
+
+def test_the_drift_chart_draws_the_threshold_the_rule_applied(tmp_path):
+    """The config's bn301.drift-score, not the default, is the dashed line, and the JSON
+    records it with BN301's outcome; without the config, the default is drawn."""
+    model = tmp_path / "model.keras"
+    shutil.copy(ROOT / "sample_models" / "clean_conv_bn_relu.keras", model)
+    stats = shifted_statistics(model, tmp_path / "stats.npz", shift=0.3)
+    (tmp_path / "bnaudit.toml").write_text("[bn301]\ndrift-score = 0.0123\n")
+    drawn = {}
+    for config in ("bnaudit.toml", None):
+        where = ("--config", str(tmp_path / "bnaudit.toml")) if config else ("--isolated",)
+        run = invoke("check", "model.keras", "--stats", stats, "--select", "BN301", *where, "--format", "json", "-o", "r.json", "--format", "html", "-o", "r.html", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        [model_json] = json.loads((tmp_path / "r.json").read_text())["models"]
+        [outcome] = model_json["outcomes"]
+        assert (outcome["code"], outcome["status"]) == ("BN301", "ran")
+        html = (tmp_path / "r.html").read_text()
+        drawn[config] = (outcome["settings"], re.findall(r'<text class="threshold"[^>]*>([^<]*)</text>', html))
+    settings, labels = drawn["bnaudit.toml"]
+    assert settings == {"drift-score": 0.0123, "mean-shift": 1.0, "log-variance-ratio": pytest.approx(1.3862944), "channel-fraction": 0.25}
+    assert labels == ["BN301 threshold (bn301.drift-score) 0.0123"]
+    settings, labels = drawn[None]
+    assert settings["drift-score"] == 0.5 and labels == ["BN301 threshold (bn301.drift-score) 0.5"]

@@ -23,6 +23,7 @@ from ..measurements import (
     BatchNormDrift,
     BatchNormNotMeasured,
     CallPathComparison,
+    ComparisonRow,
     DeviceComparison,
     InferenceSetup,
     Measured,
@@ -209,6 +210,7 @@ def sections(
     ``threshold`` is (the drift score limit BN301 applied, its label), drawn on the drift
     chart; ``timings`` shows durations (``--timestamp``).
     """
+    items = list(items)
     by_kind: dict[type, list] = {}
     plain: dict[str, list[Any]] = {}
     for item in items:
@@ -304,7 +306,7 @@ def call_path_tables(rows: list[CallPathComparison], timings: bool) -> list[Tabl
     return [comparison_table(f"Inference: {CALL_PATH_TITLES.get(c, label(c))}", [r for r in rows if r.check == c], call_path=True) for c in checks]
 
 
-def comparison_table(title: str, rows: Sequence[DeviceComparison | CallPathComparison], call_path: bool = False) -> Table:
+def comparison_table(title: str, rows: Sequence[ComparisonRow], call_path: bool = False) -> Table:
     """Comparison rows with their verdict first; failing rows highlighted."""
     columns = list(COMPARISON_COLUMNS) + (["path"] if call_path else [])
     cells = [

@@ -12,7 +12,7 @@ The per-channel comparison and the drift score are in :mod:`bnaudit.analysis.dri
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
