@@ -79,7 +79,7 @@ class RuleOutcome:
     status: Status
     reason: str = ""
     error: ModelError | None = None
-    #: The settings the rule applied (defaults overridden by config and ``--set``), for a
+    #: The settings the rule applied (defaults overridden by the config or ``bnaudit.audit(settings=...)``), for a
     #: rule that declares some and ran; reports draw these thresholds.
     settings: dict[str, Any] = field(default_factory=dict)
 

@@ -118,12 +118,12 @@ def rule(
 
 
 def setting_key(rule: Rule, name: str) -> str:
-    """The key a config or ``--set`` gives a rule's setting: ``"bn301.drift-score"``."""
+    """The key a config or ``bnaudit.audit(settings=...)`` gives a rule's setting: ``"bn301.drift-score"``."""
     return f"{rule.code.lower()}.{name}"
 
 
 def effective_settings(rule: Rule, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The values ``rule`` applies: each declared setting's default, overridden by the
-    run's ``settings`` (config and ``--set``). Recorded with the rule's outcome, so
+    run's ``settings`` (the config, ``bnaudit.audit(settings=...)``). Recorded with the rule's outcome, so
     reports show the threshold that was applied, not the default."""
     return {name: settings.get(setting_key(rule, name), default) for name, default in rule.settings.items()}

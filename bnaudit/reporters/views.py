@@ -163,7 +163,7 @@ def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
 
 def applied_threshold(result: AuditResult, code: str, setting: str) -> tuple[float, str] | None:
     """(the value rule ``code`` applied for ``setting``, its label) as its outcome recorded
-    it (defaults overridden by config and ``--set``); None when the rule did not run."""
+    it (defaults overridden by the config or ``bnaudit.audit(settings=...)``); None when the rule did not run."""
     for outcome in result.outcomes:
         if outcome.code == code and outcome.status is Status.RAN:
             value = outcome.settings.get(setting)
