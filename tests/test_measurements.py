@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
@@ -18,6 +20,7 @@ from bnaudit.measurements import (
     CallPathComparison,
     DeviceComparison,
     InferenceSetup,
+    Measured,
     Measurement,
     StatisticsPass,
     TrainInferenceComparison,
@@ -25,6 +28,7 @@ from bnaudit.measurements import (
     to_json,
 )
 from bnaudit.reporters.json import dumps
+from bnaudit.reporters.measurements import sections
 from bnaudit.result import AuditResult
 
 
@@ -105,3 +109,19 @@ def test_plain_measurements_merge_by_topic_and_stay_plain():
 def test_what_is_no_known_kind_stays_a_plain_topic_as_given(topic, value):
     assert from_json({topic: value}) == [Measurement(topic, value)]
     assert to_json(from_json({topic: value})) == {topic: value}
+
+
+def test_a_typed_kind_no_renderer_knows_is_shown_as_rows_escaped():
+    """A plugin's own Measured subclass: the HTML report shows its JSON as a table."""
+    @dataclass(frozen=True)
+    class Thermal(Measured):
+        kind: ClassVar[str] = "thermal-zone"
+        topic: ClassVar[str] = "thermal"
+        slot: ClassVar[str] = "zones[]"
+        zone: str
+        celsius: float
+
+    items = [Thermal("<b>cpu</b>", 41.0), Thermal("gpu", 55.5)]
+    assert to_json(items) == {"thermal": {"zones": [{"zone": "<b>cpu</b>", "celsius": 41.0}, {"zone": "gpu", "celsius": 55.5}]}}
+    [table] = sections(items, {}).other
+    assert (table.title, table.columns, table.rows) == ("Thermal-zone", ["zone", "celsius"], [["<b>cpu</b>", "41"], ["gpu", "55.5"]])

@@ -228,6 +228,8 @@ def sections(
                 page.statistics.tables += tables
             else:
                 getattr(page, section).extend(tables)
+    for kind, values in by_kind.items():  # a typed kind no renderer knows (a plugin's): its rows as given
+        page.other += topic_tables(kind.kind or kind.__name__, [value.to_dict() for value in values])
     for setup in (item for item in items if isinstance(item, InferenceSetup)):
         page.devices = [str(d) for d in setup.devices] if isinstance(setup.devices, list) else []
     for topic, values in plain.items():
