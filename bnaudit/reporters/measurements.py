@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from ..measurements import (
     BatchNormDrift,
+    BatchNormNeighbourhood,
     BatchNormNotMeasured,
     CallPathComparison,
     ComparisonRow,
@@ -218,6 +219,7 @@ def sections(
             plain.setdefault(item.topic, []).append(item.value)
         else:
             by_kind.setdefault(type(item), []).append(item)
+    by_kind.pop(BatchNormNeighbourhood, None)  # drawn as the layer sequences (views.sequence)
     page = Sections()
     page.statistics = statistics_view(by_kind.pop(BatchNormDrift, []) + by_kind.pop(BatchNormNotMeasured, []), codes, threshold)
     for kind, (section, render) in RENDERERS.items():
