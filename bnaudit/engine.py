@@ -24,8 +24,8 @@ from .loaders import LoadError, check_not_lfs_pointer
 from .options import RuntimeOptions, check_selection, check_settings
 from .plugins import collect_rules, make_plugin_manager
 from .context import RuleContext, RuleStopped, error_from
-from .result import AuditResult, ModelError, RuleOutcome, Status
 from .measurements import BatchNormNeighbourhood, Measured, Measurement, add
+from .result import AuditResult, ModelError, RuleOutcome, Status
 from .rule import Note, Rule, SkipRule, effective_settings
 from .selection import Selection
 

@@ -16,11 +16,10 @@ from typing import Any, Iterator
 from markupsafe import Markup
 
 from ..findings import Finding, Severity
-from ..result import AuditResult
+from ..measurements import BatchNormNeighbourhood
+from ..result import AuditResult, Status
 from ..rule import Rule
 from . import Report, common_skipped
-from ..measurements import BatchNormNeighbourhood
-from ..result import Status
 from .locations import relative_path
 from .measurements import StatisticsView, Table, format_value, flatten, sections
 from .svg import severity_bar
@@ -173,6 +172,7 @@ def applied_threshold(result: AuditResult, code: str, setting: str) -> tuple[flo
 
 
 def neighbourhoods_of(result: AuditResult) -> dict[str, BatchNormNeighbourhood]:
+    """Each BN layer's neighbourhood, by the BN's path."""
     return {bn.layer: bn for bn in result.measured(BatchNormNeighbourhood)}
 
 
