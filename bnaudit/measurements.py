@@ -5,7 +5,7 @@ A rule yields these next to its findings; the engine keeps them in order on the
 HTML report's tables and charts, JUnit's test cases per BN layer), never by guessing
 from key names. The JSON output is assembled from them: each kind names the ``topic``
 it belongs to under ``measurements`` and where inside it its :meth:`~Measured.to_dict`
-goes, so the document keeps the shape it had when measurements were plain mappings.
+goes, which gives the document the shape docs/json-schema.json describes.
 
 The kinds bnaudit's own rules yield:
 
@@ -27,9 +27,9 @@ Adding a kind is one small class here (its fields, ``kind``, ``topic``, where it
 renderer in :mod:`bnaudit.reporters.measurements` (``RENDERERS``); listing it in
 :data:`KINDS` lets :func:`from_json` read it back (``bnaudit report``). A per-layer
 change between two checkpoints is keyed by ``layer`` like :class:`BatchNormDrift`; a
-re-run per execution provider is a :class:`ComparisonRow` like :class:`DeviceComparison`. A plugin may instead yield a plain :class:`Measurement`
-(a topic and any JSON value): it is merged into the document as given and shown as
-generic, escaped tables.
+re-run per execution provider is a :class:`ComparisonRow` like :class:`DeviceComparison`.
+A plugin may instead yield a plain :class:`Measurement` (a topic and any JSON value):
+it is merged into the document as given and shown as generic, escaped tables.
 
 No TensorFlow, no numpy: the values are plain numbers, strings, lists and mappings.
 """
@@ -98,7 +98,7 @@ class Measured:
         layer); raises :class:`ValueError` when the object is not this kind's."""
         if not isinstance(record, Mapping):
             raise ValueError(f"{cls.kind}: expected an object")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - set(known)  # the layer is the key, not a field
         extra = set(record) - names
         if extra:
             raise ValueError(f"{cls.kind}: unexpected {sorted(extra)}")

@@ -97,6 +97,7 @@ def test_plain_measurements_merge_by_topic_and_stay_plain():
     [
         ("statistics", {"layers": {"bn": {"drift_score": 0.5}}}),  # a record missing its kind's fields
         ("statistics", {"layers": {"bn": {**DRIFT.to_dict(), "<script>": 1}}}),  # one field too many
+        ("statistics", {"layers": {"bn": {**DRIFT.to_dict(), "layer": "other"}}}),  # the key names the layer
         ("statistics", "not a mapping"),
         ("layers", {"bn": {"before": "garbage", "class": "BatchNormalization", "after": []}}),
         ("layers", {"bn": {"before": [[["only-a-path"]]], "class": "BatchNormalization", "after": []}}),
