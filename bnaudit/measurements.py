@@ -418,6 +418,7 @@ KINDS: tuple[type[Measured], ...] = (
 
 # -- a result's measurements: kept in order, to and from JSON ---------------------------
 
+
 def add(items: list, item: "Measured | Measurement") -> None:
     """Keep ``item`` in ``items``: a typed value replaces an earlier one of the same
     identity in its place (several rules yield the one statistics pass); a plain
