@@ -66,15 +66,16 @@ def baseline(path: Path) -> dict:
 def audit(path: Path) -> dict:
     """Seconds of the four rules, of the model load inside them, and of each pass."""
     import bnaudit
+    from bnaudit.measurements import InferenceSetup
     from bnaudit.runtime import import_tensorflow
 
     import_tensorflow()  # a one-off process cost, outside the timings as in the baseline
-    result = bnaudit.audit(path, select=["BN4"], inference=True, max_samples=SAMPLES, batch_size=BATCH_SIZE)
+    result = bnaudit.audit(path, select=["BN4"], inference=True, max_samples=SAMPLES, batch_size=BATCH_SIZE, in_process=True)
     if result.errors or result.findings:
         raise SystemExit(f"unexpected audit outcome: {[e.message for e in result.errors]} {[f.code for f in result.findings]}")
-    inference = result.measurements["inference"]
+    [setup] = result.measured(InferenceSetup)
     rules = sum(result.meta["rule_seconds"].values())
-    return {"rules": rules, "devices": inference["devices"], "passes": inference["seconds"]}
+    return {"rules": rules, "devices": setup.devices, "passes": dict(setup.seconds)}
 
 
 def in_fresh_process(part: str, path: Path, logical_cpus: int) -> dict:

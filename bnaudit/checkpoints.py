@@ -22,13 +22,13 @@ The change of each pair is measured on the saved vectors (read with h5py, no Ker
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from .graph import Layer, ModelGraph
 from .loaders import LoadError
 from .loaders.arrays import BNArrays
+from .measurements import BatchNormChange, CheckpointPairing
 
 
 class MismatchError(LoadError):
@@ -58,8 +58,8 @@ class Pair:
     def affine_changed(self) -> bool:
         return any(_max_change(getattr(self.base_arrays, n), getattr(self.tuned_arrays, n)) for n in ("gamma", "beta"))
 
-    def change(self) -> dict[str, Any]:
-        """The pair as a JSON record (the ``diff`` measurements, one per tuned layer)."""
+    def change(self) -> BatchNormChange:
+        """What changed in this pair, as the ``diff`` measurement of its tuned layer."""
         b, t = self.base_arrays, self.tuned_arrays
         epsilon = float(self.tuned.config.get("epsilon", 1e-3))
         with np.errstate(all="ignore"):
@@ -67,18 +67,19 @@ class Pair:
             tuned_sd = np.sqrt(np.maximum(t.moving_variance, 0) + epsilon)
             mean_shift = np.abs(t.moving_mean - b.moving_mean) / base_sd
             std_change = np.abs(tuned_sd - base_sd) / base_sd
-        return {
-            "base": self.base.path,
-            "paired_by": self.paired_by,
-            "channels": b.channels,
-            "frozen_base": not self.base.trainable,
-            "frozen_tuned": not self.tuned.trainable,
-            "mean_shift": _largest(mean_shift),
-            "std_change": _largest(std_change),
-            "gamma_change": _max_change(b.gamma, t.gamma),
-            "beta_change": _max_change(b.beta, t.beta),
-            "statistics_changed": self.statistics_changed,
-        }
+        return BatchNormChange(
+            layer=self.tuned.path,
+            base=self.base.path,
+            paired_by=self.paired_by,
+            channels=b.channels,
+            frozen_base=not self.base.trainable,
+            frozen_tuned=not self.tuned.trainable,
+            mean_shift=_largest(mean_shift),
+            std_change=_largest(std_change),
+            gamma_change=_max_change(b.gamma, t.gamma),
+            beta_change=_max_change(b.beta, t.beta),
+            statistics_changed=self.statistics_changed,
+        )
 
 
 @dataclass
@@ -96,15 +97,10 @@ class Checkpoints:
         """The pairs just before and after ``pairs[index]`` (the "layers around it")."""
         return [self.pairs[i] for i in (index - 1, index + 1) if 0 <= i < len(self.pairs)]
 
-    def measurements(self) -> dict[str, Any]:
-        return {
-            "base": self.base_path,
-            "nested_base": self.prefix,
-            "pairs": len(self.pairs),
-            "unpaired_base": self.unpaired_base,
-            "unpaired_tuned": self.unpaired_tuned,
-            "layers": {pair.tuned.path: pair.change() for pair in self.pairs},
-        }
+    def measurements(self) -> list[CheckpointPairing | BatchNormChange]:
+        """The pairing, then each pair's change in the tuned model's graph order."""
+        pairing = CheckpointPairing(self.base_path, self.prefix, len(self.pairs), list(self.unpaired_base), list(self.unpaired_tuned))
+        return [pairing, *(pair.change() for pair in self.pairs)]
 
 
 def pair_checkpoints(base: ModelGraph, tuned: ModelGraph, base_path: str) -> Checkpoints:

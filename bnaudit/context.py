@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .findings import Finding, Severity
 from .loaders import LoadError
 from .result import ModelError
+from .rule import setting_key
 
 if TYPE_CHECKING:
     from .checkpoints import Checkpoints
@@ -84,7 +85,7 @@ class RuleContext:
         """
         if default is None:
             default = self.rule.settings.get(key)
-        return self.settings.get(f"{self.rule.code.lower()}.{key}", default)
+        return self.settings.get(setting_key(self.rule, key), default)
 
     def bn_arrays(self, layer: "Layer") -> "BNArrays":
         if self.graph.weights is None:

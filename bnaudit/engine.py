@@ -25,8 +25,9 @@ from .loaders import LoadError, check_not_lfs_pointer, is_savedmodel_dir
 from .options import RuntimeOptions, check_selection, check_settings
 from .plugins import collect_rules, make_plugin_manager
 from .context import RuleContext, RuleStopped, error_from
+from .measurements import BatchNormNeighbourhood, Measured, Measurement, add
 from .result import AuditResult, ModelError, RuleOutcome, Status
-from .rule import Measurement, Note, Rule, SkipRule
+from .rule import Note, Rule, SkipRule, effective_settings
 from .selection import Selection
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
@@ -105,8 +106,9 @@ class Auditor:
     def audit_pair(self, base_path: str | Path, tuned_path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         """Run the rules that compare checkpoints (``bnaudit diff``) on ``tuned_path``.
 
-        The result is the tuned model's, with ``measurements["diff"]`` (the pairing and
-        per-layer change, see :mod:`bnaudit.checkpoints`) and ``meta["base"]``. An
+        The result is the tuned model's, with the pairing and each pair's change among its
+        measurements (:class:`~bnaudit.measurements.CheckpointPairing`,
+        :class:`~bnaudit.measurements.BatchNormChange`) and ``meta["base"]``. An
         unreadable file or two unrelated models is an error of the result, with no rule;
         never raises for a bad file.
         """
@@ -133,7 +135,8 @@ class Auditor:
                 if self.options.debug:
                     raise
                 raise LoadError(f"could not compare the models ({type(exc).__name__}: {exc})", "run with --debug for details") from None
-            result.measurements["diff"] = checkpoints.measurements()
+            for item in checkpoints.measurements():
+                add(result.measurements, item)
             for role, paths in (("BASE", checkpoints.unpaired_base), ("TUNED", checkpoints.unpaired_tuned)):
                 if paths:
                     listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
@@ -212,7 +215,7 @@ class Auditor:
             layers=len(graph.layers),
             batchnorm_layers=len(graph.batchnorms()),
         )
-        result.measurements["layers"] = batchnorm_neighbourhoods(graph)
+        result.measurements.extend(batchnorm_neighbourhoods(graph))
         result.notes.extend(graph.notes)
         if not graph.batchnorms():
             result.notes.append(
@@ -246,7 +249,10 @@ class Auditor:
                     continue
                 rule_started = time.perf_counter()
                 context = RuleContext(path, graph, rule, options.settings, runtime, base)
-                result.outcomes.append(self._check(rule, context, result))
+                outcome = self._check(rule, context, result)
+                if outcome.status is Status.RAN:
+                    outcome.settings = effective_settings(rule, options.settings)
+                result.outcomes.append(outcome)
                 result.meta.setdefault("rule_seconds", {})[rule.code] = round(time.perf_counter() - rule_started, 4)
         finally:
             closer = getattr(runtime_cache.get("runtime"), "close", None)
@@ -326,17 +332,14 @@ def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
 def record(result: AuditResult, item: Any) -> None:
     """Put one thing a rule yielded where it belongs in ``result``.
 
-    Mappings yielded under one measurement topic by several rules merge key by key (the
-    rules sharing one statistics pass each add their part); a note is kept once.
+    A typed measurement yielded again (the rules sharing one statistics pass each yield
+    it) is kept once; a plugin's plain mappings under one topic merge key by key in the
+    JSON; a note is kept once.
     """
     if isinstance(item, Finding):
         result.findings.append(item)
-    elif isinstance(item, Measurement):
-        current = result.measurements.get(item.topic)
-        if isinstance(current, dict) and isinstance(item.value, dict):
-            result.measurements[item.topic] = _merged(current, item.value)
-        else:
-            result.measurements[item.topic] = item.value
+    elif isinstance(item, (Measured, Measurement)):
+        add(result.measurements, item)
     elif isinstance(item, Note):
         if item.text not in result.notes:
             result.notes.append(item.text)
@@ -344,20 +347,13 @@ def record(result: AuditResult, item: Any) -> None:
         raise TypeError(f"a rule yielded {type(item).__name__}; rules yield Finding, Measurement or Note")
 
 
-def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(old)
-    for key, value in new.items():
-        merged[key] = _merged(merged[key], value) if isinstance(merged.get(key), dict) and isinstance(value, dict) else value
-    return merged
-
-
-def batchnorm_neighbourhoods(graph) -> dict[str, dict[str, Any]]:
+def batchnorm_neighbourhoods(graph) -> list[BatchNormNeighbourhood]:
     """For each BN layer (in graph order), the layers up to two steps before and after it.
 
-    Reports draw "producer -> BN -> consumer" from this without the graph, so it is kept
-    in the result (and its JSON): ``{"before": [[[path, class], ...], ...], "class": ...,
-    "after": [...]}``, steps nearest the BN last in ``before`` and first in ``after``.
-    A step lists every branch (at most four); the walk stops where the graph branches.
+    Reports draw "producer -> BN -> consumer" from these without the graph, so they are
+    kept in the result (and its JSON, ``measurements.layers``); steps nearest the BN
+    last in ``before`` and first in ``after``. A step lists every branch (at most four);
+    the walk stops where the graph branches.
     """
 
     def steps(layer, follow) -> list[list[list[str]]]:
@@ -372,10 +368,10 @@ def batchnorm_neighbourhoods(graph) -> dict[str, dict[str, Any]]:
             current = nxt
         return found
 
-    return {
-        bn.path: {"before": steps(bn, graph.producers)[::-1], "class": bn.class_name, "after": steps(bn, graph.consumers)}
+    return [
+        BatchNormNeighbourhood(bn.path, bn.class_name, steps(bn, graph.producers)[::-1], steps(bn, graph.consumers))
         for bn in graph.batchnorms()
-    }
+    ]
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .findings import Finding, Severity
+from .measurements import Measured, Measurement, M, of_kind, to_json
 
 
 @dataclass
@@ -78,6 +79,9 @@ class RuleOutcome:
     status: Status
     reason: str = ""
     error: ModelError | None = None
+    #: The settings the rule applied (defaults overridden by the config or ``bnaudit.audit(settings=...)``), for a
+    #: rule that declares some and ran; reports draw these thresholds.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, errors: list[ModelError]) -> dict[str, Any]:
         """JSON form; a failure points into the model's ``errors`` list by index."""
@@ -86,6 +90,8 @@ class RuleOutcome:
             entry["reason"] = self.reason
         if self.error is not None:
             entry["error"] = next(i for i, e in enumerate(errors) if e is self.error)
+        if self.settings:
+            entry["settings"] = dict(self.settings)
         return entry
 
 
@@ -99,8 +105,9 @@ class AuditResult:
     #: One per selected rule, in the order the rules were checked.
     outcomes: list[RuleOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: Per-layer numbers measured by data-driven and inference rules, keyed by topic.
-    measurements: dict[str, Any] = field(default_factory=dict)
+    #: What the rules measured, typed (:mod:`bnaudit.measurements`) or a plugin's plain
+    #: :class:`~bnaudit.measurements.Measurement`, in the order measured.
+    measurements: list[Measured | Measurement] = field(default_factory=list)
     #: Format, Keras version that wrote the file, layer counts, durations.
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -117,9 +124,23 @@ class AuditResult:
     def skipped(self) -> list[SkippedRule]:
         return [SkippedRule(o.code, o.reason) for o in self.outcomes if o.status is Status.SKIPPED]
 
+    def skipped_by_reason(self, stopped: bool = True) -> list[tuple[str, list[str]]]:
+        """(reason, codes) of the skipped rules, sorted by reason; ``stopped=False`` leaves
+        out the rules an error stopped (that error names them already)."""
+        named = set() if stopped else {code for error in self.errors for code in error.rules if code != error.rule}
+        grouped: dict[str, list[str]] = {}
+        for item in self.skipped:
+            if item.code not in named:
+                grouped.setdefault(item.reason, []).append(item.code)
+        return sorted(grouped.items())
+
     @property
     def failed(self) -> list[RuleOutcome]:
         return [o for o in self.outcomes if o.status is Status.FAILED]
+
+    def measured(self, kind: type[M]) -> list[M]:
+        """The measurements of one kind (``result.measured(LayerDrift)``), in order."""
+        return of_kind(self.measurements, kind)
 
     def counts(self) -> dict[str, int]:
         counts = {s.label: 0 for s in Severity}
@@ -136,6 +157,6 @@ class AuditResult:
             "notes": list(self.notes),
             "rules_run": list(self.rules_run),
             "outcomes": [o.to_dict(self.errors) for o in self.outcomes],
-            "measurements": self.measurements,
+            "measurements": to_json(self.measurements),
             "meta": self.meta,
         }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .findings import Finding, Severity
+from .measurements import Measured, Measurement
 
 if TYPE_CHECKING:
     from .context import RuleContext
@@ -30,7 +31,7 @@ NEEDS = ("graph", "weights", "optimizer", "base", "data", "runtime")
 #: The needs of the static rules, the ones ``--static`` runs.
 STATIC_NEEDS = frozenset({"graph", "weights", "optimizer", "base"})
 
-CheckFunction = Callable[["RuleContext"], Iterable["Finding | Measurement | Note"]]
+CheckFunction = Callable[["RuleContext"], Iterable["Finding | Measured | Measurement | Note"]]
 
 
 class SkipRule(Exception):
@@ -39,18 +40,6 @@ class SkipRule(Exception):
     The engine records the rule as skipped with the message as the reason; findings the
     rule yielded before raising are kept.
     """
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Numbers a rule measured, yielded next to its findings, kept under ``topic``.
-
-    ``value`` is JSON-serialisable; when several rules yield a mapping under one topic
-    (a statistics pass serves BN301-BN303) the engine merges their keys.
-    """
-
-    topic: str
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -135,3 +124,15 @@ def rule(
         )
 
     return decorate
+
+
+def setting_key(rule: Rule, name: str) -> str:
+    """The key a config or ``bnaudit.audit(settings=...)`` gives a rule's setting: ``"bn301.drift-score"``."""
+    return f"{rule.code.lower()}.{name}"
+
+
+def effective_settings(rule: Rule, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The values ``rule`` applies: each declared setting's default, overridden by the
+    run's ``settings`` (the config, ``bnaudit.audit(settings=...)``). Recorded with the rule's outcome, so
+    reports show the threshold that was applied, not the default."""
+    return {name: settings.get(setting_key(rule, name), default) for name, default in rule.settings.items()}

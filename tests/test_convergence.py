@@ -84,7 +84,7 @@ def test_enough_steps_for_the_momentum_is_clean_and_the_rule_ran(audited, name):
 def test_without_optimizer_state_the_rule_is_skipped_not_passed(audited, name):
     model = audited[name]
     assert model["findings"] == [] and model["rules_run"] == []
-    assert model["skipped"] == [{"code": "BN205", "reason": "the file holds no optimizer state (saved with include_optimizer=False, or never compiled)"}]
+    assert model["skipped"] == [{"code": "BN205", "reason": "the file holds no optimizer state: saved with include_optimizer=False, or never compiled"}]
 
 
 def test_nested_and_frozen_layers_are_left_out_with_a_note(audited):

@@ -193,7 +193,11 @@ def test_html_sarif_and_junit_like_check(checkpoints, tmp_path):
     assert run.stderr.splitlines() == ["1 model, 1 finding (1 warning)"]
     html = (tmp_path / "d.html").read_text()
     assert "<h4>Change since the base checkpoint</h4>" in html
-    assert "mean shift" in html and "<title>bn_a: " in html and "<title>bn_b: " in html  # the per-layer chart
+    assert "<title>bn_a: " in html and "<title>bn_b: " in html  # the per-layer chart
+    # Named as the diff measures it (base σ, largest over channels), not as BN301's drift.
+    assert "Per BN layer, input to output: largest moving-mean shift (base σ)" in html
+    assert "moving σ, channel mean" not in html
+    assert "<th scope=\"col\">frozen in tuned</th>" in html and "Pairing with the base checkpoint" in html
     [sarif_run] = json.loads((tmp_path / "d.sarif").read_text())["runs"]
     [result] = sarif_run["results"]
     assert result["ruleId"] == "BN211" and result["level"] == "warning"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bnaudit import audit
+from bnaudit.measurements import BatchNormDrift, TrainInferenceComparison
 from conftest import ROOT, run_bnaudit
 from test_fix import batchnorm_paths, fix_in_subprocess
 
@@ -51,10 +52,10 @@ def test_verify_data_reports_bn301_before_and_clean_after(verified):
     assert figures["before"]["drift_max"] > 1.0 and figures["after"]["drift_max"] < 0.05
     # The same numbers `bnaudit check --data HELDOUT` measures on each file.
     for path, side in ((source, "before"), (out, "after")):
-        checked = audit(path, select=["BN301", "BN302"], data=str(heldout))
-        assert {p: s["drift_score"] for p, s in checked.measurements["statistics"]["layers"].items()} == figures[side]["drift"]
-        assert checked.measurements["train_inference"]["top1_agreement"] == figures[side]["top1_agreement"]
-        assert checked.measurements["train_inference"]["cka"] == figures[side]["cka"]
+        checked = audit(path, select=["BN301", "BN302"], data=str(heldout), in_process=True)
+        assert {m.layer: m.drift_score for m in checked.measured(BatchNormDrift)} == figures[side]["drift"]
+        [compared] = checked.measured(TrainInferenceComparison)
+        assert (compared.top1_agreement, compared.cka) == (figures[side]["top1_agreement"], figures[side]["cka"])
     # The proof itself is unchanged by --verify-data: BN301 on the recalibration data.
     assert report["proof"]["status"] == "passed" and report["proof"]["remaining"] == []
 

@@ -112,7 +112,8 @@ def test_modify_findings_runs_once_per_model_with_fewer_arguments_than_its_spec(
     assert plugin.calls["modify_findings"] == 1
     severities = {f.layer: f.severity for f in result.findings if f.code == "HK101"}
     assert severities == {"bn1": Severity.ERROR, "bn2": Severity.INFO, "bn3": Severity.INFO}
-    assert result.measurements["probe"] == {"batchnorms": 3}
+    assert result.measurements[-1] == Measurement("probe", {"batchnorms": 3})  # a plain measurement, kept as given
+    assert result.to_dict()["measurements"]["probe"] == {"batchnorms": 3}
     assert auditor.audit(SAMPLES / "no_such_model.keras").errors  # unreadable: the hook is not called
     assert plugin.calls["modify_findings"] == 1
 

@@ -96,7 +96,7 @@ def test_summary_first_an_overview_row_per_model_failing_first(page):
     common = re.search(r'<p class="common-skipped">(.*?)</p>', html).group(1)
     assert common == (
         "Not run on any model: BN301, BN302, BN303 (needs --data); BN401, BN402, BN403, BN404 (needs --data or --inference); "
-        "BN205 (the file holds no optimizer state (saved with include_optimizer=False, or never compiled))."
+        "BN205 (the file holds no optimizer state: saved with include_optimizer=False, or never compiled)."
     )
 
 
@@ -168,47 +168,55 @@ def test_a_plugin_adjusts_the_jinja_environment(tmp_path):
     assert "<script>/* branded */</script>" in run.stdout
 
 
-def test_measurements_render_whatever_their_shape(page, tmp_path):
-    """Statistics and inference numbers come from other rules: shown generically, absent parts omitted."""
+def drift(layer: str, score: float, channels: int, per_channel: dict | None = None):
+    """A per-layer drift measurement as BN301 records it (numbers made up for the page)."""
+    from bnaudit.measurements import BatchNormDrift
+
+    return BatchNormDrift(
+        layer, channels=channels, values_per_channel=64, drift_score=score, worst_channel=0, worst_channel_kl=score,
+        mean_shift=0.1, max_mean_shift=0.2, variance_ratio=1.5, max_abs_log_variance_ratio=0.4, dead_channels=0,
+        full_batches=2, batch_mean_spread=0.01, batch_variance_spread=0.02, per_channel=per_channel,
+    )
+
+
+def comparison(output: str, run: str, max_abs: float, mismatched: int):
+    from bnaudit.analysis.tolerances import Comparison
+
+    worst = {"sample": 3, "index": [1], "value": 1.0 + max_abs, "reference": 1.0, "abs": max_abs, "rel": max_abs}
+    return Comparison(output, run, "CPU:0", max_abs, max_abs / 2, max_abs, max_abs, max_abs / 2, max_abs, mismatched, 40, worst)
+
+
+def test_each_kind_of_measurement_renders_by_its_type(page, tmp_path):
+    """Typed measurements written to JSON and read back by `bnaudit report`: the drift chart
+    and table, per-channel charts grouped by what each series is, the device table with its
+    verdicts; durations only with --timestamp."""
+    from bnaudit.measurements import DeviceComparison, InferenceSetup, StatisticsPass, to_json
+
     _, document = page
     model = next(m for m in document["models"] if m["path"] == MODELS[1])
     channels = 8
-    model["measurements"]["statistics"] = {
-        "batch_size": 32,
-        "layers": {
-            bn: {
-                "drift_score": 0.1 * (i + 1),
-                "worst_channel": i,
-                "per_channel": {
-                    "moving_mean": [0.1 * c for c in range(channels)],
-                    "data_mean": [0.1 * c + i for c in range(channels)],
-                    "moving_variance": [1.0] * channels,
-                    "data_variance": [1.5] * channels,
-                    "mean_shift": [float(i)] * channels,
-                    "batch_mean_std": [0.01] * channels,
-                },
-            }
-            for i, bn in enumerate(model["measurements"]["layers"])
-        },
-        "seconds": 3.5,
+    per_channel = {
+        "data_mean": [0.1 * c + 1 for c in range(channels)],
+        "data_variance": [1.5] * channels,
+        "moving_mean": [0.1 * c for c in range(channels)],
+        "moving_variance": [1.0] * channels,
+        "mean_shift": [1.0] * channels,
+        "batch_mean_std": [0.01] * channels,
     }
-    model["measurements"]["inference"] = {
-        "devices": ["CPU:0", "CPU:1"],
-        "device_table": [
-            {"output": "head", "run": "CPU:1", "max_abs": 0.0, "passed": True},
-            {"output": "head", "run": "GPU:0", "max_abs": 0.5, "passed": False},
-        ],
-        "seconds": {"predict CPU:0": 1.25},
-    }
-    model["measurements"]["thermal"] = {"zones": {"a": {"celsius": 41}}, "sensor": "<b>x</b>"}
-    odd = next(m for m in document["models"] if m["path"] == MODELS[0])
-    odd["measurements"].update(statistics="not a mapping", inference=[1, 2], layers={"bn1": {"before": "garbage"}})
+    layers = list(model["measurements"]["layers"])
+    setup = InferenceSetup(["CPU:0", "CPU:1"], "CPU:0", "no GPU found", None, {"source": "synthetic", "seed": 0}, "float32",
+                           {"atol": 1e-4, "rtol": 1e-3, "source": "default for float32"}, {"predict CPU:0": 1.25})
+    model["measurements"].update(to_json([
+        StatisticsPass(samples=64, batches=2, batch_size=32, upstream="inference", replicas=1, source="data", seconds=3.5),
+        *(drift(bn, 0.1 * (i + 1), channels, per_channel) for i, bn in enumerate(layers)),
+        setup,
+        DeviceComparison(comparison("head", "CPU:1", 0.0, 0)),
+        DeviceComparison(comparison("head", "GPU:0", 0.5, 7)),
+    ]))
     (tmp_path / "edited.json").write_text(json.dumps(document))
     run = invoke("report", str(tmp_path / "edited.json"), "--format", "html", cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    html = run.stdout
-    detail = html[re.search(r'<section class="model verdict-\w+" id="model-3">', html).start() :]
-    detail = detail[: detail.index("</section>")]
+    detail = model_detail(run.stdout, "model-3")
     assert detail.count('<rect class="bar') == 2  # one drift bar per BN layer
     assert "drift score (symmetric KL, nats) per BN layer, input to output" in detail
     assert '<line class="threshold"' not in detail  # BN301 did not run: no threshold to draw
@@ -223,16 +231,48 @@ def test_measurements_render_whatever_their_shape(page, tmp_path):
         "other numbers per channel": ["mean_shift", "batch_mean_std"],
     }
     assert detail.count('<details class="channels">') == 2  # collapsed by default
-    assert "Devices: CPU:0, CPU:1." in detail
-    assert re.search(r'<tr class="failed"><td>FAILS: beyond tolerance</td><td>head</td><td>GPU:0</td><td>0.5</td>', detail)
-    assert re.search(r'<tr><td>within tolerance</td><td>head</td><td>CPU:1</td><td>0</td>', detail)
-    assert "<th scope=\"col\">verdict</th><th scope=\"col\">output</th><th scope=\"col\">run</th><th scope=\"col\">max |difference|</th>" in detail
-    assert "predict CPU:0" not in detail  # durations only with --timestamp
-    assert "&lt;b&gt;x&lt;/b&gt;" in detail and "<td>41</td>" in detail
-    assert "<dt>Devices</dt>\n<dd>CPU:0, CPU:1</dd>" in detail
+    assert "<td><code>bn2</code></td><td>8</td><td>64</td><td>0.2</td>" in detail
+    assert "Devices: CPU:0, CPU:1." in detail and "<dt>Devices</dt>\n<dd>CPU:0, CPU:1</dd>" in detail
+    assert re.search(r'<tr class="failed"><td>FAILS: beyond tolerance</td><td>head</td><td>GPU:0</td><td>CPU:0</td><td>0.5</td>', detail)
+    assert re.search(r'<tr><td>within tolerance</td><td>head</td><td>CPU:1</td><td>CPU:0</td><td>0</td>', detail)
+    assert '<th scope="col">verdict</th><th scope="col">output</th><th scope="col">run</th><th scope="col">compared with</th><th scope="col">max |difference|</th>' in detail
+    assert "sample 3, index [1]: 1.5 vs 1" in detail  # the worst element, in words
+    assert "predict CPU:0" not in detail and "3.5" not in detail  # durations only with --timestamp
+    assert "Other measurements" not in detail  # every kind had its own renderer
     for stamp in ((), ("--timestamp",)):
         again = invoke("report", str(tmp_path / "edited.json"), "--format", "json", *stamp, cwd=ROOT)
-        assert ("seconds" in json.loads(again.stdout)["models"][2]["measurements"]["inference"]) == bool(stamp)
+        written = json.loads(again.stdout)["models"][2]["measurements"]
+        assert ("seconds" in written["inference"]) == bool(stamp)
+        if stamp:  # read back into types and written again: the same document
+            assert written == model["measurements"]
+
+
+def test_a_plugins_measurement_and_unknown_shapes_render_generically_and_escaped(page, tmp_path):
+    """A plain topic becomes tables; a typed topic that does not hold its kind's fields (a
+    hand-edited document) stays plain: shown as tables, never charted, never a crash."""
+    _, document = page
+    model = next(m for m in document["models"] if m["path"] == MODELS[1])
+    model["measurements"]["thermal"] = {"zones": {"a": {"celsius": 41}}, "sensor": "<b>x</b>"}
+    model["measurements"]["statistics"] = {"layers": {"bn1": {"drift_score": 0.5, "<i>odd</i>": 1}}}
+    odd = next(m for m in document["models"] if m["path"] == MODELS[0])
+    odd["measurements"].update(statistics="not a mapping", inference=[1, 2], layers={"bn1": {"before": "garbage"}})
+    (tmp_path / "edited.json").write_text(json.dumps(document))
+    run = invoke("report", str(tmp_path / "edited.json"), "--format", "html", cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    detail = model_detail(run.stdout, "model-3")
+    assert "&lt;b&gt;x&lt;/b&gt;" in detail and "<td>41</td>" in detail
+    assert "&lt;i&gt;odd&lt;/i&gt;" in detail and "<i>odd</i>" not in detail
+    assert '<rect class="bar' not in detail  # not a drift measurement: not charted
+    assert "<h4>Other measurements</h4>" in detail
+    again = invoke("report", str(tmp_path / "edited.json"), "--format", "json", "--timestamp", cwd=ROOT)
+    written = {m["path"]: m["measurements"] for m in json.loads(again.stdout)["models"]}
+    assert written[MODELS[1]]["statistics"] == model["measurements"]["statistics"]  # kept as given
+    assert written[MODELS[0]]["layers"] == {"bn1": {"before": "garbage"}}
+
+
+def model_detail(html: str, anchor: str) -> str:
+    detail = html[re.search(rf'<section class="model verdict-\w+" id="{anchor}">', html).start() :]
+    return detail[: detail.index("</section>")]
 
 
 @pytest.mark.slow
@@ -251,12 +291,11 @@ def test_a_resnet50_report_stays_under_2_mb_even_with_per_channel_statistics(tmp
     rng = np.random.default_rng(0)
     series = ("data_mean", "data_variance", "moving_mean", "moving_variance", "mean_shift", "log_variance_ratio", "symmetric_kl", "batch_mean_std", "batch_variance_std")
     channels = {layer.name: int(layer.gamma.shape[0]) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
-    document["models"][0]["measurements"]["statistics"] = {
-        "layers": {
-            bn: {"channels": n, "drift_score": float(rng.random()), "per_channel": {name: rng.normal(size=n).tolist() for name in series}}
-            for bn, n in channels.items()
-        }
-    }
+    from bnaudit.measurements import to_json
+
+    document["models"][0]["measurements"].update(
+        to_json(drift(bn, float(rng.random()), n, {name: rng.normal(size=n).tolist() for name in series}) for bn, n in channels.items())
+    )
     (tmp_path / "with_data.json").write_text(json.dumps(document))
     run = invoke("report", str(tmp_path / "with_data.json"), "--format", "html", "-o", str(tmp_path / "with_data.html"))
     assert run.returncode == 0, run.stderr
@@ -288,3 +327,52 @@ def test_the_wheel_ships_the_templates(tmp_path):
     )
     assert installed.returncode == 0, installed.stderr
     assert "dropout-before-batchnorm" in installed.stdout
+
+
+def shifted_statistics(model: Path, out: Path, shift: float) -> Path:
+    """A statistics file (as `bnaudit merge` writes) for ``model``: every BN layer's input
+    measured ``shift`` moving standard deviations off its moving mean. Read with --stats,
+    BN301 runs without TensorFlow."""
+    import numpy as np
+
+    from bnaudit.analysis import statistics_file
+    from bnaudit.analysis.moments import Moments
+    from bnaudit.analysis.statistics import DataStatistics, LayerStatistics, fingerprint
+    from bnaudit.engine import Auditor
+
+    graph = Auditor().load(model)
+    moving, layers = [], {}
+    for bn in graph.batchnorms():
+        arrays = graph.weights.bn_arrays(bn)
+        mean, variance = arrays.moving_mean.astype(np.float64), arrays.moving_variance.astype(np.float64)
+        moving.append((bn.path, arrays.moving_mean, arrays.moving_variance))
+        data_mean = mean + shift * np.sqrt(variance + 1e-3)
+        spread = Moments.of_observation(data_mean).merge(Moments.of_observation(data_mean))
+        layers[bn.path] = LayerStatistics(bn.path, Moments.of_batch(16, data_mean, variance), spread, spread)
+    graph.weights.close()
+    statistics_file.save(DataStatistics(layers, 8, "inference", fingerprint(moving), samples=16, batches=2), out)
+    return out
+
+
+def test_the_drift_chart_draws_the_threshold_the_rule_applied(tmp_path):
+    """The config's bn301.drift-score, not the default, is the dashed line, and the JSON
+    records it with BN301's outcome; without the config, the default is drawn."""
+    model = tmp_path / "model.keras"
+    shutil.copy(ROOT / "sample_models" / "clean_conv_bn_relu.keras", model)
+    stats = shifted_statistics(model, tmp_path / "stats.npz", shift=0.3)
+    (tmp_path / "bnaudit.toml").write_text("[bn301]\ndrift-score = 0.0123\n")
+    drawn = {}
+    for config in ("bnaudit.toml", None):
+        where = ("--config", str(tmp_path / "bnaudit.toml")) if config else ("--isolated",)
+        run = invoke("check", "model.keras", "--stats", stats, "--select", "BN301", *where, "--format", "json", "-o", "r.json", "--format", "html", "-o", "r.html", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        [model_json] = json.loads((tmp_path / "r.json").read_text())["models"]
+        [outcome] = model_json["outcomes"]
+        assert (outcome["code"], outcome["status"]) == ("BN301", "ran")
+        html = (tmp_path / "r.html").read_text()
+        drawn[config] = (outcome["settings"], re.findall(r'<text class="threshold"[^>]*>([^<]*)</text>', html))
+    settings, labels = drawn["bnaudit.toml"]
+    assert settings == {"drift-score": 0.0123, "mean-shift": 1.0, "log-variance-ratio": pytest.approx(1.3862944), "channel-fraction": 0.25}
+    assert labels == ["BN301 threshold (bn301.drift-score) 0.0123"]
+    settings, labels = drawn[None]
+    assert settings["drift-score"] == 0.5 and labels == ["BN301 threshold (bn301.drift-score) 0.5"]

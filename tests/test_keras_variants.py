@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnaudit import audit
+from bnaudit.measurements import BatchNormDrift, BatchNormNotMeasured, CallPathComparison, DeviceComparison, StatisticsPass, TrainInferenceComparison
 from model_builders import assert_bn_arrays_match as assert_arrays_match
 
 
@@ -267,8 +268,8 @@ def test_data_and_runtime_rules_reach_a_wrapped_batchnorm(keras2_runtime_models)
     paths = keras2_runtime_models
     result = run_audit(paths["wrapped"], data=str(paths["wrapped_data"]), in_process=True)
     assert result.errors == []
-    assert list(result.measurements["statistics"]["layers"]) == ["td_bn/bn"]
-    assert result.measurements["inference"]["device_table"] is not None
+    assert [m.layer for m in result.measured(BatchNormDrift)] == ["td_bn/bn"]
+    assert [m.comparison.output for m in result.measured(DeviceComparison)] == [m.comparison.output for m in result.measured(CallPathComparison) if m.check == "call_vs_predict"]
     assert not {f.code for f in result.findings} & {"BN402", "BN403", "BN404"}
 
 
@@ -512,9 +513,8 @@ def test_layer_with_non_finite_statistics_is_not_measured(overflowed_model):
     assert not {(c, l) for c, l in got if c in ("BN301", "BN303") and l == "bn_broken"}
     # bn_ok is measured as usual (its statistics fit the data); bn_broken is left to BN201.
     assert got == {("BN201", "bn_broken")}
-    layers = result.measurements["statistics"]["layers"]
-    assert layers["bn_broken"]["not_measured"] == "its moving statistics hold NaN or Inf (see BN201)"
-    assert "drift_score" in layers["bn_ok"]
+    assert result.measured(BatchNormNotMeasured) == [BatchNormNotMeasured("bn_broken", 8, "its moving statistics hold NaN or Inf (see BN201)")]
+    assert [m.layer for m in result.measured(BatchNormDrift)] == ["bn_ok"]
     assert any("did not measure 'bn_broken'" in note and "BN201" in note for note in result.notes)
 
 
@@ -526,9 +526,9 @@ def test_bn302_says_why_it_could_not_judge(overflowed_model, data, batch_size):
     # A 3-class output still gives top-1 agreement: judged on that, and the result says CKA was not.
     result = audit(overflowed_model / "healthy.keras", data=str(overflowed_model / data), select=("BN302",), **options, in_process=True)
     assert result.errors == []
-    measured = result.measurements["train_inference"]
-    assert measured["cka"] is None and measured["top1_agreement"] is not None
-    assert len(measured["not_judged"]) == 1 and measured["not_judged"][0].startswith(cka_reason)
+    [measured] = result.measured(TrainInferenceComparison)
+    assert measured.cka is None and measured.top1_agreement is not None
+    assert len(measured.not_judged) == 1 and measured.not_judged[0].startswith(cka_reason)
     assert [s for s in result.skipped if s.code == "BN302"] == []
     # A regressor has no class axis either: BN302 is listed as skipped, with both reasons.
     result = audit(overflowed_model / "regressor.keras", data=str(overflowed_model / data), select=("BN302",), **options, in_process=True)
@@ -541,10 +541,10 @@ def test_bn302_says_why_it_could_not_judge(overflowed_model, data, batch_size):
 def test_bn302_leaves_out_non_finite_outputs(overflowed_model):
     result = audit(overflowed_model / "overflow.keras", data=str(overflowed_model / "x.npy"), select=("BN302",), in_process=True)
     assert result.errors == [] and result.findings == []
-    measured = result.measurements["train_inference"]
-    assert measured["cka"] is None and measured["top1_agreement"] is None
-    assert measured["not_judged"] == ["the outputs held NaN or Inf in 2 of 2 batches, left out"]
-    assert [s.reason for s in result.skipped if s.code == "BN302"] == ["not judged: " + "; ".join(measured["not_judged"])]
+    [measured] = result.measured(TrainInferenceComparison)
+    assert measured.cka is None and measured.top1_agreement is None
+    assert measured.not_judged == ("the outputs held NaN or Inf in 2 of 2 batches, left out",)
+    assert [s.reason for s in result.skipped if s.code == "BN302"] == ["not judged: " + "; ".join(measured.not_judged)]
 
 
 # -- kind 7: a verdict that does not depend on the order of the data ---------------------
@@ -611,13 +611,14 @@ def test_bn302_verdict_does_not_depend_on_folder_order(class_folders):
     for name in ("by_class", "flat"):
         result = audit(class_folders / "classifier.keras", data=str(class_folders / name), select=("BN302",), in_process=True)
         assert result.errors == [], result.errors
-        assert result.measurements["statistics"]["order"] == "shuffled (seed 0)"
-        assert result.measurements["statistics"]["samples"] == 96  # every PNG and grey BMP decoded
+        [how] = result.measured(StatisticsPass)
+        assert how.order == "shuffled (seed 0)"
+        assert how.samples == 96  # every PNG and grey BMP decoded
         verdicts[name] = findings(result)
     assert verdicts == {"by_class": set(), "flat": set()}
     # Read one class per batch, the same images make training-mode BN describe a class, not the data.
     result = audit(class_folders / "classifier.keras", data=str(class_folders / "by_class"), select=("BN302",), data_order="sorted", in_process=True)
-    assert result.measurements["statistics"]["order"] == "sorted (file order)"
+    assert result.measured(StatisticsPass)[0].order == "sorted (file order)"
     assert findings(result) == {("BN302", "")}
 
 

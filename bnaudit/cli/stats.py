@@ -14,13 +14,14 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..findings import ExitCode
 from ..loaders import LoadError
+from ..measurements import BatchNormDrift, BatchNormNotMeasured, StatisticsPass, to_json
 from ..printable import printable
+from ..result import AuditResult
 from .options import MODEL_HINT, PARTS_HINT, FilePath, fail, statistics_options, statistics_runtime
 
 
@@ -75,38 +76,35 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
         click.echo(printable(f"bnaudit: error: {model}: {error.message}{hint}"), err=True)
     if result.errors:
         sys.exit(ExitCode.ERROR)
-    measured = result.measurements.get("statistics") or {}
+    measured = to_json(result.measurements).get("statistics") or {}
     if shard:
         click.echo(f"bnaudit: wrote shard {shard} of {model} ({measured.get('samples', 0)} samples) to {output}", err=True)
     elif output_format == "json":
         click.echo(json.dumps(measured, indent=2, allow_nan=False))
     else:
-        click.echo("\n".join(map(printable, table(measured).split("\n"))), nl=False)
+        click.echo("\n".join(map(printable, table(result).split("\n"))), nl=False)
 
 
-def table(measured: dict[str, Any]) -> str:
-    """The per-layer table: layer, channels, drift score, worst channel, mean shift, variance ratio."""
+def table(result: AuditResult) -> str:
+    """The per-layer table: layer, channels, drift score, worst channel, mean shift, variance
+    ratio (a layer that could not be measured says why), then how the pass was made."""
     header = ("layer", "channels", "drift score", "worst channel", "mean shift", "variance ratio")
-    rows = [
-        (
-            path,
-            str(layer["channels"]),
-            _fmt(layer["drift_score"]),
-            "-" if layer["worst_channel"] is None else str(layer["worst_channel"]),
-            _fmt(layer["mean_shift"]),
-            _fmt(layer["variance_ratio"]),
-        )
-        for path, layer in (measured.get("layers") or {}).items()
-    ]
+    rows = []
+    for layer in result.measurements:
+        if isinstance(layer, BatchNormDrift):
+            worst = "-" if layer.worst_channel is None else str(layer.worst_channel)
+            rows.append((layer.layer, str(layer.channels), _fmt(layer.drift_score), worst, _fmt(layer.mean_shift), _fmt(layer.variance_ratio)))
+        elif isinstance(layer, BatchNormNotMeasured):
+            rows.append((layer.layer, str(layer.channels), "-", "-", "-", "-"))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in [header, *rows]]
-    replicas = measured.get("replicas", 1)
-    lines.append(
-        f"{measured.get('samples', 0)} samples in {measured.get('batches', 0)} batches of {measured.get('batch_size')}; "
-        f"upstream BN in {measured.get('upstream')} mode"
-        + (f"; {replicas} replicas" if replicas > 1 else "")
-        + "; mean shift in moving standard deviations, averaged over channels; variance ratio data/moving, geometric mean"
-    )
+    for how in result.measured(StatisticsPass)[:1]:
+        lines.append(
+            f"{how.samples} samples in {how.batches} batches of {how.batch_size}; "
+            f"upstream BN in {how.upstream} mode"
+            + (f"; {how.replicas} replicas" if how.replicas > 1 else "")
+            + "; mean shift in moving standard deviations, averaged over channels; variance ratio data/moving, geometric mean"
+        )
     return "\n".join(lines) + "\n"
 
 

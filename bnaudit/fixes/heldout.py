@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..analysis.drift import rounded
+from ..measurements import BatchNormDrift, BatchNormNotMeasured, StatisticsPass, TrainInferenceComparison
 from .copy import FixError
 
 #: The rules whose measurements are compared.
@@ -89,7 +90,7 @@ def before(original: Path, heldout: str, options: dict[str, Any]) -> Heldout:
         message = error.message.replace(f"--data {heldout}", f"--verify-data {heldout}", 1)
         raise FixError(message if "--verify-data" in message else f"--verify-data {heldout}: {message}", error.hint)
     figures.before = _side(result, figures.not_run, "before")
-    figures.samples = int(result.measurements.get("statistics", {}).get("samples", 0))
+    figures.samples = sum(how.samples for how in result.measured(StatisticsPass)[-1:])
     return figures
 
 
@@ -112,15 +113,16 @@ def _audit(path: Path, heldout: str, options: dict[str, Any]):
     from ..api import audit
 
     runtime = {k: options[k] for k in ("batch_size", "max_samples", "unsafe_load") if options.get(k)}
-    return audit(path, select=CODES, data=heldout, **runtime)
+    # In this process: `bnaudit fix` already runs in a child that read the original
+    # under limits, and the copy is its own output.
+    return audit(path, select=CODES, data=heldout, in_process=True, **runtime)
 
 
 def _side(result, not_run: dict[str, str], label: str) -> Side:
     """BN301's drift scores and BN302's comparison from one audit's measurements."""
     side = Side(reported=[f.layer for f in result.findings if f.code == "BN301"])
-    layers = result.measurements.get("statistics", {}).get("layers", {})
-    side.drift = {path: summary["drift_score"] for path, summary in layers.items() if "drift_score" in summary}
-    unmeasured = {path: summary["not_measured"] for path, summary in layers.items() if "not_measured" in summary}
+    side.drift = {layer.layer: layer.drift_score for layer in result.measured(BatchNormDrift)}
+    unmeasured = {layer.layer: layer.not_measured for layer in result.measured(BatchNormNotMeasured)}
     if unmeasured:
         not_run[f"{label}.drift"] = "; ".join(f"{path}: {why}" for path, why in unmeasured.items())
     scores = [score for score in side.drift.values() if score is not None]
@@ -128,10 +130,10 @@ def _side(result, not_run: dict[str, str], label: str) -> Side:
         side.drift_max, side.drift_median = rounded(max(scores)), rounded(np.median(scores))
     elif not unmeasured:
         not_run[f"{label}.drift"] = "no BN layer was reached by the data" if "BN301" in result.rules_run else _why_not(result, "BN301")
-    compared = result.measurements.get("train_inference", {})
-    side.top1_agreement, side.cka = compared.get("top1_agreement"), compared.get("cka")
-    if compared.get("not_judged"):
-        not_run[f"{label}.bn302"] = "; ".join(compared["not_judged"])
+    compared = result.measured(TrainInferenceComparison)[-1:]
+    side.top1_agreement, side.cka = (compared[0].top1_agreement, compared[0].cka) if compared else (None, None)
+    if compared and compared[0].not_judged:
+        not_run[f"{label}.bn302"] = "; ".join(compared[0].not_judged)
     elif "BN302" not in result.rules_run:
         not_run[f"{label}.bn302"] = _why_not(result, "BN302")
     return side

@@ -55,3 +55,11 @@ class Reporter:
     render: Callable[[Report], str]
     #: Suggested file suffix for ``-o``.
     suffix: str = ".txt"
+
+
+def common_skipped(skipped: "list[list[tuple[str, list[str]]]]") -> list[tuple[str, list[str]]]:
+    """The (reason, codes) that every one of the models' ``skipped_by_reason()`` lists holds:
+    said once for the run, not on every model (e.g. ``needs --data`` in a static check)."""
+    if not skipped:
+        return []
+    return [item for item in skipped[0] if all(item in other for other in skipped[1:])]

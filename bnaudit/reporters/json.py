@@ -18,6 +18,7 @@ from typing import Any
 
 from ..findings import Finding, Severity
 from ..hookspecs import hookimpl
+from ..measurements import from_json
 from ..result import AuditResult, ModelError, RuleOutcome, Status
 from . import Report, Reporter
 
@@ -121,7 +122,7 @@ def _result(model: Any, where: str) -> AuditResult:
         errors=errors,
         outcomes=_outcomes(model, errors, where),
         notes=[str(n) for n in _list(model, "notes", where)],
-        measurements=_mapping(model, "measurements", where),
+        measurements=from_json(_mapping(model, "measurements", where)),
         meta=_mapping(model, "meta", where),
     )
 
@@ -154,7 +155,8 @@ def _outcomes(model: Any, errors: list[ModelError], where: str) -> list[RuleOutc
         if status is Status.FAILED and not (isinstance(index, int) and 0 <= index < len(errors)):
             raise DocumentError(f"{here}.error: a failed rule must point at one of the {len(errors)} errors")
         error = errors[index] if status is Status.FAILED else None
-        outcomes.append(RuleOutcome(_text(item, "code", here, required=True), status, _text(item, "reason", here), error))
+        settings = _mapping(item, "settings", here)
+        outcomes.append(RuleOutcome(_text(item, "code", here, required=True), status, _text(item, "reason", here), error, settings))
     return outcomes
 
 

@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..findings import Finding
+from ..measurements import BatchNormNeighbourhood
 from ..hookspecs import hookimpl
 from ..result import AuditResult, Status
 from . import Report, Reporter
@@ -74,7 +75,7 @@ def _suite(result: AuditResult, report: Report, seen: set[tuple[str, str]]) -> E
         if id(error) not in of_outcomes:
             classname, kind = (f"bnaudit.{error.rule}", "error") if error.rule else ("bnaudit.load", "unreadable")
             ET.SubElement(case(classname, MODEL_CASE), "error", message=error.message, type=kind).text = error.hint
-    bn_layers = list((result.measurements.get("layers") or {}).keys())
+    bn_layers = [bn.layer for bn in result.measured(BatchNormNeighbourhood)]
     names = {f.code: f.name for f in result.findings}
     for outcome in result.outcomes:
         classname = _classname(outcome.code, report, names)

@@ -58,6 +58,11 @@ LABELS = {
     "rtol": "relative tolerance",
     "device_table": "device comparisons",
     "data": "data",
+    # bnaudit diff's pairing (docs/checkpoints.md)
+    "nested_base": "nested model holding the base",
+    "pairs": "BN layers paired",
+    "unpaired_base": "BN layers of the base without a counterpart",
+    "unpaired_tuned": "BN layers of the tuned model without a counterpart",
     "shapes": "input shapes",
 }
 

@@ -4,8 +4,8 @@ Templates stay simple (and overridable) because everything that needs a decision
 made here: verdicts, grouping of findings by severity and rule, the layer sequence
 around each finding, and tables and charts from the measurements.
 
-The measurements (statistics, inference, plugins' topics) are read by
-:mod:`.measurements`.
+The measurements are rendered by kind in :mod:`.measurements`; the BN neighbourhoods
+(:class:`~bnaudit.measurements.BatchNormNeighbourhood`) become the layer sequences here.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Any, Iterator
 from markupsafe import Markup
 
 from ..findings import Finding, Severity
-from ..result import AuditResult
+from ..measurements import BatchNormNeighbourhood
+from ..result import AuditResult, Status
 from ..rule import Rule
-from . import Report
-from .json import without_timings
+from . import Report, common_skipped
 from .locations import relative_path
-from .measurements import StatisticsView, Table, devices, format_value, flatten, statistics_view, topic_tables
+from .measurements import StatisticsView, Table, format_value, flatten, sections
 from .svg import severity_bar
 
-#: Measurement topics with their own section; any other topic is shown as tables.
-KNOWN_TOPICS = ("layers", "statistics", "inference", "diff")
+#: The rule and setting whose applied value the drift chart draws.
+DRIFT_THRESHOLD = ("BN301", "drift-score")
 
 
 @dataclass
@@ -131,22 +131,14 @@ def build(report: Report) -> dict[str, Any]:
 def _common_skipped(models: list[ModelView]) -> list[tuple[str, list[str]]]:
     """The (reason, codes) every audited model skipped alike: said once, not on every model."""
     audited = [m for m in models if not m.result.unreadable]
-    if len(audited) < 2:
-        return []
-    return [item for item in audited[0].skipped if all(item in m.skipped for m in audited[1:])]
+    return common_skipped([m.skipped for m in audited]) if len(audited) >= 2 else []
 
 
 def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
-    measurements = result.measurements if isinstance(result.measurements, dict) else {}
-    if not report.options.get("timestamp"):
-        measurements = without_timings(measurements)
-    inference = measurements.get("inference")
-    skipped: dict[str, list[str]] = {}
-    for item in result.skipped:
-        skipped.setdefault(item.reason, []).append(item.code)
     codes: dict[str, list[str]] = {}
     for f in result.findings:
         codes.setdefault(f.layer, []).append(f.code)
+    page = sections(result.measurements, codes, applied_threshold(result, *DRIFT_THRESHOLD), timings=bool(report.options.get("timestamp")))
     view = ModelView(
         result=result,
         anchor=anchor,
@@ -154,43 +146,37 @@ def model_view(result: AuditResult, report: Report, anchor: str) -> ModelView:
         verdict_words=verdict_words(result, report.fail_on),
         counts=result.counts(),
         severity_chart=severity_bar({k: v for k, v in reversed(result.counts().items())}),
-        skipped=sorted(skipped.items()),
-        devices=devices(inference),
-        statistics=statistics_view(measurements.get("statistics"), codes, applied_thresholds(result, report)),
-        diff=statistics_view(measurements.get("diff"), codes),
+        skipped=result.skipped_by_reason(),
+        devices=page.devices,
+        statistics=page.statistics,
+        diff=page.diff,
+        inference=page.inference,
+        other=page.other,
         notes=list(result.notes),
     )
-    neighbourhoods = measurements.get("layers")
-    if isinstance(neighbourhoods, dict):
-        for bn in neighbourhoods:
-            around = sequence(neighbourhoods, bn)
-            for node in (n for step in around for n in step):
-                node.marked = node.marked and bn in codes
-            view.batchnorms.append((bn, around, sorted(set(codes.get(bn, [])))))
-    if inference is not None:
-        view.inference = topic_tables("inference", inference, key_names=("device", "output"))
-    for topic, value in measurements.items():
-        if topic not in KNOWN_TOPICS:
-            view.other += topic_tables(topic, value)
+    neighbourhoods = neighbourhoods_of(result)
+    for bn in neighbourhoods:
+        around = sequence(neighbourhoods, bn)
+        for node in (n for step in around for n in step):
+            node.marked = node.marked and bn in codes
+        view.batchnorms.append((bn, around, sorted(set(codes.get(bn, [])))))
     return view
 
 
-def applied_thresholds(result: AuditResult, report: Report) -> dict[str, tuple[float, str]]:
-    """Measurement key -> (threshold, label) for the charts: as a finding recorded it
-    (``details["thresholds"]``, the value the rule applied), else the rule's default.
-    Threshold names are kebab-case settings (``drift-score``), keys snake_case."""
-    found: dict[str, tuple[float, str]] = {}
-    for rule in report.rules.values():
-        if rule.code in result.rules_run:
-            for name, value in rule.settings.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    found[name.replace("-", "_")] = (float(value), f"{rule.code} threshold (default)")
-    for finding in result.findings:
-        limits = finding.details.get("thresholds") if isinstance(finding.details, dict) else None
-        for name, value in (limits or {}).items() if isinstance(limits, dict) else ():
+def applied_threshold(result: AuditResult, code: str, setting: str) -> tuple[float, str] | None:
+    """(the value rule ``code`` applied for ``setting``, its label) as its outcome recorded
+    it (defaults overridden by the config or ``bnaudit.audit(settings=...)``); None when the rule did not run."""
+    for outcome in result.outcomes:
+        if outcome.code == code and outcome.status is Status.RAN:
+            value = outcome.settings.get(setting)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                found[str(name).replace("-", "_")] = (float(value), f"{finding.code} threshold")
-    return found
+                return float(value), f"{code} threshold ({code.lower()}.{setting})"
+    return None
+
+
+def neighbourhoods_of(result: AuditResult) -> dict[str, BatchNormNeighbourhood]:
+    """Each BN layer's neighbourhood, by the BN's path."""
+    return {bn.layer: bn for bn in result.measured(BatchNormNeighbourhood)}
 
 
 def verdict_words(result: AuditResult, fail_on: Severity) -> str:
@@ -239,7 +225,7 @@ def group_findings(models: list[ModelView], report: Report) -> list[SeverityGrou
     for severity in sorted(Severity, reverse=True):
         by_rule: dict[str, RuleGroup] = {}
         for model in models:
-            neighbourhoods = model.result.measurements.get("layers") if isinstance(model.result.measurements, dict) else None
+            neighbourhoods = neighbourhoods_of(model.result)
             for finding in model.result.findings:
                 if finding.severity != severity:
                     continue
@@ -254,7 +240,7 @@ def group_findings(models: list[ModelView], report: Report) -> list[SeverityGrou
 # -- the layer sequence around a finding ------------------------------------------------
 
 
-def sequence(neighbourhoods: Any, layer: str, details: dict[str, Any] | None = None) -> list[list[Node]]:
+def sequence(neighbourhoods: dict[str, BatchNormNeighbourhood], layer: str, details: dict[str, Any] | None = None) -> list[list[Node]]:
     """producer(s) -> BN -> consumer(s) around ``layer``, which is marked.
 
     Uses the neighbourhoods the engine records; a layer that is not a BN (e.g. BN501's
@@ -263,29 +249,23 @@ def sequence(neighbourhoods: Any, layer: str, details: dict[str, Any] | None = N
     """
     if not layer:
         return []
-    try:
-        centre = _centre(neighbourhoods, layer)
-        if centre is None:
-            return [[Node(layer, "", marked=True)]]
-        around = neighbourhoods[centre]
-        steps = [*around.get("before", []), [[centre, around.get("class", "")]], *around.get("after", [])]
-        involved = set(_strings(details or {}))
-        return [
-            [Node(str(path), str(cls), marked=path == layer, batchnorm=path == centre, involved=path in involved) for path, cls in step]
-            for step in steps
-        ]
-    except (AttributeError, TypeError, ValueError, KeyError):  # a hand-edited or foreign document
+    centre = _centre(neighbourhoods, layer)
+    if centre is None:
         return [[Node(layer, "", marked=True)]]
+    around = neighbourhoods[centre]
+    steps = [*around.before, [[centre, around.class_name]], *around.after]
+    involved = set(_strings(details or {}))
+    return [
+        [Node(str(path), str(cls), marked=path == layer, batchnorm=path == centre, involved=path in involved) for path, cls in step]
+        for step in steps
+    ]
 
 
-def _centre(neighbourhoods: Any, layer: str) -> str | None:
-    if not isinstance(neighbourhoods, dict):
-        return None
+def _centre(neighbourhoods: dict[str, BatchNormNeighbourhood], layer: str) -> str | None:
     if layer in neighbourhoods:
         return layer
     for bn, around in neighbourhoods.items():
-        steps = [*around.get("before", []), *around.get("after", [])]
-        if any(item[0] == layer for step in steps for item in step):
+        if any(item[0] == layer for step in [*around.before, *around.after] for item in step):
             return bn
     return None
 

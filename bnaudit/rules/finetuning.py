@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
+from ..measurements import BatchNormChange
 from ..rule import rule
 
 
-def _moved(change: dict) -> str:
+def _moved(change: BatchNormChange) -> str:
     """What changed, in words: "moving mean by up to 0.8 base standard deviations, ..."."""
     parts = []
-    if change["mean_shift"]:
-        parts.append(f"moving mean by up to {change['mean_shift']:.3g} base standard deviations")
-    if change["std_change"]:
-        parts.append(f"standard deviation by up to {change['std_change']:.1%}")
-    for name in ("gamma", "beta"):
-        if change[f"{name}_change"]:
-            parts.append(f"{name} by up to {change[f'{name}_change']:.3g}")
+    if change.mean_shift:
+        parts.append(f"moving mean by up to {change.mean_shift:.3g} base standard deviations")
+    if change.std_change:
+        parts.append(f"standard deviation by up to {change.std_change:.1%}")
+    for name, value in (("gamma", change.gamma_change), ("beta", change.beta_change)):
+        if value:
+            parts.append(f"{name} by up to {value:.3g}")
     return ", ".join(parts)
 
 
@@ -67,12 +68,12 @@ def frozen_batchnorm_changed(ctx):
         if pair.tuned.trainable or not (pair.statistics_changed or pair.affine_changed):
             continue
         change = pair.change()
-        was = "frozen" if change["frozen_base"] else "trainable"
+        was = "frozen" if change.frozen_base else "trainable"
         yield ctx.finding(
             pair.tuned,
             f"BatchNormalization {pair.tuned.path!r} is frozen but changed since the base ({was} there, "
             f"{pair.base.path!r}): {_moved(change)}",
-            details=change,
+            details=change.to_dict(),
             fix="freeze the layer before training (trainable=False before compile, base called with training=False), "
             "or restore its values from the base checkpoint",
         )
@@ -117,7 +118,7 @@ def batchnorm_statistics_unchanged(ctx):
             pair.tuned,
             f"BatchNormalization {pair.tuned.path!r} kept the base's moving statistics exactly while "
             f"{around} changed{why}",
-            details={**pair.change(), "changed_neighbours": neighbours},
+            details={**pair.change().to_dict(), "changed_neighbours": neighbours},
             fix="let the layer run in training mode while fine-tuning, or set trainable=False if keeping its statistics is intended",
         )
 

@@ -4,7 +4,7 @@ They load the model with Keras (safe mode; code-carrying layers refused unless
 ``--unsafe-load``) and run only with ``--data`` or ``--inference``. One set of passes,
 :func:`bnaudit.runtime.inference.run_inference_checks`, serves all four: the first rule
 to run computes it through ``RuleContext.shared``; each rule yields the device x output
-table as the ``"inference"`` measurement and which devices ran as notes.
+comparisons as typed measurements (:mod:`bnaudit.measurements`) and which devices ran as notes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from ..findings import Severity
 from ..hookspecs import hookimpl
-from ..rule import Measurement, Note, rule
+from ..rule import Note, rule
 
 NEEDS = ("graph", "runtime")
 
@@ -35,7 +35,7 @@ def _results(ctx):
 
 def _recorded(results):
     """The re-runs' table and notes: each BN40x rule yields them, the engine keeps them once."""
-    yield Measurement("inference", results.to_dict())
+    yield from results.measured()
     for note in results.notes:
         yield Note(note)
 

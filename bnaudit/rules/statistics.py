@@ -12,7 +12,7 @@ The per-channel comparison and the drift score are in :mod:`bnaudit.analysis.dri
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from ..analysis.drift import DEAD_VARIANCE_RATIO, LayerDrift, compare_layer, rou
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..loaders import LoadError
-from ..rule import Measurement, Note, SkipRule, rule
+from ..measurements import BatchNormDrift, BatchNormNotMeasured, StatisticsPass, TrainInferenceComparison
+from ..rule import Note, SkipRule, rule
 from ..writers import BATCH_STATISTICS, INFERENCE_MODE, writer_of
 from .layers import MAX_LISTED_CHANNELS, listed_channels
 
@@ -129,30 +130,27 @@ def _moving(ctx: "RuleContext", bn) -> tuple[np.ndarray, np.ndarray]:
     return arrays.moving_mean, arrays.moving_variance
 
 
-def pass_measurement(ctx: "RuleContext", statistics: "DataStatistics") -> Measurement:
+def pass_measurement(ctx: "RuleContext", statistics: "DataStatistics") -> StatisticsPass:
     """How the statistics were measured (samples, batches, where from), for the reports."""
-    return Measurement(
-        "statistics",
-        {
-            "samples": statistics.samples,
-            "batches": statistics.batches,
-            "batch_size": statistics.batch_size,
-            "upstream": statistics.upstream,
-            "replicas": statistics.replicas,
-            "source": "stats" if ctx.runtime.options.runtime.statistics.stats else "data",
-            "seconds": statistics.seconds,
-        }
-        | ({"order": order} if (order := ctx.runtime.memo("statistics_order", lambda: None)) else {}),
+    return StatisticsPass(
+        samples=statistics.samples,
+        batches=statistics.batches,
+        batch_size=statistics.batch_size,
+        upstream=statistics.upstream,
+        replicas=statistics.replicas,
+        source="stats" if ctx.runtime.options.runtime.statistics.stats else "data",
+        seconds=statistics.seconds,
+        order=ctx.runtime.memo("statistics_order", lambda: None) or "",
     )
 
 
-def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list[LayerDrift], list[Measurement | Note]]:
-    """Every measured BN layer compared with its moving statistics, and the per-layer
-    summaries as the ``statistics`` measurement (``{"layers": {path: summary}}``)."""
+def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list[LayerDrift], list[BatchNormDrift | BatchNormNotMeasured | Note]]:
+    """Every measured BN layer compared with its moving statistics, and what the reports
+    show of each (:class:`~bnaudit.measurements.BatchNormDrift`, or why it was not measured)."""
     dead_ratio = float(ctx.settings.get("bn303.variance-ratio", BN303_DEFAULTS["variance-ratio"]))
     drifts = []
     per_channel = ctx.runtime.options.runtime.statistics.per_channel
-    layers: dict[str, Any] = {}
+    measured_layers: list[BatchNormDrift | BatchNormNotMeasured | Note] = []
     notes: list[Note] = []
     for bn in ctx.graph.batchnorms():
         measured = statistics.layers.get(bn.path)
@@ -161,13 +159,13 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list
         mean, variance = _moving(ctx, bn)
         why = _unmeasurable(mean, variance, measured)
         if why:
-            layers[bn.path] = {"channels": int(mean.shape[0]), "not_measured": why}
+            measured_layers.append(BatchNormNotMeasured(bn.path, int(mean.shape[0]), why))
             notes.append(Note(f"BN301-BN303 did not measure {bn.path!r}: {why}"))
             continue
         drift = compare_layer(measured, mean, variance, bn.number("epsilon", 1e-3), dead_ratio)
-        layers[bn.path] = drift.summary() | ({"per_channel": drift.per_channel()} if per_channel else {})
+        measured_layers.append(BatchNormDrift(bn.path, **drift.summary(), per_channel=drift.per_channel() if per_channel else None))
         drifts.append(drift)
-    return drifts, [Measurement("statistics", {"layers": layers}), *notes]
+    return drifts, [*measured_layers, *notes]
 
 
 def _unmeasurable(moving_mean: np.ndarray, moving_variance: np.ndarray, measured: "LayerStatistics") -> str:
@@ -290,16 +288,15 @@ def train_inference_divergence(ctx):
         raise SkipRule("statistics files hold no model outputs; BN302 needs --data")
     limits = thresholds(ctx)
     cka, agreement = statistics.comparison.cka, statistics.comparison.agreement
-    compared = {
-        "cka": rounded(cka) if cka is not None else None,
-        "top1_agreement": rounded(agreement) if agreement is not None else None,
-        "compared_predictions": statistics.comparison.compared,
-        "samples": statistics.samples,
-    }
     unjudged = _unjudged(statistics)
-    if unjudged:
-        compared["not_judged"] = unjudged
-    yield Measurement("train_inference", compared)
+    compared = TrainInferenceComparison(
+        cka=rounded(cka) if cka is not None else None,
+        top1_agreement=rounded(agreement) if agreement is not None else None,
+        compared_predictions=statistics.comparison.compared,
+        samples=statistics.samples,
+        not_judged=tuple(unjudged),
+    )
+    yield compared
     note = ctx.runtime.memo("statistics_note", lambda: None)
     if note:
         yield Note(note)
@@ -318,7 +315,7 @@ def train_inference_divergence(ctx):
     yield ctx.finding(
         "",
         f"outputs with BN on batch statistics and on moving statistics diverge on the data: {', '.join(parts)}",
-        details={**compared, "thresholds": limits, "batch_size": statistics.batch_size},
+        details={**compared.to_dict(), "thresholds": limits, "batch_size": statistics.batch_size},
         fix="recompute the moving statistics on training data (or train longer / with a lower BN momentum)",
     )
 

@@ -241,10 +241,10 @@ def moving_statistics_not_converged(ctx):
     """
     read_count = getattr(ctx.graph.weights, "optimizer_iterations", None)  # .keras and .h5 only
     if read_count is None:
-        raise SkipRule(f"a {ctx.graph.format} file holds no optimizer state")
+        raise SkipRule(f"the {ctx.graph.format} format holds no optimizer state")
     steps = read_count()
     if steps is None:
-        raise SkipRule("the file holds no optimizer state (saved with include_optimizer=False, or never compiled)")
+        raise SkipRule("the file holds no optimizer state: saved with include_optimizer=False, or never compiled")
     limit = float(ctx.setting("residual"))
     unbounded: dict[str, list[str]] = {}
     for bn in ctx.graph.batchnorms():

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..analysis.tolerances import Comparison, Tolerance, compare, compute_dtype, tolerance
 from ..graph import dtype_policy
+from ..measurements import CALL_PATH_CHECKS, CallPathComparison, DeviceComparison, InferenceSetup, Measured
 from . import import_tensorflow
 from .data import DEFAULT_BATCH_SIZE
 from .devices import DevicePlan, plan_devices
@@ -69,22 +70,22 @@ class InferenceResults:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """``AuditResult.measurements["inference"]``: the device x output table and the rest."""
-        return {
-            "devices": self.plan.all,
-            "reference": self.reference,
-            "gpu": self.plan.gpu_status,
-            "tf32": self.plan.tf32,
-            "inputs": self.inputs,
-            "compute_dtype": self.compute_dtype,
-            "tolerance": vars(self.tolerance),
-            "device_table": [row.to_dict() for row in self.devices],
-            "batch_dependence": [row.to_dict() for row in self.batch_dependence],
-            "call_vs_predict": [row.to_dict() for row in self.call_vs_predict],
-            "repeatability": [row.to_dict() for row in self.repeatability],
-            "seconds": self.seconds,
-        }
+    def measured(self) -> list[Measured]:
+        """What the reports show: how the re-runs were made, then every comparison row."""
+        setup = InferenceSetup(
+            devices=list(self.plan.all),
+            reference=self.reference,
+            gpu=self.plan.gpu_status,
+            tf32=self.plan.tf32,
+            inputs=self.inputs,
+            compute_dtype=self.compute_dtype,
+            tolerance=vars(self.tolerance),
+            seconds=self.seconds,
+        )
+        rows: list[Measured] = [DeviceComparison(row) for row in self.devices]
+        for check in CALL_PATH_CHECKS:
+            rows += [CallPathComparison(check, row) for row in getattr(self, check)]
+        return [setup, *rows]
 
 
 def run_inference_checks(runtime: "Runtime") -> InferenceResults:
