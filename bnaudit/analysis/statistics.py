@@ -86,6 +86,42 @@ class DataStatistics:
         )
 
 
+class FlatTotals:
+    """Running moments of all layers as flat vectors: one merge per batch, whatever the depth.
+
+    Both passes (Keras, :mod:`bnaudit.runtime.statistics`; ONNX Runtime,
+    :mod:`bnaudit.runtime.onnx_statistics`) add each batch's per-channel moments here.
+    """
+
+    def __init__(self) -> None:
+        self.moments: Moments | None = None
+        self.batch_means: Moments | None = None
+        self.batch_variances: Moments | None = None
+
+    def add(self, replicas: list[Moments], full_batch: bool) -> None:
+        batch = replicas[0]
+        for replica in replicas[1:]:
+            batch = batch.merge(replica)
+        if self.moments is None:
+            self.moments, self.batch_means, self.batch_variances = (Moments.empty(batch.channels) for _ in range(3))
+        self.moments = self.moments.merge(batch)
+        if full_batch:
+            self.batch_means = self.batch_means.merge(Moments.of_observation(batch.mean))
+            self.batch_variances = self.batch_variances.merge(Moments.of_observation(batch.variance))
+
+    def per_layer(self, layout: list[tuple[str, int]], channels: dict[str, int]) -> dict[str, LayerStatistics]:
+        """Split the flat vectors by layer; a layer called several times per batch merges its calls."""
+        layers = {path: LayerStatistics(path, *(Moments.empty(n) for _ in range(3))) for path, n in channels.items()}
+        if self.moments is None:
+            return layers
+        start = 0
+        for path, n in layout:
+            part = slice(start, start + n)
+            layers[path] = layers[path].merge(LayerStatistics(path, self.moments[part], self.batch_means[part], self.batch_variances[part]))
+            start += n
+        return layers
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 40 else text[:37] + "..."

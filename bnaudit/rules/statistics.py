@@ -65,7 +65,6 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     :class:`~bnaudit.options.StatisticsOptions`.
     """
     from ..analysis import statistics_file
-    from ..analysis.statistics import fingerprint
 
     options = ctx.runtime.options
     runtime = options.runtime
@@ -77,8 +76,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
                 f"{wanted.stats} holds shards {statistics.shards} of {statistics.shard_count}",
                 "merge every shard with `bnaudit merge` before auditing",
             )
-        expected = fingerprint((bn.path, *_moving(ctx, bn)) for bn in ctx.graph.batchnorms())
-        if statistics.fingerprint != expected:
+        if statistics.fingerprint != model_fingerprint(ctx):
             raise LoadError(
                 f"{wanted.stats} was measured on another model (or other moving statistics)",
                 "measure the statistics on this model file",
@@ -86,36 +84,40 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         return statistics
     from ..progress import Progress
     from ..runtime.data import DEFAULT_BATCH_SIZE, data_order, iter_batches
-    from ..runtime.statistics import collect
 
-    model = ctx.runtime.model
-    writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
-    if writer.frozen_bn != INFERENCE_MODE and any(not bn.trainable for bn in ctx.graph.batchnorms()):
-        ctx.runtime.memo("statistics_note", lambda: (
-            f"training mode (BN302, --upstream training) runs the frozen BN layers as the writer does: {writer.frozen_bn_behaviour()}"
-            + ("; measured with batch statistics" if writer.frozen_bn == BATCH_STATISTICS else "; measured on moving statistics")
-        ))
     batch_size = int(runtime.batch_size or DEFAULT_BATCH_SIZE)
     shard = wanted.shard
-    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard, **data_order(runtime))
     try:
-        statistics = collect(
-            model,
-            batches,
-            batch_size=batch_size,
-            upstream=wanted.upstream,
-            compare_modes=options.selection.is_selected("BN302"),
-            frozen_use_batch=writer.frozen_bn == BATCH_STATISTICS,
-            progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
-            shard=shard,
-        )
+        if ctx.graph.format == "onnx":  # ONNX Runtime and numpy, no TensorFlow
+            statistics, batches = _measure_onnx(ctx, batch_size)
+        else:
+            from ..runtime.statistics import collect
+
+            model = ctx.runtime.model
+            writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
+            if writer.frozen_bn != INFERENCE_MODE and any(not bn.trainable for bn in ctx.graph.batchnorms()):
+                ctx.runtime.memo("statistics_note", lambda: (
+                    f"training mode (BN302, --upstream training) runs the frozen BN layers as the writer does: {writer.frozen_bn_behaviour()}"
+                    + ("; measured with batch statistics" if writer.frozen_bn == BATCH_STATISTICS else "; measured on moving statistics")
+                ))
+            batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard, **data_order(runtime))
+            statistics = collect(
+                model,
+                batches,
+                batch_size=batch_size,
+                upstream=wanted.upstream,
+                compare_modes=options.selection.is_selected("BN302"),
+                frozen_use_batch=writer.frozen_bn == BATCH_STATISTICS,
+                progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
+                shard=shard,
+            )
     except LoadError:
         raise
-    except Exception as exc:  # TensorFlow refusing the data inside the model, out of memory...
+    except Exception as exc:  # TensorFlow or ONNX Runtime refusing the data inside the model, out of memory...
         if options.debug:
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
+        raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line[:300]})", "run with --debug for the traceback") from None
     ctx.runtime.memo("statistics_order", lambda: batches.order)
     if wanted.save_statistics:
         try:
@@ -123,6 +125,44 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         except OSError as exc:
             raise LoadError(f"cannot write {wanted.save_statistics}: {exc.strerror or exc}", "check the directory exists and is writable") from None
     return statistics
+
+
+def _measure_onnx(ctx: "RuleContext", batch_size: int):
+    """The pass of :mod:`bnaudit.runtime.onnx_statistics` over ``--data``: (statistics, batches)."""
+    from ..progress import Progress
+    from ..runtime.data import data_order, iter_batches
+    from ..runtime.onnx_statistics import OnnxStatisticsPass
+
+    options = ctx.runtime.options
+    runtime = options.runtime
+    wanted = runtime.statistics
+    if wanted.upstream != "inference":
+        raise LoadError(
+            "--upstream training needs every BN to run on batch statistics; an ONNX BatchNormalization runs on its stored ones",
+            "measure ONNX models with --upstream inference (the default), or the .keras original with --upstream training",
+        )
+    onnx_pass = OnnxStatisticsPass(ctx.runtime.path, ctx.graph)
+    if onnx_pass.fixed_batch is not None:
+        batch_size = onnx_pass.fixed_batch
+    batches = iter_batches(options.data, onnx_pass.input_specs(), batch_size, runtime.max_samples, shard=wanted.shard, **data_order(runtime))
+    statistics = onnx_pass.collect(
+        batches,
+        batch_size=batch_size,
+        fingerprint=model_fingerprint(ctx),
+        progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
+        shard=wanted.shard,
+    )
+    notes = onnx_pass.notes()
+    if notes:
+        ctx.runtime.memo("statistics_pass_notes", lambda: notes)
+    return statistics, batches
+
+
+def model_fingerprint(ctx: "RuleContext") -> str:
+    """The hash of the moving statistics as the file holds them (``--stats`` must match it)."""
+    from ..analysis.statistics import fingerprint
+
+    return fingerprint((bn.path, *_moving(ctx, bn)) for bn in ctx.graph.batchnorms())
 
 
 def _moving(ctx: "RuleContext", bn) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +191,7 @@ def layer_drifts(ctx: "RuleContext", statistics: "DataStatistics") -> tuple[list
     drifts = []
     per_channel = ctx.runtime.options.runtime.statistics.per_channel
     measured_layers: list[BatchNormDrift | BatchNormNotMeasured | Note] = []
-    notes: list[Note] = []
+    notes = [Note(text) for text in ctx.runtime.memo("statistics_pass_notes", lambda: [])]
     for bn in ctx.graph.batchnorms():
         measured = statistics.layers.get(bn.path)
         if measured is None or not measured.moments.channels or measured.moments.count[0] == 0:

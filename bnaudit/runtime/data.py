@@ -114,6 +114,9 @@ def iter_batches(
 ) -> Batches:
     """Batches of ``spec`` for ``model``, ``batch_size`` samples each (the last may be short).
 
+    ``model``: a Keras model, or its inputs as a list of :class:`InputSpec` (an ONNX
+    model's, :func:`bnaudit.runtime.onnx_statistics.onnx_input_specs`: no Keras then).
+
     ``order``: "shuffled" (a permutation drawn from ``numpy.random.default_rng(seed)``,
     the same for every shard) or "sorted" (file order). Raises :class:`DataError` for
     data that does not exist, does not fit the model, is empty, or holds NaN/Inf (the
@@ -125,7 +128,7 @@ def iter_batches(
         raise DataError(f"--max-samples must be at least 1, got {max_samples}")
     if order not in DATA_ORDERS:
         raise DataError(f"--data-order must be one of {', '.join(DATA_ORDERS)}, not {order!r}")
-    specs = input_specs(model)
+    specs = model if isinstance(model, list) else input_specs(model)
     source = open_source(spec, specs)
     described = "sorted (file order)"
     if order == "shuffled":

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..analysis.cka import ModeComparison
 from ..analysis.moments import Moments
-from ..analysis.statistics import UPSTREAM_MODES, DataStatistics, LayerStatistics, fingerprint
+from ..analysis.statistics import UPSTREAM_MODES, DataStatistics, FlatTotals, fingerprint
 from . import import_tensorflow
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ def collect(
     )
     #: Which (layer, channels) each stretch of the flat moment vectors belongs to, in call order.
     layout: list[tuple[str, int]] = []
-    totals = _FlatTotals()
+    totals = FlatTotals()
 
     with _Instrument(layers, frozen_use_batch) as instrument:
 
@@ -309,38 +309,6 @@ def collect(
     result.layers = totals.per_layer(layout, {path: int(np.prod(layer.moving_mean.shape)) for path, layer in layers.items()})
     result.seconds = round(time.perf_counter() - started, 3)
     return result
-
-
-class _FlatTotals:
-    """Running moments of all layers as flat vectors: one merge per batch, whatever the depth."""
-
-    def __init__(self) -> None:
-        self.moments: Moments | None = None
-        self.batch_means: Moments | None = None
-        self.batch_variances: Moments | None = None
-
-    def add(self, replicas: list[Moments], full_batch: bool) -> None:
-        batch = replicas[0]
-        for replica in replicas[1:]:
-            batch = batch.merge(replica)
-        if self.moments is None:
-            self.moments, self.batch_means, self.batch_variances = (Moments.empty(batch.channels) for _ in range(3))
-        self.moments = self.moments.merge(batch)
-        if full_batch:
-            self.batch_means = self.batch_means.merge(Moments.of_observation(batch.mean))
-            self.batch_variances = self.batch_variances.merge(Moments.of_observation(batch.variance))
-
-    def per_layer(self, layout: list[tuple[str, int]], channels: dict[str, int]) -> dict[str, LayerStatistics]:
-        """Split the flat vectors by layer; a layer called several times per batch merges its calls."""
-        layers = {path: LayerStatistics(path, *(Moments.empty(n) for _ in range(3))) for path, n in channels.items()}
-        if self.moments is None:
-            return layers
-        start = 0
-        for path, n in layout:
-            part = slice(start, start + n)
-            layers[path] = layers[path].merge(LayerStatistics(path, self.moments[part], self.batch_means[part], self.batch_variances[part]))
-            start += n
-        return layers
 
 
 def _gather(strategy, value) -> np.ndarray:

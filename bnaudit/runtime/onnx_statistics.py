@@ -1,0 +1,206 @@
+"""The statistics pass (BN301, BN303) on an ONNX model: ONNX Runtime, numpy, no TensorFlow.
+
+One session runs over ``--data`` on a copy of the model, held in memory, in which the
+input ``X`` of every top-level ``BatchNormalization`` node is also a graph output: one
+``session.run`` per batch returns the model's outputs and every BN input, and the host
+reduces each to per-channel count, mean and variance (channel axis 1, as ONNX BN
+normalizes, NCHW; a rank-2 input is (N, C)) and merges them in float64 with
+:class:`~bnaudit.analysis.moments.Moments`, exactly as the Keras pass
+(:mod:`bnaudit.runtime.statistics`) does. The result is the same
+:class:`~bnaudit.analysis.statistics.DataStatistics`, so BN301 and BN303 judge it
+unchanged, and ``bnaudit stats --shard`` / ``merge`` / ``--stats`` work the same way.
+
+What differs from the Keras pass, and why:
+
+- The BN layers upstream of a measured one normalize with their moving statistics
+  (``upstream="inference"``): an ONNX ``BatchNormalization`` is an inference operator
+  (``training_mode=0``) and nothing here rewrites it. ``--upstream training`` is refused.
+- BN302 (outputs on batch statistics vs. moving statistics) is not computed: the model
+  would have to be rewritten with every BN in its batch-statistics form, and an ONNX file
+  no longer says which BN layers were frozen in training (the engine skips BN302 with
+  that reason).
+- A BN inside an ``If``/``Loop``/``Scan`` body or a local function has no tensor in the
+  main graph to expose; it is not measured (the pass lists it, BN301-BN303 say so).
+- The data is fed in the model's declared input shape: a model converted by tf2onnx
+  from Keras keeps its NHWC input (the Transpose to NCHW is inside the graph), so the
+  same ``.npy`` feeds the ``.keras`` and the ``.onnx``. A graph that fixes its batch
+  dimension is run in batches of that size (``--batch-size`` is overridden, a short
+  last batch is dropped and counted in the notes).
+
+The session runs on ONNX Runtime's CPU execution provider, with graph optimizations at
+their default (the extra outputs keep every BN input from being fused away). External
+data is read from the model's folder only after the loader checked every window of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from ..analysis.moments import Moments
+from ..analysis.statistics import DataStatistics, FlatTotals
+from ..loaders import LoadError
+from .data import InputSpec
+from .onnx_inference import CPU_PROVIDER, _onnxruntime
+
+if TYPE_CHECKING:
+    from ..graph import ModelGraph
+    from ..progress import Progress
+
+#: ONNX Runtime's input types -> numpy dtypes the data is converted to.
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def channel_moments(x: np.ndarray) -> Moments:
+    """Moments per channel of one BN input ``x`` of shape (N, C, ...) (channel axis 1).
+
+    Two passes in float64 over the batch (mean, then the mean squared deviation): the
+    exact population variance BatchNormalization computes, whatever the mean's size.
+    Returns ``C`` channels, each with count ``N x prod(spatial dims)``.
+    """
+    if x.ndim < 2:
+        raise LoadError(f"a BatchNormalization input of shape {list(x.shape)}: ONNX wants (N, C, ...)")
+    values = np.moveaxis(np.asarray(x, np.float64), 1, -1).reshape(-1, x.shape[1])
+    mean = values.mean(axis=0) if len(values) else np.zeros(x.shape[1])
+    variance = np.square(values - mean).mean(axis=0) if len(values) else np.zeros(x.shape[1])
+    return Moments.of_batch(float(len(values)), mean, variance)
+
+
+@dataclass
+class OnnxStatisticsPass:
+    """An ONNX model ready to measure: the instrumented session and where each BN reads from.
+
+    ``measured`` maps bnaudit's layer path of each top-level BN (the node's name, see
+    :mod:`bnaudit.loaders.onnx`) to the tensor it normalizes; ``unreachable`` lists the
+    BN paths inside subgraphs and functions, which are not measured.
+    """
+
+    path: Path
+    graph: "ModelGraph"
+    measured: dict[str, str] = field(default_factory=dict)
+    unreachable: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.session = self._instrumented_session()
+        self.inputs = self.session.get_inputs()
+        self.fixed_batch = next((int(i.shape[0]) for i in self.inputs if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0), None)
+
+    def input_specs(self) -> list[InputSpec]:
+        """The graph's inputs as ``bnaudit.runtime.data`` checks the data against them
+        (shape without the batch axis; a symbolic dimension is open)."""
+        specs = []
+        for value in self.inputs:
+            dtype = _ORT_TYPES.get(value.type)
+            if dtype is None or not value.shape:
+                raise LoadError(f"ONNX input {value.name!r} is {value.type} {value.shape}: --data cannot feed it", "the statistics pass feeds numeric tensors with a batch axis")
+            shape = tuple(d if isinstance(d, int) and d > 0 else None for d in value.shape[1:])
+            specs.append(InputSpec(value.name, shape, np.dtype(dtype)))
+        return specs
+
+    def collect(
+        self,
+        batches: Iterable[list[np.ndarray]],
+        *,
+        batch_size: int,
+        fingerprint: str,
+        progress: "Progress | None" = None,
+        shard: tuple[int, int] | None = None,
+    ) -> DataStatistics:
+        """Run the session over ``batches`` and return the statistics at every BN input.
+
+        ``fingerprint``: the model's moving statistics as :func:`bnaudit.analysis.statistics.fingerprint`
+        hashes them (what ``--stats`` is checked against).
+        """
+        started = time.perf_counter()
+        result = DataStatistics(
+            layers={}, batch_size=batch_size, upstream="inference", fingerprint=fingerprint,
+            shards=[shard[0]] if shard else [1], shard_count=shard[1] if shard else 1,
+        )
+        names = [value.name for value in self.inputs]
+        wanted = list(self.measured.values())
+        layout: list[tuple[str, int]] = []
+        channels = {bn.path: int(self.graph.weights.bn_arrays(bn).moving_mean.shape[0]) for bn in self.graph.batchnorms() if bn.path in self.measured}
+        totals = FlatTotals()
+        self.dropped = 0
+        try:
+            for batch in batches:
+                if self.fixed_batch is not None and len(batch[0]) != self.fixed_batch:
+                    self.dropped += len(batch[0])
+                    continue
+                found = self.session.run(wanted, dict(zip(names, batch)))
+                per_layer = [channel_moments(x) for x in found]
+                layout = [(path, m.channels) for path, m in zip(self.measured, per_layer)]
+                for path, width in layout:
+                    if width != channels[path]:
+                        raise LoadError(f"BN node {path!r} normalizes {width} channels of its input but holds {channels[path]} moving statistics", "the model is inconsistent; export it again")
+                flat = Moments(*(np.concatenate([getattr(m, part) for m in per_layer]) if per_layer else np.zeros(0) for part in ("count", "mean", "m2")))
+                totals.add([flat], full_batch=len(batch[0]) == batch_size)
+                result.samples += len(batch[0])
+                result.batches += 1
+                if progress:
+                    progress.update(result.samples, result.batches)
+        finally:
+            if progress:
+                progress.done()
+        result.layers = totals.per_layer(layout, channels)
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+
+    def notes(self) -> list[str]:
+        """What the reports should say about this pass (unmeasured BNs, dropped samples)."""
+        found = []
+        if self.unreachable:
+            shown = ", ".join(repr(p) for p in self.unreachable[:5]) + (", ..." if len(self.unreachable) > 5 else "")
+            found.append(f"BN301-BN303 did not measure {len(self.unreachable)} BN node(s) inside ONNX subgraphs or functions ({shown}): their inputs are not tensors of the main graph")
+        if getattr(self, "dropped", 0):
+            found.append(f"the ONNX graph fixes its batch at {self.fixed_batch}: the last {self.dropped} sample(s) of --data, a short batch, were not measured")
+        return found
+
+    def _instrumented_session(self):
+        """An ONNX Runtime session of the model with every top-level BN input as an output."""
+        ort = _onnxruntime()
+        import onnx
+
+        model = onnx.load_model(str(self.path), load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            # every window was checked by the loader (inside the folder, within the file)
+            onnx.external_data_helper.load_external_data_for_model(model, str(self.path.resolve().parent))
+        # the loader names a layer by its node's name, or <op>_<index> without one; a name
+        # given twice was made unique there, so such nodes are left unmeasured, not guessed
+        named = [node.name or f"{node.op_type}_{index}" for index, node in enumerate(model.graph.node)]
+        given = Counter(named)
+        top_level = {name: node for name, node in zip(named, model.graph.node) if node.op_type == "BatchNormalization" and given[name] == 1}
+        for bn in self.graph.batchnorms():
+            node = top_level.get(bn.path)
+            if node is None or bn.container or not node.input or not node.input[0]:
+                self.unreachable.append(bn.path)
+            else:
+                self.measured[bn.path] = node.input[0]
+        exposed = {o.name for o in model.graph.output}
+        for tensor in dict.fromkeys(self.measured.values()):
+            if tensor not in exposed:
+                model.graph.output.append(onnx.ValueInfoProto(name=tensor))  # ONNX Runtime infers its type
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=[CPU_PROVIDER])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise LoadError(
+                f"ONNX Runtime cannot load the model with its BN inputs exposed ({type(exc).__name__}: {first[:200]})",
+                "the static checks still ran; the statistics pass needs a model ONNX Runtime can execute",
+            ) from None
