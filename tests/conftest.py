@@ -104,6 +104,15 @@ def audited_by_path(*paths: str, cwd: Path) -> dict[str, dict]:
     return {m["path"]: m for m in json.loads(run.stdout)["models"]}
 
 
+def frameworks_imported(code: str, frameworks: tuple[str, ...] = ("tensorflow", "keras", "tf_keras")) -> list[str]:
+    """Run ``code`` in a fresh interpreter (the checkout first on the path, nothing else
+    in the environment) and return which modules of ``frameworks`` it left imported."""
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {frameworks!r})))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Run:
     """Run ``bnaudit ARGS`` in this process (click's runner): exit code, stdout and stderr as
     the console script gives them. The working directory and environment are restored
