@@ -34,6 +34,13 @@ def trained(tmp_path_factory):
     fit_steps(fast, STEPS)
     fast.save(out / "fast.keras")
     small_convnet(keras).save(out / "untrained.keras")  # never compiled: no optimizer state
+    # Mixed precision: LossScaleOptimizer saves its own count (0) and its inner optimizer's.
+    mixed = small_convnet(keras)
+    mixed.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()), "sparse_categorical_crossentropy", run_eagerly=True)
+    fit_steps(mixed, STEPS)
+    assert int(mixed.optimizer.iterations.numpy()) == STEPS
+    mixed.save(out / "mixed.keras")
+    mixed.save(out / "mixed.h5")
 
     # A backbone nested in a new model, and a frozen BN of the new head: the count
     # bounds neither's updates.
@@ -66,7 +73,9 @@ def audited(trained):
     return {model["path"].rpartition("/")[2]: model for model in json.loads(run.stdout)["models"]}
 
 
-@pytest.mark.parametrize("name, steps", [("slow.keras", STEPS), ("slow.h5", STEPS), ("k2_slow.h5", STEPS), ("k2_legacy_sgd.h5", 6)])
+@pytest.mark.parametrize("name, steps", [
+    ("slow.keras", STEPS), ("slow.h5", STEPS), ("k2_slow.h5", STEPS), ("k2_legacy_sgd.h5", 6), ("mixed.keras", STEPS), ("mixed.h5", STEPS),
+])
 def test_too_few_steps_for_momentum_099_fire_on_every_bn(audited, name, steps):
     model = audited[name]
     assert [(f["code"], f["layer"], f["severity"]) for f in model["findings"]] == [("BN205", "bn_a", "warning"), ("BN205", "bn_b", "warning")]
