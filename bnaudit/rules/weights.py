@@ -241,7 +241,7 @@ def moving_statistics_not_converged(ctx):
     """
     read_count = getattr(ctx.graph.weights, "optimizer_iterations", None)  # .keras and .h5 only
     if read_count is None:
-        raise SkipRule(f"the {ctx.graph.format} format holds no optimizer state")
+        raise SkipRule("the optimizer's step count is read from .keras and .h5 files only")
     steps = read_count()
     if steps is None:
         raise SkipRule("the file holds no optimizer state: saved with include_optimizer=False, or never compiled")
