@@ -41,6 +41,16 @@ def trained(tmp_path_factory):
     assert int(mixed.optimizer.iterations.numpy()) == STEPS
     mixed.save(out / "mixed.keras")
     mixed.save(out / "mixed.h5")
+    # A BN inside a wrapper trains with the model: the count bounds its updates.
+    wrapped = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.TimeDistributed(keras.layers.Dense(4), name="td_dense"),
+        keras.layers.TimeDistributed(keras.layers.BatchNormalization(name="bn"), name="td"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    fit_steps(wrapped, STEPS)
+    wrapped.save(out / "wrapped.keras")
 
     # A backbone nested in a new model, and a frozen BN of the new head: the count
     # bounds neither's updates.
@@ -82,6 +92,12 @@ def test_too_few_steps_for_momentum_099_fire_on_every_bn(audited, name, steps):
     details = model["findings"][0]["details"]
     assert details == {"steps": steps, "momentum": 0.99, "residual": round(0.99**steps, 6), "limit": 0.05, "steps_needed": 299}
     assert "bnaudit fix --recalibrate" in model["findings"][0]["fix"] and "0.9 settles in 29" in model["findings"][0]["fix"]
+
+
+def test_a_bn_inside_a_wrapper_is_judged_not_set_aside_as_nested(audited):
+    model = audited["wrapped.keras"]
+    assert [(f["code"], f["layer"]) for f in model["findings"]] == [("BN205", "td/bn")]
+    assert model["notes"] == []
 
 
 @pytest.mark.parametrize("name", ["fast.keras", "k2_fast.h5"])

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ..findings import Severity
+from ..graph import MODEL_CLASSES
 from ..hookspecs import hookimpl
 from ..rule import Note, SkipRule, rule
 from .layers import listed_channels
@@ -251,8 +252,10 @@ def moving_statistics_not_converged(ctx):
         if not bn.trainable:
             unbounded.setdefault("frozen", []).append(bn.path)
             continue
-        if bn.container:
-            unbounded.setdefault(f"inside nested model {bn.container!r}, possibly restored", []).append(bn.path)
+        # A wrapper (TimeDistributed) trains with the model; a nested model may come restored.
+        enclosing = [model for model in ctx.graph.enclosing_models(bn) if model.class_name in MODEL_CLASSES]
+        if enclosing:
+            unbounded.setdefault(f"inside nested model {enclosing[-1].path!r}, possibly restored", []).append(bn.path)
             continue
         momentum = float(bn.config.get("momentum", 0.99))
         if not 0 < momentum < 1:
