@@ -205,6 +205,20 @@ def test_a_fixed_batch_runs_in_batches_of_its_size_and_the_short_rest_is_noted(t
     assert any("fixes its batch at 8: the last 4 sample(s)" in n for n in model["notes"])
 
 
+def test_a_model_onnx_runtime_cannot_run_is_one_line_and_exit_2(tmp_path):
+    """A custom-domain operator (BN501) has no library registered: refused, not run."""
+    _bn_model(tmp_path)
+    model = onnx.load(tmp_path / "m.onnx")
+    model.graph.node.append(helper.make_node("Foo", ["y"], ["z"], name="foo", domain="acme"))
+    model.graph.output[0].name = "z"
+    model.opset_import.append(helper.make_opsetid("acme", 1))
+    onnx.save(model, tmp_path / "m.onnx")
+    run = run_bnaudit("check", "--data", _data(tmp_path), "--select", "BN301", tmp_path / "m.onnx")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert "ONNX Runtime cannot load the model with its BN inputs exposed" in line and "acme" in line
+
+
 def test_upstream_training_is_refused_on_onnx_with_one_line(tmp_path):
     run = run_bnaudit("check", "--data", _data(tmp_path), "--select", "BN301", "--upstream", "training", _bn_model(tmp_path))
     assert run.returncode == 2 and "Traceback" not in run.stderr

@@ -21,6 +21,7 @@ from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..loaders import LoadError
 from ..measurements import BatchNormDrift, BatchNormNotMeasured, StatisticsPass, TrainInferenceComparison
+from ..printable import exception_line
 from ..rule import Note, SkipRule, rule
 from ..writers import BATCH_STATISTICS, INFERENCE_MODE, writer_of
 from .layers import MAX_LISTED_CHANNELS, listed_channels
@@ -116,8 +117,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     except Exception as exc:  # TensorFlow or ONNX Runtime refusing the data inside the model, out of memory...
         if options.debug:
             raise
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line[:300]})", "run with --debug for the traceback") from None
+        raise LoadError(f"the forward pass over --data {options.data} failed ({exception_line(exc)})", "run with --debug for the traceback") from None
     ctx.runtime.memo("statistics_order", lambda: batches.order)
     if wanted.save_statistics:
         try:

@@ -45,6 +45,7 @@ import numpy as np
 from ..analysis.moments import Moments
 from ..analysis.statistics import DataStatistics, FlatTotals
 from ..loaders import LoadError
+from ..printable import exception_line
 from .data import InputSpec
 from .onnx_inference import CPU_PROVIDER, _onnxruntime
 
@@ -199,8 +200,7 @@ class OnnxStatisticsPass:
         try:
             return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=[CPU_PROVIDER])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise LoadError(
-                f"ONNX Runtime cannot load the model with its BN inputs exposed ({type(exc).__name__}: {first[:200]})",
+                f"ONNX Runtime cannot load the model with its BN inputs exposed ({exception_line(exc)})",
                 "the static checks still ran; the statistics pass needs a model ONNX Runtime can execute",
             ) from None
