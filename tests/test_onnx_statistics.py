@@ -131,6 +131,18 @@ def test_data_in_another_layout_is_one_line_and_exit_2(converted):
     assert lines[0].startswith(f"bnaudit: error: {converted / MODEL}.onnx")
 
 
+@pytest.mark.parametrize("shape, dtype, offset", [((16, 5, 7, 7), "float32", 1e3), ((64, 6), "float32", -40.0), ((8, 3, 4, 4, 4), "float16", 2.0), ((4, 3, 5), "float64", 1e6)])
+def test_channel_moments_match_float64_numpy_over_batch_and_positions(shape, dtype, offset):
+    from bnaudit.runtime.onnx_statistics import channel_moments
+
+    x = (np.random.default_rng(2).normal(offset, 3, shape)).astype(dtype)
+    exact = np.moveaxis(x.astype(np.float64), 1, -1).reshape(-1, shape[1])
+    measured = channel_moments(x)
+    assert measured.channels == shape[1] and (measured.count == len(exact)).all()
+    np.testing.assert_allclose(measured.mean, exact.mean(axis=0), rtol=1e-7, atol=1e-7 * (abs(offset) + 3))
+    np.testing.assert_allclose(measured.variance, exact.var(axis=0), rtol=1e-6)
+
+
 # -- hand-built graphs: no TensorFlow needed ------------------------------------------------
 
 
