@@ -106,8 +106,10 @@ class OnnxStatisticsPass:
 
     path: Path
     graph: "ModelGraph"
-    measured: dict[str, str] = field(default_factory=dict)
-    unreachable: list[str] = field(default_factory=list)
+    measured: dict[str, str] = field(init=False, default_factory=dict)
+    unreachable: list[str] = field(init=False, default_factory=list)
+    #: Samples of a short last batch left out because the graph fixes its batch size.
+    dropped: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.session = self._instrumented_session()
@@ -181,7 +183,7 @@ class OnnxStatisticsPass:
         if self.unreachable:
             shown = ", ".join(repr(p) for p in self.unreachable[:5]) + (", ..." if len(self.unreachable) > 5 else "")
             found.append(f"BN301-BN303 did not measure {len(self.unreachable)} BN node(s) inside ONNX subgraphs or functions ({shown}): their inputs are not tensors of the main graph")
-        if getattr(self, "dropped", 0):
+        if self.dropped:
             found.append(f"the ONNX graph fixes its batch at {self.fixed_batch}: the last {self.dropped} sample(s) of --data, a short batch, were not measured")
         return found
 
