@@ -319,7 +319,7 @@ def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
         return "needs --data"
     if "runtime" in rule.needs and not (options.data or options.inference):
         return "needs --data or --inference"
-    if graph.format == "onnx":  # ONNX Runtime: BN301/BN303 over --data, BN401/BN402/BN404 on synthetic inputs
+    if graph.runner == "onnxruntime":  # BN301/BN303 over --data, BN401/BN402/BN404 on synthetic inputs
         if rule.code == "BN403":
             return "not measured on ONNX files (one call path)"
         if rule.code == "BN302":
@@ -329,8 +329,8 @@ def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
             )
         if "runtime" in rule.needs and "data" not in rule.needs and not options.inference:
             return "ONNX files are re-run on synthetic inputs: pass --inference"
-    elif graph.format == "savedmodel" and ("runtime" in rule.needs or "data" in rule.needs):
-        return "the data and inference rules run .keras and .h5 files with Keras; re-running a SavedModel is not supported"
+    elif not graph.runner and ("runtime" in rule.needs or "data" in rule.needs):
+        return f"the data and inference rules run .keras and .h5 files with Keras and .onnx files with ONNX Runtime; re-running a {graph.format} model is not supported"
     return ""
 
 

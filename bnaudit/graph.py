@@ -169,6 +169,11 @@ class ModelGraph:
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     #: Why ``weights`` is None although the file holds weights (a reader is not installed).
     weights_missing: str = ""
+    #: What re-runs the model for the data and inference rules, as its loader declares:
+    #: ``"keras"`` (``bnaudit.runtime`` loads it with Keras), ``"onnxruntime"`` (ONNX
+    #: Runtime: BN301, BN303 and BN401/402/404; not BN302 or BN403), or ``""`` (nothing:
+    #: those rules are skipped with the reason).
+    runner: str = "keras"
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:

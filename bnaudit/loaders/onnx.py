@@ -152,6 +152,7 @@ class OnnxGraphBuilder:
         self.model = model
         self.graph = ModelGraph(name=model.graph.name or "", class_name="onnx")
         self.graph.format = "onnx"
+        self.graph.runner = "onnxruntime"
         opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         self.opset = opsets.get("ai.onnx", 0)
         self.graph.producer = f"{model.producer_name} {model.producer_version}".strip()

@@ -69,6 +69,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     except ConfigError as exc:
         raise LoadError(f"{METADATA_FILE}: {exc}") from None
     graph.format = "savedmodel"
+    graph.runner = ""  # the serving graph is inspected, never run
     graph.producer = "tf-keras SavedModel"
     object_paths = _object_paths(graph, nodes)
     try:

@@ -23,7 +23,7 @@ def _results(ctx):
     (a failure stops the four rules with one error)."""
 
     def compute() -> Any:
-        if ctx.graph.format == "onnx":
+        if ctx.graph.runner == "onnxruntime":
             from ..runtime.onnx_inference import run_inference_checks  # ONNX Runtime, no TensorFlow
         else:
             from ..runtime.inference import run_inference_checks  # TensorFlow only from here on

@@ -89,7 +89,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
     batch_size = int(runtime.batch_size or DEFAULT_BATCH_SIZE)
     shard = wanted.shard
     try:
-        if ctx.graph.format == "onnx":  # ONNX Runtime and numpy, no TensorFlow
+        if ctx.graph.runner == "onnxruntime":  # ONNX Runtime and numpy, no TensorFlow
             statistics, batches = _measure_onnx(ctx, batch_size)
         else:
             from ..runtime.statistics import collect
