@@ -120,12 +120,27 @@ def test_an_unreachable_worker_times_out_in_one_line(sample):
     assert not (sample / "never.npz").exists() and time.monotonic() - started < 60
 
 
+def test_check_and_fix_on_a_cluster_say_what_is_wrong_in_one_line(sample):
+    bad = run_bnaudit("check", "mlp.keras", "--data", "data.npy", cwd=sample, env={"TF_CONFIG": tf_config(["h:1", "h:2"], 5)})
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith('bnaudit: error: TF_CONFIG task {"type": "worker", "index": 5} is not a chief or worker task of its cluster (')
+    cluster = {"TF_CONFIG": tf_config(["localhost:1", "localhost:2"], 0)}
+    fixed = run_bnaudit("fix", "mlp.keras", "-o", "fixed.keras", "--recalibrate", "--data", "data.npy", cwd=sample, env=cluster)
+    assert fixed.returncode == 2 and not (sample / "fixed.keras").exists()
+    assert fixed.stderr == (
+        "bnaudit: error: mlp.keras: bnaudit fix runs on one machine, and TF_CONFIG names a cluster (measure on the cluster with "
+        "`bnaudit stats --upstream training -o STATS.npz`, then run fix --recalibrate --stats STATS.npz without TF_CONFIG)\n"
+    )
+
+
 @pytest.mark.slow
 def test_two_workers_measure_what_one_process_measures(sample):
     from bnaudit.analysis import statistics_file
 
-    base = {**os.environ, "PYTHONPATH": str(ROOT), "BNAUDIT_CLUSTER_TIMEOUT": "120"}
-    command = [sys.executable, "-m", "bnaudit", "stats", "mlp.keras", "--data", "data.npy", "--batch-size", "16"]
+    # One device per process everywhere, so that every run computes each batch alike (float32).
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "BNAUDIT_CLUSTER_TIMEOUT": "120", "BNAUDIT_LOGICAL_CPUS": "1"}
+    how = ["--data", "data.npy", "--batch-size", "16", "--upstream", "training"]  # 13 batches: 7 for the chief, 6 for the other
+    command = [sys.executable, "-m", "bnaudit", "stats", "mlp.keras", *how]
     addresses = [f"localhost:{p}" for p in free_ports(2)]
     started = time.monotonic()
     workers = [
@@ -145,12 +160,12 @@ def test_two_workers_measure_what_one_process_measures(sample):
     assert [w.returncode for w in workers] == [0, 0], outputs
     (chief_table, chief_err), (worker_table, worker_err) = outputs
     assert worker_table == "" and worker_err == "" and not (sample / "task1.npz").exists()  # only the chief speaks and writes
-    print(f"two workers: {seconds:.1f} s")
-
-    single = run_bnaudit("stats", "mlp.keras", "--data", "data.npy", "--batch-size", "16", "-o", "single.npz", cwd=sample, env={"BNAUDIT_LOGICAL_CPUS": "1"})
+    started = time.monotonic()
+    single = run_bnaudit("stats", "mlp.keras", *how, "-o", "single.npz", cwd=sample, env={"BNAUDIT_LOGICAL_CPUS": "1"})
+    print(f"two workers: {seconds:.1f} s; one process: {time.monotonic() - started:.1f} s")
     assert single.returncode == 0, single.stderr
     for k in (1, 2):
-        part = run_bnaudit("stats", "mlp.keras", "--data", "data.npy", "--batch-size", "16", "--shard", f"{k}/2", "-o", f"part{k}.npz", cwd=sample)
+        part = run_bnaudit("stats", "mlp.keras", *how, "--shard", f"{k}/2", "-o", f"part{k}.npz", cwd=sample, env={"BNAUDIT_LOGICAL_CPUS": "1"})
         assert part.returncode == 0, part.stderr
     assert run_bnaudit("merge", "part1.npz", "part2.npz", "-o", "merged.npz", cwd=sample).returncode == 0
 
@@ -166,4 +181,8 @@ def test_two_workers_measure_what_one_process_measures(sample):
                 np.testing.assert_allclose(ours.m2, theirs.m2, rtol=1e-12)
     # The printed table is the single pass's, but for the replicas line.
     assert chief_table.splitlines()[:3] == single.stdout.splitlines()[:3]
-    assert "200 samples in 13 batches of 16; upstream BN in inference mode; 2 replicas" in chief_table
+    assert "200 samples in 13 batches of 16; upstream BN in training mode; 2 replicas" in chief_table
+    # What the cluster measured recalibrates a copy on one machine.
+    fixed = run_bnaudit("fix", "mlp.keras", "-o", "fixed.keras", "--recalibrate", "--stats", "task0.npz", "--no-verify", "--format", "json", cwd=sample)
+    assert fixed.returncode == 0, fixed.stderr
+    assert sorted(c["layer"] for c in json.loads(fixed.stdout)["changes"]) == ["bn1", "bn_in"]
