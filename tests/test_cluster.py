@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, assert_same_statistics, run_bnaudit
 
 from bnaudit.runtime.cluster import ClusterError, from_environment
 
@@ -172,13 +172,8 @@ def test_two_workers_measure_what_one_process_measures(sample):
     chief, one, merged = (statistics_file.load(sample / name) for name in ("task0.npz", "single.npz", "merged.npz"))
     assert chief.complete and (chief.samples, chief.batches, chief.replicas) == (200, 13, 2)
     assert sorted(chief.layers) == sorted(one.layers) == ["bn1", "bn_in"]
-    for reference in (one, merged):
-        for path, layer in reference.layers.items():
-            for part in ("moments", "batch_means", "batch_variances"):
-                ours, theirs = getattr(chief.layers[path], part), getattr(layer, part)
-                np.testing.assert_array_equal(ours.count, theirs.count)
-                np.testing.assert_allclose(ours.mean, theirs.mean, rtol=1e-12, atol=1e-12)
-                np.testing.assert_allclose(ours.m2, theirs.m2, rtol=1e-12)
+    assert_same_statistics(chief, one, rtol=1e-12)
+    assert_same_statistics(chief, merged, rtol=1e-12)
     # The printed table is the single pass's, but for the replicas line.
     assert chief_table.splitlines()[:3] == single.stdout.splitlines()[:3]
     assert "200 samples in 13 batches of 16; upstream BN in training mode; 2 replicas" in chief_table
