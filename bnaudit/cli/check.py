@@ -111,10 +111,10 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
 
 def _cluster_task(options):
     """The task of a ``TF_CONFIG`` cluster this process is, when the statistics pass runs on one (see docs/statistics.md)."""
+    if not options.data:
+        return None  # the static path imports nothing of bnaudit.runtime
     from ..runtime.cluster import ClusterError, from_environment
 
-    if not options.data:
-        return None
     try:
         return from_environment()
     except ClusterError as exc:
