@@ -133,19 +133,16 @@ def test_check_and_fix_on_a_cluster_say_what_is_wrong_in_one_line(sample):
     )
 
 
-@pytest.mark.slow
-def test_two_workers_measure_what_one_process_measures(sample):
-    from bnaudit.analysis import statistics_file
-
-    # One device per process everywhere, so that every run computes each batch alike (float32).
-    base = {**os.environ, "PYTHONPATH": str(ROOT), "BNAUDIT_CLUSTER_TIMEOUT": "120", "BNAUDIT_LOGICAL_CPUS": "1"}
-    how = ["--data", "data.npy", "--batch-size", "16", "--upstream", "training"]  # 13 batches: 7 for the chief, 6 for the other
-    command = [sys.executable, "-m", "bnaudit", "stats", "mlp.keras", *how]
+def on_two_workers(folder: Path, *args: str) -> tuple[list[tuple[int, str, str]], float]:
+    """``bnaudit ARGS`` as two real worker processes of one TF_CONFIG cluster on localhost,
+    ``{task}`` in ARGS replaced by each one's index: (exit code, stdout, stderr) of each, and the wall time."""
+    # One device per process, so that every run computes each batch alike (float32).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BNAUDIT_CLUSTER_TIMEOUT": "120", "BNAUDIT_LOGICAL_CPUS": "1"}
     addresses = [f"localhost:{p}" for p in free_ports(2)]
     started = time.monotonic()
     workers = [
         subprocess.Popen(
-            [*command, "-o", f"task{i}.npz"], cwd=sample, env={**base, "TF_CONFIG": tf_config(addresses, i)},
+            [sys.executable, "-m", "bnaudit", *(a.format(task=i) for a in args)], cwd=folder, env={**env, "TF_CONFIG": tf_config(addresses, i)},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         for i in (0, 1)
@@ -156,8 +153,17 @@ def test_two_workers_measure_what_one_process_measures(sample):
         for w in workers:
             if w.poll() is None:
                 w.kill()
-    seconds = time.monotonic() - started
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    return [(w.returncode, *out) for w, out in zip(workers, outputs)], time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_two_workers_measure_what_one_process_measures(sample):
+    from bnaudit.analysis import statistics_file
+
+    how = ["--data", "data.npy", "--batch-size", "16", "--upstream", "training"]  # 13 batches: 7 for the chief, 6 for the other
+    runs, seconds = on_two_workers(sample, "stats", "mlp.keras", *how, "-o", "task{task}.npz")
+    assert [code for code, _, _ in runs] == [0, 0], runs
+    outputs = [out for _, *out in runs]
     (chief_table, chief_err), (worker_table, worker_err) = outputs
     assert worker_table == "" and worker_err == "" and not (sample / "task1.npz").exists()  # only the chief speaks and writes
     started = time.monotonic()
@@ -181,3 +187,14 @@ def test_two_workers_measure_what_one_process_measures(sample):
     fixed = run_bnaudit("fix", "mlp.keras", "-o", "fixed.keras", "--recalibrate", "--stats", "task0.npz", "--no-verify", "--format", "json", cwd=sample)
     assert fixed.returncode == 0, fixed.stderr
     assert sorted(c["layer"] for c in json.loads(fixed.stdout)["changes"]) == ["bn1", "bn_in"]
+
+
+@pytest.mark.slow
+def test_check_on_two_workers_reports_from_the_chief(sample):
+    runs, _ = on_two_workers(sample, "check", "mlp.keras", "--data", "data.npy", "--select", "BN301", "--format", "json", "--exit-zero")
+    (chief_code, chief_out, _), (worker_code, worker_out, worker_err) = runs
+    assert (chief_code, worker_code, worker_out, worker_err) == (0, 0, "", ""), runs
+    [model] = json.loads(chief_out)["models"]
+    measured = model["measurements"]["statistics"]
+    assert (measured["samples"], measured["replicas"]) == (200, 2)
+    assert sorted(measured["layers"]) == ["bn1", "bn_in"]
