@@ -85,9 +85,15 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             )
         return statistics
     from ..progress import Progress
+    from ..runtime import cluster as clusters
     from ..runtime.data import DEFAULT_BATCH_SIZE, data_order, iter_batches
     from ..runtime.statistics import collect
 
+    cluster = clusters.from_environment()
+    if cluster is not None:
+        if wanted.shard:
+            raise LoadError("--shard and a TF_CONFIG cluster both cut the data", "unset TF_CONFIG to measure one shard, or drop --shard")
+        clusters.start(cluster)  # before the model: collective ops are set up before anything runs
     model = ctx.runtime.model
     writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
     if writer.frozen_bn != INFERENCE_MODE and any(not bn.trainable for bn in ctx.graph.batchnorms()):
@@ -97,7 +103,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         ))
     batch_size = int(runtime.batch_size or DEFAULT_BATCH_SIZE)
     shard = wanted.shard
-    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard, **data_order(runtime))
+    batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=cluster.shard if cluster else shard, **data_order(runtime))
     try:
         statistics = collect(
             model,
@@ -108,6 +114,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             frozen_use_batch=writer.frozen_bn == BATCH_STATISTICS,
             progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
             shard=shard,
+            cluster=cluster,
         )
     except LoadError:
         raise
@@ -117,7 +124,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LoadError(f"the forward pass over --data {options.data} failed ({type(exc).__name__}: {first_line})", "run with --debug for the traceback") from None
     ctx.runtime.memo("statistics_order", lambda: batches.order)
-    if wanted.save_statistics:
+    if wanted.save_statistics and (cluster is None or cluster.chief):  # one task writes
         try:
             statistics_file.save(statistics, wanted.save_statistics)
         except OSError as exc:
