@@ -9,6 +9,7 @@ trades that for speed on files you trust.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,10 +50,13 @@ def audit(
 
     Raises :class:`bnaudit.options.OptionsError` (a ``ValueError``) naming the key for an
     unknown keyword, a value of the wrong type, a code or prefix that matches no rule, or
-    a setting no rule declares: the checks the command line and the config file get.
+    a setting no rule declares: the checks the command line and the config file get;
+    and for a ``path`` that is not one path (a list: :func:`audit_many` takes several).
     A model that cannot be read or a rule that fails never raises: it is in
     ``result.errors`` and ``result.outcomes``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise OptionsError(f"path: expected one model's path, got {type(path).__name__} (audit_many() takes several)")
     auditor = _auditor(select, ignore, data, inference, settings, plugins, runtime=runtime)
     if in_process:
         return auditor.audit(path)

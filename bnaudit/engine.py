@@ -185,6 +185,8 @@ class Auditor:
 
     def load(self, path: Path):
         """The model's graph (weights opened lazily); :class:`LoadError` when it cannot be read."""
+        if path.is_dir() and not is_savedmodel_dir(path):
+            raise LoadError("a directory, not a model file or SavedModel directory", "audit the models in it with bnaudit check DIR or bnaudit.audit_many(DIR)")
         if not path.is_file() and not is_savedmodel_dir(path):
             raise LoadError("no such file", "check the path")
         try:

@@ -30,6 +30,9 @@ class Severity(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    def __str__(self) -> str:  # f"{finding.severity}" reads "error", as the reports write it
+        return self.label
+
 
 class ExitCode(enum.IntEnum):
     """Process exit codes, the ruff/bandit convention (pytest's ``ExitCode`` shape)."""

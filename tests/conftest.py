@@ -137,3 +137,17 @@ def invoke(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES
+
+
+def assert_same_statistics(ours, theirs, rtol: float) -> None:
+    """Two :class:`~bnaudit.analysis.statistics.DataStatistics` hold the same moments per layer:
+    equal counts, means and M2 within ``rtol`` (the spread across batches included)."""
+    import numpy as np
+
+    assert sorted(ours.layers) == sorted(theirs.layers)
+    for path, layer in theirs.layers.items():
+        for part in ("moments", "batch_means", "batch_variances"):
+            a, b = getattr(ours.layers[path], part), getattr(layer, part)
+            np.testing.assert_array_equal(a.count, b.count)
+            np.testing.assert_allclose(a.mean, b.mean, rtol=rtol, atol=1e-12)
+            np.testing.assert_allclose(a.m2, b.m2, rtol=rtol)

@@ -155,3 +155,19 @@ def test_a_multiprocessing_pool_worker_can_call_audit(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "pool_caller.py", str(SAMPLES / "consecutive_bn.keras")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stdout) == (0, "[[('BN105', 'bn2')]]\n"), proc.stderr[-2000:]
+
+
+def test_a_directory_a_list_and_a_severity_as_a_user_meets_them(tmp_path):
+    """audit() of a directory says to use audit_many(); of a list raises naming the
+    parameter; a finding's severity prints as the reports write it."""
+    import bnaudit
+    from bnaudit.options import OptionsError
+
+    result = bnaudit.audit(tmp_path, in_process=True)
+    assert [(e.message, e.hint) for e in result.errors] == [
+        ("a directory, not a model file or SavedModel directory", "audit the models in it with bnaudit check DIR or bnaudit.audit_many(DIR)")
+    ]
+    with pytest.raises(OptionsError, match=r"^path: expected one model's path, got list \(audit_many\(\) takes several\)$"):
+        bnaudit.audit([SAMPLES / "dropout_before_bn.keras"])
+    [finding] = bnaudit.audit(SAMPLES / "dropout_before_bn.keras", select=["BN101"], in_process=True).findings
+    assert f"{finding.code} {finding.severity}" == "BN101 warning"

@@ -281,3 +281,18 @@ def test_diff_json_validates_against_the_schema(checkpoints):
         document = json.loads(run.stdout)
         jsonschema.Draft202012Validator(schema).validate(document)
         assert document["models"][0]["meta"]["base"] == str(checkpoints / "base.keras")
+
+
+def test_a_selection_without_a_diff_rule_is_one_line_and_quiet_keeps_the_findings(checkpoints):
+    run = run_bnaudit("diff", checkpoints / "base.keras", checkpoints / "toggled.keras", "--select", "BN101")
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr.splitlines() == [
+        "bnaudit: error: the selection leaves none of the rules diff runs (BN211, BN212); the others run with `bnaudit check`"
+    ]
+    quiet = run_bnaudit("diff", checkpoints / "base.keras", checkpoints / "toggled.keras", "-q")
+    loud = run_bnaudit("diff", checkpoints / "base.keras", checkpoints / "toggled.keras")
+    assert quiet.returncode == loud.returncode == 0  # BN211 is a warning; the gate fails on errors
+    assert "change since" in loud.stdout and "change since" not in quiet.stdout
+    assert [line for line in quiet.stdout.splitlines() if line.startswith("  BN")] == [
+        line for line in loud.stdout.splitlines() if line.startswith("  BN")
+    ] and [line.split()[0] for line in quiet.stdout.splitlines() if line.startswith("  BN")] == ["BN211"]

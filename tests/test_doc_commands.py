@@ -80,6 +80,7 @@ INSTALLS = [
 ]
 #: Where the rest is run, or why it cannot run offline.
 ELSEWHERE = {
+    "bnaudit stats model.keras --data data.npy --upstream training -o stats.npz": "runs on every task of a TF_CONFIG cluster: tests/test_cluster.py runs it as two real worker processes",
     'pip install -e ".[test]" && python -m pytest': "the README's test command: .ci/run runs it, and it is this suite",
     "pip install ./bnaudit-acme": "tests/test_plugins.py installs the guide's plugin from the guide's own files",
     "bnaudit plugins | grep acme": "tests/test_plugins.py checks `bnaudit plugins` lists acme 0.1.0 with ACME101",

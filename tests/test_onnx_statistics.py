@@ -231,6 +231,14 @@ def test_a_model_onnx_runtime_cannot_run_is_one_line_and_exit_2(tmp_path):
     assert "ONNX Runtime cannot load the model with its BN inputs exposed" in line and "acme" in line
 
 
+def test_a_tf_config_cluster_is_refused_on_onnx_with_one_line(tmp_path):
+    tf_config = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}})
+    run = run_bnaudit("check", "--data", _data(tmp_path), "--select", "BN301", _bn_model(tmp_path), env={"TF_CONFIG": tf_config})
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert "a TF_CONFIG cluster runs the Keras pass; an ONNX model is measured with ONNX Runtime" in line
+
+
 def test_upstream_training_is_refused_on_onnx_with_one_line(tmp_path):
     run = run_bnaudit("check", "--data", _data(tmp_path), "--select", "BN301", "--upstream", "training", _bn_model(tmp_path))
     assert run.returncode == 2 and "Traceback" not in run.stderr

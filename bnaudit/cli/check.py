@@ -81,6 +81,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         from ..runtime import INSTALL_TENSORFLOW
 
         fail(f"--data and --inference run the model with TensorFlow, which is not installed ({INSTALL_TENSORFLOW})")
+    cluster = _cluster_task(options)
     pairs = targets(auditor, formats, outputs)
     rendering = {**report_options(templates, timestamp), "quiet": quiet}
     started = time.perf_counter()
@@ -89,6 +90,8 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         print_errors(results)
         sys.exit(int(ExitCode.ERROR))
     results += audit_models([(path, project.options_for(path, options)) for path in files], jobs, auditor)
+    if cluster and not cluster.chief:
+        return  # a task of a TF_CONFIG cluster: the chief reports the statistics of the whole data
     notices = [f"config: {project.name}"] if verbose else []
     if write_baseline:
         written = baselines.write(write_baseline, results, __version__)
@@ -104,6 +107,18 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         started=started if verbose else None,
     )
 
+
+
+def _cluster_task(options):
+    """The task of a ``TF_CONFIG`` cluster this process is, when the statistics pass runs on one (see docs/statistics.md)."""
+    if not options.data:
+        return None  # the static path imports nothing of bnaudit.runtime
+    from ..runtime.cluster import ClusterError, from_environment
+
+    try:
+        return from_environment()
+    except ClusterError as exc:
+        fail(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
 
 
 def _inference_options(devices, reference, atol, rtol, allow_tf32, unsafe_load, custom_objects) -> dict[str, Any]:

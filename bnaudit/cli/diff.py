@@ -14,6 +14,7 @@ import click
 from ..config import ConfigError, config_options, given_on_command_line, load as load_config
 from ..engine import AuditOptions, Auditor
 from ..findings import Severity
+from ..parallel import native_stderr_silenced
 from ..plugins import PluginError
 from ..selection import Selection
 from .format_pairing import FormatOutputCommand
@@ -26,9 +27,10 @@ from .options import codes, conclude, fail, gate_options, rendering_options, rep
 @gate_options
 @click.option("-p", "--plugin", "plugins", multiple=True, help="Load a plugin module (repeatable); `-p no:NAME` switches one off.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Print findings and errors only: no notes, no per-layer table, no summary.")
 @rendering_options
 @config_options
-def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, plugins, debug, templates, timestamp, config_file, isolated) -> None:
+def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats, outputs, plugins, debug, quiet, templates, timestamp, config_file, isolated) -> None:
     """Compare two checkpoints' BN layers: BASE before fine-tuning, TUNED after (BN211, BN212).
 
     \b
@@ -51,9 +53,13 @@ def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats
     unknown = options.selection.unknown(auditor.rules)
     if unknown:
         fail(f"{', '.join(unknown)} match no rule; `bnaudit rules` lists the codes")
+    if not auditor.selected_rules(options, pair=True):
+        compared = ", ".join(code for code, rule in auditor.rules.items() if "base" in rule.needs)
+        fail(f"the selection leaves none of the rules diff runs ({compared}); the others run with `bnaudit check`")
     pairs = targets(auditor, formats, outputs)
-    result = auditor.audit_pair(base, tuned)
+    with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when a SavedModel's variables are read
+        result = auditor.audit_pair(base, tuned)
     if result.unreadable:  # an input that cannot be compared: one line, no report
         [error] = [e for e in result.errors if not e.rule]
         fail(f"{error.message}{f' ({error.hint})' if error.hint else ''}")
-    conclude(auditor, [result], options, pairs, report_options(templates, timestamp), exit_zero=exit_zero)
+    conclude(auditor, [result], options, pairs, {**report_options(templates, timestamp), "quiet": quiet}, exit_zero=exit_zero)

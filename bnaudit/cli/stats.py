@@ -5,7 +5,9 @@ and reads the per-layer numbers from the result, so both commands always agree) 
 prints them as a table or JSON. ``--shard K/N -o part.npz`` measures one shard of the
 data and writes its partial moments; ``merge`` combines the parts into the statistics
 of the whole data, which ``check --stats`` and ``stats --stats`` read without loading
-TensorFlow. How to run the shards on an existing scheduler: docs/statistics.md.
+TensorFlow. How to run the shards on an existing scheduler: docs/statistics.md. With
+``TF_CONFIG`` naming a cluster, each task measures its share and TensorFlow all-reduces
+the moments (:mod:`bnaudit.runtime.cluster`); the chief prints and writes them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
     from ..plugins import PluginError
     from ..selection import Selection
 
+    from ..runtime.cluster import ClusterError, from_environment
+
     runtime = statistics_runtime(data, batch_size, max_samples, upstream, per_channel, stats_file)
+    try:  # TF_CONFIG naming several tasks: this process is one of them, and only the chief writes
+        cluster = from_environment() if data else None
+    except ClusterError as exc:
+        fail(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
+    if cluster and shard:
+        fail("--shard and a TF_CONFIG cluster both cut the data (unset TF_CONFIG to measure one shard, or drop --shard)")
     if shard:
         if not output:
             fail("--shard writes partial moments: give -o FILE.npz")
@@ -76,6 +86,8 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
         click.echo(printable(f"bnaudit: error: {model}: {error.message}{hint}"), err=True)
     if result.errors:
         sys.exit(ExitCode.ERROR)
+    if cluster and not cluster.chief:
+        return  # the chief prints and writes the statistics of the whole data
     measured = to_json(result.measurements).get("statistics") or {}
     if shard:
         click.echo(f"bnaudit: wrote shard {shard} of {model} ({measured.get('samples', 0)} samples) to {output}", err=True)

@@ -113,6 +113,13 @@ def fix(
     if recalibrate_method != "one-pass" and stats:
         raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
     _check_paths(path, out)
+    from ..runtime.cluster import from_environment
+
+    if (data or verify_data) and from_environment() is not None:
+        raise FixError(
+            "bnaudit fix runs on one machine, and TF_CONFIG names a cluster",
+            "measure on the cluster with `bnaudit stats --upstream training -o STATS.npz`, then run fix --recalibrate --stats STATS.npz without TF_CONFIG",
+        )
     with reading_limits(path):  # bounded in the child process of `bnaudit fix`
         graph = Auditor().load(path)
         read_batchnorm_vectors(graph)  # a file `check` refuses is refused here

@@ -84,10 +84,18 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             )
         return statistics
     from ..progress import Progress
+    from ..runtime import cluster as clusters
     from ..runtime.data import DEFAULT_BATCH_SIZE, data_order, iter_batches
 
     batch_size = int(runtime.batch_size or DEFAULT_BATCH_SIZE)
     shard = wanted.shard
+    cluster = clusters.from_environment()
+    if cluster is not None:
+        if ctx.graph.runner == "onnxruntime":
+            raise LoadError("a TF_CONFIG cluster runs the Keras pass; an ONNX model is measured with ONNX Runtime", "unset TF_CONFIG, and cut the data with --shard K/N and bnaudit merge")
+        if wanted.shard:
+            raise LoadError("--shard and a TF_CONFIG cluster both cut the data", "unset TF_CONFIG to measure one shard, or drop --shard")
+        clusters.start(cluster)  # before the model: collective ops are set up before anything runs
     try:
         if ctx.graph.runner == "onnxruntime":  # ONNX Runtime and numpy, no TensorFlow
             statistics, batches = _measure_onnx(ctx, batch_size)
@@ -101,7 +109,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
                     f"training mode (BN302, --upstream training) runs the frozen BN layers as the writer does: {writer.frozen_bn_behaviour()}"
                     + ("; measured with batch statistics" if writer.frozen_bn == BATCH_STATISTICS else "; measured on moving statistics")
                 ))
-            batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=shard, **data_order(runtime))
+            batches = iter_batches(options.data, model, batch_size, runtime.max_samples, shard=cluster.shard if cluster else shard, **data_order(runtime))
             statistics = collect(
                 model,
                 batches,
@@ -111,6 +119,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
                 frozen_use_batch=writer.frozen_bn == BATCH_STATISTICS,
                 progress=Progress.on_terminal(wanted.progress_terminal, batches.total),
                 shard=shard,
+                cluster=cluster,
             )
     except LoadError:
         raise
@@ -119,7 +128,7 @@ def measure(ctx: "RuleContext") -> "DataStatistics":
             raise
         raise LoadError(f"the forward pass over --data {options.data} failed ({exception_line(exc)})", "run with --debug for the traceback") from None
     ctx.runtime.memo("statistics_order", lambda: batches.order)
-    if wanted.save_statistics:
+    if wanted.save_statistics and (cluster is None or cluster.chief):  # one task writes
         try:
             statistics_file.save(statistics, wanted.save_statistics)
         except OSError as exc:

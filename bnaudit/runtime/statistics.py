@@ -19,6 +19,8 @@ under a ``tf.distribute.MirroredStrategy``: each replica measures its slice of t
 batch and the per-replica moments are merged like any others. In training mode the
 replicas normalize with the statistics of the whole batch (an all-reduce, as
 synchronized BN does), so results do not depend on the number of devices.
+On a ``TF_CONFIG`` cluster each task runs this pass over its share of the batches and
+the moments are all-reduced across the tasks at the end (:mod:`bnaudit.runtime.cluster`).
 
 What the pass returns, how shards merge and the file they are saved in are
 TensorFlow-free and live in :mod:`bnaudit.analysis`.
@@ -36,9 +38,11 @@ from ..analysis.cka import ModeComparison
 from ..analysis.moments import Moments
 from ..analysis.statistics import UPSTREAM_MODES, DataStatistics, FlatTotals, fingerprint
 from . import import_tensorflow
+from .cluster import all_reduce
 
 if TYPE_CHECKING:
     from ..progress import Progress
+    from .cluster import Cluster
 
 
 #: Keras 3 and tf-keras BN classes (tf-keras's share ``BatchNormalizationBase``).
@@ -238,8 +242,13 @@ def collect(
     frozen_use_batch: bool = False,
     progress: "Progress | None" = None,
     shard: tuple[int, int] | None = None,
+    cluster: "Cluster | None" = None,
 ) -> DataStatistics:
     """Run the model once over ``batches`` and return the statistics at every BN input.
+
+    ``cluster``: ``batches`` are this task's share of a ``TF_CONFIG`` cluster's data; the
+    result is the statistics of the whole data, all-reduced across the tasks
+    (:func:`bnaudit.runtime.cluster.all_reduce`; :func:`bnaudit.runtime.cluster.start` first).
 
     ``frozen_use_batch``: in training mode, frozen BN layers normalize with batch
     statistics too, as the file's writer does (standalone Keras, tf.keras on
@@ -249,7 +258,9 @@ def collect(
         raise ValueError(f"upstream must be one of {UPSTREAM_MODES}, not {upstream!r}")
     tf = import_tensorflow()
     layers = batchnorm_layers(model)
-    devices = devices_for_pass()
+    # A task of a cluster steps on its default device: TensorFlow runs no local
+    # MirroredStrategy next to a multi-worker one ("in-graph multi-worker" refused).
+    devices = None if cluster is not None else devices_for_pass()
     strategy = mirrored_strategy(devices) if devices else tf.distribute.get_strategy()
     other = "training" if upstream == "inference" else "inference"
     started = time.perf_counter()
@@ -307,6 +318,8 @@ def collect(
             if progress:
                 progress.done()
     result.layers = totals.per_layer(layout, {path: int(np.prod(layer.moving_mean.shape)) for path, layer in layers.items()})
+    if cluster is not None:
+        result = all_reduce(cluster, result)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
