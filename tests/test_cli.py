@@ -165,6 +165,11 @@ def test_each_output_file_goes_with_the_format_written_just_before_it(bias_model
     out.unlink()
     run = invoke("check", "--format=json", f"--output={out}", "--format", "text", bias_model)
     assert json.loads(out.read_text())["version"] == 1 and "BN101 warning bn2:" in run.stdout
+    out.unlink()
+    # An -o written before its --format would get the wrong one: refused, nothing written.
+    run = invoke("check", "-o", out, "--format", "html", bias_model)
+    assert (run.returncode, run.stdout) == (2, "") and not out.exists()
+    assert run.stderr == f"bnaudit: error: -o {out} comes before any --format; give each --format before its -o\n"
 
 
 def test_an_unwritable_output_is_one_line_and_exit_2(bias_model, tmp_path):

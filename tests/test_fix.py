@@ -407,3 +407,16 @@ def test_a_model_tensorflow_cannot_run_here_is_folded_and_the_proof_says_why_not
         f"bnaudit: error: {source} [BN401]: rule crashed: UnimplementedError: The Conv2D op currently only supports the NHWC "
         "tensor format on the CPU. The op was given the format: NCHW (run with --debug for the traceback)"
     ]
+
+
+def test_a_dense_and_bn_inside_a_nested_sequential_fold(tmp_path):
+    """The nested model's config gives no input shapes, so the rank is unknown; a BN on
+    axis -1 after a Dense is on its channel axis whatever the rank."""
+    import keras
+
+    block = keras.Sequential([keras.layers.Dense(8, use_bias=False, name="dense"), keras.layers.BatchNormalization(name="bn")], name="blk")
+    keras.Sequential([keras.Input((4,)), block, keras.layers.Dense(2, name="head")]).save(tmp_path / "nested.keras")
+    report = fix_in_subprocess(tmp_path / "nested.keras", tmp_path / "folded.keras", "--fold")
+    assert [(c["layer"], c["fix"]) for c in report["changes"]] == [("blk/dense", "fold"), ("blk/bn", "fold")]
+    assert report["refused"] == [] and report["proof"]["status"] == "passed"
+    assert batchnorm_paths(tmp_path / "folded.keras") == []

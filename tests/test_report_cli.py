@@ -112,11 +112,14 @@ def test_report_reads_standard_input(first_run):
         (None, "no such file (give the JSON written by `bnaudit check --format json -o FILE`)"),
         ("{not json", "not JSON (Expecting property name enclosed in double quotes at line 1, column 2)"),
         ('{"version": 2, "models": []}', "document version 2 is not supported (this bnaudit reads version 1)"),
+        (b"PK\x03\x04\xe7\x00", "not a JSON report (binary content; audit a model with `bnaudit check`, render its --format json output here)"),
     ],
 )
 def test_unreadable_documents_give_one_line_and_exit_2(tmp_path, content, message):
     document = tmp_path / "results.json"
-    if content is not None:
+    if isinstance(content, bytes):  # a model given by mistake
+        document.write_bytes(content)
+    elif content is not None:
         document.write_text(content)
     run = invoke("report", str(document), "--format", "html", "-o", str(tmp_path / "r.html"))
     assert run.returncode == 2

@@ -172,3 +172,15 @@ def test_parallel_workers_give_the_same_findings_on_onnx_and_savedmodel():
         return [(m["path"], sorted((f["code"], f["layer"]) for f in m["findings"]), m["errors"]) for m in models]
     assert key(serial) == key(parallel)
     assert all(m["findings"] for m in serial)
+
+
+def test_diff_pairs_a_savedmodel_with_the_h5_it_was_saved_from():
+    """The SavedModel export of a sample holds the same BN variables as its .h5: every
+    layer pairs by path, nothing changed, no finding."""
+    run = run_bnaudit("diff", "bias_before_bn.h5", "savedmodel/bias_before_bn", "--format", "json", cwd=SAMPLES)
+    assert run.returncode == 0, run.stderr
+    [model] = json.loads(run.stdout)["models"]
+    assert model["findings"] == [] and model["rules_run"] == ["BN211", "BN212"]
+    layers = model["measurements"]["diff"]["layers"]
+    assert list(layers) == ["bn1", "bn2", "bn_fc"]
+    assert all(c["paired_by"] == "path" and c["mean_shift"] == 0 and not c["statistics_changed"] for c in layers.values())

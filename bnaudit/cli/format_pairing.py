@@ -27,7 +27,8 @@ class FormatOutputCommand(click.Command):
 def pair_formats_and_outputs(formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[tuple[str, str | None]]:
     """Each ``-o`` belongs to the ``--format`` just before it on the command line
     (``--format github --format sarif -o x.sarif`` sends SARIF to the file, annotations to
-    stdout). Where the order cannot be read, the n-th ``-o`` goes with the n-th format."""
+    stdout). Where the order cannot be read, the n-th ``-o`` goes with the n-th format.
+    Raises ValueError for an ``-o`` written before every ``--format``."""
     by_position = [(f, outputs[i] if i < len(outputs) else None) for i, f in enumerate(formats)]
     args = click.get_current_context().meta.get("bnaudit.args")
     if not args or "--format" not in " ".join(args):
@@ -40,8 +41,10 @@ def pair_formats_and_outputs(formats: tuple[str, ...], outputs: tuple[str, ...])
             pairs.append([value if has_value else next(tokens, ""), None])
         elif name in ("-o", "--output") or (token.startswith("-o") and len(token) > 2):
             output = value if has_value else token[2:] if name.startswith("-o") and len(token) > 2 else next(tokens, "")
-            if not pairs or pairs[-1][1] is not None:
-                return by_position  # an -o with no --format of its own: keep the simple rule
+            if not pairs:  # `-o r.json --format html` would write HTML into r.json
+                raise ValueError(f"-o {output} comes before any --format; give each --format before its -o")
+            if pairs[-1][1] is not None:
+                return by_position  # two -o after one --format: keep the simple rule
             pairs[-1][1] = output
     if tuple(f for f, _ in pairs) != formats or tuple(o for _, o in pairs if o is not None) != outputs:
         return by_position

@@ -87,7 +87,10 @@ def targets(auditor: Auditor, formats: tuple[str, ...], outputs: tuple[str, ...]
     unknown = [f for f in formats if f not in reporters]
     if unknown:
         fail(f"unknown format {unknown[0]!r}; choose from {', '.join(reporters)}")
-    pairs = [(reporters[f], output) for f, output in pair_formats_and_outputs(formats, outputs)]
+    try:
+        pairs = [(reporters[f], output) for f, output in pair_formats_and_outputs(formats, outputs)]
+    except ValueError as exc:
+        fail(str(exc))
     if sum(1 for _, out in pairs if out is None) > 1:
         fail("only one format can go to stdout; give the others -o FILE")
     return pairs

@@ -59,7 +59,10 @@ def _read(name: str) -> Any:
     elif not os.path.isfile(name):
         raise OSError("no such file (give the JSON written by `bnaudit check --format json -o FILE`)")
     else:
-        text = Path(name).read_text(encoding="utf-8")
+        try:
+            text = Path(name).read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # a model file, most likely: `bnaudit check` reads those
+            raise ValueError("not a JSON report (binary content; audit a model with `bnaudit check`, render its --format json output here)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
