@@ -92,9 +92,11 @@ class RuntimeOptions:
 
 _GROUPS = {"": RuntimeOptions, "statistics": StatisticsOptions, "inference": InferenceOptions}
 #: Flat option name -> (group attribute, type hint); "" is :class:`RuntimeOptions` itself.
+#: (Each class's hints are evaluated once: ``get_type_hints`` evaluates every annotation.)
 RUNTIME_KEYS: dict[str, tuple[str, Any]] = {
-    f.name: (group, typing.get_type_hints(cls)[f.name])
+    f.name: (group, hints[f.name])
     for group, cls in _GROUPS.items()
+    for hints in (typing.get_type_hints(cls),)
     for f in dataclasses.fields(cls)
     if f.name not in _GROUPS
 }
