@@ -15,7 +15,6 @@ reads them: :class:`RuntimeOptions` (what both the statistics pass and the re-ru
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,5 +206,7 @@ _KINDS = {"float": "a number >= 0", "bool": "True or False", "str": "text", "tup
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    import difflib  # only for a misspelt key
+
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
