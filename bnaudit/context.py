@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .findings import Finding, Severity
 from .loaders import LoadError
+from .printable import exception_line
 from .result import ModelError
 from .rule import setting_key
 
@@ -134,4 +135,4 @@ def error_from(exc: Exception, code: str) -> ModelError:
     do; anything else is a crash of the rule."""
     if isinstance(exc, LoadError):
         return ModelError(exc.message, rule=code, hint=exc.hint)
-    return ModelError(f"rule crashed: {type(exc).__name__}: {exc}", rule=code, hint="run with --debug for the traceback")
+    return ModelError(f"rule crashed: {exception_line(exc)}", rule=code, hint="run with --debug for the traceback")

@@ -31,6 +31,27 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+#: Characters of an exception's message kept in its one-line form.
+EXCEPTION_CHARS = 300
+
+
+def exception_line(exc: BaseException) -> str:
+    """``"Type: cause"`` in one line for an error message, ``--debug`` having the rest.
+
+    The cause is the last non-empty line of the message that is not a TensorFlow node
+    reference: an ``OpError`` puts the graph node's traceback first, then the reason
+    ("The Conv2D op currently only supports the NHWC tensor format on the CPU..."), then
+    ``[[{{node ...}}]] [Op:...]``; most libraries say it on one line. Cut at
+    :data:`EXCEPTION_CHARS` characters.
+    """
+    text = str(getattr(exc, "message", None) or exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("[[", "[Op:"))]
+    cause = lines[-1] if lines else ""
+    if len(cause) > EXCEPTION_CHARS:
+        cause = cause[: EXCEPTION_CHARS - 3] + "..."
+    return f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+
+
 def encoded(text: str) -> bytes:
     """A rendered report as UTF-8 bytes; a lone surrogate a model name carried becomes the
     JSON-style escape ``\\udc80`` instead of failing the whole write."""

@@ -34,6 +34,23 @@ def trained(tmp_path_factory):
     fit_steps(fast, STEPS)
     fast.save(out / "fast.keras")
     small_convnet(keras).save(out / "untrained.keras")  # never compiled: no optimizer state
+    # Mixed precision: LossScaleOptimizer saves its own count (0) and its inner optimizer's.
+    mixed = small_convnet(keras)
+    mixed.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()), "sparse_categorical_crossentropy", run_eagerly=True)
+    fit_steps(mixed, STEPS)
+    assert int(mixed.optimizer.iterations.numpy()) == STEPS
+    mixed.save(out / "mixed.keras")
+    mixed.save(out / "mixed.h5")
+    # A BN inside a wrapper trains with the model: the count bounds its updates.
+    wrapped = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.TimeDistributed(keras.layers.Dense(4), name="td_dense"),
+        keras.layers.TimeDistributed(keras.layers.BatchNormalization(name="bn"), name="td"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    fit_steps(wrapped, STEPS)
+    wrapped.save(out / "wrapped.keras")
 
     # A backbone nested in a new model, and a frozen BN of the new head: the count
     # bounds neither's updates.
@@ -66,13 +83,21 @@ def audited(trained):
     return {model["path"].rpartition("/")[2]: model for model in json.loads(run.stdout)["models"]}
 
 
-@pytest.mark.parametrize("name, steps", [("slow.keras", STEPS), ("slow.h5", STEPS), ("k2_slow.h5", STEPS), ("k2_legacy_sgd.h5", 6)])
+@pytest.mark.parametrize("name, steps", [
+    ("slow.keras", STEPS), ("slow.h5", STEPS), ("k2_slow.h5", STEPS), ("k2_legacy_sgd.h5", 6), ("mixed.keras", STEPS), ("mixed.h5", STEPS),
+])
 def test_too_few_steps_for_momentum_099_fire_on_every_bn(audited, name, steps):
     model = audited[name]
     assert [(f["code"], f["layer"], f["severity"]) for f in model["findings"]] == [("BN205", "bn_a", "warning"), ("BN205", "bn_b", "warning")]
     details = model["findings"][0]["details"]
     assert details == {"steps": steps, "momentum": 0.99, "residual": round(0.99**steps, 6), "limit": 0.05, "steps_needed": 299}
     assert "bnaudit fix --recalibrate" in model["findings"][0]["fix"] and "0.9 settles in 29" in model["findings"][0]["fix"]
+
+
+def test_a_bn_inside_a_wrapper_is_judged_not_set_aside_as_nested(audited):
+    model = audited["wrapped.keras"]
+    assert [(f["code"], f["layer"]) for f in model["findings"]] == [("BN205", "td/bn")]
+    assert model["notes"] == []
 
 
 @pytest.mark.parametrize("name", ["fast.keras", "k2_fast.h5"])

@@ -377,3 +377,33 @@ def test_resnet50_absorb_then_fold_within_tolerance(tmp_path):
     assert sum(c.what.startswith("folded") for c in folded.changes) == 53
     assert folded.proof.status == "passed", folded.proof
     assert folded.proof.outputs_max_abs_delta < 1e-4
+
+
+def test_a_model_tensorflow_cannot_run_here_is_folded_and_the_proof_says_why_not(tmp_path):
+    """A channels_first convolution has no CPU kernel in TensorFlow: the fold (config and
+    arrays only) is written, the output comparison is "not run" with TensorFlow's reason
+    in one line, and `check --inference` gives that reason in one line too."""
+    import keras
+
+    model = keras.Sequential([
+        keras.Input((3, 8, 8)),
+        keras.layers.Conv2D(4, 3, data_format="channels_first", use_bias=False, name="conv"),
+        keras.layers.BatchNormalization(axis=1, name="bn"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+    source = tmp_path / "nchw.keras"
+    model.save(source)
+    report = fix_in_subprocess(source, tmp_path / "folded.keras", "--fold")
+    assert [(c["layer"], c["fix"]) for c in report["changes"]] == [("conv", "fold"), ("bn", "fold")]
+    assert report["proof"]["status"] == "not run"
+    assert report["proof"]["detail"] == (
+        "outputs not compared: TensorFlow could not run the models (UnimplementedError: The Conv2D op currently only "
+        "supports the NHWC tensor format on the CPU. The op was given the format: NCHW)"
+    )
+    assert batchnorm_paths(tmp_path / "folded.keras") == []
+    run = run_bnaudit("check", source, "--inference", "--select", "BN401")
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        f"bnaudit: error: {source} [BN401]: rule crashed: UnimplementedError: The Conv2D op currently only supports the NHWC "
+        "tensor format on the CPU. The op was given the format: NCHW (run with --debug for the traceback)"
+    ]

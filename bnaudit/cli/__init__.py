@@ -90,8 +90,9 @@ def main() -> None:
     try:
         cli(prog_name="bnaudit")
     except Exception as exc:
+        from ..printable import exception_line
         from .options import fail
 
         if "--debug" in sys.argv:
             traceback.print_exc()
-        fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and please report it)")
+        fail(f"internal error: {exception_line(exc)} (run with --debug for the traceback, and please report it)")

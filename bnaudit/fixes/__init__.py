@@ -142,9 +142,13 @@ def fix(
     if verify:
         static = [code for one in wanted for code in one.module.CODES if code in STATIC_CODES]
         changed = [one.name for one in wanted if any(change.fix == one.name for change in report.changes)]
-        report.proof = prove(path, out, graph, changed, static, {**options, "data": data})
-        if report.heldout is not None and not report.heldout.not_run.get("heldout"):
-            heldout.after(report.heldout, path, out, graph, options)
+        try:
+            report.proof = prove(path, out, graph, changed, static, {**options, "data": data})
+            if report.heldout is not None and not report.heldout.not_run.get("heldout"):
+                heldout.after(report.heldout, path, out, graph, options)
+        except BaseException:  # a failure that ends the command (a bug, an interrupt): nothing is left written
+            out.unlink(missing_ok=True)
+            raise
     else:
         report.proof.detail = "not asked for (--no-verify)"
     return report

@@ -13,12 +13,21 @@ count lives (checked against files Keras itself writes; see tests/test_convergen
   attribute; the count is ``iteration:0`` (optimizers of TF >= 2.11), ``<Name>/iter:0``
   (``keras.optimizers.legacy``) or ``iterations:0`` (Keras <= 2.2).
 
+A wrapping optimizer holds a second count: Keras 3's ``LossScaleOptimizer`` (mixed
+precision) saves its own ``iterations``, which stays 0, and its inner optimizer's under
+``optimizer/inner_optimizer/vars/0`` (``.keras``) or ``<inner name>/iteration``
+(legacy ``.h5``), which counts the applied steps. The count read is therefore the
+largest of those the file holds. A step skipped for a loss-scale overflow still updated
+the moving statistics but is not counted: the count is a lower bound of the updates.
+
 Every function returns None where the file holds no optimizer state or the count is not
 a non-negative integer scalar: the file is untrusted, and a wrong guess would make
 BN205 fire on every layer.
 """
 
 from __future__ import annotations
+
+from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -33,12 +42,13 @@ WHERE = "the optimizer's step count"
 
 
 def keras3_iterations(h5: h5py.File) -> int | None:
-    """The count in a ``.keras`` file's ``model.weights.h5`` (``optimizer/vars/0``).
+    """The count in a ``.keras`` file's ``model.weights.h5``: ``optimizer/vars/0``, or
+    ``optimizer/inner_optimizer/vars/0`` where an optimizer wraps another.
 
     Raises:
         LoadError: the path holds a link or dataset Keras never writes (:mod:`.h5guard`).
     """
-    return _count(get_object(h5, "optimizer/vars/0", WHERE))
+    return _largest(_count(get_object(h5, path, WHERE)) for path in ("optimizer/vars/0", "optimizer/inner_optimizer/vars/0"))
 
 
 def legacy_h5_iterations(h5: h5py.File) -> int | None:
@@ -51,27 +61,29 @@ def legacy_h5_iterations(h5: h5py.File) -> int | None:
     if not isinstance(group, h5py.Group):
         return None
     names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
-    for name in [names] if isinstance(names, str) else names:  # Keras 2: the names say which is the count
-        if name.split("/")[-1].split(":")[0] in COUNT_NAMES:
-            return _count(get_object(group, name, WHERE))
-    return _search(group, 0)
+    counts = [name for name in ([names] if isinstance(names, str) else names) if name.split("/")[-1].split(":")[0] in COUNT_NAMES]
+    if counts:  # the names say which datasets are counts
+        return _largest(_count(get_object(group, name, WHERE)) for name in counts)
+    return _largest(_search(group, 0))
 
 
-def _search(group: h5py.Group, depth: int) -> int | None:
-    """Keras 3's legacy writer has no ``weight_names``: look for the count by name."""
+def _search(group: h5py.Group, depth: int) -> Iterator[int | None]:
+    """Without usable ``weight_names``: every count found by its name, ``MAX_DEPTH`` deep."""
     subgroups = []
     for key in group:
         item = get_object(group, key, WHERE)
         if isinstance(item, h5py.Dataset) and key.split(":")[0] in COUNT_NAMES:
-            return _count(item)
+            yield _count(item)
         if isinstance(item, h5py.Group):
             subgroups.append(item)
     if depth + 1 < MAX_DEPTH:
         for item in subgroups:
-            found = _search(item, depth + 1)
-            if found is not None:
-                return found
-    return None
+            yield from _search(item, depth + 1)
+
+
+def _largest(counts: Iterable[int | None]) -> int | None:
+    """The largest count read (a wrapper's own stays 0); None when none could be read."""
+    return max((count for count in counts if count is not None), default=None)
 
 
 def _count(dataset: object) -> int | None:

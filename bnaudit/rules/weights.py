@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ..findings import Severity
+from ..graph import MODEL_CLASSES
 from ..hookspecs import hookimpl
 from ..rule import Note, SkipRule, rule
 from .layers import listed_channels
@@ -241,7 +242,7 @@ def moving_statistics_not_converged(ctx):
     """
     read_count = getattr(ctx.graph.weights, "optimizer_iterations", None)  # .keras and .h5 only
     if read_count is None:
-        raise SkipRule(f"the {ctx.graph.format} format holds no optimizer state")
+        raise SkipRule("the optimizer's step count is read from .keras and .h5 files only")
     steps = read_count()
     if steps is None:
         raise SkipRule("the file holds no optimizer state: saved with include_optimizer=False, or never compiled")
@@ -251,8 +252,10 @@ def moving_statistics_not_converged(ctx):
         if not bn.trainable:
             unbounded.setdefault("frozen", []).append(bn.path)
             continue
-        if bn.container:
-            unbounded.setdefault(f"inside nested model {bn.container!r}, possibly restored", []).append(bn.path)
+        # A wrapper (TimeDistributed) trains with the model; a nested model may come restored.
+        enclosing = [model for model in ctx.graph.enclosing_models(bn) if model.class_name in MODEL_CLASSES]
+        if enclosing:
+            unbounded.setdefault(f"inside nested model {enclosing[-1].path!r}, possibly restored", []).append(bn.path)
             continue
         momentum = float(bn.config.get("momentum", 0.99))
         if not 0 < momentum < 1:
