@@ -14,11 +14,13 @@ Declared sizes are checked against the bytes the file really stores before h5py
 allocates: a 10 KB file cannot make bnaudit read (and keep) 128 MB per vector, and
 a string attribute cannot claim more bytes than the file holds.
 
-Low-level calls used: ``Group.get(name, getlink=True)`` (the link itself, not its
-target), the dataset creation property list (``get_layout``, ``get_external_count``,
-``get_virtual_count``, ``get_nfilters``), ``DatasetID.get_storage_size`` and
-``get_offset``; ``AttrID.get_type``/``get_space`` for attributes (h5py's ``h5d``,
-``h5p``, ``h5a`` modules, which wrap the HDF5 C API functions of the same names).
+Low-level calls used: ``links.exists``/``links.get_info`` (the link itself, not its
+target) and ``h5o.open``, the dataset creation property list (``get_layout``,
+``get_external_count``, ``get_nfilters``), ``DatasetID.get_storage_size`` and
+``get_offset``; ``AttrID.get_type``/``get_space`` for attributes (h5py's ``h5l``,
+``h5o``, ``h5d``, ``h5p``, ``h5a`` modules, which wrap the HDF5 C API functions of the
+same names). The BN vectors of a large model are thousands of such calls, so the readers
+work on the low-level ids and never build h5py's high-level objects for them.
 """
 
 from __future__ import annotations
