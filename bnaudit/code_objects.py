@@ -40,6 +40,9 @@ _TF_OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
 #: TensorFlow's own classes, looked up by name there.
 _TF_INITIALIZER_MODULE = re.compile(r"tensorflow\.python\.ops\.init_ops(_v2)?")
 _LAYER_LIST_KEYS = frozenset({"layers", "cells"})
+#: An object's own fields, never walked into.
+_OWN_KEYS = frozenset({"class_name", "module", "registered_name", "name"})
+_CONTAINERS = (dict, list)
 
 
 def why_unsafe(class_name: str, module: str, registered_name: str, is_layer: bool = True) -> str:
@@ -86,12 +89,15 @@ def serialized_objects(config: Any) -> Iterator[tuple[str, dict[str, Any], bool]
     while stack:
         value, owner, trail, is_layer = stack.pop()
         if isinstance(value, list):
-            stack.extend((item, owner, trail, is_layer) for item in reversed(value))
+            # Only containers can hold an object: numbers and strings are not even stacked
+            # (most of a config's values; the walk of a large model's config is then a third).
+            stack.extend((item, owner, trail, is_layer) for item in reversed(value) if isinstance(item, _CONTAINERS))
             continue
         if not isinstance(value, dict):
             continue
         here = owner
-        if isinstance(value.get("class_name"), str):
+        class_name = value.get("class_name")
+        if isinstance(class_name, str):
             if is_layer:
                 inner = value.get("config")
                 name = "" if root else value.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
@@ -103,12 +109,13 @@ def serialized_objects(config: Any) -> Iterator[tuple[str, dict[str, Any], bool]
         root = False
         children = []
         for key, item in value.items():
-            if key in ("class_name", "module", "registered_name", "name"):
+            if not isinstance(item, _CONTAINERS) or key in _OWN_KEYS:
                 continue
-            if key == "config" and isinstance(item, dict) and isinstance(value.get("class_name"), str):
+            if key == "config" and isinstance(item, dict) and isinstance(class_name, str):
                 for inner_key, inner in item.items():
-                    layer = inner_key in _LAYER_KEYS or inner_key in _LAYER_LIST_KEYS
-                    children.append((inner, here, "" if layer else _join(trail, inner_key), layer))
+                    if isinstance(inner, _CONTAINERS):
+                        layer = inner_key in _LAYER_KEYS or inner_key in _LAYER_LIST_KEYS
+                        children.append((inner, here, "" if layer else _join(trail, inner_key), layer))
                 continue
             children.append((item, here, _join(trail, str(key)), False))
         stack.extend(reversed(children))

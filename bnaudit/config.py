@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,6 +204,8 @@ def given_on_command_line(ctx: "click.Context") -> set[str]:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import tomllib  # only where a config file is found: its regular expressions cost start-up
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

@@ -17,6 +17,7 @@ Nothing here imports Keras: the config is plain JSON.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -298,8 +299,12 @@ def dtype_policy(layer: Layer) -> str:
     return str(dtype or "")
 
 
+@functools.lru_cache(maxsize=256)
 def snake_case(name: str) -> str:
-    """Keras's ``naming.to_snake_case``: the key ``saving_lib`` files a layer under."""
+    """Keras's ``naming.to_snake_case``: the key ``saving_lib`` files a layer under.
+
+    Cached: a model repeats a few class names hundreds of times, and three regular
+    expressions per layer were a tenth of building a large model's graph."""
     name = re.sub(r"\W+", "", name)
     name = _SNAKE_1.sub(r"\1_\2", name)
     return _SNAKE_2.sub(r"\1_\2", name).lower()

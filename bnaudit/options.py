@@ -15,7 +15,6 @@ reads them: :class:`RuntimeOptions` (what both the statistics pass and the re-ru
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,9 +91,11 @@ class RuntimeOptions:
 
 _GROUPS = {"": RuntimeOptions, "statistics": StatisticsOptions, "inference": InferenceOptions}
 #: Flat option name -> (group attribute, type hint); "" is :class:`RuntimeOptions` itself.
+#: (Each class's hints are evaluated once: ``get_type_hints`` evaluates every annotation.)
 RUNTIME_KEYS: dict[str, tuple[str, Any]] = {
-    f.name: (group, typing.get_type_hints(cls)[f.name])
+    f.name: (group, hints[f.name])
     for group, cls in _GROUPS.items()
+    for hints in (typing.get_type_hints(cls),)
     for f in dataclasses.fields(cls)
     if f.name not in _GROUPS
 }
@@ -205,5 +206,7 @@ _KINDS = {"float": "a number >= 0", "bool": "True or False", "str": "text", "tup
 
 
 def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    import difflib  # only for a misspelt key
+
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

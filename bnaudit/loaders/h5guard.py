@@ -14,11 +14,13 @@ Declared sizes are checked against the bytes the file really stores before h5py
 allocates: a 10 KB file cannot make bnaudit read (and keep) 128 MB per vector, and
 a string attribute cannot claim more bytes than the file holds.
 
-Low-level calls used: ``Group.get(name, getlink=True)`` (the link itself, not its
-target), the dataset creation property list (``get_layout``, ``get_external_count``,
-``get_virtual_count``, ``get_nfilters``), ``DatasetID.get_storage_size`` and
-``get_offset``; ``AttrID.get_type``/``get_space`` for attributes (h5py's ``h5d``,
-``h5p``, ``h5a`` modules, which wrap the HDF5 C API functions of the same names).
+Low-level calls used: ``links.exists``/``links.get_info`` (the link itself, not its
+target) and ``h5o.open``, the dataset creation property list (``get_layout``,
+``get_external_count``, ``get_nfilters``), ``DatasetID.get_storage_size`` and
+``get_offset``; ``AttrID.get_type``/``get_space`` for attributes (h5py's ``h5l``,
+``h5o``, ``h5d``, ``h5p``, ``h5a`` modules, which wrap the HDF5 C API functions of the
+same names). The BN vectors of a large model are thousands of such calls, so the readers
+work on the low-level ids and never build h5py's high-level objects for them.
 """
 
 from __future__ import annotations
@@ -38,14 +40,29 @@ _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an ex
 
 
 def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.Dataset | h5py.Datatype | None":
-    """The object at ``path`` below ``parent``, following hard links only (None if absent).
+    """The object at ``path`` below ``parent``, following hard links only (None if absent),
+    as the high-level object ``Group[name]`` would give: :func:`open_object`, wrapped.
+
+    Raises:
+        LoadError: as :func:`open_object`.
+    """
+    found = open_object(parent.id, path, where)
+    if found is None or found is parent.id:
+        return None if found is None else parent
+    return _wrapped(found)
+
+
+def open_object(parent: h5py.h5g.GroupID, path: str, where: str) -> "h5py.h5o.ObjectID | None":
+    """The low-level object at ``path`` below ``parent``, following hard links only (None if absent).
 
     Each step is looked up as a link first, so a soft or external link is refused
     without being followed (following an external link opens another file). The steps
     use h5py's low-level ``links.exists``/``links.get_info`` and ``h5o.open`` (the
     ``H5Lexists``, ``H5Lget_info`` and ``H5Oopen`` calls of the C API): the high-level
-    ``Group.get(getlink=True)`` and ``Group[name]`` do the same, and a BN layer needs a
-    dozen such steps, which at their cost was most of a static check of a large model.
+    ``Group.get(getlink=True)`` and ``Group[name]`` do the same, and wrapping each step
+    in a high-level object (a ``Dataset`` fetches its creation property list and filters
+    as it is made) cost more than the libhdf5 calls themselves. Callers that read many
+    objects below one group open the group once and pass its id as ``parent``.
 
     Raises:
         LoadError: a step is a soft, external or user-defined link, or the file's
@@ -53,19 +70,19 @@ def get_object(parent: h5py.Group, path: str, where: str) -> "h5py.Group | h5py.
     """
     current: object = parent
     for part in (p for p in path.split("/") if p):
-        if not isinstance(current, h5py.Group):
+        if not isinstance(current, h5py.h5g.GroupID):  # a FileID is one too (its root group)
             return None
         name = part.encode("utf8")
         try:
-            if not current.id.links.exists(name):
+            if not current.links.exists(name):  # type: ignore[attr-defined]
                 return None
-            kind = current.id.links.get_info(name).type
+            kind = current.links.get_info(name).type  # type: ignore[attr-defined]
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
             raise LoadError(f"{where}: the HDF5 link table is corrupt ({first_line(exc)})", _RESAVE) from None
         if kind != h5py.h5l.TYPE_HARD:
             raise LoadError(f"{where}: {part!r} is {_LINK_KINDS.get(kind, 'a user-defined link')}, which Keras never writes (it can point at another file)", _HOSTILE)
         try:
-            current = _wrapped(h5py.h5o.open(current.id, name))
+            current = h5py.h5o.open(current, name)
         except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
             raise LoadError(f"{where}: {part!r} cannot be opened ({first_line(exc)})", _RESAVE) from None
     return current  # type: ignore[return-value]
@@ -106,7 +123,9 @@ def _wrapped(obj: object) -> "h5py.Group | h5py.Dataset | h5py.Datatype":
     raise TypeError(f"unknown object type {type(obj).__name__}")
 
 
-def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> "tuple[h5py.h5s.SpaceID, h5py.h5t.TypeID]":
+def check_dataset(
+    dataset: "h5py.Dataset | h5py.h5d.DatasetID", where: str, max_elements: int, file_size: int | None = None
+) -> "tuple[h5py.h5s.SpaceID, h5py.h5t.TypeID]":
     """Refuse a dataset Keras could not have written, or one whose bytes are not in the file;
     return its dataspace and stored type as checked (what a read needs).
 
@@ -114,12 +133,16 @@ def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> "tupl
     no external storage, no filters, a numeric element type of at most 8 bytes, at most
     ``max_elements`` elements, and storage that holds exactly the declared bytes inside
     the file (a dataset declared but never written reads as fill values, from nothing).
+    ``dataset`` is a high-level dataset or its low-level id; ``file_size`` (bytes, the
+    file's ``get_filesize()``) may be given by a caller that checks many datasets of one
+    file, else it is asked for here.
 
     Raises:
         LoadError: with what was found.
     """
+    ident = dataset.id if isinstance(dataset, h5py.Dataset) else dataset
     try:
-        plist = dataset.id.get_create_plist()
+        plist = ident.get_create_plist()
         layout = plist.get_layout()
         if layout not in KERAS_LAYOUTS:
             name = _LAYOUT_NAMES.get(layout, f"layout {layout}")
@@ -128,20 +151,23 @@ def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> "tupl
             raise LoadError(f"{where} keeps its bytes in an external file, which Keras never writes", _HOSTILE)
         if plist.get_nfilters():
             raise LoadError(f"{where} is filtered (compressed), which Keras never writes", _HOSTILE)
-        dtype = dataset.id.get_type()
+        dtype = ident.get_type()
         if dtype.get_class() not in (h5py.h5t.FLOAT, h5py.h5t.INTEGER) or dtype.get_size() > 8:
-            raise LoadError(f"{where} holds {dataset.dtype}, not numbers", _HOSTILE)
-        space = dataset.id.get_space()
+            raise LoadError(f"{where} holds {ident.dtype}, not numbers", _HOSTILE)
+        space = ident.get_space()
         elements = int(space.get_simple_extent_npoints())
         if elements > max_elements:
             raise LoadError(f"{where} declares {elements} elements, more than its layer can hold", _HOSTILE)
         declared = elements * dtype.get_size()
-        stored = int(dataset.id.get_storage_size())
+        stored = int(ident.get_storage_size())
         if stored != declared:
             raise LoadError(f"{where} declares {declared} bytes but the file stores {stored}", _HOSTILE)
-        offset = dataset.id.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else 0
-        if offset is not None and offset + declared > h5py.h5i.get_file_id(dataset.id).get_filesize():
-            raise LoadError(f"{where} points past the end of the file", _RESAVE)
+        offset = ident.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else 0
+        if offset is not None:
+            if file_size is None:
+                file_size = h5py.h5i.get_file_id(ident).get_filesize()
+            if offset + declared > file_size:
+                raise LoadError(f"{where} points past the end of the file", _RESAVE)
         return space, dtype
     except LoadError:
         raise
@@ -149,24 +175,29 @@ def check_dataset(dataset: h5py.Dataset, where: str, max_elements: int) -> "tupl
         raise LoadError(f"{where}: the HDF5 dataset header is corrupt ({first_line(exc)})", _RESAVE) from None
 
 
-def read_dataset(dataset: object, where: str, max_elements: int) -> np.ndarray:
+def read_dataset(dataset: object, where: str, max_elements: int, file_size: int | None = None) -> np.ndarray:
     """The dataset's values as float64, after :func:`check_dataset` (shape as stored).
+
+    ``dataset`` is a high-level dataset or its low-level id (what :func:`open_object`
+    gives); anything else is not an array. ``file_size``: as for :func:`check_dataset`.
 
     Raises:
         LoadError: the object is not a dataset, fails the checks, or cannot be read.
     """
-    if not isinstance(dataset, h5py.Dataset):
+    if isinstance(dataset, h5py.Dataset):
+        dataset = dataset.id
+    if not isinstance(dataset, h5py.h5d.DatasetID):
         raise LoadError(f"{where} is not an array in the weights file")
-    space, stored_type = check_dataset(dataset, where, max_elements)
+    space, stored_type = check_dataset(dataset, where, max_elements, file_size)
     try:
-        # ``dataset.id.read`` into an array of the stored type: what ``dataset[()]`` does,
+        # ``DatasetID.read`` into an array of the stored type: what ``dataset[()]`` does,
         # without the selection machinery of h5py's high-level indexing.
         shape = space.shape
         if shape is None:
             raise TypeError("a null dataspace holds no values")
         values = np.empty(shape, dtype=stored_type.dtype)
         if values.size:
-            dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=stored_type)
+            dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=stored_type)
         return np.asarray(values, dtype=np.float64)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise LoadError(f"{where} cannot be read ({first_line(exc)})", _RESAVE) from None

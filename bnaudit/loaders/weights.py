@@ -25,23 +25,23 @@ import numpy as np
 
 from . import LoadError
 from .arrays import BN_VECTORS, MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
-from .h5guard import MAX_WEIGHT_NAMES_BYTES, get_object, read_dataset, read_text_attribute
+from .h5guard import MAX_WEIGHT_NAMES_BYTES, open_object, read_dataset, read_text_attribute
 from .optimizer import keras3_iterations, legacy_h5_iterations
 
 if TYPE_CHECKING:
     from ..graph import Layer
 
-def _read_vector(dataset: object, where: str, channels: int | None) -> np.ndarray:
+def _read_vector(dataset: object, where: str, channels: int | None, file_size: int | None = None) -> np.ndarray:
     """One BN vector: at most ``channels`` elements (the count the config implies), checked
     by :func:`~bnaudit.loaders.h5guard.check_dataset` before a byte is read.
 
     tf-keras saves a BN with ``virtual_batch_size`` as broadcast-shaped arrays
     (``(1, 1, C)``): any shape with one axis other than 1 is read flat."""
-    if isinstance(dataset, h5py.Dataset):
+    if isinstance(dataset, h5py.h5d.DatasetID):
         shape = dataset.shape
         if not shape or len([d for d in shape if d != 1]) > 1:
             raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
-    values = read_dataset(dataset, where, channels or MAX_CHANNELS).reshape(-1)
+    values = read_dataset(dataset, where, channels or MAX_CHANNELS, file_size).reshape(-1)
     if channels and values.shape[0] != channels:
         raise LoadError(f"{where} holds {values.shape[0]} values, but the layer has {channels} channels")
     return values
@@ -81,6 +81,8 @@ class H5Weights:
     def __init__(self, h5: h5py.File) -> None:
         self._h5 = h5
         self._cache: dict[str, BNArrays] = {}
+        self._opened: dict[str, object] = {}
+        self._file_size: int | None = None
 
     def bn_arrays(self, layer: "Layer") -> BNArrays:
         if layer.path not in self._cache:
@@ -88,7 +90,8 @@ class H5Weights:
             with _corrupt_file_is_load_error(where):
                 datasets = self._datasets(layer, bn_variable_names(layer))
                 channels = bn_channel_count(layer)
-                values = {name: _read_vector(d, f"{where} {name}", channels) for name, d in datasets.items() if name in BN_VECTORS}
+                size = self._size()
+                values = {name: _read_vector(d, f"{where} {name}", channels, size) for name, d in datasets.items() if name in BN_VECTORS}
             self._cache[layer.path] = assemble_bn_arrays(values, where)
         return self._cache[layer.path]
 
@@ -102,11 +105,26 @@ class H5Weights:
         """
         where = f"layer {layer.path!r}"
         with _corrupt_file_is_load_error(where):
-            return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS) for name, d in self._datasets(layer, names).items()}
+            datasets = self._datasets(layer, names)
+            return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS, self._size()) for name, d in datasets.items()}
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:  # pragma: no cover - abstract
-        """The named variables of ``layer`` as (unread) h5py objects."""
+        """The named variables of ``layer`` as (unread) low-level h5py objects, None where absent."""
         raise NotImplementedError
+
+    def _shared(self, path: str, where: str) -> object:
+        """The low-level object at ``path`` (a group every layer's lookup starts from),
+        opened and checked by :func:`~bnaudit.loaders.h5guard.open_object` once per file
+        rather than once per layer; None where absent."""
+        if path not in self._opened:
+            self._opened[path] = open_object(self._h5.id, path, where)
+        return self._opened[path]
+
+    def _size(self) -> int:
+        """The file's size in bytes (asked once: every dataset's extent is checked against it)."""
+        if self._file_size is None:
+            self._file_size = int(self._h5.id.get_filesize())
+        return self._file_size
 
     def optimizer_iterations(self) -> int | None:  # pragma: no cover - abstract
         """The optimizer's step count the file records, None without optimizer state
@@ -125,12 +143,15 @@ class KerasV3Weights(H5Weights):
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         where = f"layer {layer.path!r} ({layer.save_path})"
-        group = get_object(self._h5, f"{layer.save_path}/vars", where)
-        if not isinstance(group, h5py.Group):
+        parent, _, leaf = layer.save_path.rpartition("/")
+        base = self._shared(parent, where) if parent else self._h5.id
+        group = open_object(base, f"{leaf}/vars", where) if isinstance(base, h5py.h5g.GroupID) else None
+        if not isinstance(group, h5py.h5g.GroupID):
             raise LoadError(f"{where}: no variables in the weights file")
-        if len(group) != len(names):
-            raise LoadError(f"{where}: {len(group)} variables saved, expected {len(names)}")
-        return {name: get_object(group, str(i), f"{where} {name}") for i, name in enumerate(names)}
+        saved = group.get_num_objs()
+        if saved != len(names):
+            raise LoadError(f"{where}: {saved} variables saved, expected {len(names)}")
+        return {name: open_object(group, str(i), f"{where} {name}") for i, name in enumerate(names)}
 
 
 class LegacyH5Weights(H5Weights):
@@ -150,19 +171,19 @@ class LegacyH5Weights(H5Weights):
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:
         top = layer.top_level or layer.path.split("/", 1)[0]
         where = f"layer {layer.path!r}"
-        root = get_object(self._h5, "model_weights", where) or self._h5
-        group = get_object(root, top, where)
-        if not isinstance(group, h5py.Group):
+        root = self._shared("model_weights", where) or self._h5.id
+        group = open_object(root, top, where) if isinstance(root, h5py.h5g.GroupID) else None
+        if not isinstance(group, h5py.h5g.GroupID):
             raise LoadError(f"{where}: no weights group {top!r} in the file")
         scopes = layer.weight_scopes or (layer.name,)
         found: dict[str, object] = {}
-        weight_names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
+        weight_names = read_text_attribute(h5py.Group(group), "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
         for weight in [weight_names] if isinstance(weight_names, str) else weight_names:
             owner, _, last = weight.rpartition("/")
             variable = last.split(":")[0]
             # The owner part ends with the layer's name, which may itself hold "/" (``conv1/bn``).
             if variable in names and any(owner == scope or owner.endswith("/" + scope) for scope in scopes):
-                found[variable] = get_object(group, weight, f"{where} {variable}")
+                found[variable] = open_object(group, weight, f"{where} {variable}")
         return found
 
 
@@ -180,6 +201,10 @@ class FileWindow(io.RawIOBase):
     def __init__(self, path: str, start: int, size: int, writable: bool = False) -> None:
         self._file = open(path, "r+b" if writable else "rb")
         self._start, self._size, self._pos, self._writable = start, size, 0, writable
+        self._fd = self._file.fileno()
+        #: ``os.preadv`` (Linux, BSDs, macOS) reads without moving the file's position; a
+        #: writable window goes through the buffered file, which holds its pending writes.
+        self._pread = None if writable else getattr(os, "preadv", None)
 
     def readable(self) -> bool:
         return True
@@ -194,18 +219,23 @@ class FileWindow(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        base = self._pos if whence == io.SEEK_CUR else self._size if whence == io.SEEK_END else 0
         self._pos = max(0, base + offset)
         return self._pos
 
     def readinto(self, buffer) -> int:
-        want = min(len(buffer), max(0, self._size - self._pos))
-        if want == 0:
+        """Read at the current position: one ``pread`` where the OS has it (libhdf5 asks
+        for a few hundred bytes at a time, several thousand times for a large model)."""
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
             return 0
-        self._file.seek(self._start + self._pos)
-        got = self._file.readinto(memoryview(buffer)[:want])
-        self._pos += got or 0
-        return got or 0
+        if self._pread is not None:
+            got = self._pread(self._fd, [memoryview(buffer)[:want]], self._start + self._pos)
+        else:
+            self._file.seek(self._start + self._pos)
+            got = self._file.readinto(memoryview(buffer)[:want]) or 0
+        self._pos += got
+        return got
 
     def write(self, data) -> int:
         if not self._writable:
