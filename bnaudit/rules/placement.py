@@ -298,7 +298,15 @@ def batchnorm_training_baked(ctx):
             source = bn.baked_training
         elif baked:
             source = "its own call" if baked == bn.path else f"the call of nested model {baked!r}"
-        if source:
+        if source and ctx.graph.architecture_missing:  # a SavedModel's serving graph alone: no layer call to fix
+            yield ctx.finding(
+                bn,
+                f"batch-norm op {bn.path!r} of the serving graph runs in training mode ({source}): "
+                "each request is normalized with its own batch statistics",
+                details={"source": source, "writer": "SavedModel serving graph"},
+                fix="export again from a model whose BatchNormalization layers are called without training=True",
+            )
+        elif source:
             writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
             yield ctx.finding(
                 bn,
