@@ -226,8 +226,13 @@ def serving_graph(path: Path) -> ModelGraph:
     weights and nothing to re-run, so every other rule is skipped with the reason.
 
     Raises :class:`LoadError` without TensorFlow (nothing can be read) or when
-    ``saved_model.pb`` is unreadable.
+    ``saved_model.pb`` is missing or unreadable.
     """
+    if not (path / SAVED_MODEL_FILE).is_file():
+        raise LoadError(
+            f"this SavedModel has neither keras_metadata.pb nor {SAVED_MODEL_FILE} (a saved_model.pbtxt is not read)",
+            "save it again with tf.saved_model.save or Keras 3 model.export()",
+        )
     try:
         ops = serving_batchnorm_ops(path)
     except ImportError:
@@ -239,7 +244,6 @@ def serving_graph(path: Path) -> ModelGraph:
     graph.producer = "SavedModel serving graph"
     graph.architecture_missing = NO_ARCHITECTURE
     graph.rules_without_architecture = SERVING_RULES
-    graph.weights_missing = NO_ARCHITECTURE
     for op in ops:
         layer = graph.layers.get(op.scope)
         if layer is None:
