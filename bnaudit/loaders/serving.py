@@ -93,12 +93,6 @@ def serving_batchnorm_ops(path: Path) -> list[ServingBatchNorm]:
     return found
 
 
-def training_batchnorm_ops(path: Path) -> list[tuple[str, str]]:
-    """``(signature, op node name)`` for every batch-norm op in training mode on a serving
-    path (see :func:`serving_batchnorm_ops`, which raises the same errors)."""
-    return [(op.signature, op.node) for op in serving_batchnorm_ops(path) if op.is_training]
-
-
 def _batchnorms(signature: str, node_defs) -> list[ServingBatchNorm]:
     """The batch-norm ops among one function's nodes, fused or not."""
     by_name = {n.name: n for n in node_defs}
@@ -189,22 +183,27 @@ def mark_training_in_serving(path: Path, graph: ModelGraph) -> None:
     """Set ``baked_training`` on each BN layer whose op a serving signature runs in training mode.
 
     An op is matched to the layer whose path (``base/bn1``) ends its name scope
-    (``model/base/bn1/FusedBatchNormV3``); one no layer matches is noted.
+    (``model/base/bn1/FusedBatchNormV3``, ``model/base/bn1/batchnorm/Rsqrt``); one no
+    layer matches is noted.
     """
     try:
-        found = training_batchnorm_ops(path)
+        found = [op for op in serving_batchnorm_ops(path) if op.is_training]
     except ImportError:
         graph.notes.append("the serving signatures were not inspected: that needs TensorFlow (pip install 'bnaudit[tensorflow]')")
         return
     batchnorms = graph.batchnorms()
-    for signature, op_name in found:
-        scope = op_name.rpartition("/")[0]
-        layer = next((bn for bn in batchnorms if scope == bn.path or scope.endswith("/" + bn.path)), None)
-        source = f"serving signature {signature!r} runs {op_name!r} with is_training=true"
+    for op in found:
+        layer = next((bn for bn in batchnorms if op.scope == bn.path or op.scope.endswith("/" + bn.path)), None)
+        source = _source_of(op)
         if layer is None:
             graph.notes.append(f"{source}, but no BatchNormalization layer matches it")
         elif not layer.baked_training:
             layer.baked_training = source
+
+
+def _source_of(op: ServingBatchNorm) -> str:
+    """Where BN106 learnt that ``op`` runs in training mode, as its finding says."""
+    return f"serving signature {op.signature!r} runs {op.node!r} with is_training=true"
 
 
 #: Why the placement, weight and safety rules do not run on a graph read from the serving
@@ -252,7 +251,7 @@ def serving_graph(path: Path) -> ModelGraph:
             layer = graph.layers[op.scope] = Layer(path=op.scope, name=name, class_name="BatchNormalization", config=config)
         if op.is_training and not layer.baked_training:
             layer.config["is_training"] = True
-            layer.baked_training = f"serving signature {op.signature!r} runs {op.node!r} with is_training=true"
+            layer.baked_training = _source_of(op)
     if not ops:
         graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
     return graph
