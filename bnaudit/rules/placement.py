@@ -270,7 +270,8 @@ def batchnorm_training_baked(ctx):
     (Keras 3 `kwargs`, Keras 2 node kwargs), or that sits inside a nested model called
     with `training=True`; in an ONNX file, a BatchNormalization node with
     `training_mode=1`; in a SavedModel, a serving function that runs the layer's
-    FusedBatchNorm op with `is_training=true`.
+    batch-norm op in training mode (a FusedBatchNorm op with `is_training=true`, or
+    Keras 3's unfused `tf.nn.batch_normalization` fed batch moments).
 
     ## Why is this bad?
     The layer then normalizes with the statistics of the current batch even at
