@@ -83,6 +83,9 @@ def test_unbake_removes_bn106_and_the_copy_passes_bn402_bn403(samples, tmp_path,
     assert report.proof.checked_codes == ["BN106", "BN402", "BN403"] and report.proof.remaining == []
     assert report.proof.status == "passed", report.proof
     assert report.proof.tolerance is None  # unbaking may change predict's outputs: reported, not judged
+    from bnaudit.fixes.report import verdict
+
+    assert "(reported, not judged: unbake may change them)" in verdict(report)
 
 
 @pytest.mark.parametrize("pattern", FORMATS)

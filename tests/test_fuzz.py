@@ -43,3 +43,12 @@ def test_a_corrupt_heap_object_is_one_clean_line_within_the_memory_bound(tmp_pat
     report = check_batch([make_case(seed, index, tmp_path)])
     assert report.faults == []
     assert (report.clean_results, report.refused) == (0, 1)
+
+
+def test_a_weights_member_pointing_past_any_offset_is_one_clean_line(tmp_path):
+    """File 93109 of the seed-13 run (docs/security.md): the HDF5 superblock inside the
+    ``.keras`` zip names an address h5py's file-object driver cannot represent; h5py
+    raised ValueError, shown as "could not read the model (ValueError: ...)"."""
+    report = check_batch([make_case(13, 93109, tmp_path)])
+    assert report.faults == []
+    assert (report.clean_results, report.refused) == (0, 1)

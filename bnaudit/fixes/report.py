@@ -12,6 +12,7 @@ from importlib import resources
 
 from ..printable import printable
 from .changes import FixReport
+from .proof import SAME_OUTPUTS
 
 FORMATS = ("text", "json", "html")
 
@@ -30,7 +31,8 @@ def verdict(report: FixReport) -> str:
     proof = report.proof
     parts = []
     if proof.outputs_max_abs_delta is not None:
-        bound = f" (allowed {proof.tolerance:g} + {proof.figures.get('rtol', 0):g} |original|)" if proof.tolerance is not None else " (reported, not judged: the fixes change outputs)"
+        changing = ", ".join(name for name in report.fixes if name not in SAME_OUTPUTS)
+        bound = f" (allowed {proof.tolerance:g} + {proof.figures.get('rtol', 0):g} |original|)" if proof.tolerance is not None else f" (reported, not judged: {changing} may change them)"
         parts.append(f"outputs max |Δ| {proof.outputs_max_abs_delta:.3g}{bound} on {proof.samples} {proof.inputs}")
     if proof.checked_codes:
         left = ", ".join(f"{r['code']} {r['layer']}" for r in proof.remaining)

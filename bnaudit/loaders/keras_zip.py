@@ -41,7 +41,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
 
             try:
                 graph.weights = KerasV3Weights(open_zip_member_h5(str(path), archive, weights))
-            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, ValueError) as exc:  # ValueError: h5py, an offset past any file
                 raise LoadError(f"model.weights.h5 is unreadable ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})", "the file is damaged; save the model again") from None
     return graph
 
