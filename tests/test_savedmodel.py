@@ -213,7 +213,7 @@ def test_a_keras3_export_is_audited_on_its_serving_graph(tmp_path):
     model = _keras3_export(tmp_path, train_last=False)
     run = run_bnaudit("check", model, "--format", "json")
     assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout)["models"][0] if "models" in json.loads(run.stdout) else json.loads(run.stdout)
+    report = json.loads(run.stdout)["models"][0]
     assert report["findings"] == [] and report["errors"] == []
     skipped = {s["code"]: s["reason"] for s in report["skipped"]}
     assert "BN106" not in skipped
