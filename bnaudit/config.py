@@ -181,6 +181,8 @@ def parse(table: Any, source: Path) -> Config:
             config.batch_size = value
         elif CODE_PATTERN.match(key.upper()) and isinstance(value, dict):
             config.thresholds[key.upper()] = value
+        elif key == "tool" and not name.endswith("pyproject.toml"):  # [tool.bnaudit...] copied from pyproject.toml
+            raise ConfigError(f"{name}: a [tool.bnaudit] table belongs in pyproject.toml; here the keys and tables stand alone ([bn205], not [tool.bnaudit.bn205])")
         else:
             raise ConfigError(f"{name}: unknown key {key!r} in [tool.bnaudit] (known: {', '.join(KNOWN_KEYS)}, and a table per rule code)")
     return config

@@ -129,7 +129,9 @@ class Auditor:
             self._describe(tuned, result)
             try:
                 checkpoints = pair_checkpoints(base, tuned, str(base_path))
-            except (LoadError, OSError):
+            except LoadError as exc:  # about the pair: both paths, then what is wrong
+                raise LoadError(f"BASE {base_path}, TUNED {tuned_path}: {exc.message}", exc.hint) from None
+            except OSError:
                 raise
             except Exception as exc:  # a file that defeats the pairing: say so, on one line
                 if self.options.debug:
@@ -141,6 +143,9 @@ class Auditor:
                 if paths:
                     listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
                     result.notes.append(f"{len(paths)} BN layer{'s' if len(paths) != 1 else ''} of {role} without a counterpart, not compared: {listed}")
+            if checkpoints.pairs and all(p.paired_by == "position" and p.base.path.endswith("/" + p.tuned.path) for p in checkpoints.pairs):
+                # BASE nests TUNED's layers, the transfer-learning shape the other way round
+                result.notes.append("BASE holds TUNED's BN layers inside a nested model: if TUNED is the model before fine-tuning, give it first (bnaudit diff BASE TUNED)")
             self._run_rules(tuned_path, tuned, result, options, base=checkpoints)
         except LoadError as exc:
             result.errors.append(ModelError(exc.message, hint=exc.hint))

@@ -128,6 +128,15 @@ def test_an_unknown_key_is_one_line_naming_it_and_exit_2(project):
     )
 
 
+def test_a_pyproject_table_in_bnaudit_toml_says_where_it_belongs(project):
+    (project / "bnaudit.toml").write_text("[tool.bnaudit.bn205]\nresidual = 0.1\n")
+    code, _, stderr = audit(project)
+    assert (code, stderr) == (2, (
+        f"bnaudit: error: {project / 'bnaudit.toml'}: a [tool.bnaudit] table belongs in pyproject.toml; "
+        "here the keys and tables stand alone ([bn205], not [tool.bnaudit.bn205])\n"
+    ))
+
+
 def test_an_unknown_threshold_of_a_plugin_rule_is_an_error_too(project):
     (project / "pyproject.toml").write_text('[tool.bnaudit.th101]\nlimt = 1\n')
     code, _, stderr = audit(project, "-p", "plugin_th")

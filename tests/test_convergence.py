@@ -33,6 +33,9 @@ def trained(tmp_path_factory):
     fast = small_convnet(keras, momentum=0.5)  # 0.5^8 = 0.004
     fit_steps(fast, STEPS)
     fast.save(out / "fast.keras")
+    mid = small_convnet(keras, momentum=0.9)  # 0.9^8 = 0.43: lowering the momentum to 0.9 is no advice
+    fit_steps(mid, STEPS)
+    mid.save(out / "mid.keras")
     small_convnet(keras).save(out / "untrained.keras")  # never compiled: no optimizer state
     # Mixed precision: LossScaleOptimizer saves its own count (0) and its inner optimizer's.
     mixed = small_convnet(keras)
@@ -98,6 +101,22 @@ def test_a_bn_inside_a_wrapper_is_judged_not_set_aside_as_nested(audited):
     model = audited["wrapped.keras"]
     assert [(f["code"], f["layer"]) for f in model["findings"]] == [("BN205", "td/bn")]
     assert model["notes"] == []
+
+
+def test_the_message_states_the_recorded_count_and_advises_only_what_helps(audited):
+    [first, _] = audited["slow.keras"]["findings"]
+    assert first["message"] == (
+        "BatchNormalization 'bn_a': the file records 8 training steps; at momentum 0.99 its initial values still "
+        "weigh 0.92 in the moving statistics (> 0.05; 299 steps needed)"
+    )
+    [mid, _] = audited["mid.keras"]["findings"]
+    assert mid["fix"] == "train at least 29 steps, or recompute the statistics on training data (bnaudit fix --recalibrate)"
+
+
+def test_a_residual_just_above_the_limit_is_shown_above_it():
+    from bnaudit.rules.weights import _above
+
+    assert (_above(0.050037, 0.05), _above(0.92274, 0.05), _above(0.0500001, 0.05)) == ("0.05004", "0.92", "0.0500001")
 
 
 @pytest.mark.parametrize("name", ["fast.keras", "k2_fast.h5"])

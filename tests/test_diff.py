@@ -141,6 +141,17 @@ def test_nested_base_frozen_before_training_is_clean(checkpoints):
     assert all(not c["statistics_changed"] and c["frozen_tuned"] for c in model["measurements"]["diff"]["layers"].values())
 
 
+def test_arguments_in_the_wrong_order_are_pointed_out(checkpoints):
+    """The transfer model given as BASE and its backbone as TUNED: paired by position,
+    a note says the order may be reversed; the right order has no such note."""
+    _, swapped = diff_json(checkpoints / "transfer_frozen.keras", checkpoints / "base.keras")
+    assert swapped["notes"] == [
+        "BASE holds TUNED's BN layers inside a nested model: if TUNED is the model before fine-tuning, give it first (bnaudit diff BASE TUNED)"
+    ]
+    _, right = diff_json(checkpoints / "base.keras", checkpoints / "transfer_frozen.keras")
+    assert right["notes"] == []
+
+
 def test_renamed_layers_pair_by_position(checkpoints):
     _, model = diff_json(checkpoints / "base.keras", checkpoints / "renamed.keras", "--fail-on", "info")
     layers = model["measurements"]["diff"]["layers"]
@@ -211,8 +222,8 @@ def test_html_sarif_and_junit_like_check(checkpoints, tmp_path):
 @pytest.mark.parametrize(
     "base, tuned, message",
     [
-        ("base.keras", "unrelated.keras", "bnaudit: error: BN 'bn_a' has 4 channels in BASE, its counterpart 'bn_a' 7 in TUNED (paired by path) (the models are not two checkpoints of one architecture)"),
-        ("base.keras", "no_bn.keras", "bnaudit: error: TUNED has no BatchNormalization layer: nothing to compare (give two checkpoints of a model with BN layers)"),
+        ("base.keras", "unrelated.keras", "bnaudit: error: BASE {dir}/base.keras, TUNED {dir}/unrelated.keras: BN 'bn_a' has 4 channels in BASE, its counterpart 'bn_a' 7 in TUNED (paired by path) (the models are not two checkpoints of one architecture)"),
+        ("base.keras", "no_bn.keras", "bnaudit: error: BASE {dir}/base.keras, TUNED {dir}/no_bn.keras: TUNED has no BatchNormalization layer: nothing to compare (give two checkpoints of a model with BN layers)"),
         ("garbage.keras", "base.keras", "bnaudit: error: BASE {dir}/garbage.keras: not a readable .keras file (File is not a zip file) (the file is truncated or not a Keras zip; save it again with model.save('garbage.keras'))"),
         ("base.keras", "missing.keras", "bnaudit: error: TUNED {dir}/missing.keras: no such file (check the path)"),
     ],
@@ -234,7 +245,8 @@ def test_unrelated_models_with_nothing_in_common(checkpoints, tmp_path):
     run = run_bnaudit("diff", checkpoints / "base.keras", tmp_path / "odd.keras")
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
-        "bnaudit: error: no BatchNormalization layer of BASE (2) matches one of TUNED (3) by path or by position "
+        f"bnaudit: error: BASE {checkpoints / 'base.keras'}, TUNED {tmp_path / 'odd.keras'}: "
+        "no BatchNormalization layer of BASE (2) matches one of TUNED (3) by path or by position "
         "(the models look unrelated: compare a model with its own fine-tuned copy)"
     ]
 
@@ -289,6 +301,9 @@ def test_a_selection_without_a_diff_rule_is_one_line_and_quiet_keeps_the_finding
     assert run.stderr.splitlines() == [
         "bnaudit: error: the selection leaves none of the rules diff runs (BN211, BN212); the others run with `bnaudit check`"
     ]
+    run = run_bnaudit("check", checkpoints / "toggled.keras", "--select", "BN211")
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr == "bnaudit: error: the selection holds only rules that compare two checkpoints; run them with `bnaudit diff BASE TUNED`\n"
     quiet = run_bnaudit("diff", checkpoints / "base.keras", checkpoints / "toggled.keras", "-q")
     loud = run_bnaudit("diff", checkpoints / "base.keras", checkpoints / "toggled.keras")
     assert quiet.returncode == loud.returncode == 0  # BN211 is a warning; the gate fails on errors

@@ -77,6 +77,8 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         accepted = baselines.Baseline.read(baseline) if baseline else None
     except (PluginError, OptionsError, baselines.BaselineError) as exc:
         fail(str(exc))
+    if not auditor.selected_rules(options) and auditor.selected_rules(options, pair=True):
+        fail("the selection holds only rules that compare two checkpoints; run them with `bnaudit diff BASE TUNED`")
     if (options.data or options.inference) and importlib.util.find_spec("tensorflow") is None:
         from ..runtime import INSTALL_TENSORFLOW
 

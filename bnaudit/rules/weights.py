@@ -263,13 +263,13 @@ def moving_statistics_not_converged(ctx):
         residual = momentum**steps
         if residual > limit:
             needed = math.ceil(math.log(limit) / math.log(momentum))
+            lower = "" if momentum <= 0.9 else f"lower the momentum (0.9 settles in {math.ceil(math.log(limit) / math.log(0.9))}), "
             yield ctx.finding(
                 bn,
-                f"BatchNormalization {bn.path!r} had {steps} updates at momentum {momentum:g}: its initial "
-                f"values still weigh {residual:.2g} in the moving statistics (> {limit:g}; {needed} updates needed)",
+                f"BatchNormalization {bn.path!r}: the file records {steps} training steps; at momentum {momentum:g} its "
+                f"initial values still weigh {_above(residual, limit)} in the moving statistics (> {limit:g}; {needed} steps needed)",
                 details={"steps": steps, "momentum": momentum, "residual": round(residual, 6), "limit": limit, "steps_needed": needed},
-                fix=f"train at least {needed} steps, lower the momentum (0.9 settles in {math.ceil(math.log(limit) / math.log(0.9))}), "
-                "or recompute the statistics on training data (bnaudit fix --recalibrate)",
+                fix=f"train at least {needed} steps, {lower}or recompute the statistics on training data (bnaudit fix --recalibrate)",
             )
     for why, paths in unbounded.items():
         listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
@@ -282,3 +282,13 @@ def moving_statistics_not_converged(ctx):
 @hookimpl
 def bnaudit_register_rules():
     return [invalid_moving_statistics, moving_statistics_never_updated, dead_channels, extreme_normalization_scale, moving_statistics_not_converged]
+
+
+def _above(value: float, limit: float) -> str:
+    """``value`` with the digits that show it is above ``limit`` (0.050037 is "0.05004",
+    not "0.05", next to a limit of 0.05)."""
+    for digits in range(2, 8):
+        shown = f"{value:.{digits}g}"
+        if float(shown) > limit:
+            return shown
+    return f"{value:g}"
