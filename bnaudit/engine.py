@@ -320,6 +320,8 @@ def read_batchnorm_vectors(graph) -> None:
 
 def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
     """Why ``rule`` cannot run on this model with these options; empty when it can."""
+    if graph.architecture_missing and rule.code not in graph.rules_without_architecture:
+        return graph.architecture_missing
     if "weights" in rule.needs and graph.weights is None:
         return graph.weights_missing or "the file holds no weights"
     if "data" in rule.needs and not options.data and not options.runtime.statistics.stats:

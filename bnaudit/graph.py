@@ -175,6 +175,11 @@ class ModelGraph:
     #: Runtime: BN301, BN303 and BN401/402/404; not BN302 or BN403), or ``""`` (nothing:
     #: those rules are skipped with the reason).
     runner: str = "keras"
+    #: Why the loader knows the batch-norm ops but not the architecture around them (a
+    #: SavedModel's serving graph alone); "" when it knows it. Only the rules named in
+    #: :attr:`rules_without_architecture` then run; the others are skipped with this reason.
+    architecture_missing: str = ""
+    rules_without_architecture: frozenset[str] = frozenset()
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from bnaudit.loaders import serving
 from conftest import audited_by_path, ROOT, SAMPLES, run_bnaudit
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
@@ -95,10 +96,48 @@ def test_damaged_checkpoint_is_one_error_not_a_crash(tmp_path):
     assert result["errors"] and all("checkpoint is unreadable" in e["message"] for e in result["errors"])
 
 
-def test_a_savedmodel_without_keras_metadata_says_what_to_do(tmp_path):
+def test_a_savedmodel_without_keras_metadata_is_audited_as_its_serving_graph(tmp_path):
+    """tf-keras's serving graph of bias_before_bn without its layer configs: the three fused
+    BN ops in inference mode, no BN106, every other rule skipped with the reason."""
     model = _copy(tmp_path)
     (model / "keras_metadata.pb").unlink()
-    _one_line_exit_2(model, "no keras_metadata.pb")
+    result = __import__("bnaudit").audit(model)
+    assert result.errors == [] and result.findings == []
+    graph = serving.serving_graph(model)
+    assert {p: layer.config["is_training"] for p, layer in graph.layers.items()} == {
+        "bias_before_bn/bn1": False,
+        "bias_before_bn/bn2": False,
+        "bias_before_bn/bn_fc": False,
+    }
+    assert result.rules_run == ["BN106"]
+    assert {s.code: s.reason for s in result.skipped}["BN102"] == serving.NO_ARCHITECTURE
+
+
+def test_a_text_savedmodel_without_keras_metadata_is_one_line_and_exit_2(tmp_path):
+    model = _copy(tmp_path)
+    (model / "keras_metadata.pb").unlink()
+    (model / "saved_model.pb").rename(model / "saved_model.pbtxt")
+    _one_line_exit_2(model, "neither keras_metadata.pb nor saved_model.pb")
+
+
+def test_a_truncated_saved_model_pb_without_keras_metadata_is_one_line_and_exit_2(tmp_path):
+    model = _copy(tmp_path)
+    (model / "keras_metadata.pb").unlink()
+    data = (model / "saved_model.pb").read_bytes()
+    (model / "saved_model.pb").write_bytes(data[: len(data) // 2])
+    _one_line_exit_2(model, "saved_model.pb is not readable")
+
+
+def test_without_tensorflow_a_savedmodel_without_keras_metadata_says_what_to_install(tmp_path):
+    model = _copy(tmp_path)
+    (model / "keras_metadata.pb").unlink()
+    code = f"import sys, runpy; sys.modules['tensorflow'] = None; sys.argv = ['bnaudit', 'check', {str(model)!r}]; runpy.run_module('bnaudit', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"bnaudit: error: {model}: this SavedModel has no keras_metadata.pb, and reading its serving graph needs TensorFlow "
+        "(pip install 'bnaudit[tensorflow]')"
+    ]
 
 
 def test_without_tensorflow_the_architecture_rules_run_and_the_weight_rules_are_skipped_with_a_note():
@@ -151,15 +190,80 @@ def test_a_serving_function_that_runs_batchnorm_in_training_mode_is_bn106(tmp_pa
     assert "is_training=true" in baked[0].details["source"]
 
 
-@pytest.mark.slow
-def test_a_keras3_export_is_refused_with_what_to_do_instead(tmp_path):
-    """Keras 3 ``export()`` writes no keras_metadata.pb: no layer configs to audit."""
+def _keras3_export(tmp_path, train_last: bool):
+    """Conv -> BN -> ReLU -> Conv -> BN exported with Keras 3; the last BN called with
+    ``training=True`` when ``train_last``."""
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False), keras.layers.BatchNormalization()])
-    model.export(tmp_path / "exported", format="tf_saved_model")
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv2")(x)
+    x = keras.layers.BatchNormalization(epsilon=0.01, name="bn_last")(x, training=True if train_last else None)
+    keras.Model(inputs, x, name="exported").export(tmp_path / "exported", format="tf_saved_model", verbose=False)
     assert not (tmp_path / "exported" / "keras_metadata.pb").exists()
-    _one_line_exit_2(tmp_path / "exported", "no keras_metadata.pb")
+    return tmp_path / "exported"
+
+
+@pytest.mark.slow
+def test_a_keras3_export_is_audited_on_its_serving_graph(tmp_path):
+    """Keras 3 runs tf.nn.batch_normalization (unfused): both BN layers are found by their
+    name scope, in inference mode, and the rules that need the architecture say why not."""
+    model = _keras3_export(tmp_path, train_last=False)
+    run = run_bnaudit("check", model, "--format", "json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)["models"][0]
+    assert report["findings"] == [] and report["errors"] == []
+    skipped = {s["code"]: s["reason"] for s in report["skipped"]}
+    assert "BN106" not in skipped
+    assert set(skipped) >= {"BN101", "BN102", "BN103", "BN104", "BN105", "BN107", "BN108", "BN109", "BN201", "BN204", "BN501", "BN401"}
+    assert all(skipped[c] == serving.NO_ARCHITECTURE for c in ("BN101", "BN102", "BN109", "BN201", "BN501", "BN401"))
+    graph = serving.serving_graph(model)
+    assert {p: (l.config["epsilon"], l.config["is_training"]) for p, l in graph.layers.items()} == {
+        "exported_1/bn_1": (1e-3, False),
+        "exported_1/bn_last_1": (1e-2, False),
+    }
+
+
+@pytest.mark.slow
+def test_a_keras3_export_of_a_bn_called_with_training_true_is_bn106_on_the_serving_op(tmp_path):
+    model = _keras3_export(tmp_path, train_last=True)
+    result = __import__("bnaudit").audit(model)
+    assert result.errors == []
+    assert [(f.code, f.layer) for f in result.findings] == [("BN106", "exported_1/bn_last_1")]
+    finding = result.findings[0]
+    assert "of the serving graph runs in training mode" in finding.message
+    assert "runs 'exported_1/bn_last_1/batchnorm/Rsqrt' with is_training=true" in finding.details["source"]
+
+
+@pytest.mark.slow
+def test_a_tf_module_running_fused_batch_norm_in_training_mode_is_bn106_in_every_format(tmp_path):
+    """tf.saved_model.save of a tf.Module: no Keras at all, one FusedBatchNormV3 with
+    is_training=true under the name scope ``block``. json, sarif and junit render it."""
+    code = """if True:
+        import sys, tensorflow as tf
+        class Module(tf.Module):
+            def __init__(self):
+                self.scale, self.offset = tf.Variable(tf.ones([3])), tf.Variable(tf.zeros([3]))
+            @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.float32)])
+            def __call__(self, x):
+                with tf.name_scope("block"):
+                    return tf.compat.v1.nn.fused_batch_norm(x, self.scale, self.offset, epsilon=0.01, is_training=True)[0]
+        module = Module()
+        tf.saved_model.save(module, sys.argv[1], signatures={"serving_default": module.__call__})
+    """
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "module")], check=True, capture_output=True)
+    result = __import__("bnaudit").audit(tmp_path / "module")
+    assert [(f.code, f.layer) for f in result.findings] == [("BN106", "block")]
+    assert result.findings[0].details["source"] == "serving signature 'serving_default' runs 'block/FusedBatchNormV3' with is_training=true"
+    assert serving.serving_graph(tmp_path / "module").layers["block"].config["epsilon"] == 0.01
+    outputs = {fmt: tmp_path / f"report.{fmt}" for fmt in ("json", "sarif", "junit")}
+    for fmt, out in outputs.items():
+        run = run_bnaudit("check", tmp_path / "module", "--format", fmt, "-o", out)
+        assert run.returncode == 1, run.stderr
+        assert "BN106" in out.read_text() and "block" in out.read_text()
+    assert json.loads(outputs["sarif"].read_text())["runs"][0]["results"][0]["ruleId"] == "BN106"
 
 
 @pytest.mark.slow

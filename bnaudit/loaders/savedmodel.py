@@ -16,9 +16,10 @@ with a note. Each BN is found by its object path in the checkpoint's object grap
 key), the path ``keras_metadata.pb`` records for the layer.
 
 A SavedModel without ``keras_metadata.pb`` (Keras 3 ``export()``, plain TensorFlow)
-keeps no layer configs and is refused with a hint. With TensorFlow installed, the
-serving functions of a tf-keras SavedModel are also inspected for batch-norm ops run in
-training mode (:mod:`bnaudit.loaders.serving`).
+keeps no layer configs: it is audited as the batch-norm ops of its serving signatures
+(:func:`bnaudit.loaders.serving.serving_graph`, TensorFlow needed). With TensorFlow
+installed, the serving functions of a tf-keras SavedModel are also inspected for
+batch-norm ops run in training mode (:mod:`bnaudit.loaders.serving`).
 """
 
 from __future__ import annotations
@@ -52,11 +53,9 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         return None
     metadata = path / METADATA_FILE
     if not metadata.is_file():
-        raise LoadError(
-            f"this SavedModel has no {METADATA_FILE}, so it keeps no Keras layer configs "
-            "(Keras 3 export() and plain TensorFlow write none)",
-            "audit the .keras file it was exported from, or convert it with tf2onnx and audit the .onnx",
-        )
+        from .serving import serving_graph
+
+        return serving_graph(path)
     nodes = read_saved_metadata(metadata)
     root = next((n for n in nodes if n["node_path"] == ROOT), None)
     if root is None or root["identifier"] not in MODEL_IDENTIFIERS:

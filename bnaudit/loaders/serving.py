@@ -9,25 +9,59 @@ with its own batch statistics (BN106), whatever the config says.
 run); the functions reachable from each signature's output nodes are walked through
 their call attributes (``StatefulPartitionedCall``'s ``f`` and direct calls of library
 functions). Needs TensorFlow; without it nothing is inspected and the caller notes so.
+
+Two forms of batch norm are recognised. The fused kernels (tf-keras, ``tf.nn.fused_batch_norm``)
+carry ``is_training`` and ``epsilon`` as attributes. ``tf.nn.batch_normalization`` (what
+Keras 3's TensorFlow backend calls) is unfused: ops under a ``batchnorm`` name scope,
+``batchnorm/add`` adding epsilon to the variance and ``batchnorm/Rsqrt`` of it. It runs
+in training mode when that variance is computed from the input (``moments/variance``, a
+``Mean`` op) rather than read from a variable.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..graph import ModelGraph
+import numpy as np
+
+from ..graph import Layer, ModelGraph
 from . import LoadError
 
 SAVED_MODEL_FILE = "saved_model.pb"
 BATCHNORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 #: ``saved_model.pb`` larger than this is refused (protobuf itself stops at 2 GiB).
 MAX_SAVED_MODEL_BYTES = 2**31 - 1
+#: The ``epsilon`` attribute's default in the FusedBatchNorm op definitions (tf.raw_ops).
+FUSED_EPSILON_DEFAULT = 1e-4
+#: Ops that pass a value through unchanged, walked through from ``batchnorm/add`` to
+#: where the variance comes from.
+PASS_THROUGH_OPS = frozenset({"Identity", "Squeeze", "Cast", "Reshape", "StopGradient", "ExpandDims"})
+#: DataType enum values (tensorflow/core/framework/types.proto) an epsilon constant may have.
+FLOAT_DTYPES = {1: np.float32, 2: np.float64, 19: np.float16}
 
 
-def training_batchnorm_ops(path: Path) -> list[tuple[str, str]]:
-    """``(signature, op node name)`` for every FusedBatchNorm* with ``is_training=true``
-    reachable from a serving signature of the SavedModel in ``path``.
+@dataclass(frozen=True)
+class ServingBatchNorm:
+    """One batch-norm op a serving signature runs.
+
+    ``scope`` is the op's name scope inside its function (``model/bn1`` for
+    ``model/bn1/FusedBatchNormV3`` and ``model/bn1/batchnorm/Rsqrt``): the same for every
+    signature and every trace of the layer. ``epsilon`` is None where it is not a constant.
+    """
+
+    signature: str
+    node: str
+    scope: str
+    op: str
+    is_training: bool
+    epsilon: float | None
+
+
+def serving_batchnorm_ops(path: Path) -> list[ServingBatchNorm]:
+    """Every batch-norm op reachable from a serving signature of the SavedModel in ``path``,
+    in signature order, then function order, then node order.
 
     Raises ImportError without TensorFlow, :class:`LoadError` when ``saved_model.pb`` is
     unreadable.
@@ -46,7 +80,7 @@ def training_batchnorm_ops(path: Path) -> list[tuple[str, str]]:
         saved.ParseFromString(file.read_bytes())
     except Exception as exc:
         raise LoadError(f"{SAVED_MODEL_FILE} is not readable ({type(exc).__name__}: {exc})", "the SavedModel is truncated or damaged; save it again") from None
-    found: list[tuple[str, str]] = []
+    found: list[ServingBatchNorm] = []
     for meta_graph in saved.meta_graphs:
         library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
         nodes = {n.name: n for n in meta_graph.graph_def.node}
@@ -55,10 +89,62 @@ def training_batchnorm_ops(path: Path) -> list[tuple[str, str]]:
                 continue  # __saved_model_init_op and friends
             start = [nodes[t.name.split(":")[0]] for t in definition.outputs.values() if t.name.split(":")[0] in nodes]
             for name in _reachable(start, library):
-                for node in library[name].node_def:
-                    if node.op in BATCHNORM_OPS and _is_training(node):
-                        found.append((signature, node.name))
+                found.extend(_batchnorms(signature, library[name].node_def))
     return found
+
+
+def _batchnorms(signature: str, node_defs) -> list[ServingBatchNorm]:
+    """The batch-norm ops among one function's nodes, fused or not."""
+    by_name = {n.name: n for n in node_defs}
+    found = []
+    for node in node_defs:
+        if node.op in BATCHNORM_OPS:
+            epsilon = _float32(node.attr["epsilon"].f) if "epsilon" in node.attr else FUSED_EPSILON_DEFAULT
+            found.append(ServingBatchNorm(signature, node.name, node.name.rpartition("/")[0], node.op, _is_training(node), epsilon))
+        elif node.op == "Rsqrt" and (node.name == "batchnorm/Rsqrt" or node.name.endswith("/batchnorm/Rsqrt")):
+            add = by_name.get(_source(node.input[0])) if node.input else None
+            if add is None or add.op not in ("AddV2", "Add") or len(add.input) != 2:
+                continue
+            variance, epsilon = (by_name.get(_source(i)) for i in add.input)
+            scope = node.name[: -len("batchnorm/Rsqrt")].rstrip("/")
+            found.append(ServingBatchNorm(signature, node.name, scope, "batch_normalization", _computed_from_input(variance, by_name), _constant(epsilon)))
+    return found
+
+
+def _source(tensor: str) -> str:
+    """The node name of a function-body input (``scope/op:output:0``, ``^control``)."""
+    return tensor.lstrip("^").split(":")[0]
+
+
+def _computed_from_input(node, by_name) -> bool:
+    """Whether the variance ``node`` is a reduction (``Mean``: batch statistics), looking
+    through ops that pass values on; a variable read, an argument or a constant is not."""
+    seen = 0
+    while node is not None and node.op in PASS_THROUGH_OPS and node.input and seen < 64:
+        node, seen = by_name.get(_source(node.input[0])), seen + 1
+    return node is not None and node.op == "Mean"
+
+
+def _constant(node) -> float | None:
+    """The scalar value of a ``Const`` node of a float type; None for anything else."""
+    if node is None or node.op != "Const" or "value" not in node.attr:
+        return None
+    tensor = node.attr["value"].tensor
+    dtype = FLOAT_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        return None
+    if tensor.float_val:
+        return _float32(tensor.float_val[0])
+    if tensor.double_val:
+        return float(tensor.double_val[0])
+    if len(tensor.tensor_content) == np.dtype(dtype).itemsize:
+        return _float32(np.frombuffer(tensor.tensor_content, dtype=dtype)[0])
+    return None
+
+
+def _float32(value) -> float:
+    """A float32 value as the shortest decimal that reads back as it (1e-3, not 0.0010000000474974513)."""
+    return float(str(np.float32(value)))
 
 
 def _is_training(node) -> bool:
@@ -97,19 +183,75 @@ def mark_training_in_serving(path: Path, graph: ModelGraph) -> None:
     """Set ``baked_training`` on each BN layer whose op a serving signature runs in training mode.
 
     An op is matched to the layer whose path (``base/bn1``) ends its name scope
-    (``model/base/bn1/FusedBatchNormV3``); one no layer matches is noted.
+    (``model/base/bn1/FusedBatchNormV3``, ``model/base/bn1/batchnorm/Rsqrt``); one no
+    layer matches is noted.
     """
     try:
-        found = training_batchnorm_ops(path)
+        found = [op for op in serving_batchnorm_ops(path) if op.is_training]
     except ImportError:
         graph.notes.append("the serving signatures were not inspected: that needs TensorFlow (pip install 'bnaudit[tensorflow]')")
         return
     batchnorms = graph.batchnorms()
-    for signature, op_name in found:
-        scope = op_name.rpartition("/")[0]
-        layer = next((bn for bn in batchnorms if scope == bn.path or scope.endswith("/" + bn.path)), None)
-        source = f"serving signature {signature!r} runs {op_name!r} with is_training=true"
+    for op in found:
+        layer = next((bn for bn in batchnorms if op.scope == bn.path or op.scope.endswith("/" + bn.path)), None)
+        source = _source_of(op)
         if layer is None:
             graph.notes.append(f"{source}, but no BatchNormalization layer matches it")
         elif not layer.baked_training:
             layer.baked_training = source
+
+
+def _source_of(op: ServingBatchNorm) -> str:
+    """Where BN106 learnt that ``op`` runs in training mode, as its finding says."""
+    return f"serving signature {op.signature!r} runs {op.node!r} with is_training=true"
+
+
+#: Why the placement, weight and safety rules do not run on a graph read from the serving
+#: signatures alone (see :func:`serving_graph`).
+NO_ARCHITECTURE = (
+    "this SavedModel keeps no Keras layer configs (no keras_metadata.pb: Keras 3 export() and plain TensorFlow "
+    "write none), only its serving graph; audit the .keras file it was exported from for this rule"
+)
+#: The rules that judge a serving graph's batch-norm ops by themselves.
+SERVING_RULES = frozenset({"BN106"})
+
+
+def serving_graph(path: Path) -> ModelGraph:
+    """A SavedModel without layer configs as the batch-norm ops of its serving signatures.
+
+    Each op is one BatchNormalization layer named by its name scope (the same in every
+    signature that runs it), with ``epsilon`` and ``is_training`` as the op says; one run
+    in training mode by any signature is marked for BN106. There is no architecture, no
+    weights and nothing to re-run, so every other rule is skipped with the reason.
+
+    Raises :class:`LoadError` without TensorFlow (nothing can be read) or when
+    ``saved_model.pb`` is missing or unreadable.
+    """
+    if not (path / SAVED_MODEL_FILE).is_file():
+        raise LoadError(
+            f"this SavedModel has neither keras_metadata.pb nor {SAVED_MODEL_FILE} (a saved_model.pbtxt is not read)",
+            "save it again with tf.saved_model.save or Keras 3 model.export()",
+        )
+    try:
+        ops = serving_batchnorm_ops(path)
+    except ImportError:
+        raise LoadError(
+            "this SavedModel has no keras_metadata.pb, and reading its serving graph needs TensorFlow",
+            "pip install 'bnaudit[tensorflow]'",
+        ) from None
+    graph = ModelGraph(name=path.name, class_name="SavedModel", format="savedmodel", runner="")
+    graph.producer = "SavedModel serving graph"
+    graph.architecture_missing = NO_ARCHITECTURE
+    graph.rules_without_architecture = SERVING_RULES
+    for op in ops:
+        layer = graph.layers.get(op.scope)
+        if layer is None:
+            name = op.scope.rpartition("/")[2]
+            config = {"name": name, "epsilon": op.epsilon, "is_training": op.is_training, "op": op.op}
+            layer = graph.layers[op.scope] = Layer(path=op.scope, name=name, class_name="BatchNormalization", config=config)
+        if op.is_training and not layer.baked_training:
+            layer.config["is_training"] = True
+            layer.baked_training = _source_of(op)
+    if not ops:
+        graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
+    return graph

@@ -270,7 +270,8 @@ def batchnorm_training_baked(ctx):
     (Keras 3 `kwargs`, Keras 2 node kwargs), or that sits inside a nested model called
     with `training=True`; in an ONNX file, a BatchNormalization node with
     `training_mode=1`; in a SavedModel, a serving function that runs the layer's
-    FusedBatchNorm op with `is_training=true`.
+    batch-norm op in training mode (a FusedBatchNorm op with `is_training=true`, or
+    Keras 3's unfused `tf.nn.batch_normalization` fed batch moments).
 
     ## Why is this bad?
     The layer then normalizes with the statistics of the current batch even at
@@ -298,7 +299,15 @@ def batchnorm_training_baked(ctx):
             source = bn.baked_training
         elif baked:
             source = "its own call" if baked == bn.path else f"the call of nested model {baked!r}"
-        if source:
+        if source and ctx.graph.architecture_missing:  # a SavedModel's serving graph alone: no layer call to fix
+            yield ctx.finding(
+                bn,
+                f"batch-norm op {bn.path!r} of the serving graph runs in training mode ({source}): "
+                "each request is normalized with its own batch statistics",
+                details={"source": source, "writer": "SavedModel serving graph"},
+                fix="export again from a model whose BatchNormalization layers are called without training=True",
+            )
+        elif source:
             writer = writer_of(ctx.graph.format, ctx.graph.keras_version)
             yield ctx.finding(
                 bn,
