@@ -68,6 +68,7 @@ def trained(tmp_path_factory):
     k2 = small_convnet(tf_keras)
     fit_steps(k2, STEPS)
     k2.save(out / "k2_slow.h5")
+    k2.save(out / "k2_slow_sm")  # a tf-keras SavedModel: the count is in its checkpoint
     legacy = small_convnet(tf_keras)
     legacy.compile(tf_keras.optimizers.legacy.SGD(momentum=0.9), "sparse_categorical_crossentropy", run_eagerly=True)
     fit_steps(legacy, 6)
@@ -87,7 +88,7 @@ def audited(trained):
 
 
 @pytest.mark.parametrize("name, steps", [
-    ("slow.keras", STEPS), ("slow.h5", STEPS), ("k2_slow.h5", STEPS), ("k2_legacy_sgd.h5", 6), ("mixed.keras", STEPS), ("mixed.h5", STEPS),
+    ("slow.keras", STEPS), ("slow.h5", STEPS), ("k2_slow.h5", STEPS), ("k2_legacy_sgd.h5", 6), ("mixed.keras", STEPS), ("mixed.h5", STEPS), ("k2_slow_sm", STEPS),
 ])
 def test_too_few_steps_for_momentum_099_fire_on_every_bn(audited, name, steps):
     model = audited[name]

@@ -9,6 +9,8 @@ count lives (checked against files Keras itself writes; see tests/test_convergen
   ``BaseOptimizer.__init__`` creates ``iterations`` first, so it is ``optimizer/vars/0``,
   a scalar int64.
 - ``.h5`` written by Keras 3's legacy writer: ``optimizer_weights/<name>/iteration``.
+- a tf-keras SavedModel: the checkpoint's object graph, ``root.optimizer._iterations``
+  (``iter`` for ``optimizers.legacy``), read by :mod:`.savedmodel`.
 - ``.h5`` written by Keras 2 / tf-keras: ``optimizer_weights`` with a ``weight_names``
   attribute; the count is ``iteration:0`` (optimizers of TF >= 2.11), ``<Name>/iter:0``
   (``keras.optimizers.legacy``) or ``iterations:0`` (Keras <= 2.2).
@@ -48,7 +50,7 @@ def keras3_iterations(h5: h5py.File) -> int | None:
     Raises:
         LoadError: the path holds a link or dataset Keras never writes (:mod:`.h5guard`).
     """
-    return _largest(_count(get_object(h5, path, WHERE)) for path in ("optimizer/vars/0", "optimizer/inner_optimizer/vars/0"))
+    return largest(_count(get_object(h5, path, WHERE)) for path in ("optimizer/vars/0", "optimizer/inner_optimizer/vars/0"))
 
 
 def legacy_h5_iterations(h5: h5py.File) -> int | None:
@@ -63,8 +65,8 @@ def legacy_h5_iterations(h5: h5py.File) -> int | None:
     names = read_text_attribute(group, "weight_names", MAX_WEIGHT_NAMES_BYTES) or []
     counts = [name for name in ([names] if isinstance(names, str) else names) if name.split("/")[-1].split(":")[0] in COUNT_NAMES]
     if counts:  # the names say which datasets are counts
-        return _largest(_count(get_object(group, name, WHERE)) for name in counts)
-    return _largest(_search(group, 0))
+        return largest(_count(get_object(group, name, WHERE)) for name in counts)
+    return largest(_search(group, 0))
 
 
 def _search(group: h5py.Group, depth: int) -> Iterator[int | None]:
@@ -81,7 +83,7 @@ def _search(group: h5py.Group, depth: int) -> Iterator[int | None]:
             yield from _search(item, depth + 1)
 
 
-def _largest(counts: Iterable[int | None]) -> int | None:
+def largest(counts: Iterable[int | None]) -> int | None:
     """The largest count read (a wrapper's own stays 0); None when none could be read."""
     return max((count for count in counts if count is not None), default=None)
 
@@ -90,7 +92,11 @@ def _count(dataset: object) -> int | None:
     """A non-negative integral scalar, read through the guard; None for anything else."""
     if not isinstance(dataset, h5py.Dataset) or dataset.shape != () or dataset.dtype.kind not in "iuf":
         return None
-    value = float(read_dataset(dataset, WHERE, 1))
+    return valid_count(float(read_dataset(dataset, WHERE, 1)))
+
+
+def valid_count(value: float) -> int | None:
+    """``value`` as a step count: a finite non-negative integer, else None (untrusted file)."""
     if not (np.isfinite(value) and value.is_integer() and value >= 0):
         return None
     return int(value)

@@ -193,6 +193,29 @@ class CheckpointReader:
         return np.asarray(reader.get_tensor(key), dtype=np.float64)
 
 
+    def count(self, object_path: str) -> int | None:
+        """The scalar step count at ``object_path`` (``root.optimizer._iterations``); None
+        when there is none, it is not a scalar, or not a non-negative integer."""
+        from .optimizer import valid_count
+
+        reader = self._open()
+        node_id = _resolve(self._graph, object_path)
+        if node_id is None:
+            return None
+        key = next((a.checkpoint_key for a in self._graph.nodes[node_id].attributes if a.name == "VARIABLE_VALUE"), None)
+        if key is None or self._shapes.get(key) != []:
+            return None
+        value = np.asarray(reader.get_tensor(key))
+        return valid_count(float(value)) if value.dtype.kind in "iuf" else None
+
+
+#: Where a tf-keras optimizer keeps its step count in the checkpoint (the current and the
+#: legacy optimizers, and the inner optimizer of a LossScaleOptimizer, whose own stays 0).
+OPTIMIZER_COUNTS = tuple(
+    f"root.optimizer{inner}.{name}" for inner in ("", ".inner_optimizer", "._optimizer") for name in ("_iterations", "iter")
+)
+
+
 def _resolve(graph, object_path: str) -> int | None:
     """The node id at ``root.a.b`` in the checkpoint's object graph, following child names."""
     node_id = 0
@@ -213,6 +236,12 @@ class SavedModelWeights:
         self._reader = reader
         self._object_paths = object_paths
         self._cache: dict[str, BNArrays] = {}
+
+    def optimizer_iterations(self) -> int | None:
+        """The optimizer's step count saved with the model (BN205); None without one."""
+        from .optimizer import largest
+
+        return largest(self._reader.count(path) for path in OPTIMIZER_COUNTS)
 
     def bn_arrays(self, layer: "Layer") -> BNArrays:
         if layer.path not in self._cache:

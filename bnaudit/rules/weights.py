@@ -240,9 +240,9 @@ def moving_statistics_not_converged(ctx):
     ```
     or train longer, or recompute the statistics on training data (`bnaudit fix --recalibrate`).
     """
-    read_count = getattr(ctx.graph.weights, "optimizer_iterations", None)  # .keras and .h5 only
+    read_count = getattr(ctx.graph.weights, "optimizer_iterations", None)  # .keras, .h5, tf-keras SavedModel
     if read_count is None:
-        raise SkipRule("the optimizer's step count is read from .keras and .h5 files only")
+        raise SkipRule("the optimizer's step count is read from .keras and .h5 files and tf-keras SavedModels only")
     steps = read_count()
     if steps is None:
         raise SkipRule("the file holds no optimizer state: saved with include_optimizer=False, or never compiled")
