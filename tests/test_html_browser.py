@@ -321,8 +321,8 @@ def test_with_data_the_drift_chart_draws_the_threshold_and_names_every_flagged_l
         assert chromium.evaluate("document.querySelector('#overview td.verdict').innerText").startswith("passes the gate (fail-on error): ")
         assert "warning" in chromium.evaluate("document.querySelector('#overview td.verdict').innerText")
         threshold = chromium.evaluate("(() => { const l = document.querySelector('figure.chart svg line.threshold'); const r = l.getBoundingClientRect(); return [r.width, l.textContent]; })()")
-        assert threshold[0] > 300 and threshold[1] == "BN301 threshold 0.5"
-        assert chromium.evaluate("document.querySelector('figure.chart svg text.threshold').textContent") == "BN301 threshold 0.5"
+        assert threshold[0] > 300 and threshold[1] == "BN301 threshold (bn301.drift-score) 0.5"
+        assert chromium.evaluate("document.querySelector('figure.chart svg text.threshold').textContent") == "BN301 threshold (bn301.drift-score) 0.5"
         labels = chromium.evaluate("Array.from(document.querySelectorAll('figure.chart svg text.layer.marked')).map(t => t.textContent)")
         assert labels == ["wild_bn_with_a_rather…"]  # shortened; the bar's own tooltip gives the whole name
         assert "logarithmic axis" in chromium.evaluate("document.querySelector('figure.chart svg').textContent")
