@@ -181,10 +181,7 @@ class CheckpointReader:
     def variable(self, object_path: str, name: str, where: str) -> np.ndarray | None:
         """The variable ``name`` of the object at ``object_path``; None when it has none."""
         reader = self._open()
-        node_id = _resolve(self._graph, f"{object_path}.{name}")
-        if node_id is None:
-            return None
-        key = next((a.checkpoint_key for a in self._graph.nodes[node_id].attributes if a.name == "VARIABLE_VALUE"), None)
+        key = self._key(f"{object_path}.{name}")
         if key is None:
             return None
         shape = self._shapes.get(key)
@@ -193,16 +190,20 @@ class CheckpointReader:
         return np.asarray(reader.get_tensor(key), dtype=np.float64)
 
 
+    def _key(self, object_path: str) -> str | None:
+        """The checkpoint key of the variable at ``object_path`` (``root.a.b``); None if none."""
+        node_id = _resolve(self._graph, object_path)
+        if node_id is None:
+            return None
+        return next((a.checkpoint_key for a in self._graph.nodes[node_id].attributes if a.name == "VARIABLE_VALUE"), None)
+
     def count(self, object_path: str) -> int | None:
         """The scalar step count at ``object_path`` (``root.optimizer._iterations``); None
         when there is none, it is not a scalar, or not a non-negative integer."""
         from .optimizer import valid_count
 
         reader = self._open()
-        node_id = _resolve(self._graph, object_path)
-        if node_id is None:
-            return None
-        key = next((a.checkpoint_key for a in self._graph.nodes[node_id].attributes if a.name == "VARIABLE_VALUE"), None)
+        key = self._key(object_path)
         if key is None or self._shapes.get(key) != []:
             return None
         value = np.asarray(reader.get_tensor(key))
