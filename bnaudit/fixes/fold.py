@@ -61,7 +61,7 @@ def why_not_foldable(graph: ModelGraph, bn: Layer) -> str | None:
     if producer.config.get("lora_rank"):
         return f"{producer.path!r} has a LoRA adapter"
     rank = bn.input_rank or output_rank(producer)
-    if rank is None and producer.class_name == "Dense" and bn_axes(bn, None) is None and bn.axis in (-1, [-1]):
+    if rank is None and producer.class_name == "Dense" and bn.axis in (-1, [-1]):
         return None  # Dense acts on the last axis whatever the rank (a nested model's config may not say it)
     axes, expected = bn_axes(bn, rank), channel_axis(producer, rank)
     if axes is None or expected is None or axes != [expected]:
