@@ -10,9 +10,12 @@ anywhere, a nested or top-level model entry naming a foreign module.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .keras_builtins import CODE_CARRYING_CLASSES, KERAS_LAYER_CLASSES, ONNX_STANDARD_DOMAINS
+
+if TYPE_CHECKING:
+    from .graph import ModelGraph
 
 #: A module Keras itself serializes classes from: ``keras`` or ``keras.<...>``, and
 #: tf-keras's ``tf_keras.<...>`` (a ``startswith("keras")`` test would pass ``keras_payload``).
@@ -144,3 +147,19 @@ def unsafe_objects(config: Any) -> list[tuple[str, dict[str, Any], str]]:
         if why and not any(where.startswith(f"{outer}/") for outer, _, _ in found):  # inside a flagged object: said
             found.append((where, entry, why))
     return [(where or "<model>", entry, why) for where, entry, why in found]
+
+
+def unsafe_objects_of(graph: "ModelGraph") -> list[tuple[str, dict[str, Any], str]]:
+    """:func:`unsafe_objects` of the model config and of every config loading rebuilds
+    objects from (``graph.object_configs``), each object once: an object of an object
+    config is named by that config's layer path (``touch``, ``inner/touch``), so one the
+    model config also holds (or holds twice: a SavedModel's root keeps ``config`` and
+    ``model_config``) is listed once."""
+    found: dict[tuple[str, Any], tuple[str, dict[str, Any], str]] = {}
+    configs = [("", graph.config), *graph.object_configs.items()]
+    for owner, config in configs:
+        for where, entry, why in unsafe_objects(config):
+            if owner:
+                where = owner if where == "<model>" else f"{owner}/{where}"
+            found.setdefault((where, entry.get("class_name")), (where, entry, why))
+    return list(found.values())

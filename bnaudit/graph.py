@@ -166,6 +166,12 @@ class ModelGraph:
     notes: list[str] = field(default_factory=list)
     #: The model config as the file holds it (BN501 walks every object in it).
     config: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Other configs that loading the file rebuilds objects from, by layer path (or object
+    #: path where no layer has it): a tf-keras SavedModel's ``keras_metadata.pb`` holds one
+    #: per saved object, and tf-keras revives each layer from its own, not from ``config``.
+    #: BN501 and the runtime's load guard walk them with ``config``
+    #: (:func:`bnaudit.code_objects.unsafe_objects_of`).
+    object_configs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     #: Whole-graph walks computed once (see :meth:`reaches_output`).
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     #: Why ``weights`` is None although the file holds weights (a reader is not installed).

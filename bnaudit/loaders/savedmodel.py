@@ -68,9 +68,14 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     except ConfigError as exc:
         raise LoadError(f"{METADATA_FILE}: {exc}") from None
     graph.format = "savedmodel"
-    graph.runner = ""  # the serving graph is inspected, never run
+    graph.runner = "keras"  # re-run with tf-keras, as a Keras-2 .h5 (bnaudit.runtime.keras_for)
     graph.producer = "tf-keras SavedModel"
+    graph.keras_version = str(root["metadata"].get("keras_version") or "")
     object_paths = _object_paths(graph, nodes)
+    layer_of = {object_path: layer_path for layer_path, object_path in object_paths.items()}
+    graph.object_configs = {
+        layer_of.get(n["node_path"], n["node_path"]): n["metadata"] for n in nodes if n["node_path"] != ROOT and n["metadata"]
+    }
     try:
         reader = CheckpointReader(path / CHECKPOINT_PREFIX)
     except ImportError:

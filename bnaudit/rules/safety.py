@@ -6,7 +6,7 @@ What counts, and the walk over every object of the config, live in
 
 from __future__ import annotations
 
-from ..code_objects import unsafe_objects, why_unsafe
+from ..code_objects import unsafe_objects_of, why_unsafe
 from ..findings import Severity
 from ..hookspecs import hookimpl
 from ..rule import rule
@@ -50,7 +50,7 @@ def unsafe_layer(ctx):
                     details={"object": layer.path, "class_name": layer.class_name, "module": layer.module, "registered_name": ""},
                     fix="replace it with standard ONNX operators, or run only models from sources you trust",
                 )
-    for where, entry, why in unsafe_objects(ctx.graph.config):
+    for where, entry, why in unsafe_objects_of(ctx.graph):
         layer = _nearest_layer(ctx.graph, where)
         yield ctx.finding(
             layer,

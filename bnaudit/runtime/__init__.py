@@ -7,9 +7,10 @@ rule computes (a statistics pass, an inference run) is memoised for the others t
 for every rule it stops).
 
 A model runs with the Keras that wrote it: Keras 3 files with Keras 3, Keras-2 ``.h5``
-files with tf-keras (the ``[tensorflow]`` extra installs it), so that ``model(x)``,
-``predict`` and a frozen BN behave as they did for the model's author. Keras 3 reads
-only some Keras-2 files (it refuses, for one, the Keras-2 config of ``SpatialDropout1D``).
+files and tf-keras SavedModel directories with tf-keras (the ``[tensorflow]`` extra
+installs it), so that ``model(x)``, ``predict`` and a frozen BN behave as they did for
+the model's author. Keras 3 reads only some Keras-2 files (it refuses, for one, the
+Keras-2 config of ``SpatialDropout1D``) and no SavedModel directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..arguments import import_user_module
 from ..loaders import LoadError
-from ..code_objects import unsafe_objects
+from ..code_objects import unsafe_objects_of
 
 if TYPE_CHECKING:
     from ..engine import AuditOptions
@@ -66,23 +67,32 @@ def import_tensorflow():
 
 
 def unsafe_layers(graph: "ModelGraph") -> list[str]:
-    """Serialized objects whose loading would run code (BN501's list): refused unless ``--unsafe-load``."""
-    return [f"{where} ({entry['class_name']})" for where, entry, _why in unsafe_objects(graph.config)]
+    """Serialized objects whose loading would run code (BN501's list, every config loading
+    rebuilds objects from): refused unless ``--unsafe-load``."""
+    return [f"{where} ({entry['class_name']})" for where, entry, _why in unsafe_objects_of(graph)]
 
 
 TF_KERAS_HINT = 'install tf-keras (pip install tf-keras, or "bnaudit[tensorflow]") to run Keras-2 files with the Keras that wrote them'
+#: Formats written by Keras 2 (tf.keras, tf-keras), run with tf-keras.
+KERAS2_FORMATS = frozenset({"h5-keras2", "savedmodel"})
 
 
 def keras_for(graph: "ModelGraph"):
-    """The Keras that runs this file: tf-keras for a Keras-2 ``.h5`` when installed, else Keras 3."""
+    """The Keras that runs this file: tf-keras for a Keras-2 ``.h5`` or a tf-keras
+    SavedModel, else Keras 3. Keras 3 is tried on a Keras-2 ``.h5`` without tf-keras.
+
+    Raises:
+        LoadError: for a SavedModel without tf-keras (Keras 3 cannot load one).
+    """
     import_tensorflow()
-    if graph.format == "h5-keras2":
+    if graph.format in KERAS2_FORMATS:
         try:
             import tf_keras
 
             return tf_keras
         except ImportError:
-            pass
+            if graph.format == "savedmodel":
+                raise LoadError("re-running a tf-keras SavedModel needs tf-keras, which is not installed (Keras 3 cannot load it)", TF_KERAS_HINT) from None
     import keras
 
     return keras
@@ -115,7 +125,7 @@ def load_keras_model(path: Path, graph: "ModelGraph", runtime_options: "RuntimeO
             message, hint = f"{runner} cannot read this Keras {graph.keras_version} file ({_first_line(exc)})", TF_KERAS_HINT
         else:
             message = f"{runner} could not load the model ({_first_line(exc)})"
-            custom = bool(unsafe_objects(graph.config))
+            custom = bool(unsafe_objects_of(graph))
             hint = "the static checks still ran; " + (
                 "pass --custom-objects module:dict for the custom layers" if custom else "the model's layers are all Keras built-ins: load it with Keras to see why it fails"
             )
