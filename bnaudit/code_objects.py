@@ -161,5 +161,6 @@ def unsafe_objects_of(graph: "ModelGraph") -> list[tuple[str, dict[str, Any], st
         for where, entry, why in unsafe_objects(config):
             if owner:
                 where = owner if where == "<model>" else f"{owner}/{where}"
-            found.setdefault((where, entry.get("class_name")), (where, entry, why))
+            if not any(where.startswith(f"{outer}/") for outer, _ in found):  # inside a flagged object: said
+                found.setdefault((where, entry.get("class_name")), (where, entry, why))
     return list(found.values())

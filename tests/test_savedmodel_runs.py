@@ -1,0 +1,157 @@
+"""--data and --inference on SavedModel directories.
+
+A tf-keras SavedModel (``model.save("dir")``, with ``keras_metadata.pb``) is re-run with
+tf-keras exactly as the ``.h5`` saved from the same model: the tests compare the two,
+rule code by rule code and layer by layer. Loading runs Lambda code, so the load guard
+must refuse it first, on every object config ``keras_metadata.pb`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLES, audited_by_path, run_bnaudit
+
+RUNTIME_CODES = ("BN3", "BN4")
+
+
+def runtime_findings(model: dict) -> list[tuple[str, str]]:
+    return sorted((f["code"], f["layer"]) for f in model["findings"] if f["code"].startswith(RUNTIME_CODES))
+
+
+def _with_lambda_in_a_layer_node(tmp_path):
+    """``savedmodel/bias_before_bn`` whose ``bn2`` node metadata (what tf-keras revives
+    ``bn2`` from) was replaced by a Lambda; the root's model config still shows none."""
+    from bnaudit.loaders.savedmodel import _saved_metadata_class
+
+    model = tmp_path / "hidden_lambda"
+    shutil.copytree(SAMPLES / "savedmodel" / "bias_before_bn", model)
+    message = _saved_metadata_class()()
+    message.ParseFromString((model / "keras_metadata.pb").read_bytes())
+    [node] = [n for n in message.nodes if json.loads(n.metadata or "{}").get("name") == "bn2"]
+    node.metadata = json.dumps({"name": "bn2", "class_name": "Lambda", "config": {"name": "bn2", "function": {"class_name": "__lambda__", "config": {"code": "4wEAAAAAAAAA"}}}})
+    (model / "keras_metadata.pb").write_bytes(message.SerializeToString())
+    return model
+
+
+def test_a_lambda_in_a_layer_node_of_keras_metadata_is_refused_before_anything_loads(tmp_path):
+    """tf-keras revives each layer from its own node's metadata: the guard reads those too,
+    and refuses before tf-keras, the Keras that would load it, is imported."""
+    model = _with_lambda_in_a_layer_node(tmp_path)
+    code = (
+        "import sys, json, bnaudit;"
+        f"r = bnaudit.audit({str(model)!r}, inference=True, select=['BN4', 'BN501'], in_process=True);"
+        "print(json.dumps({'errors': [e.message for e in r.errors], 'findings': [(f.code, f.layer) for f in r.findings],"
+        " 'tf_keras': 'tf_keras' in sys.modules}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["errors"] == ["refusing to load a model that can execute code: bn2 (Lambda)"]
+    assert out["findings"] == [["BN501", "bn2"]]
+    assert out["tf_keras"] is False
+
+
+@pytest.mark.slow
+def test_a_tf_keras_savedmodel_is_re_run_as_the_h5_of_the_same_model():
+    """bn_training_baked: tf-keras obeys the saved training=True under predict and model(x)
+    alike, so each sample alone differs from the batch on both paths (BN402), and the
+    paths agree with each other (no BN403). The clean model gives no BN4xx finding."""
+    names = ["savedmodel/bn_training_baked", "k2_bn_training_baked.h5", "savedmodel/clean_conv_bn_relu", "k2_clean_conv_bn_relu.h5"]
+    run = run_bnaudit("check", "--inference", "--format", "json", "--exit-zero", *names, cwd=SAMPLES)
+    assert "Traceback" not in run.stderr
+    models = {m["path"]: m for m in json.loads(run.stdout)["models"]}
+    for name in names:
+        assert models[name]["errors"] == [] and {"BN401", "BN402", "BN403", "BN404"} <= set(models[name]["rules_run"]), name
+    baked = models["savedmodel/bn_training_baked"]
+    assert runtime_findings(baked) == [("BN402", "head"), ("BN402", "head")]
+    assert sorted(f["details"]["path"] for f in baked["findings"] if f["code"] == "BN402") == ["model(x)", "model.predict"]
+    assert runtime_findings(baked) == runtime_findings(models["k2_bn_training_baked.h5"])
+    assert runtime_findings(models["savedmodel/clean_conv_bn_relu"]) == runtime_findings(models["k2_clean_conv_bn_relu.h5"]) == []
+    inference = baked["measurements"]["inference"]
+    assert inference["devices"] == ["CPU:0", "CPU:1"] and inference["inputs"]["shapes"] == [[128, 8, 8, 3]]
+
+
+@pytest.fixture(scope="module")
+def convnet(tmp_path_factory):
+    """small_convnet saved by tf-keras as .h5 and as a SavedModel, its moving statistics
+    set to the exact statistics of ``own.npy`` at each BN's input; ``drifted.npy`` is the
+    same images scaled by 3 and shifted by 2."""
+    import tf_keras
+
+    from model_builders import small_convnet
+
+    folder = tmp_path_factory.mktemp("convnet")
+    model = small_convnet(tf_keras, name="convnet")
+    own = np.random.default_rng(5).normal(size=(64, 8, 8, 3)).astype("float32")
+    for name in ("bn_a", "bn_b"):
+        bn = model.get_layer(name)
+        seen = tf_keras.Model(model.input, bn.input).predict(own, verbose=0)
+        bn.moving_mean.assign(seen.mean(axis=(0, 1, 2)))
+        bn.moving_variance.assign(seen.var(axis=(0, 1, 2)))
+    model.save(folder / "convnet.h5")
+    model.save(folder / "convnet_sm", save_format="tf")
+    np.save(folder / "own.npy", own)
+    np.save(folder / "drifted.npy", own * 3.0 + 2.0)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data, expected", [("own.npy", []), ("drifted.npy", [("BN301", "bn_a"), ("BN301", "bn_b")])])
+def test_data_rules_on_a_tf_keras_savedmodel_match_its_h5(convnet, data, expected):
+    models = audited_by_path("convnet_sm", "convnet.h5", "--data", data, "--select", "BN3", cwd=convnet)
+    for name in ("convnet_sm", "convnet.h5"):
+        assert models[name]["errors"] == [] and models[name]["rules_run"] == ["BN301", "BN302", "BN303"], name
+    assert runtime_findings(models["convnet_sm"]) == runtime_findings(models["convnet.h5"]) == expected
+    assert models["convnet_sm"]["meta"]["keras_version"] == models["convnet.h5"]["meta"]["keras_version"]
+
+
+@pytest.mark.slow
+def test_a_real_tf_keras_lambda_is_refused_and_never_runs(tmp_path):
+    """The Lambda touches a marker file when called (tf-keras calls it while rebuilding
+    the model): refused, the marker stays absent; with --unsafe-load it runs."""
+    marker = tmp_path / "lambda_ran"
+    code = textwrap.dedent(
+        f"""
+        import os, tf_keras
+        inp = tf_keras.Input((4,), name="x")
+        x = tf_keras.layers.BatchNormalization(name="bn")(tf_keras.layers.Dense(4, use_bias=False, name="fc")(inp))
+        namespace = {{}}
+        exec("touch = lambda t: (open({str(marker)!r}, 'a').close(), t)[1]", namespace)
+        x = tf_keras.layers.Lambda(namespace["touch"], name="touch")(x)
+        tf_keras.Model(inp, x, name="with_lambda").save({str(tmp_path / "with_lambda")!r}, save_format="tf")
+        os.remove({str(marker)!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert not marker.exists()
+    run = run_bnaudit("check", "--inference", tmp_path / "with_lambda")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"{tmp_path / 'with_lambda'} [BN401, BN402, BN403, BN404]: refusing to load a model that can execute code: touch (Lambda)" in run.stderr
+    assert not marker.exists()
+    run = run_bnaudit("check", "--inference", "--unsafe-load", "--select", "BN4", tmp_path / "with_lambda")
+    assert run.returncode == 0, run.stderr
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_without_tf_keras_a_savedmodel_re_run_says_what_to_install():
+    code = (
+        "import sys, runpy; sys.modules['tf_keras'] = None;"
+        "sys.argv = ['bnaudit', 'check', '--inference', '--select', 'BN401', 'sample_models/savedmodel/clean_conv_bn_relu'];"
+        "runpy.run_module('bnaudit', run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "bnaudit: error: sample_models/savedmodel/clean_conv_bn_relu [BN401]: re-running a tf-keras SavedModel needs tf-keras, "
+        "which is not installed (Keras 3 cannot load it) (install tf-keras (pip install tf-keras, or \"bnaudit[tensorflow]\") "
+        "to run Keras-2 files with the Keras that wrote them)"
+    )
