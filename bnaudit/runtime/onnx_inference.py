@@ -5,13 +5,9 @@ The counterpart of :mod:`bnaudit.runtime.inference` for ``.onnx`` (same
 :func:`~bnaudit.analysis.tolerances.compare`, same tolerances), with ONNX Runtime's
 execution providers in the place of TensorFlow's devices:
 
-1. all N samples, in batches, on each execution provider present (CPU first; CUDA,
-   TensorRT, ... where installed), each compared with the CPU             (BN401)
-2. the first batch again on the CPU                                       (BN404)
-3. the subset (up to :data:`~bnaudit.runtime.inference.SUBSET_SIZE` samples of the first
-   batch), each sample alone, compared with its row in the batch          (BN402)
-
-ONNX has one call path, so BN403 (``model(x)`` vs ``predict``) does not apply. Inputs
+the passes of :mod:`bnaudit.runtime.single_path` (BN401 across the execution providers
+present, CPU first: CUDA, TensorRT, ... where installed; BN402; BN404). ONNX has one call
+path, so BN403 (``model(x)`` vs ``predict``) does not apply. Inputs
 are seeded N(0, 1) floats shaped by the graph's declared inputs (the first dimension is
 the batch; another open dimension gets :data:`~bnaudit.runtime.synthetic.OPEN_DIM`).
 The session is created from the file on disk with graph optimizations left at ONNX
@@ -29,8 +25,9 @@ import numpy as np
 
 from ..loaders import LoadError
 from .devices import NO_GPU, DevicePlan
-from ..analysis.tolerances import compare, tolerance
-from .inference import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, SUBSET_SIZE, InferenceResults, _Timer
+from ..analysis.tolerances import tolerance
+from .inference import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, InferenceResults, _Timer
+from .single_path import in_batches, single_path_checks
 from .synthetic import OPEN_DIM
 
 if TYPE_CHECKING:
@@ -86,37 +83,12 @@ def run_inference_checks(runtime: "Runtime") -> InferenceResults:
         seconds=seconds,
     )
 
-    def run(session, arrays, batch) -> list[np.ndarray]:
+    def run(provider, arrays, batch) -> list[np.ndarray]:
+        session = sessions[provider]
         feeds = [i.name for i in session.get_inputs()]
-        parts = [session.run(None, dict(zip(feeds, [a[start : start + batch] for a in arrays]))) for start in range(0, len(arrays[0]), batch)]
-        return [np.concatenate(outs) for outs in zip(*parts)]
+        return in_batches(lambda part: session.run(None, dict(zip(feeds, part))), arrays, batch)
 
-    def rows(run_name, reference, actual, expected, subset=None, path=""):
-        found = [compare(name, run_name, reference, a, e, results.tolerance, "float32", subset) for name, a, e in zip(names, actual, expected)]
-        for row in found:
-            row.path = path
-        return found
-
-    outputs = {}
-    for provider, session in sessions.items():
-        with timer(f"run {provider}"):
-            outputs[provider] = run(session, inputs, batch_size)
-    for provider in providers:
-        results.devices += rows(provider, CPU_PROVIDER, outputs[provider], outputs[CPU_PROVIDER])
-    first = min(batch_size, len(inputs[0]))
-    base = [o[:first] for o in outputs[CPU_PROVIDER]]
-    with timer("run repeat"):
-        again = run(reference_session, [a[:first] for a in inputs], first)
-    results.repeatability += rows(f"{RUN} on {CPU_PROVIDER}, repeated", f"{RUN}, first run", again, base, path=RUN)
-    if not all(row.passed for row in results.repeatability):
-        results.unrepeatable_paths.append(RUN)
-    subset = sorted({int(round(i)) for i in np.linspace(0, first - 1, SUBSET_SIZE)}) if first > 1 else []
-    if subset:
-        with timer("run alone"):
-            alone = run(reference_session, [a[subset] for a in inputs], 1)
-        results.batch_dependence += rows(f"{RUN}, each sample alone", f"{RUN}, in a batch of {first}", alone, [o[subset] for o in base], subset, path=RUN)
-    else:
-        results.notes.append("batch dependence (BN402) was not checked: the model's batch dimension is fixed at 1")
+    single_path_checks(results, run, names, inputs, batch_size, RUN)
     if options.inference.devices or options.inference.reference == "float64":
         results.notes.append("--devices and --reference float64 apply to Keras models: ONNX re-runs compare every execution provider with the CPU")
     ran = ", ".join(plan.all)

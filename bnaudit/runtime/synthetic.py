@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..loaders import LoadError
-from .data import input_specs
+from .data import InputSpec, input_specs
 
 if TYPE_CHECKING:
     from ..graph import ModelGraph
@@ -47,6 +47,15 @@ def synthetic_inputs(model, samples: int, seed: int = 0, high: int = INTEGER_HIG
         specs = input_specs(model)
     except (AttributeError, ValueError):  # a subclassed model that was never called on an Input
         specs = []
+    return synthetic_arrays(specs, samples, seed, high)
+
+
+def synthetic_arrays(specs: "list[InputSpec]", samples: int, seed: int = 0, high: int = INTEGER_HIGH) -> list[np.ndarray]:
+    """``samples`` synthetic rows for each input spec, in order (the model's, or a
+    SavedModel signature's); arrays of shape ``(samples, *spec.shape)``, ``spec.dtype``.
+
+    Raises :class:`LoadError` when there is no spec, or one of a dtype without synthetic values.
+    """
     if not specs:
         raise LoadError(
             "the model declares no input shape, so no synthetic inputs can be built for it",
