@@ -318,28 +318,54 @@ def read_batchnorm_vectors(graph) -> None:
         graph.weights.close()
 
 
+#: What each runner that re-runs a model cannot measure, and why (the other data and
+#: inference rules it runs; see ``ModelGraph.runner``).
+NOT_MEASURED = {
+    "onnxruntime": {
+        "BN403": "not measured on ONNX files (one call path)",
+        "BN302": (
+            "not measured on ONNX files: an ONNX BatchNormalization runs on its stored statistics, and the file "
+            "no longer says which BN layers trained; audit the .keras original for BN302"
+        ),
+    },
+    "serving": {
+        "BN403": "not measured on a SavedModel without keras_metadata.pb: its serving signature is its one call path (no model(x) beside predict)",
+        **dict.fromkeys(("BN301", "BN302", "BN303"), (
+            "not measured on a SavedModel without keras_metadata.pb: its serving signature gives the model's outputs "
+            "only, not each BN layer's input; audit the .keras file it was exported from for this rule"
+        )),
+    },
+}
+#: Runners that re-run a model on synthetic inputs only, whatever ``--data`` holds.
+SYNTHETIC_ONLY = {
+    "onnxruntime": "ONNX files are re-run on synthetic inputs: pass --inference",
+    "serving": "SavedModels without keras_metadata.pb are re-run on synthetic inputs: pass --inference",
+}
+
+
 def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
     """Why ``rule`` cannot run on this model with these options; empty when it can."""
-    if graph.architecture_missing and rule.code not in graph.rules_without_architecture:
+    reruns = "runtime" in rule.needs or "data" in rule.needs
+    if graph.architecture_missing and rule.code not in graph.rules_without_architecture and not (reruns and graph.runner):
         return graph.architecture_missing
-    if "weights" in rule.needs and graph.weights is None:
+    not_measured = NOT_MEASURED.get(graph.runner, {}).get(rule.code, "") if reruns else ""
+    if "weights" in rule.needs and graph.weights is None and not not_measured:
         return graph.weights_missing or "the file holds no weights"
     if "data" in rule.needs and not options.data and not options.runtime.statistics.stats:
         return "needs --data"
     if "runtime" in rule.needs and not (options.data or options.inference):
         return "needs --data or --inference"
-    if graph.runner == "onnxruntime":  # BN301/BN303 over --data, BN401/BN402/BN404 on synthetic inputs
-        if rule.code == "BN403":
-            return "not measured on ONNX files (one call path)"
-        if rule.code == "BN302":
-            return (
-                "not measured on ONNX files: an ONNX BatchNormalization runs on its stored statistics, and the file "
-                "no longer says which BN layers trained; audit the .keras original for BN302"
-            )
-        if "runtime" in rule.needs and "data" not in rule.needs and not options.inference:
-            return "ONNX files are re-run on synthetic inputs: pass --inference"
-    elif not graph.runner and ("runtime" in rule.needs or "data" in rule.needs):
-        return f"the data and inference rules run .keras and .h5 files with Keras and .onnx files with ONNX Runtime; re-running a {graph.format} model is not supported"
+    if not reruns:
+        return ""
+    if not graph.runner:
+        return (
+            "the data and inference rules run .keras and .h5 files and tf-keras SavedModels with Keras, .onnx files "
+            f"with ONNX Runtime and other SavedModels through their serving signature; re-running a {graph.format} model is not supported"
+        )
+    if not_measured:
+        return not_measured
+    if graph.runner in SYNTHETIC_ONLY and "data" not in rule.needs and not options.inference:
+        return SYNTHETIC_ONLY[graph.runner]
     return ""
 
 

@@ -178,8 +178,9 @@ class ModelGraph:
     weights_missing: str = ""
     #: What re-runs the model for the data and inference rules, as its loader declares:
     #: ``"keras"`` (``bnaudit.runtime`` loads it with Keras), ``"onnxruntime"`` (ONNX
-    #: Runtime: BN301, BN303 and BN401/402/404; not BN302 or BN403), or ``""`` (nothing:
-    #: those rules are skipped with the reason).
+    #: Runtime: BN301, BN303 and BN401/402/404; not BN302 or BN403), ``"serving"`` (a
+    #: SavedModel's serving signature, with TensorFlow: BN401/402/404), or ``""``
+    #: (nothing: those rules are skipped with the reason).
     runner: str = "keras"
     #: Why the loader knows the batch-norm ops but not the architecture around them (a
     #: SavedModel's serving graph alone); "" when it knows it. Only the rules named in

@@ -288,23 +288,21 @@ def test_a_fresh_tf2onnx_conversion_matches_the_committed_expectations(tmp_path)
     assert _findings(tmp_path / "consecutive_bn.onnx") == sorted((f["code"], f["layer"]) for f in EXPORTED["onnx/consecutive_bn.onnx"])
 
 
-def test_runtime_rules_on_savedmodel_and_bn302_bn403_on_onnx_are_skipped_with_the_reason_not_passed(tmp_path):
+def test_bn302_bn403_on_onnx_are_skipped_with_the_reason_not_passed(tmp_path):
     """With --data, ONNX runs BN301/BN303 (tests/test_onnx_statistics.py); BN302 and
-    BN403 cannot run on ONNX, BN401/402/404 wait for --inference; a SavedModel runs none."""
+    BN403 cannot run on ONNX, BN401/402/404 wait for --inference."""
     data = tmp_path / "data.npz"
     np.savez(data, x=np.zeros((4, 8, 8, 3), np.float32))
-    run = run_bnaudit("check", "--data", data, "--format", "json", "onnx/consecutive_bn.onnx", "savedmodel/dropout_before_bn", cwd=SAMPLES)
-    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr  # BN105 and BN101 are warnings
-    onnx_model, savedmodel = json.loads(run.stdout)["models"]
-    for model, codes in ((savedmodel, ("BN301", "BN302", "BN303", "BN401", "BN402", "BN403", "BN404")), (onnx_model, ("BN302", "BN401", "BN402", "BN403", "BN404"))):
-        skipped = {s["code"]: s["reason"] for s in model["skipped"]}
-        assert set(codes) <= set(skipped), model["path"]
-        assert not set(codes) & set(model["rules_run"])
+    run = run_bnaudit("check", "--data", data, "--format", "json", "onnx/consecutive_bn.onnx", cwd=SAMPLES)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr  # BN105 is a warning
+    [onnx_model] = json.loads(run.stdout)["models"]
+    codes = ("BN302", "BN401", "BN402", "BN403", "BN404")
+    skipped = {s["code"]: s["reason"] for s in onnx_model["skipped"]}
+    assert set(codes) <= set(skipped)
+    assert not set(codes) & set(onnx_model["rules_run"])
     assert {"BN301", "BN303"} <= set(onnx_model["rules_run"])
-    assert "not supported" in {s["code"]: s["reason"] for s in savedmodel["skipped"]}["BN401"]
-    onnx_skipped = {s["code"]: s["reason"] for s in onnx_model["skipped"]}
-    assert "pass --inference" in onnx_skipped["BN401"]
-    assert "runs on its stored statistics" in onnx_skipped["BN302"]
+    assert "pass --inference" in skipped["BN401"]
+    assert "runs on its stored statistics" in skipped["BN302"]
 
 
 @pytest.mark.slow

@@ -155,3 +155,89 @@ def test_without_tf_keras_a_savedmodel_re_run_says_what_to_install():
         "which is not installed (Keras 3 cannot load it) (install tf-keras (pip install tf-keras, or \"bnaudit[tensorflow]\") "
         "to run Keras-2 files with the Keras that wrote them)"
     )
+
+
+# -- SavedModels without keras_metadata.pb: the serving signature is re-run -------------
+
+
+def _keras3_export(folder, name: str, train_last: bool):
+    """Conv -> BN -> ReLU -> Conv -> BN exported with Keras 3 ``export()``; the last BN
+    called with ``training=True`` when ``train_last`` (its serving op normalises each
+    batch with that batch's moments)."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn_last")(x, training=True if train_last else None)
+    keras.Model(inputs, x, name=name).export(folder / name, format="tf_saved_model", verbose=False)
+    assert not (folder / name / "keras_metadata.pb").exists()
+    return folder / name
+
+
+@pytest.mark.slow
+def test_an_export_of_a_bn_called_with_training_true_is_batch_dependent_through_its_signature(tmp_path):
+    _keras3_export(tmp_path, "baked", train_last=True)
+    _keras3_export(tmp_path, "clean", train_last=False)
+    models = audited_by_path("baked", "clean", "--inference", cwd=tmp_path)
+    for name in ("baked", "clean"):
+        assert models[name]["errors"] == [] and models[name]["rules_run"] == ["BN106", "BN401", "BN402", "BN404"], name
+        assert models[name]["measurements"]["inference"]["inputs"]["signature"] == "serving_default"
+        assert models[name]["measurements"]["inference"]["devices"] == ["CPU:0", "CPU:1"]
+    baked = models["baked"]
+    assert runtime_findings(baked) == [("BN402", "output_0")]
+    [finding] = [f for f in baked["findings"] if f["code"] == "BN402"]
+    assert finding["message"].startswith("with signature 'serving_default', output 'output_0' of a sample run alone differs")
+    assert runtime_findings(models["clean"]) == []
+    inference = models["clean"]["measurements"]["inference"]
+    assert inference["inputs"]["shapes"] == [[128, 8, 8, 3]]
+    assert all(r["passed"] for key in ("device_table", "batch_dependence", "repeatability") for r in inference[key])
+    assert [r["elements"] for r in inference["batch_dependence"]] == [4 * 4 * 4 * 4]  # 4 samples alone (4x4x4 each), one path
+
+
+@pytest.mark.slow
+def test_a_savedmodel_whose_serving_function_writes_a_file_is_not_run(tmp_path):
+    """tf.io.write_file in the serving function: refused before tf.saved_model.load, so
+    the file is never written; --unsafe-load runs it (and it writes)."""
+    marker = tmp_path / "written"
+    code = textwrap.dedent(
+        f"""
+        import tensorflow as tf
+        class Module(tf.Module):
+            def __init__(self):
+                self.scale = tf.Variable(tf.ones([3]))
+            @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.float32)])
+            def __call__(self, x):
+                tf.io.write_file({str(marker)!r}, "ran")
+                return x * self.scale
+        module = Module()
+        tf.saved_model.save(module, {str(tmp_path / "writer")!r}, signatures={{"serving_default": module.__call__}})
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    run = run_bnaudit("check", "--inference", tmp_path / "writer")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "[BN401, BN402, BN404]: refusing to run a SavedModel whose functions reach beyond the computation: WriteFile in " in run.stderr
+    assert not marker.exists()
+    run = run_bnaudit("check", "--inference", "--unsafe-load", tmp_path / "writer")
+    assert run.returncode == 0, run.stderr
+    assert marker.read_text() == "ran"
+
+
+def test_on_a_savedmodel_without_keras_metadata_the_rules_a_signature_cannot_measure_say_why(tmp_path):
+    """--data alone: BN401/402/404 wait for --inference (synthetic inputs only); BN403 and
+    BN301-BN303 cannot be measured on a serving signature, whatever is passed."""
+    from bnaudit.engine import NOT_MEASURED, SYNTHETIC_ONLY
+
+    model = tmp_path / "served"
+    shutil.copytree(SAMPLES / "savedmodel" / "dropout_before_bn", model)
+    (model / "keras_metadata.pb").unlink()
+    np.save(tmp_path / "data.npy", np.zeros((4, 8, 8, 3), np.float32))
+    [result] = audited_by_path(str(model), "--data", str(tmp_path / "data.npy"), cwd=tmp_path).values()
+    assert result["errors"] == [] and result["rules_run"] == ["BN106"]
+    skipped = {s["code"]: s["reason"] for s in result["skipped"]}
+    assert {c: skipped[c] for c in ("BN401", "BN402", "BN404")} == dict.fromkeys(("BN401", "BN402", "BN404"), SYNTHETIC_ONLY["serving"])
+    assert {c: skipped[c] for c in ("BN301", "BN302", "BN303", "BN403")} == {c: NOT_MEASURED["serving"][c] for c in ("BN301", "BN302", "BN303", "BN403")}
+    assert "not each BN layer's input" in skipped["BN301"] and "one call path" in skipped["BN403"]

@@ -66,20 +66,9 @@ def serving_batchnorm_ops(path: Path) -> list[ServingBatchNorm]:
     Raises ImportError without TensorFlow, :class:`LoadError` when ``saved_model.pb`` is
     unreadable.
     """
-    if importlib.util.find_spec("tensorflow") is None:
-        raise ImportError("tensorflow")
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    file = path / SAVED_MODEL_FILE
-    if not file.is_file():
+    saved = read_saved_model(path)
+    if saved is None:
         return []
-    if file.stat().st_size > MAX_SAVED_MODEL_BYTES:
-        raise LoadError(f"{SAVED_MODEL_FILE} is over 2 GiB, not a readable protobuf")
-    saved = saved_model_pb2.SavedModel()
-    try:
-        saved.ParseFromString(file.read_bytes())
-    except Exception as exc:
-        raise LoadError(f"{SAVED_MODEL_FILE} is not readable ({type(exc).__name__}: {exc})", "the SavedModel is truncated or damaged; save it again") from None
     found: list[ServingBatchNorm] = []
     for meta_graph in saved.meta_graphs:
         library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
@@ -91,6 +80,75 @@ def serving_batchnorm_ops(path: Path) -> list[ServingBatchNorm]:
             for name in _reachable(start, library):
                 found.extend(_batchnorms(signature, library[name].node_def))
     return found
+
+
+def read_saved_model(path: Path):
+    """The ``SavedModel`` message of ``path/saved_model.pb``, parsed with TensorFlow's
+    protobuf classes (nothing loaded or run); None when there is no such file.
+
+    Raises ImportError without TensorFlow, :class:`LoadError` when the file is over 2 GiB
+    or not a SavedModel protobuf.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError("tensorflow")
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    file = path / SAVED_MODEL_FILE
+    if not file.is_file():
+        return None
+    if file.stat().st_size > MAX_SAVED_MODEL_BYTES:
+        raise LoadError(f"{SAVED_MODEL_FILE} is over 2 GiB, not a readable protobuf")
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(file.read_bytes())
+    except Exception as exc:
+        raise LoadError(f"{SAVED_MODEL_FILE} is not readable ({type(exc).__name__}: {exc})", "the SavedModel is truncated or damaged; save it again") from None
+    return saved
+
+
+#: Ops that reach beyond the computation: files, Python, the terminal, summaries, other
+#: processes. A model's forward pass needs none of them; in a SavedModel they are how a
+#: hostile file would act when loaded or run, so a model whose runnable functions hold
+#: one is not run without ``--unsafe-load`` (:func:`unsafe_ops`).
+UNSAFE_OPS = frozenset({
+    "ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst",
+    "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2", "RestoreSlice", "MergeV2Checkpoints",
+    "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "Print", "PrintV2", "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNumericSummary", "DebugNumericSummaryV2",
+    "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "LoadAndRemapMatrix", "GenerateVocabRemapping",
+    "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReader",
+    "FixedLengthRecordReaderV2", "TFRecordReader", "TFRecordReaderV2", "LMDBReader", "IdentityReader", "IdentityReaderV2",
+    "TextLineDataset", "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2",
+    "SnapshotDataset", "SnapshotDatasetV2", "SaveDataset", "SaveDatasetV2", "LoadDataset", "CacheDataset", "CacheDatasetV2",
+    "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary", "WriteHistogramSummary",
+    "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary", "WriteRawProtoSummary", "ImportEvent", "FlushSummaryWriter",
+    "CollectiveReduce", "CollectiveReduceV2", "CollectiveGather", "CollectiveGatherV2", "CollectiveBcastSend", "CollectiveBcastSendV2",
+    "RemoteCall", "_Send", "_Recv", "_HostSend", "_HostRecv",
+})
+
+
+def unsafe_ops(path: Path) -> list[str]:
+    """``"op in function"`` for each op of :data:`UNSAFE_OPS` that loading or running the
+    SavedModel can execute: in a function reachable from a signature (the init op
+    included) or from a saved object's functions (what ``tf.saved_model.load`` restores).
+    The functions TensorFlow writes to save and restore the model's own checkpoint are
+    reachable from none of these and not listed.
+
+    Raises ImportError without TensorFlow, :class:`LoadError` for an unreadable file.
+    """
+    saved = read_saved_model(path)
+    found: list[str] = []
+    for meta_graph in saved.meta_graphs if saved is not None else ():
+        library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+        nodes = {n.name: n for n in meta_graph.graph_def.node}
+        start = [nodes[t.name.split(":")[0]] for d in meta_graph.signature_def.values() for t in d.outputs.values() if t.name.split(":")[0] in nodes]
+        found += [f"{n.op} in the graph" for n in start if n.op in UNSAFE_OPS]
+        names = set(_reachable(start, library))
+        objects = [library[name] for name in meta_graph.object_graph_def.concrete_functions if name in library]
+        names |= {f.signature.name for f in objects} | set(_reachable([n for f in objects for n in f.node_def], library))
+        found += [f"{n.op} in {name}" for name in sorted(names) for n in library[name].node_def if n.op in UNSAFE_OPS]
+    return list(dict.fromkeys(found))
 
 
 def _batchnorms(signature: str, node_defs) -> list[ServingBatchNorm]:
@@ -212,8 +270,9 @@ NO_ARCHITECTURE = (
     "this SavedModel keeps no Keras layer configs (no keras_metadata.pb: Keras 3 export() and plain TensorFlow "
     "write none), only its serving graph; audit the .keras file it was exported from for this rule"
 )
-#: The rules that judge a serving graph's batch-norm ops by themselves.
-SERVING_RULES = frozenset({"BN106"})
+#: The rules that judge a serving graph's batch-norm ops by themselves (BN106), and the
+#: re-runs of its serving signature (:mod:`bnaudit.runtime.serving_inference`).
+SERVING_RULES = frozenset({"BN106", "BN401", "BN402", "BN404"})
 
 
 def serving_graph(path: Path) -> ModelGraph:
@@ -222,7 +281,8 @@ def serving_graph(path: Path) -> ModelGraph:
     Each op is one BatchNormalization layer named by its name scope (the same in every
     signature that runs it), with ``epsilon`` and ``is_training`` as the op says; one run
     in training mode by any signature is marked for BN106. There is no architecture, no
-    weights and nothing to re-run, so every other rule is skipped with the reason.
+    weights and no per-layer inputs: the serving signature is re-run as a whole
+    (BN401, BN402, BN404, runner ``"serving"``), and every other rule is skipped with the reason.
 
     Raises :class:`LoadError` without TensorFlow (nothing can be read) or when
     ``saved_model.pb`` is missing or unreadable.
@@ -239,7 +299,7 @@ def serving_graph(path: Path) -> ModelGraph:
             "this SavedModel has no keras_metadata.pb, and reading its serving graph needs TensorFlow",
             "pip install 'bnaudit[tensorflow]'",
         ) from None
-    graph = ModelGraph(name=path.name, class_name="SavedModel", format="savedmodel", runner="")
+    graph = ModelGraph(name=path.name, class_name="SavedModel", format="savedmodel", runner="serving")
     graph.producer = "SavedModel serving graph"
     graph.architecture_missing = NO_ARCHITECTURE
     graph.rules_without_architecture = SERVING_RULES

@@ -25,6 +25,8 @@ def _results(ctx):
     def compute() -> Any:
         if ctx.graph.runner == "onnxruntime":
             from ..runtime.onnx_inference import run_inference_checks  # ONNX Runtime, no TensorFlow
+        elif ctx.graph.runner == "serving":
+            from ..runtime.serving_inference import run_inference_checks  # a SavedModel's serving signature
         else:
             from ..runtime.inference import run_inference_checks  # TensorFlow only from here on
 
