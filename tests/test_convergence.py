@@ -151,7 +151,7 @@ def test_the_limit_is_a_config_threshold(trained, tmp_path):
 def test_rules_doc_names_the_threshold():
     run = invoke("rules", "BN205")
     assert run.returncode == 0
-    assert "Thresholds ([tool.bnaudit.bn205] in the config): residual = 0.05." in run.stdout
+    assert "Thresholds ([tool.bnaudit.bn205] in the config): residual = 0.05 (0 to 1)." in run.stdout
     assert "three time constants" in run.stdout
 
 
