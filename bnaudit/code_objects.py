@@ -43,6 +43,11 @@ _LAYER_LIST_KEYS = frozenset({"layers", "cells"})
 #: An object's own fields, never walked into.
 _OWN_KEYS = frozenset({"class_name", "module", "registered_name", "name"})
 _CONTAINERS = (dict, list)
+#: Serialized objects whose config Keras reads as plain data, never deserializing anything
+#: in it (``serialization_lib.deserialize_keras_object`` builds a ``KerasTensor`` from a
+#: ``__keras_tensor__``'s shape, dtype and history): the walk yields them, and does not
+#: go into them. A Keras 3 config holds one per connection between layers.
+_DATA_ONLY = frozenset({"__keras_tensor__"})
 
 
 def why_unsafe(class_name: str, module: str, registered_name: str, is_layer: bool = True) -> str:
@@ -107,6 +112,8 @@ def serialized_objects(config: Any) -> Iterator[tuple[str, dict[str, Any], bool]
                 yield "/".join(p for p in (owner, trail) if p), value, False
             trail = ""
         root = False
+        if isinstance(class_name, str) and class_name in _DATA_ONLY:
+            continue
         children = []
         for key, item in value.items():
             if not isinstance(item, _CONTAINERS) or key in _OWN_KEYS:

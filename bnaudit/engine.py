@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pluggy
 
 from .findings import ExitCode, Finding, Severity
-from .graph import ConfigError
+from .graph import ConfigError, ModelGraph
 from .keras_builtins import KERAS_LAYER_CLASSES
 from .loaders import LoadError, check_not_lfs_pointer, is_savedmodel_dir
 from .options import RuntimeOptions, check_selection, check_settings
@@ -101,7 +101,7 @@ class Auditor:
         finally:
             if graph.weights is not None:
                 graph.weights.close()
-        return self._finish(result, options, started)
+        return self._finish(result, options, started, graph)
 
     def audit_pair(self, base_path: str | Path, tuned_path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         """Run the rules that compare checkpoints (``bnaudit diff``) on ``tuned_path``.
@@ -154,10 +154,15 @@ class Auditor:
             for graph in graphs:
                 if graph.weights is not None:
                     graph.weights.close()
-        return self._finish(result, options, started)
+        return self._finish(result, options, started, graphs[-1] if len(graphs) == 2 else None)
 
-    def _finish(self, result: AuditResult, options: AuditOptions, started: float) -> AuditResult:
-        """Let plugins adjust the findings, apply the selection, order them, time the audit."""
+    def _finish(self, result: AuditResult, options: AuditOptions, started: float, graph: "ModelGraph | None" = None) -> AuditResult:
+        """Let plugins adjust the findings, apply the selection, order them, time the audit.
+
+        Findings are ordered by severity, then code, then where their layer stands in the
+        model's layer list (``block_2`` before ``block_10``, as the network runs), as a
+        linter orders by line; findings on no layer of ``graph`` come last, by name.
+        """
         try:
             self.pm.hook.bnaudit_modify_findings(findings=result.findings, result=result)
         except Exception as exc:  # a plugin's bug costs its own change, not the audit
@@ -165,7 +170,8 @@ class Auditor:
                 raise
             result.errors.append(ModelError(f"bnaudit_modify_findings failed: {type(exc).__name__}: {exc}", rule="plugin", hint="run with --debug for the traceback"))
         result.findings = [f for f in result.findings if options.selection.is_selected(f.code)]
-        result.findings.sort(key=lambda f: (-f.severity, f.code, f.layer))
+        position = {layer.path: index for index, layer in enumerate(graph)} if graph is not None else {}
+        result.findings.sort(key=lambda f: (-f.severity, f.code, position.get(f.layer, len(position)), f.layer))
         result.meta["seconds"] = round(time.perf_counter() - started, 4)
         return result
 

@@ -15,6 +15,7 @@ reads them: :class:`RuntimeOptions` (what both the statistics pass and the re-ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,18 +153,33 @@ def check_setting(rules: "Mapping[str, Rule]", code: str, name: str, value: Any,
     if name not in rule.settings:
         declared = ", ".join(rule.settings) or "none"
         raise OptionsError(f"{where}unknown threshold {name!r}{_did_you_mean(name, rule.settings)} (the thresholds of {code}: {declared})")
-    check_threshold(f"{code.lower()}.{name}", value, rule.settings[name])
+    check_threshold(f"{code.lower()}.{name}", value, rule.settings[name], rule.ranges.get(name))
 
 
-def check_threshold(key: str, value: Any, default: Any) -> None:
-    """A threshold takes the kind of value its declared default is (a number, a bool, text)."""
+def check_threshold(key: str, value: Any, default: Any, bounds: "tuple[float | None, float | None] | None" = None) -> None:
+    """A threshold takes the kind of value its declared default is (a number, a bool,
+    text); a number is finite and within the rule's declared ``bounds`` (inclusive)."""
     if default is None:
         return
     number = isinstance(default, (int, float)) and not isinstance(default, bool)
     kinds: tuple[type, ...] = (int, float) if number else (type(default),)
-    if isinstance(value, kinds) and isinstance(value, bool) == isinstance(default, bool):
+    if not (isinstance(value, kinds) and isinstance(value, bool) == isinstance(default, bool)):
+        raise OptionsError(f"{key} = {value!r}: expected a {type(default).__name__} like its default {default!r}")
+    if not number:
         return
-    raise OptionsError(f"{key} = {value!r}: expected a {type(default).__name__} like its default {default!r}")
+    low, high = bounds or (None, None)
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise OptionsError(f"{key} = {value!r}: expected {_range_text(low, high)} (default {default!r})")
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"a number from {low:g} to {high:g}"
+    if low is not None:
+        return f"a number >= {low:g}"
+    if high is not None:
+        return f"a number <= {high:g}"
+    return "a finite number"
 
 
 def _checked(key: str, value: Any, hint: Any) -> Any:

@@ -62,6 +62,9 @@ class Rule:
     #: Thresholds the rule reads with ``ctx.setting(key)``, with their defaults. They are
     #: the keys a config may set (``[tool.bnaudit.bn301]``); any other key is an error.
     settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: The values a numeric threshold may take, ``(lowest, highest)`` inclusive, None for
+    #: no bound (a fraction: ``(0, 1)``). Every numeric threshold must be finite.
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict, compare=False)
 
     @property
     def needs_label(self) -> str:
@@ -83,6 +86,9 @@ class Rule:
         unknown = set(self.needs) - set(NEEDS)
         if unknown:
             raise ValueError(f"rule {self.code} needs unknown capabilities {sorted(unknown)}")
+        stray = set(self.ranges) - set(self.settings)
+        if stray:
+            raise ValueError(f"rule {self.code} gives ranges to thresholds it does not declare: {sorted(stray)}")
 
     def doc_sections(self) -> dict[str, str]:
         """The docstring split into its ``## Heading`` sections."""
@@ -105,8 +111,14 @@ def rule(
     needs: Iterable[str] = ("graph",),
     help_uri: str = "",
     settings: Mapping[str, Any] | None = None,
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> Callable[[CheckFunction], Rule]:
-    """Turn a check function into a :class:`Rule`; the first docstring line is its summary."""
+    """Turn a check function into a :class:`Rule`; the first docstring line is its summary.
+
+    ``settings`` maps each threshold to its default; ``ranges`` bounds numeric ones
+    (``{"agreement": (0, 1)}``), so that a config saying ``agreement = 80`` is an error
+    rather than a gate that never fails.
+    """
 
     def decorate(func: CheckFunction) -> Rule:
         doc = inspect.cleandoc(func.__doc__ or "")
@@ -121,6 +133,7 @@ def rule(
             docs=body.strip(),
             help_uri=help_uri,
             settings=dict(settings or {}),
+            ranges=dict(ranges or {}),
         )
 
     return decorate

@@ -251,6 +251,7 @@ CODE_CONFIGS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "jax_layer": (lambda c: layer(c, "relu2").update(class_name="JaxLayer"), "relu2", "JaxLayer"),
     "flax_layer": (lambda c: layer(c, "relu2").update(class_name="FlaxLayer"), "relu2", "FlaxLayer"),
     "tf_op_lambda": (lambda c: layer(c, "relu2").update(class_name="TFOpLambda"), "relu2", "TFOpLambda"),
+    "function_in_call_kwargs": (lambda c: layer(c, "conv2")["inbound_nodes"][0]["kwargs"].update(mask=_function("os", "system")), "conv2", "module 'os'"),
     "enable_unsafe_deserialization": (lambda c: layer(c, "head")["config"].update(activation=_function("keras.config", "enable_unsafe_deserialization")), "head", "enable_unsafe_deserialization"),
 }
 

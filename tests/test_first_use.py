@@ -70,6 +70,7 @@ def run_recorded(*args, cwd) -> Recorded:
         (["--inference", "--unsafe-load", "--custom-objects", "nosuchmodule:OBJECTS"], "bnaudit: error: --custom-objects nosuchmodule:OBJECTS: no module named 'nosuchmodule' in the working directory ({cwd}) or on sys.path (run from the directory that holds the module, or install it)"),
         (["--inference", "--unsafe-load", "--custom-objects", "justamodule"], "bnaudit: error: --custom-objects justamodule: not MODULE:DICT (e.g. mylayers:CUSTOM_OBJECTS)"),
         (["--static", "--inference"], "bnaudit: error: --static runs only the static rules: drop --data, --inference and --stats, or --static"),
+        (["-q", "-v"], "bnaudit: error: --quiet and --verbose ask for less and for more: give one of them"),
     ],
 )
 def test_bad_arguments_are_refused_before_tensorflow_is_imported(tmp_path, args, expected):

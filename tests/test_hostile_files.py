@@ -120,6 +120,19 @@ def test_code_carrying_objects_anywhere_in_the_config_are_flagged_and_refused(tm
             load_keras_model(paths[name], graph, RuntimeOptions())
 
 
+def test_a_keras_tensors_config_is_data_and_not_walked():
+    """Keras builds a KerasTensor from a ``__keras_tensor__``'s shape, dtype and history
+    and deserializes nothing in it; the call's other arguments it does deserialize."""
+    from bnaudit.code_objects import unsafe_objects
+
+    hidden = {"class_name": "function", "module": "os", "config": "system"}
+    tensor = {"class_name": "__keras_tensor__", "config": {"shape": [None, 4], "dtype": "float32", "keras_history": ["c1", 0, 0], "extra": hidden}}
+    config = {"class_name": "Functional", "config": {"layers": [{"class_name": "ReLU", "name": "relu", "config": {"name": "relu"}, "inbound_nodes": [{"args": [tensor], "kwargs": {}}]}]}}
+    assert unsafe_objects(config) == []
+    config["config"]["layers"][0]["inbound_nodes"][0]["kwargs"]["mask"] = hidden
+    assert [(where, why) for where, _, why in unsafe_objects(config)] == [("relu/inbound_nodes.kwargs.mask", "it calls function 'system' of module 'os', not a Keras activation, loss, metric or op")]
+
+
 def test_a_nested_model_naming_module_os_is_flagged(tmp_path):
     path, says = H.nested_model_module_os(tmp_path)
     run = run_bnaudit("check", "--select", "BN501", "--format", "json", path)

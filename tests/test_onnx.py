@@ -288,6 +288,24 @@ def test_a_fresh_tf2onnx_conversion_matches_the_committed_expectations(tmp_path)
     assert _findings(tmp_path / "consecutive_bn.onnx") == sorted((f["code"], f["layer"]) for f in EXPORTED["onnx/consecutive_bn.onnx"])
 
 
+@pytest.mark.slow
+def test_the_documented_tf2onnx_recipe_keeps_every_bn_node(tmp_path):
+    """docs/formats.md's conversion snippet, run as written on a tf-keras file: the BN
+    nodes the default tf2onnx optimizers fold (consecutive_bn: a BN after a Conv2D) stay."""
+    import re
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "formats.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "tf2onnx.convert.from_keras" in block)
+    shutil.copy(SAMPLES / "k2_consecutive_bn.h5", tmp_path / "model.h5")
+    run = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _findings(tmp_path / "model.onnx") == sorted((f["code"], f["layer"]) for f in EXPORTED["onnx/consecutive_bn.onnx"])
+
+
 def test_runtime_rules_on_savedmodel_and_bn302_bn403_on_onnx_are_skipped_with_the_reason_not_passed(tmp_path):
     """With --data, ONNX runs BN301/BN303 (tests/test_onnx_statistics.py); BN302 and
     BN403 cannot run on ONNX, BN401/402/404 wait for --inference; a SavedModel runs none."""

@@ -203,6 +203,46 @@ def test_a_shifted_channel_is_bn301_and_a_constant_one_bn303_on_a_hand_built_gra
     assert list(layers) == [layer] and layers[layer]["drift_score"] < 0.05
 
 
+@pytest.mark.parametrize(
+    "available, expected",
+    [
+        (["CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        (["AzureExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        (["ROCMExecutionProvider", "CPUExecutionProvider"], ["ROCMExecutionProvider", "CPUExecutionProvider"]),
+        (["TensorrtExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+    ],
+)
+def test_the_pass_runs_on_the_first_gpu_provider_with_the_cpu_behind_it(available, expected):
+    from bnaudit.runtime.onnx_statistics import pass_providers
+
+    assert pass_providers(available) == expected
+
+
+def test_the_notes_name_the_providers_the_pass_ran_on(tmp_path):
+    """Here, the providers ONNX Runtime has: the CPU alone without a GPU provider."""
+    import onnxruntime
+
+    from bnaudit.runtime.onnx_statistics import pass_providers
+
+    model = _check(_bn_model(tmp_path), _data(tmp_path))
+    ran = pass_providers(onnxruntime.get_available_providers())
+    assert f"ONNX Runtime ran the statistics pass on {', '.join(ran)}" in model["notes"]
+
+
+def test_the_pass_on_a_gpu_provider_finds_what_the_cpu_finds(tmp_path):
+    import onnxruntime
+
+    from bnaudit.runtime.onnx_statistics import PASS_GPU_PROVIDERS
+
+    gpu = [p for p in PASS_GPU_PROVIDERS if p in onnxruntime.get_available_providers()]
+    if not gpu:
+        pytest.skip("no GPU execution provider in this ONNX Runtime")
+    model = _check(_bn_model(tmp_path), _data(tmp_path, shift=4.0, dead=3))
+    assert any(n.startswith(f"ONNX Runtime ran the statistics pass on {gpu[0]}") for n in model["notes"]), model["notes"]
+    assert _found(model) == [("BN301", "bn"), ("BN303", "bn")]
+
+
 def test_a_bn_inside_an_if_branch_is_not_measured_and_the_note_says_so(tmp_path):
     model = _check(_bn_model(tmp_path, in_if=True), _data(tmp_path, shift=4.0))
     assert model["errors"] == [] and _found(model) == []

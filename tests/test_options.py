@@ -26,6 +26,10 @@ MODEL = SAMPLES / "dropout_before_bn.keras"
         ),
         ({"settings": {"bn999.limit": 1}}, "setting 'bn999.limit': there is no rule BN999; `bnaudit rules` lists the codes"),
         ({"settings": {"bn301.drift-score": "high"}}, "bn301.drift-score = 'high': expected a float like its default 0.5"),
+        ({"settings": {"bn205.residual": 1.5}}, "bn205.residual = 1.5: expected a number from 0 to 1 (default 0.05)"),
+        ({"settings": {"bn302.agreement": 80}}, "bn302.agreement = 80: expected a number from 0 to 1 (default 0.8)"),
+        ({"settings": {"bn301.mean-shift": -1}}, "bn301.mean-shift = -1: expected a number >= 0 (default 1.0)"),
+        ({"settings": {"bn301.drift-score": float("nan")}}, "bn301.drift-score = nan: expected a number >= 0 (default 0.5)"),
         ({"batchsize": 8}, "unknown option 'batchsize' (did you mean 'batch_size'?)"),
         ({"batch_size": "8"}, "option 'batch_size' = '8': expected a positive integer"),
         ({"batch_size": 0}, "option 'batch_size' = 0: expected a positive integer"),
@@ -70,6 +74,22 @@ def test_the_command_line_goes_through_the_same_checks(tmp_path):
         f"bnaudit: error: {tmp_path / 'bnaudit.toml'}: [bn301]: unknown threshold 'drift_score' (did you mean 'drift-score'?) "
         "(the thresholds of BN301: drift-score, mean-shift, log-variance-ratio, channel-fraction)\n"
     )
+
+
+def test_a_threshold_out_of_its_range_in_the_config_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "bnaudit.toml").write_text("[bn205]\nresidual = 1.5\n")
+    run = run_bnaudit("check", MODEL, "--config", tmp_path / "bnaudit.toml")
+    assert (run.returncode, run.stderr) == (2, f"bnaudit: error: {tmp_path / 'bnaudit.toml'}: bn205.residual = 1.5: expected a number from 0 to 1 (default 0.05)\n")
+    (tmp_path / "bnaudit.toml").write_text("[bn303]\nvariance-ratio = inf\n")
+    run = run_bnaudit("check", MODEL, "--config", tmp_path / "bnaudit.toml")
+    assert (run.returncode, run.stderr) == (2, f"bnaudit: error: {tmp_path / 'bnaudit.toml'}: bn303.variance-ratio = inf: expected a number from 0 to 1 (default 1e-06)\n")
+
+
+def test_a_rule_cannot_bound_a_threshold_it_does_not_declare():
+    from bnaudit.plugin_api import Severity, rule
+
+    with pytest.raises(ValueError, match=r"^rule XX101 gives ranges to thresholds it does not declare: \['limt'\]$"):
+        rule("XX101", "some-check", Severity.WARNING, settings={"limit": 1.0}, ranges={"limt": (0, 1)})(lambda ctx: ())
 
 
 def test_several_unknown_codes_are_named_together():

@@ -53,6 +53,8 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if static and (data or inference or stats_file):
         fail("--static runs only the static rules: drop --data, --inference and --stats, or --static")
+    if quiet and verbose:
+        fail("--quiet and --verbose ask for less and for more: give one of them")
     options = AuditOptions(
         selection=Selection(codes(select) or ("ALL",), codes(ignore), codes(extend_select)),
         fail_on=Severity.parse(fail_on),

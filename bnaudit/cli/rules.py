@@ -24,9 +24,17 @@ def rules(code: str | None, plugins: tuple[str, ...]) -> None:
     click.echo(f"# {found.code} {found.name}\n")
     click.echo(f"Default severity: {found.severity.label}. Needs: {found.needs_label}.\n")
     if found.settings:
-        thresholds = ", ".join(f"{key} = {value!r}" for key, value in found.settings.items())
+        thresholds = ", ".join(f"{key} = {value!r}{_bounds(found.ranges.get(key))}" for key, value in found.settings.items())
         click.echo(f"Thresholds ([tool.bnaudit.{found.code.lower()}] in the config): {thresholds}.\n")
     click.echo(f"{found.summary}\n\n{found.docs}")
+
+
+def _bounds(bounds) -> str:
+    """`` (0 to 1)``, `` (>= 0)``: the range a threshold accepts, as ``bnaudit rules CODE`` shows it."""
+    if not bounds:
+        return ""
+    low, high = bounds
+    return f" ({low:g} to {high:g})" if low is not None and high is not None else f" (>= {low:g})" if low is not None else f" (<= {high:g})"
 
 
 def _rules(plugins: tuple[str, ...]):

@@ -20,10 +20,14 @@ target) and ``h5o.open``, the dataset creation property list (``get_layout``,
 ``get_offset``; ``AttrID.get_type``/``get_space`` for attributes (h5py's ``h5l``,
 ``h5o``, ``h5d``, ``h5p``, ``h5a`` modules, which wrap the HDF5 C API functions of the
 same names). The BN vectors of a large model are thousands of such calls, so the readers
-work on the low-level ids and never build h5py's high-level objects for them.
+work on the low-level ids and never build h5py's high-level objects for them; once a
+contiguous vector's offset and size are checked, its bytes are read there directly.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -123,11 +127,18 @@ def _wrapped(obj: object) -> "h5py.Group | h5py.Dataset | h5py.Datatype":
     raise TypeError(f"unknown object type {type(obj).__name__}")
 
 
+#: Reads ``size`` bytes at byte ``offset`` of an HDF5 file as libhdf5 addresses it (a
+#: ``.keras`` zip member's own offsets): ``os.pread`` on the file, or on the zip at the
+#: member's start (:meth:`bnaudit.loaders.weights.FileWindow.read_at`).
+RawReader = Callable[[int, int], bytes]
+
+
 def check_dataset(
     dataset: "h5py.Dataset | h5py.h5d.DatasetID", where: str, max_elements: int, file_size: int | None = None
-) -> "tuple[h5py.h5s.SpaceID, h5py.h5t.TypeID]":
+) -> "tuple[h5py.h5s.SpaceID, h5py.h5t.TypeID, int | None]":
     """Refuse a dataset Keras could not have written, or one whose bytes are not in the file;
-    return its dataspace and stored type as checked (what a read needs).
+    return its dataspace, stored type and the byte offset of its data in the file (None
+    for a compact or empty dataset) as checked: what a read needs.
 
     Checked, in this order and without reading any data: layout (contiguous or compact),
     no external storage, no filters, a numeric element type of at most 8 bytes, at most
@@ -162,24 +173,32 @@ def check_dataset(
         stored = int(ident.get_storage_size())
         if stored != declared:
             raise LoadError(f"{where} declares {declared} bytes but the file stores {stored}", _HOSTILE)
-        offset = ident.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else 0
+        offset = ident.get_offset() if layout == h5py.h5d.CONTIGUOUS and declared else None
         if offset is not None:
             if file_size is None:
                 file_size = h5py.h5i.get_file_id(ident).get_filesize()
             if offset + declared > file_size:
                 raise LoadError(f"{where} points past the end of the file", _RESAVE)
-        return space, dtype
+        return space, dtype, offset
     except LoadError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise LoadError(f"{where}: the HDF5 dataset header is corrupt ({first_line(exc)})", _RESAVE) from None
 
 
-def read_dataset(dataset: object, where: str, max_elements: int, file_size: int | None = None) -> np.ndarray:
+def read_dataset(
+    dataset: object, where: str, max_elements: int, file_size: int | None = None, read_at: RawReader | None = None
+) -> np.ndarray:
     """The dataset's values as float64, after :func:`check_dataset` (shape as stored).
 
     ``dataset`` is a high-level dataset or its low-level id (what :func:`open_object`
     gives); anything else is not an array. ``file_size``: as for :func:`check_dataset`.
+    With ``read_at``, a contiguous dataset's bytes are read where the checks found them,
+    in one call, and taken as its stored type: what ``DatasetID.read`` into that type
+    does (no conversion), without libhdf5's dataspace and type-path set-up, which costs
+    about eight times the read itself for a BN vector (0.12 ms against 0.014 ms through a
+    zip member, measured on an EfficientNetB7's 652 vectors). Compact datasets (their
+    bytes lie in the object header) are read by libhdf5.
 
     Raises:
         LoadError: the object is not a dataset, fails the checks, or cannot be read.
@@ -188,16 +207,23 @@ def read_dataset(dataset: object, where: str, max_elements: int, file_size: int 
         dataset = dataset.id
     if not isinstance(dataset, h5py.h5d.DatasetID):
         raise LoadError(f"{where} is not an array in the weights file")
-    space, stored_type = check_dataset(dataset, where, max_elements, file_size)
+    space, stored_type, offset = check_dataset(dataset, where, max_elements, file_size)
     try:
-        # ``DatasetID.read`` into an array of the stored type: what ``dataset[()]`` does,
-        # without the selection machinery of h5py's high-level indexing.
         shape = space.shape
         if shape is None:
             raise TypeError("a null dataspace holds no values")
-        values = np.empty(shape, dtype=stored_type.dtype)
-        if values.size:
-            dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=stored_type)
+        if read_at is not None and offset is not None:
+            declared = math.prod(shape) * stored_type.get_size()
+            raw = read_at(offset, declared)
+            if len(raw) != declared:
+                raise OSError(f"the file ends {declared - len(raw)} bytes early")
+            values = np.frombuffer(raw, dtype=stored_type.dtype).reshape(shape)
+        else:
+            # ``DatasetID.read`` into an array of the stored type: what ``dataset[()]``
+            # does, without the selection machinery of h5py's high-level indexing.
+            values = np.empty(shape, dtype=stored_type.dtype)
+            if values.size:
+                dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=stored_type)
         return np.asarray(values, dtype=np.float64)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise LoadError(f"{where} cannot be read ({first_line(exc)})", _RESAVE) from None

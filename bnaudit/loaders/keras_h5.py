@@ -27,7 +27,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     import h5py  # here, not at start-up: an .onnx audit never needs it
 
     from .h5guard import first_line
-    from .weights import LegacyH5Weights
+    from .weights import LegacyH5Weights, fd_reader
 
     try:
         h5 = h5py.File(path, "r")
@@ -41,7 +41,8 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     except BaseException:
         h5.close()
         raise
-    graph.weights = LegacyH5Weights(h5)
+    # libhdf5's own descriptor of the file (the default 'sec2' driver), read with pread.
+    graph.weights = LegacyH5Weights(h5, fd_reader(h5.id.get_vfd_handle()) if h5.driver == "sec2" else None)
     return graph
 
 

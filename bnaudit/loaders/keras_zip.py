@@ -40,7 +40,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
             from .weights import KerasV3Weights, open_zip_member_h5  # h5py only when a .keras is read
 
             try:
-                graph.weights = KerasV3Weights(open_zip_member_h5(str(path), archive, weights))
+                graph.weights = KerasV3Weights(*open_zip_member_h5(str(path), archive, weights))
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, ValueError) as exc:  # ValueError: h5py, an offset past any file
                 raise LoadError(f"model.weights.h5 is unreadable ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})", "the file is damaged; save the model again") from None
     return graph

@@ -25,23 +25,23 @@ import numpy as np
 
 from . import LoadError
 from .arrays import BN_VECTORS, MAX_ARRAY_ELEMENTS, MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
-from .h5guard import MAX_WEIGHT_NAMES_BYTES, open_object, read_dataset, read_text_attribute
+from .h5guard import MAX_WEIGHT_NAMES_BYTES, RawReader, open_object, read_dataset, read_text_attribute
 from .optimizer import keras3_iterations, legacy_h5_iterations
 
 if TYPE_CHECKING:
     from ..graph import Layer
 
-def _read_vector(dataset: object, where: str, channels: int | None, file_size: int | None = None) -> np.ndarray:
+def _read_vector(dataset: object, where: str, channels: int | None, file_size: int | None = None, read_at: RawReader | None = None) -> np.ndarray:
     """One BN vector: at most ``channels`` elements (the count the config implies), checked
     by :func:`~bnaudit.loaders.h5guard.check_dataset` before a byte is read.
 
     tf-keras saves a BN with ``virtual_batch_size`` as broadcast-shaped arrays
     (``(1, 1, C)``): any shape with one axis other than 1 is read flat."""
-    if isinstance(dataset, h5py.h5d.DatasetID):
-        shape = dataset.shape
-        if not shape or len([d for d in shape if d != 1]) > 1:
-            raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
-    values = read_dataset(dataset, where, channels or MAX_CHANNELS, file_size).reshape(-1)
+    values = read_dataset(dataset, where, channels or MAX_CHANNELS, file_size, read_at)
+    shape = values.shape
+    if not shape or len([d for d in shape if d != 1]) > 1:
+        raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
+    values = values.reshape(-1)
     if channels and values.shape[0] != channels:
         raise LoadError(f"{where} holds {values.shape[0]} values, but the layer has {channels} channels")
     return values
@@ -76,10 +76,15 @@ def _corrupt_file_is_load_error(where: str) -> Iterator[None]:
 
 
 class H5Weights:
-    """Base for stores over an open ``h5py.File``; caches what was read."""
+    """Base for stores over an open ``h5py.File``; caches what was read.
 
-    def __init__(self, h5: h5py.File) -> None:
+    ``read_at`` reads the file's bytes directly (see :func:`~bnaudit.loaders.h5guard.read_dataset`);
+    without it, every array is read by libhdf5.
+    """
+
+    def __init__(self, h5: h5py.File, read_at: RawReader | None = None) -> None:
         self._h5 = h5
+        self._read_at = read_at
         self._cache: dict[str, BNArrays] = {}
         self._opened: dict[str, object] = {}
         self._file_size: int | None = None
@@ -91,7 +96,7 @@ class H5Weights:
                 datasets = self._datasets(layer, bn_variable_names(layer))
                 channels = bn_channel_count(layer)
                 size = self._size()
-                values = {name: _read_vector(d, f"{where} {name}", channels, size) for name, d in datasets.items() if name in BN_VECTORS}
+                values = {name: _read_vector(d, f"{where} {name}", channels, size, self._read_at) for name, d in datasets.items() if name in BN_VECTORS}
             self._cache[layer.path] = assemble_bn_arrays(values, where)
         return self._cache[layer.path]
 
@@ -106,7 +111,7 @@ class H5Weights:
         where = f"layer {layer.path!r}"
         with _corrupt_file_is_load_error(where):
             datasets = self._datasets(layer, names)
-            return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS, self._size()) for name, d in datasets.items()}
+            return {name: read_dataset(d, f"{where} {name}", MAX_ARRAY_ELEMENTS, self._size(), self._read_at) for name, d in datasets.items()}
 
     def _datasets(self, layer: "Layer", names) -> dict[str, object]:  # pragma: no cover - abstract
         """The named variables of ``layer`` as (unread) low-level h5py objects, None where absent."""
@@ -237,6 +242,15 @@ class FileWindow(io.RawIOBase):
         self._pos += got
         return got
 
+    def read_at(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the window (fewer at its end), without moving
+        its position: a :data:`~bnaudit.loaders.h5guard.RawReader`."""
+        size = max(0, min(size, self._size - offset))
+        if self._pread is not None:
+            return os.pread(self._fd, size, self._start + offset)
+        self._file.seek(self._start + offset)
+        return self._file.read(size)
+
     def write(self, data) -> int:
         if not self._writable:
             raise io.UnsupportedOperation("write")
@@ -309,8 +323,9 @@ def open_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> "
     return FileWindow(path, start, info.file_size)
 
 
-def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> h5py.File:
-    """Open an HDF5 member of a zip without extracting it when it is stored uncompressed.
+def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> "tuple[h5py.File, RawReader | None]":
+    """Open an HDF5 member of a zip without extracting it when it is stored uncompressed,
+    with a reader of its raw bytes (:data:`~bnaudit.loaders.h5guard.RawReader`).
 
     Keras writes ``model.weights.h5`` with ZIP_STORED, so h5py can read it where it
     lies; a compressed member (someone re-zipped the file) is decompressed to a temporary file.
@@ -318,7 +333,7 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
     member = open_member(path, archive, info)
     if isinstance(member, FileWindow):
         try:
-            return h5py.File(member, "r")
+            return h5py.File(member, "r"), member.read_at
         except BaseException:
             member.close()
             raise
@@ -328,7 +343,14 @@ def open_zip_member_h5(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInf
         with member:
             shutil.copyfileobj(member, spill, 1 << 20)
         spill.seek(0)
-        return h5py.File(spill, "r")
+        return h5py.File(spill, "r"), fd_reader(spill.fileno())
     except BaseException:
         spill.close()
         raise
+
+
+def fd_reader(fd: int) -> "RawReader | None":
+    """A :data:`~bnaudit.loaders.h5guard.RawReader` over an open file descriptor
+    (``os.pread``); None where the OS has no ``pread`` (the arrays are then read by libhdf5)."""
+    pread = getattr(os, "pread", None)
+    return None if pread is None else (lambda offset, size: pread(fd, size, offset))

@@ -237,7 +237,7 @@ def thresholds(ctx: "RuleContext") -> dict[str, float]:
 # -- rules ---------------------------------------------------------------------------
 
 
-@rule("BN301", "moving-statistics-drift", Severity.WARNING, needs=("graph", "weights", "data"), settings=BN301_DEFAULTS)
+@rule("BN301", "moving-statistics-drift", Severity.WARNING, needs=("graph", "weights", "data"), settings=BN301_DEFAULTS, ranges={"drift-score": (0, None), "mean-shift": (0, None), "log-variance-ratio": (0, None), "channel-fraction": (0, 1)})
 def moving_statistics_drift(ctx):
     """On the supplied data, a BatchNormalization's input statistics differ from its moving statistics.
 
@@ -301,7 +301,7 @@ def moving_statistics_drift(ctx):
         )
 
 
-@rule("BN302", "train-inference-divergence", Severity.WARNING, needs=("graph", "data", "runtime"), settings=BN302_DEFAULTS)
+@rule("BN302", "train-inference-divergence", Severity.WARNING, needs=("graph", "data", "runtime"), settings=BN302_DEFAULTS, ranges={"cka": (0, 1), "agreement": (0, 1)})
 def train_inference_divergence(ctx):
     """The model's outputs with BN on batch statistics and on moving statistics diverge.
 
@@ -388,7 +388,7 @@ def _unjudged(statistics: "DataStatistics") -> list[str]:
     return reasons
 
 
-@rule("BN303", "channels-dead-on-data", Severity.INFO, needs=("graph", "weights", "data"), settings=BN303_DEFAULTS)
+@rule("BN303", "channels-dead-on-data", Severity.INFO, needs=("graph", "weights", "data"), settings=BN303_DEFAULTS, ranges={"variance-ratio": (0, 1)})
 def channels_dead_on_data(ctx):
     """Some channels of a BatchNormalization never vary on the data, though they did in training.
 

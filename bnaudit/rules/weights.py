@@ -202,7 +202,7 @@ def extreme_normalization_scale(ctx):
             )
 
 
-@rule("BN205", "moving-statistics-not-converged", Severity.WARNING, needs=("graph", "weights", "optimizer"), settings={"residual": 0.05})
+@rule("BN205", "moving-statistics-not-converged", Severity.WARNING, needs=("graph", "weights", "optimizer"), settings={"residual": 0.05}, ranges={"residual": (0, 1)})
 def moving_statistics_not_converged(ctx):
     """A BatchNormalization's moving statistics had too few updates for its momentum.
 

@@ -27,9 +27,14 @@ What differs from the Keras pass, and why:
   dimension is run in batches of that size (``--batch-size`` is overridden, a short
   last batch is dropped and counted in the notes).
 
-The session runs on ONNX Runtime's CPU execution provider, with graph optimizations at
-their default (the extra outputs keep every BN input from being fused away). External
-data is read from the model's folder only after the loader checked every window of it.
+The session runs on the first GPU execution provider ONNX Runtime has (CUDA, ROCm,
+MIGraphX, DirectML: :func:`pass_providers`), with the CPU provider behind it for the
+operators the GPU one lacks, as the Keras pass runs on the GPUs TensorFlow sees; on the
+CPU provider alone where there is none. The notes name the providers the session really
+uses (ONNX Runtime falls back to the CPU when a GPU provider cannot start). Graph
+optimizations stay at their default (the extra outputs keep every BN input from being
+fused away). External data is read from the model's folder only after the loader
+checked every window of it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,21 @@ from ..loaders import LoadError
 from ..printable import exception_line
 from .data import InputSpec
 from .onnx_inference import CPU_PROVIDER, _onnxruntime
+
+#: GPU execution providers the pass may run on, in the order preferred. TensorRT is left
+#: out: it builds an engine per input shape (a short last batch is a second build) and
+#: the pass is one plain forward pass per batch, which the CUDA provider runs as well.
+PASS_GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider", "DmlExecutionProvider")
+
+
+def pass_providers(available: Iterable[str]) -> list[str]:
+    """The execution providers of the statistics pass, given ONNX Runtime's
+    ``get_available_providers()``: the first of :data:`PASS_GPU_PROVIDERS` present, then
+    the CPU (ONNX Runtime places each operator on the first provider that has it); the
+    CPU alone without a GPU provider."""
+    present = set(available)
+    gpu = next((p for p in PASS_GPU_PROVIDERS if p in present), None)
+    return [gpu, CPU_PROVIDER] if gpu else [CPU_PROVIDER]
 
 if TYPE_CHECKING:
     from ..graph import ModelGraph
@@ -178,8 +198,9 @@ class OnnxStatisticsPass:
         return result
 
     def notes(self) -> list[str]:
-        """What the reports should say about this pass (unmeasured BNs, dropped samples)."""
-        found = []
+        """What the reports should say about this pass (the providers it ran on,
+        unmeasured BNs, dropped samples)."""
+        found = [f"ONNX Runtime ran the statistics pass on {', '.join(self.session.get_providers())}"]
         if self.unreachable:
             shown = ", ".join(repr(p) for p in self.unreachable[:5]) + (", ..." if len(self.unreachable) > 5 else "")
             found.append(f"BN301-BN303 did not measure {len(self.unreachable)} BN node(s) inside ONNX subgraphs or functions ({shown}): their inputs are not tensors of the main graph")
@@ -214,7 +235,7 @@ class OnnxStatisticsPass:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=[CPU_PROVIDER])
+            return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=pass_providers(ort.get_available_providers()))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             raise LoadError(
                 f"ONNX Runtime cannot load the model with its BN inputs exposed ({exception_line(exc)})",
