@@ -97,6 +97,8 @@ ELSEWHERE = {
     "bnaudit check tuned.keras": "tests/test_diff.py runs docs/checkpoints.md's script and both its commands, output line for line",
     "bnaudit fix MODEL -o OUT [--unbake] [--absorb-bias] [--fold] [--recalibrate --data DATA | --stats FILE] [--all]": "the command's synopsis, not a runnable line; tests/test_fix.py runs each fix",
     "bnaudit fix model.keras -o fixed.keras --recalibrate --data train.npy --verify-data heldout.npy": "tests/test_fix_recalibrate.py runs it as written on the sample model and compares its output with the doc's",
+    "bnaudit fix clean.keras -o fixed.keras --all": "tests/test_fix_requests.py runs it as written on the clean sample model and compares its output with the doc's",
+    "bnaudit fix clean_conv_bn_relu.keras -o folded.keras --fold --no-verify": "tests/test_fix_requests.py runs it as written and compares its output with the doc's",
     "bnaudit check model.onnx --data shifted.npy": "tests/test_onnx_statistics.py runs it on a tf2onnx conversion next to its Keras original, with drifted and matching data",
     "bnaudit stats model.keras --data data.npy --shard ${SLURM_ARRAY_TASK_ID}/8 -o parts/${SLURM_ARRAY_TASK_ID}.npz": "runs inside a Slurm job array; the same command is run here as shard 3/8",
 }

@@ -99,6 +99,35 @@ def test_fold_removes_every_batchnorm_after_a_linear_layer(samples, tmp_path, pa
     assert report.proof.status == "passed" and report.proof.outputs_max_abs_delta < 1e-5
 
 
+def test_a_folded_batchnorm_is_listed_as_folded_without_a_delta(samples, tmp_path):
+    """The BN's arrays have no max |Δ| of their own (they are gone); the kernel and bias they
+    were folded into keep theirs. Text, JSON and HTML say the same."""
+    source = samples / "clean_conv_bn_relu.keras"
+    run = run_bnaudit("fix", source, "-o", tmp_path / "x.keras", "--fold", "--no-verify", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    bns = [c for c in document["changes"] if c["layer"] in ("bn1", "bn2")]
+    assert [(c["layer"], c["what"]) for c in bns] == [
+        ("bn1", "removed; its arrays folded into 'conv1', whose output its consumers read"),
+        ("bn2", "removed; its arrays folded into 'conv2', whose output its consumers read"),
+    ]
+    for change in bns:
+        assert change["arrays"] == [{"name": name, "action": "folded", "max_abs_delta": None} for name in ("gamma", "beta", "moving_mean", "moving_variance")]
+    convs = {c["layer"]: c["arrays"] for c in document["changes"] if c["layer"] in ("conv1", "conv2")}
+    assert sorted(convs) == ["conv1", "conv2"]
+    for arrays in convs.values():
+        assert [(a["name"], a["action"]) for a in arrays] == [("kernel", "changed"), ("bias", "added")]
+        assert all(a["max_abs_delta"] > 0 for a in arrays)
+    text = run_bnaudit("fix", source, "-o", tmp_path / "y.keras", "--fold", "--no-verify").stdout.splitlines()
+    kernel = f"kernel changed max|Δ| {convs['conv1'][0]['max_abs_delta']:.3g}, bias added max|Δ| {convs['conv1'][1]['max_abs_delta']:.3g}"
+    assert text[1].split() == ["fold", "conv1", "folded", "BN", "'bn1'", "into", "the", "kernel", "and", "bias", *kernel.split()]
+    assert text[2].split() == ["fold", "bn1", *"removed; its arrays folded into 'conv1', whose output its consumers read".split(), *"gamma folded, beta folded, moving_mean folded, moving_variance folded".split()]
+    assert "max|Δ| 1" not in "\n".join(text) and "removed max" not in "\n".join(text)
+    html = run_bnaudit("fix", source, "-o", tmp_path / "z.keras", "--fold", "--no-verify", "--format", "html").stdout
+    assert "gamma folded<br>beta folded<br>moving_mean folded<br>moving_variance folded</td>" in html
+    assert "kernel changed max|Δ| " in html and "gamma removed" not in html
+
+
 @pytest.mark.parametrize("pattern", FORMATS)
 def test_fold_lists_what_it_cannot_fold_and_why(samples, tmp_path, pattern):
     source = samples / pattern.format("shared_and_branches")
@@ -253,7 +282,7 @@ def test_cli_text_and_json(tmp_path, samples):
     run = run_bnaudit("fix", samples / "bias_before_bn.h5", "-o", tmp_path / "x.h5", "--absorb-bias", "--format", "json", "--report", tmp_path / "r.json")
     assert run.returncode == 0, run.stderr
     document = json.loads((tmp_path / "r.json").read_text())
-    assert document["version"] == 1 and document["fixes"] == ["absorb-bias"]
+    assert document["version"] == 2 and document["fixes"] == ["absorb-bias"]
     assert [c["layer"] for c in document["changes"]] == ["bn1", "conv1", "bn_fc", "fc"]
     assert document["proof"]["status"] == "passed"
     run = run_bnaudit("fix", samples / "bias_before_bn.h5", "-o", tmp_path / "y.h5", "--absorb-bias", "--no-verify")

@@ -46,10 +46,11 @@ def _all_help() -> str:
 @click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Format of the change list.")
 @click.option("--report", "report_file", type=FilePath(), help="Write the change list to FILE instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace -o OUT when it exists (refused otherwise; never when OUT is MODEL).")
 @click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
 @click.option("--unsafe-load", is_flag=True, help="Let the proof and recalibration load models with Lambda or custom layers (executes their code).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_data, batch_size, max_samples, output_format, report_file, no_verify, unsafe_load, debug, **chosen) -> None:
+def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_data, batch_size, max_samples, output_format, report_file, force, no_verify, unsafe_load, debug, **chosen) -> None:
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
     from ..fixes import fix as run_fix
     from ..fixes.report import render
@@ -60,7 +61,7 @@ def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_d
             report = call_in_child(
                 run_fix,
                 model, output, all_fixes=all_fixes, data=data, stats=stats_file, recalibrate_method=recalibrate_method, batch_size=batch_size,
-                max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load, **chosen,
+                max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load, force=force, **chosen,
             )
     except LoadError as exc:
         if debug:

@@ -85,6 +85,7 @@ def fix(
     verify_data: str | None = None,
     unsafe_load: bool = False,
     seed: int = 0,
+    force: bool = False,
     **chosen: bool,
 ) -> FixReport:
     """Write a fixed copy of the model at ``path`` to ``out`` and return what changed.
@@ -99,9 +100,15 @@ def fix(
     held-out data (same forms as ``data``) on which a recalibration is measured before
     and after (``report.heldout``, see :mod:`.heldout`). ``recalibrate_method``: one of
     :data:`.recalibrate.METHODS` ("one-pass", the default, or "per-level": one pass per
-    BN depth level with upstream BNs already recalibrated; ``data`` only).
+    BN depth level with upstream BNs already recalibrated; ``data`` only). ``force``:
+    replace ``out`` when it exists (it is refused otherwise; ``out`` naming the input,
+    under any spelling or through a link, is refused always).
 
     :returns: the :class:`FixReport` (changes, refusals, proof); ``out`` holds the copy.
+        When the fixes find nothing to change, nothing is written and no proof runs:
+        ``report.written`` is False and ``report.changes`` empty. A fix asked for by
+        name that refuses every layer it applies to raises instead (``all_fixes`` lists
+        the refusals and goes on).
     :raises TypeError: for a keyword that names no fix.
     :raises LoadError: (or its subclass :class:`FixError`) for a model, request or data
         that cannot be handled; nothing is written then, and the input is never written.
@@ -112,7 +119,7 @@ def fix(
         raise FixError(f"unknown recalibration method {recalibrate_method!r}", f"give one of {', '.join(recalibrate.METHODS)}")
     if recalibrate_method != "one-pass" and stats:
         raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
-    _check_paths(path, out)
+    _check_paths(path, out, force)
     from ..runtime.cluster import from_environment
 
     if (data or verify_data) and from_environment() is not None:
@@ -138,14 +145,19 @@ def fix(
                 else:
                     changes, refused = one.module.apply(copy)
                 nothing = getattr(one.module, "NOTHING", None)
-                if refused and not changes and nothing:
+                if refused and not changes and nothing and chosen.get(one.keyword):  # asked for by name, and impossible
                     raise FixError(f"{nothing} ({refused[0].layer}: {refused[0].why})", "nothing was written")
                 report.changes += changes
                 report.refused += refused
             report.dropped_optimizer_state = copy.dropped_optimizer
-            copy.save(out, last=True)
+            if report.changes:
+                copy.save(out, last=True)
         finally:
             copy.close()
+    if not report.changes:  # a copy equal to the input proves nothing: none is written, none is checked
+        report.written = False
+        report.proof.detail = "no copy written: nothing to fix"
+        return report
     if verify:
         static = [code for one in wanted for code in one.module.CODES if code in STATIC_CODES]
         changed = [one.name for one in wanted if any(change.fix == one.name for change in report.changes)]
@@ -195,11 +207,13 @@ def _heldout_before(path: Path, data: str, verify: bool, recalibrating: bool, op
     return heldout.before(path, data, options)
 
 
-def _check_paths(path: Path, out: Path) -> None:
+def _check_paths(path: Path, out: Path, force: bool) -> None:
     if not path.is_file():
         raise LoadError("no such file", "check the path")
     if out.exists() and os.path.samefile(path, out) or out.resolve() == path.resolve():
         raise FixError(f"-o {out} is the input; the input is never modified", "give another output path")
+    if os.path.lexists(out) and not force and not out.is_dir():  # a dangling link counts: replacing it is replacing what the user named
+        raise FixError(f"-o {out} exists and would be replaced", "give --force to replace it, or another output path")
     if out.suffix.lower() != path.suffix.lower():
         raise FixError(f"-o {out} would change the format ({path.suffix} -> {out.suffix or 'no suffix'})", f"name the copy *{path.suffix}")
     if not out.parent.is_dir():

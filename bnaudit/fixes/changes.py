@@ -14,16 +14,18 @@ import numpy as np
 if TYPE_CHECKING:
     from .heldout import Heldout
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
 class ArrayChange:
-    """One variable of a layer: ``changed`` (max |new - old|), ``added`` or ``removed`` (max |value|)."""
+    """One variable of a layer: ``changed`` (max |new - old|), ``added`` or ``removed`` (max |value|),
+    or ``folded`` into the layer before it with the BN that held it (None: the change
+    shows in that layer's arrays, not in a Δ of its own)."""
 
     name: str
     action: str
-    max_abs_delta: float
+    max_abs_delta: float | None
 
     @classmethod
     def between(cls, name: str, old: np.ndarray, new: np.ndarray) -> ArrayChange:
@@ -91,6 +93,8 @@ class FixReport:
     refused: list[Refusal] = field(default_factory=list)
     proof: Proof = field(default_factory=lambda: Proof("not run"))
     dropped_optimizer_state: bool = False
+    #: False when the fixes found nothing to change: no copy was written and no proof ran.
+    written: bool = True
     #: How the statistics were measured (``method``, ``passes`` over the data), for ``--recalibrate``.
     recalibration: dict[str, Any] | None = None
     #: Before/after figures on held-out data (``--verify-data``); None when not asked for.

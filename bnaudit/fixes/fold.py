@@ -115,8 +115,8 @@ def _fold(copy: ModelCopy, bn: Layer, layer: Layer) -> list[Change]:
         copy.add_bias(layer, new_bias)
         copy.entry(layer.path)["config"]["use_bias"] = True
         arrays.append(ArrayChange.of("bias", "added", new_bias))
-    removed = [ArrayChange.of(name, "removed", values) for name, values in stats.items()]
+    folded = [ArrayChange(name, "folded", None) for name in stats]  # no max |Δ|: they are gone, their effect is in the kernel's and bias's
     return [
         Change(NAME, layer.path, f"folded BN {bn.path!r} into the kernel and bias", arrays),
-        Change(NAME, bn.path, f"removed; its consumers read {layer.path!r}", removed),
+        Change(NAME, bn.path, f"removed; its arrays folded into {layer.path!r}, whose output its consumers read", folded),
     ]

@@ -42,14 +42,26 @@ def verdict(report: FixReport) -> str:
     return printable(f"proof: {proof.status}" + (" - " + "; ".join(parts) if parts else ""))
 
 
+def array_cell(array) -> str:
+    """One array of a change: its name, what happened to it and, where it means something, max |Δ|."""
+    return f"{array.name} {array.action}" + (f" max|Δ| {array.max_abs_delta:.3g}" if array.max_abs_delta is not None else "")
+
+
+def nothing_to_fix(report: FixReport) -> str:
+    """The one line said instead of a change list when no copy was written."""
+    return f"nothing to fix: no layer that {', '.join(report.fixes) or 'a fix'} would change; no copy was written"
+
+
 def _text(report: FixReport) -> str:
     lines = [printable(f"bnaudit fix: {report.path} -> {report.output} ({report.format}); fixes: {', '.join(report.fixes)}")]
+    if not report.written:
+        lines.append(nothing_to_fix(report))
+        lines += [printable(f"  {refusal.fix}  {refusal.layer}  not changed: {refusal.why}") for refusal in report.refused]
+        return "\n".join(lines) + "\n"
     rows = []
     for change in report.changes:
-        arrays = ", ".join(f"{a.name} {a.action} max|Δ| {a.max_abs_delta:.3g}" for a in change.arrays) or "config only"
+        arrays = ", ".join(array_cell(a) for a in change.arrays) or "config only"
         rows.append((change.fix, change.layer, change.what, arrays))
-    if not rows:
-        lines.append("no changes: nothing the chosen fixes apply to")
     widths = [max((len(printable(r[i])) for r in rows), default=0) for i in range(3)]
     for row in rows:
         lines.append("  " + "  ".join(printable(cell).ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + printable(row[3]))
@@ -99,4 +111,4 @@ def _html(report: FixReport) -> str:
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(resources.files("bnaudit").joinpath("templates/fix.html.j2").read_text(encoding="utf8"))
-    return template.render(report=report, verdict=verdict(report), number=_number)
+    return template.render(report=report, verdict=verdict(report) if report.written else nothing_to_fix(report), number=_number, array_cell=array_cell)

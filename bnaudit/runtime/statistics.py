@@ -150,8 +150,11 @@ class _Instrument:
             shape = [1] * len(x.shape)
             shape[axis] = -1
 
-            def per_channel(vector):
-                return None if vector is None else tf.reshape(tf.cast(vector, tf.float32), shape)
+            def per_channel(vector):  # vectors broadcast along the last axis as they are: no reshape to trace
+                if vector is None:
+                    return None
+                vector = tf.cast(vector, tf.float32)
+                return vector if axis == len(x.shape) - 1 else tf.reshape(vector, shape)
 
             outputs = tf.nn.batch_normalization(
                 x, per_channel(mean), per_channel(variance), per_channel(layer.beta), per_channel(layer.gamma), layer.epsilon
@@ -164,33 +167,33 @@ class _Instrument:
 def channel_moments(x, axis: int):
     """Count (scalar), mean and variance (float64 vectors) of ``x`` per channel along ``axis``.
 
-    Reads ``x`` twice and writes nothing: per sample and channel, the sum and the sum
-    of squares over the positions (float32 reductions, the second a Euclidean norm),
-    then everything else in float64, combining the samples by Chan et al.'s formula.
-    The one float32 cancellation left is within a sample: a relative error of about
-    1e-7 x (1 + mean^2 / variance) of that sample's values (~1e-6 measured on
-    MobileNetV2), where the exact two-pass alternative costs one more read and a
-    write of every BN input (~15% of a MobileNetV2 forward pass on CPU). A BN input
-    of rank 2 (after a Dense layer) has one position per sample and is exact.
+    Reads ``x`` twice and writes nothing: per sample and channel, the sum and the
+    Euclidean norm over the positions (float32 reductions), then in float64 the sums
+    over the samples of the sums and of the squared norms, from which
+    ``mean = sum / n`` and ``variance = sum of squares / n - mean^2``. That is Chan et
+    al.'s merge of the per-sample moments written out (the within- and between-sample
+    terms add up to the same sums); its cancellation is in float64 (a relative error of
+    1e-16 x mean^2 / variance). The one float32 cancellation left is within a sample:
+    a relative error of about 1e-7 x (1 + mean^2 / variance) of that sample's values
+    (~1e-6 measured on MobileNetV2), where the exact two-pass alternative costs one
+    more read and a write of every BN input (~15% of a MobileNetV2 forward pass on
+    CPU). A BN input of rank 2 (after a Dense layer) has one position per sample and is
+    exact. Every operation here is a node per BN to trace and optimize, the pass's
+    fixed cost next to ``model.predict``'s (docs/fix.md, "Speed and memory"): hence
+    as few as the sums need.
     """
     tf = import_tensorflow()
     if axis != len(x.shape) - 1:
         x = tf.experimental.numpy.moveaxis(x, axis, -1)
     inner = list(range(1, len(x.shape) - 1))
-    count_per_sample = x.shape[1:-1].num_elements()  # None when the model leaves positions open
-    if count_per_sample is None:
-        count_per_sample = tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]), tf.float64)
-    count = tf.cast(tf.shape(x)[0], tf.float64) * count_per_sample
-    if not inner:
-        sums = tf.cast(x, tf.float64)
-        within = tf.zeros_like(sums)
+    count = tf.cast(tf.size(x, out_type=tf.int64), tf.float64) / x.shape[-1]  # samples x positions
+    if inner:
+        sums, norms = tf.cast(tf.reduce_sum(x, inner), tf.float64), tf.cast(tf.math.reduce_euclidean_norm(x, inner), tf.float64)
     else:
-        sums = tf.cast(tf.reduce_sum(x, inner), tf.float64)
-        squares = tf.square(tf.cast(tf.math.reduce_euclidean_norm(x, inner), tf.float64))
-        within = tf.maximum(squares - sums * sums / count_per_sample, 0.0)  # M2 of each sample
-    mean = tf.math.divide_no_nan(tf.reduce_sum(sums, 0), count)  # a replica may get no samples of a short batch
-    between = count_per_sample * tf.square(sums / count_per_sample - mean)
-    variance = tf.math.divide_no_nan(tf.reduce_sum(within + between, 0), count)
+        sums = norms = tf.cast(x, tf.float64)
+    total, squares = tf.unstack(tf.reduce_sum(tf.stack([sums, norms * norms]), 1))
+    mean = tf.math.divide_no_nan(total, count)  # a replica may get no samples of a short batch
+    variance = tf.maximum(tf.math.divide_no_nan(squares, count) - mean * mean, 0.0)
     return count, mean, variance
 
 
