@@ -99,7 +99,7 @@ def convnet(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data, expected", [("own.npy", []), ("drifted.npy", [("BN301", "bn_a"), ("BN301", "bn_b")])])
+@pytest.mark.parametrize("data, expected", [("own.npy", []), ("drifted.npy", [("BN301", "bn_a"), ("BN301", "bn_b"), ("BN302", "")])])
 def test_data_rules_on_a_tf_keras_savedmodel_match_its_h5(convnet, data, expected):
     models = audited_by_path("convnet_sm", "convnet.h5", "--data", data, "--select", "BN3", cwd=convnet)
     for name in ("convnet_sm", "convnet.h5"):
