@@ -128,6 +128,16 @@ def test_a_truncated_saved_model_pb_without_keras_metadata_is_one_line_and_exit_
     _one_line_exit_2(model, "saved_model.pb is not readable")
 
 
+@pytest.mark.parametrize("keep_metadata", [False, True])
+def test_an_empty_saved_model_pb_is_one_line_and_exit_2_not_a_pass(tmp_path, keep_metadata):
+    """An empty file parses as an empty SavedModel message: no MetaGraph, nothing audited."""
+    model = _copy(tmp_path)
+    if not keep_metadata:
+        (model / "keras_metadata.pb").unlink()
+    (model / "saved_model.pb").write_bytes(b"")
+    _one_line_exit_2(model, "saved_model.pb holds no MetaGraph (it is empty or not a SavedModel)")
+
+
 def test_without_tensorflow_a_savedmodel_without_keras_metadata_says_what_to_install(tmp_path):
     model = _copy(tmp_path)
     (model / "keras_metadata.pb").unlink()

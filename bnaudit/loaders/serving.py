@@ -86,8 +86,8 @@ def read_saved_model(path: Path):
     """The ``SavedModel`` message of ``path/saved_model.pb``, parsed with TensorFlow's
     protobuf classes (nothing loaded or run); None when there is no such file.
 
-    Raises ImportError without TensorFlow, :class:`LoadError` when the file is over 2 GiB
-    or not a SavedModel protobuf.
+    Raises ImportError without TensorFlow, :class:`LoadError` when the file is over 2 GiB,
+    not a SavedModel protobuf or one without a MetaGraph (an empty file parses as that).
     """
     if importlib.util.find_spec("tensorflow") is None:
         raise ImportError("tensorflow")
@@ -103,6 +103,9 @@ def read_saved_model(path: Path):
         saved.ParseFromString(file.read_bytes())
     except Exception as exc:
         raise LoadError(f"{SAVED_MODEL_FILE} is not readable ({type(exc).__name__}: {exc})", "the SavedModel is truncated or damaged; save it again") from None
+    if not saved.meta_graphs:
+        # an empty file parses as an empty message: a model that holds nothing must not pass
+        raise LoadError(f"{SAVED_MODEL_FILE} holds no MetaGraph (it is empty or not a SavedModel)", "the SavedModel is truncated or damaged; save it again")
     return saved
 
 
