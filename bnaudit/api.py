@@ -97,7 +97,7 @@ _DEFAULTS: dict[str, Any] = {"select": ("ALL",), "ignore": (), "data": None, "in
 def _auditor(select, ignore, data, inference, settings, plugins, runtime) -> Auditor:
     """The run's :class:`Auditor`, its options checked as the command line's are."""
     options = AuditOptions(
-        selection=Selection(_codes(select), _codes(ignore)),
+        selection=Selection(_codes(select, "select", ("ALL",)), _codes(ignore, "ignore")),
         settings=dict(settings or {}),
         data=data,
         inference=inference,
@@ -110,7 +110,19 @@ def _auditor(select, ignore, data, inference, settings, plugins, runtime) -> Aud
     return auditor
 
 
-def _codes(values: Iterable[str]) -> tuple[str, ...]:
+def _codes(values: "Iterable[str] | str | None", key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Rule codes as the command line takes them: one string (``"BN1"``, ``"BN1,BN2"``)
+    or an iterable of them, commas splitting as in ``--select BN1,BN2``; None for the
+    default. Raises :class:`OptionsError` naming ``key`` for anything else."""
+    if values is None:
+        return default
     if isinstance(values, str):  # audit(p, select="BN1") means one code, not its letters
         values = [values]
-    return tuple(code.strip().upper() for code in values)
+    try:
+        items = list(values)
+    except TypeError:
+        raise OptionsError(f"option {key!r} = {values!r}: expected rule codes (a string or a list of strings)") from None
+    wrong = [item for item in items if not isinstance(item, str)]
+    if wrong:
+        raise OptionsError(f"option {key!r}: {wrong[0]!r} is not a rule code (a string like 'BN101' or 'BN1')")
+    return tuple(code.strip().upper() for item in items for code in item.split(",") if code.strip())

@@ -112,11 +112,14 @@ class Config:
     def validate(self, rules: "dict[str, Rule]") -> None:
         """Every code must match a rule and every threshold must be one its rule declares
         (the checks :mod:`bnaudit.options` applies to every way in), named by file and key."""
-        lists = {"select": self.select or (), "ignore": self.ignore, "extend-select": self.extend_select}
+        lists = {"select": self.select or ("ALL",), "ignore": self.ignore, "extend-select": self.extend_select}
         lists.update({f"per-file-ignores {pattern!r}": codes for pattern, codes in self.per_file_ignores.items()})
         try:
+            if self.select is not None and not self.select:
+                raise OptionsError("select = [] selects no rule (leave it out to run every rule, or name codes)")
             for key, codes in lists.items():
-                check_selection(Selection(tuple(codes)), rules, keys=(f"{key}:", "", ""))
+                if codes:
+                    check_selection(Selection(tuple(codes)), rules, keys=(f"{key}:", "", ""))
             for code, table in self.thresholds.items():
                 for key, value in table.items():
                     check_setting(rules, code, key, value, where=f"[{code.lower()}]: ")

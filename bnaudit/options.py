@@ -127,7 +127,10 @@ def runtime_options(values: Mapping[str, Any], base: RuntimeOptions | None = Non
 
 def check_selection(selection: "Selection", rules: "Mapping[str, Rule]", keys: tuple[str, str, str] = ("select", "ignore", "extend-select")) -> None:
     """Every code or prefix of ``select``, ``ignore`` and ``extend-select`` must match a
-    rule; the message names the list by its key in ``keys`` (``--select`` on the command line)."""
+    rule, and ``select`` may not be empty (a gate that runs nothing passes everything);
+    the message names the list by its key in ``keys`` (``--select`` on the command line)."""
+    if not selection.select:
+        raise OptionsError(f"{keys[0]} is empty: it selects no rule (leave it out to run every rule, or name codes)")
     for key, codes in zip(keys, (selection.select, selection.ignore, selection.extend_select)):
         unknown = [code for code in codes if code != "ALL" and not any(known.startswith(code) for known in rules)]
         if unknown:

@@ -30,6 +30,9 @@ MODEL = SAMPLES / "dropout_before_bn.keras"
         ({"settings": {"bn302.agreement": 80}}, "bn302.agreement = 80: expected a number from 0 to 1 (default 0.8)"),
         ({"settings": {"bn301.mean-shift": -1}}, "bn301.mean-shift = -1: expected a number >= 0 (default 1.0)"),
         ({"settings": {"bn301.drift-score": float("nan")}}, "bn301.drift-score = nan: expected a number >= 0 (default 0.5)"),
+        ({"select": []}, "select is empty: it selects no rule (leave it out to run every rule, or name codes)"),
+        ({"ignore": 5}, "option 'ignore' = 5: expected rule codes (a string or a list of strings)"),
+        ({"ignore": ["BN1", 2]}, "option 'ignore': 2 is not a rule code (a string like 'BN101' or 'BN1')"),
         ({"batchsize": 8}, "unknown option 'batchsize' (did you mean 'batch_size'?)"),
         ({"batch_size": "8"}, "option 'batch_size' = '8': expected a positive integer"),
         ({"batch_size": 0}, "option 'batch_size' = 0: expected a positive integer"),
@@ -90,6 +93,22 @@ def test_a_rule_cannot_bound_a_threshold_it_does_not_declare():
 
     with pytest.raises(ValueError, match=r"^rule XX101 gives ranges to thresholds it does not declare: \['limt'\]$"):
         rule("XX101", "some-check", Severity.WARNING, settings={"limit": 1.0}, ranges={"limt": (0, 1)})(lambda ctx: ())
+
+
+def test_codes_are_read_as_the_command_line_reads_them():
+    """None is the default, a string with commas is several codes (``--ignore BN1,BN2``)."""
+    assert [(f.code, f.layer) for f in bnaudit.audit(MODEL, ignore=None).findings] == [("BN101", "bn2")]
+    assert bnaudit.audit(MODEL, ignore="BN1, BN2").findings == []
+    assert [(f.code, f.layer) for f in bnaudit.audit(MODEL, select="BN101,BN2").findings] == [("BN101", "bn2")]
+
+
+def test_an_empty_select_is_one_line_and_exit_2_from_the_config_and_the_command_line(tmp_path):
+    """A gate that runs no rule passes every model: refused, never silent."""
+    (tmp_path / "pyproject.toml").write_text("[tool.bnaudit]\nselect = []\n")
+    run = run_bnaudit("check", MODEL, cwd=tmp_path)
+    assert (run.returncode, run.stderr) == (2, f"bnaudit: error: {tmp_path / 'pyproject.toml'}: select = [] selects no rule (leave it out to run every rule, or name codes)\n")
+    run = run_bnaudit("check", "--isolated", "--select", "", MODEL)
+    assert (run.returncode, run.stderr) == (2, "bnaudit: error: --select is empty: it selects no rule (leave it out to run every rule, or name codes)\n")
 
 
 def test_several_unknown_codes_are_named_together():

@@ -56,7 +56,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     if quiet and verbose:
         fail("--quiet and --verbose ask for less and for more: give one of them")
     options = AuditOptions(
-        selection=Selection(codes(select) or ("ALL",), codes(ignore), codes(extend_select)),
+        selection=Selection(codes(select) if select else ("ALL",), codes(ignore), codes(extend_select)),
         fail_on=Severity.parse(fail_on),
         data=data,
         inference=inference,

@@ -38,7 +38,7 @@ def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats
     bnaudit diff base.h5 tuned.keras --format html -o diff.html
     """
     options = AuditOptions(
-        selection=Selection(codes(select) or ("ALL",), codes(ignore), codes(extend_select)),
+        selection=Selection(codes(select) if select else ("ALL",), codes(ignore), codes(extend_select)),
         fail_on=Severity.parse(fail_on),
         plugins=tuple(plugins),
         debug=debug,
