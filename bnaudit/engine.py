@@ -354,6 +354,8 @@ def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
     reruns = "runtime" in rule.needs or "data" in rule.needs
     if graph.architecture_missing and rule.code not in graph.rules_without_architecture and not (reruns and graph.runner):
         return graph.architecture_missing
+    if rule.code in graph.not_recorded:
+        return graph.not_recorded[rule.code]
     not_measured = NOT_MEASURED.get(graph.runner, {}).get(rule.code, "") if reruns else ""
     if "weights" in rule.needs and graph.weights is None and not not_measured:
         return graph.weights_missing or "the file holds no weights"

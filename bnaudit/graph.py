@@ -187,6 +187,10 @@ class ModelGraph:
     #: :attr:`rules_without_architecture` then run; the others are skipped with this reason.
     architecture_missing: str = ""
     rules_without_architecture: frozenset[str] = frozenset()
+    #: Rules whose subject this format does not record, with why (an ONNX file keeps no
+    #: ``trainable`` flag, so BN108 cannot judge it): skipped with that reason, never
+    #: shown as passed. Set by the loader.
+    not_recorded: dict[str, str] = field(default_factory=dict)
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:

@@ -378,3 +378,15 @@ def test_bn205_is_skipped_with_its_reason_where_there_is_no_step_count():
     for path, reason in reasons.items():
         assert models[path]["rules_run"] == [] and models[path]["findings"] == []
         assert models[path]["skipped"] == [{"code": "BN205", "reason": reason}]
+
+
+def test_bn108_is_skipped_on_onnx_with_the_reason_not_shown_as_passed():
+    """An ONNX file records no trainable flag: the frozen BN of frozen_bn cannot be seen."""
+    run = run_bnaudit("check", "--format", "json", "onnx/frozen_bn.onnx", cwd=SAMPLES)
+    model = json.loads(run.stdout)["models"][0]
+    assert "BN108" not in model["rules_run"]
+    assert {s["code"]: s["reason"] for s in model["skipped"]}["BN108"] == (
+        "an ONNX file records no trainable flag (which BN layers were frozen in training); audit the .keras original for BN108"
+    )
+    run = run_bnaudit("check", "--format", "junit", "onnx/frozen_bn.onnx", cwd=SAMPLES)
+    assert 'name="BN108' in run.stdout and "<skipped" in run.stdout.split('name="BN108', 1)[1].split("</testcase>", 1)[0]

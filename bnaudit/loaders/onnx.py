@@ -153,6 +153,9 @@ class OnnxGraphBuilder:
         self.graph = ModelGraph(name=model.graph.name or "", class_name="onnx")
         self.graph.format = "onnx"
         self.graph.runner = "onnxruntime"
+        self.graph.not_recorded = {
+            "BN108": "an ONNX file records no trainable flag (which BN layers were frozen in training); audit the .keras original for BN108"
+        }
         opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         self.opset = opsets.get("ai.onnx", 0)
         self.graph.producer = f"{model.producer_name} {model.producer_version}".strip()
