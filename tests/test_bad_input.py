@@ -154,3 +154,17 @@ def test_nan_in_the_config_reaches_json_and_sarif_as_strict_json(tmp_path, good_
     run = run_bnaudit("check", "--format", "json", broken)
     [finding] = json.loads(run.stdout)["models"][0]["findings"]
     assert (finding["code"], finding["layer"], finding["details"]["momentum"]) == ("BN109", "bn", "nan")
+
+
+def test_a_model_under_the_other_kinds_suffix_is_told_how_to_rename_it(tmp_path):
+    """Keras and bnaudit pick the reader by suffix: a .keras zip named .h5 loads nowhere."""
+    shutil.copy(SAMPLES / "dropout_before_bn.keras", tmp_path / "zip.h5")
+    shutil.copy(SAMPLES / "dropout_before_bn.h5", tmp_path / "hdf5.keras")
+    run = run_bnaudit("check", tmp_path / "zip.h5", tmp_path / "hdf5.keras")
+    assert run.returncode == 2
+    first, second = run.stderr.splitlines()
+    # the middle is libhdf5's and zipfile's own words, which their versions may change
+    assert first.startswith(f"bnaudit: error: {tmp_path / 'zip.h5'}: not a readable HDF5 file (")
+    assert first.endswith("(it is a zip archive, as a .keras file is: rename it to zip.keras)")
+    assert second.startswith(f"bnaudit: error: {tmp_path / 'hdf5.keras'}: not a readable .keras file (")
+    assert second.endswith("(it is an HDF5 file, as a .h5 model is: rename it to hdf5.h5)")

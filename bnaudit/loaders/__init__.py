@@ -48,6 +48,18 @@ def save_call(path: Path, kind: str) -> str:
     return f"model.save({name!r})"
 
 
+def misnamed_hint(path: Path, kind: str, hint: str) -> str:
+    """``hint``, unless the file is a model of the other kind under this suffix (a ``.keras``
+    zip named ``.h5``, an HDF5 model named ``.keras``): then say so and how to fix the name.
+    Keras, like bnaudit, picks the reader by suffix, so such a file loads nowhere as it is."""
+    head = read_head(path, len(HDF5_MAGIC))
+    if kind == "hdf5" and head.startswith(ZIP_MAGIC):
+        return f"it is a zip archive, as a .keras file is: rename it to {path.stem}.keras"
+    if kind == "zip" and head.startswith(HDF5_MAGIC):
+        return f"it is an HDF5 file, as a .h5 model is: rename it to {path.stem}.h5"
+    return hint
+
+
 #: A directory holding one of these is a TensorFlow SavedModel (tf-keras adds the last).
 SAVEDMODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
-from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, claims, graph_from_json, refuse_polyglot, save_call
+from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, claims, graph_from_json, misnamed_hint, refuse_polyglot, save_call
 
 if TYPE_CHECKING:
     import h5py
@@ -34,7 +34,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     except OSError as exc:
         raise LoadError(
             f"not a readable HDF5 file ({first_line(exc)})",
-            f"the file is truncated or not HDF5; save the model again with {save_call(path, 'hdf5')}",
+            misnamed_hint(path, "hdf5", f"the file is truncated or not HDF5; save the model again with {save_call(path, 'hdf5')}"),
         ) from None
     try:
         graph = _graph_from(h5)

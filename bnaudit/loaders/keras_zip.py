@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
-from . import MAX_CONFIG_BYTES, ZIP_MAGIC, LoadError, claims, graph_from_json, refuse_polyglot, save_call
+from . import MAX_CONFIG_BYTES, ZIP_MAGIC, LoadError, claims, graph_from_json, misnamed_hint, refuse_polyglot, save_call
 
 
 @hookimpl
@@ -22,7 +22,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise LoadError(
             f"not a readable .keras file ({exc})",
-            f"the file is truncated or not a Keras zip; save it again with {save_call(path, 'zip')}",
+            misnamed_hint(path, "zip", f"the file is truncated or not a Keras zip; save it again with {save_call(path, 'zip')}"),
         ) from None
     with archive:
         members = {info.filename: info for info in archive.infolist()}
