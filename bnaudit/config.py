@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .findings import Severity
-from .options import OptionsError, check_selection, check_setting
+from .options import OptionsError, check_selection, check_setting, did_you_mean
 from .rule import CODE_PATTERN
 from .selection import Selection
 
@@ -187,7 +187,7 @@ def parse(table: Any, source: Path) -> Config:
         elif key == "tool" and not name.endswith("pyproject.toml"):  # [tool.bnaudit...] copied from pyproject.toml
             raise ConfigError(f"{name}: a [tool.bnaudit] table belongs in pyproject.toml; here the keys and tables stand alone ([bn205], not [tool.bnaudit.bn205])")
         else:
-            raise ConfigError(f"{name}: unknown key {key!r} in [tool.bnaudit] (known: {', '.join(KNOWN_KEYS)}, and a table per rule code)")
+            raise ConfigError(f"{name}: unknown key {key!r} in [tool.bnaudit]{did_you_mean(key, KNOWN_KEYS)} (known: {', '.join(KNOWN_KEYS)}, and a table per rule code)")
     return config
 
 

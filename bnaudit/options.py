@@ -112,7 +112,7 @@ def runtime_options(values: Mapping[str, Any], base: RuntimeOptions | None = Non
     changes: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for key, value in values.items():
         if key not in RUNTIME_KEYS:
-            raise OptionsError(f"unknown option {key!r}{_did_you_mean(key, RUNTIME_KEYS)}")
+            raise OptionsError(f"unknown option {key!r}{did_you_mean(key, RUNTIME_KEYS)}")
         if value is None:
             continue
         group, hint = RUNTIME_KEYS[key]
@@ -155,7 +155,7 @@ def check_setting(rules: "Mapping[str, Rule]", code: str, name: str, value: Any,
         raise OptionsError(f"{where}there is no rule {code}; `bnaudit rules` lists the codes")
     if name not in rule.settings:
         declared = ", ".join(rule.settings) or "none"
-        raise OptionsError(f"{where}unknown threshold {name!r}{_did_you_mean(name, rule.settings)} (the thresholds of {code}: {declared})")
+        raise OptionsError(f"{where}unknown threshold {name!r}{did_you_mean(name, rule.settings)} (the thresholds of {code}: {declared})")
     check_threshold(f"{code.lower()}.{name}", value, rule.settings[name], rule.ranges.get(name))
 
 
@@ -224,7 +224,8 @@ ZERO_ALLOWED = {"seed": 0}
 _KINDS = {"float": "a number >= 0", "bool": "True or False", "str": "text", "tuple": "(K, N)"}
 
 
-def _did_you_mean(key: str, known: Iterable[str]) -> str:
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'batch_size'?)`` for the known key nearest ``key``; "" when none is near."""
     import difflib  # only for a misspelt key
 
     close = difflib.get_close_matches(key, list(known), n=1)

@@ -123,7 +123,7 @@ def test_an_unknown_key_is_one_line_naming_it_and_exit_2(project):
     code, _, stderr = audit(project)
     assert code == 2
     assert stderr == (
-        f"bnaudit: error: {project / 'pyproject.toml'}: unknown key 'selct' in [tool.bnaudit] "
+        f"bnaudit: error: {project / 'pyproject.toml'}: unknown key 'selct' in [tool.bnaudit] (did you mean 'select'?) "
         "(known: select, ignore, extend-select, per-file-ignores, fail-on, data, batch-size, and a table per rule code)\n"
     )
 

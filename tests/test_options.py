@@ -34,6 +34,7 @@ MODEL = SAMPLES / "dropout_before_bn.keras"
         ({"ignore": 5}, "option 'ignore' = 5: expected rule codes (a string or a list of strings)"),
         ({"ignore": ["BN1", 2]}, "option 'ignore': 2 is not a rule code (a string like 'BN101' or 'BN1')"),
         ({"batchsize": 8}, "unknown option 'batchsize' (did you mean 'batch_size'?)"),
+        ({"ignor": ["BN1"]}, "unknown option 'ignor' (did you mean 'ignore'?)"),
         ({"batch_size": "8"}, "option 'batch_size' = '8': expected a positive integer"),
         ({"batch_size": 0}, "option 'batch_size' = 0: expected a positive integer"),
         ({"atol": -1}, "option 'atol' = -1: expected a number >= 0"),
@@ -109,6 +110,11 @@ def test_an_empty_select_is_one_line_and_exit_2_from_the_config_and_the_command_
     assert (run.returncode, run.stderr) == (2, f"bnaudit: error: {tmp_path / 'pyproject.toml'}: select = [] selects no rule (leave it out to run every rule, or name codes)\n")
     run = run_bnaudit("check", "--isolated", "--select", "", MODEL)
     assert (run.returncode, run.stderr) == (2, "bnaudit: error: --select is empty: it selects no rule (leave it out to run every rule, or name codes)\n")
+
+
+def test_audit_many_suggests_its_own_keywords_too():
+    with pytest.raises(OptionsError, match=r"^unknown option 'job' \(did you mean 'jobs'\?\)$"):
+        bnaudit.audit_many([MODEL], job=2)
 
 
 def test_several_unknown_codes_are_named_together():
