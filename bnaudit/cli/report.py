@@ -31,6 +31,9 @@ def report(documents, formats, outputs, templates, timestamp, plugins) -> None:
 
     \b
     bnaudit report results.json --format html -o report.html --format sarif -o bnaudit.sarif
+
+    Exit code 0 when every output was written, 2 when one could not be: it does not
+    judge the models again (the check that saved the results gave their verdict).
     """
     from ..engine import AuditOptions, Auditor
     from ..plugins import PluginError
