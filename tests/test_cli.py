@@ -179,3 +179,12 @@ def test_an_unwritable_output_is_one_line_and_exit_2(bias_model, tmp_path):
     assert run.returncode == 2
     [line] = run.stderr.strip().splitlines()
     assert line.startswith(f"bnaudit: error: cannot write {blocker / 'r.json'}: ") and line.endswith("(check the path and its permissions)")
+
+
+def test_rules_shows_each_threshold_readably_with_its_range():
+    run = run_bnaudit("rules", "BN301")
+    assert run.returncode == 0, run.stderr
+    assert (
+        "Thresholds ([tool.bnaudit.bn301] in the config): drift-score = 0.5 (>= 0), mean-shift = 1 (>= 0), "
+        "log-variance-ratio = 1.38629 (>= 0), channel-fraction = 0.25 (0 to 1)."
+    ) in run.stdout.splitlines()

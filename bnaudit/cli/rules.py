@@ -24,9 +24,15 @@ def rules(code: str | None, plugins: tuple[str, ...]) -> None:
     click.echo(f"# {found.code} {found.name}\n")
     click.echo(f"Default severity: {found.severity.label}. Needs: {found.needs_label}.\n")
     if found.settings:
-        thresholds = ", ".join(f"{key} = {value!r}{_bounds(found.ranges.get(key))}" for key, value in found.settings.items())
+        thresholds = ", ".join(f"{key} = {_shown(value)}{_bounds(found.ranges.get(key))}" for key, value in found.settings.items())
         click.echo(f"Thresholds ([tool.bnaudit.{found.code.lower()}] in the config): {thresholds}.\n")
     click.echo(f"{found.summary}\n\n{found.docs}")
+
+
+def _shown(value) -> str:
+    """A threshold's default as a person reads it: six significant digits for a float
+    (``log-variance-ratio = 1.38629``, not ``1.3862943611198906``), else as Python writes it."""
+    return f"{value:g}" if isinstance(value, float) else repr(value)
 
 
 def _bounds(bounds) -> str:
