@@ -346,3 +346,38 @@ def test_merge_and_stats_refuse_what_does_not_add_up(keras, trained, tmp_path):
     assert run.returncode == 2 and run.stderr.strip() == "bnaudit: error: give --data (measure now) or --stats (measured before), not both"
     run = run_bnaudit("check", SAMPLES / "clean_conv_bn_relu.keras", "--stats", trained / "merged.npz", "--select", "BN301")
     assert run.returncode == 2 and "was measured on another model" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "epsilon", "affine"),
+    [
+        ((4, 5, 6, 3), 3, 1e-3, True),  # NHWC: the fused kernel
+        ((4, 3, 5, 6), 1, 1e-3, True),  # NCHW: the fused kernel
+        ((2, 3, 4, 5, 3), 4, 1e-2, False),  # NDHWC, center=False and scale=False
+        ((2, 3, 4, 5, 3), 1, 1e-3, True),  # NCDHW
+        ((4, 7, 3), 2, 1e-3, True),  # rank 3: tf.nn.batch_normalization
+        ((4, 5, 6, 3), 3, 1e-6, True),  # an epsilon under cuDNN's minimum: tf.nn.batch_normalization
+    ],
+)
+def test_training_mode_normalization_is_ioffe_szegedys_transform_in_every_layout(keras, shape, axis, epsilon, affine):
+    """What the pass's training-mode BN computes, against the transform written out in
+    float64: fused or not, channels first or last, with and without gamma and beta. The
+    channels' variance is of the order of 1e-6, so an epsilon off by 1e-5 would fail."""
+    import tensorflow as tf
+
+    from bnaudit.runtime.statistics import normalize
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.5, 1e-3, shape).astype(np.float32)
+    channels = shape[axis]
+    reduce = tuple(i for i in range(len(shape)) if i != axis)
+    mean, variance = x.astype(np.float64).mean(reduce), x.astype(np.float64).var(reduce)
+    gamma, beta = (rng.uniform(0.5, 2, channels).astype(np.float32), rng.normal(0, 1, channels).astype(np.float32)) if affine else (None, None)
+    outputs = normalize(tf.constant(x), axis, tf.constant(mean), tf.constant(variance), gamma, beta, epsilon).numpy()
+    broadcast = [1] * len(shape)
+    broadcast[axis] = channels
+    expected = (x - mean.reshape(broadcast)) / np.sqrt(variance.reshape(broadcast) + epsilon)
+    if affine:
+        expected = expected * gamma.reshape(broadcast) + beta.reshape(broadcast)
+    assert outputs.dtype == np.float32 and outputs.shape == shape
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)

@@ -147,21 +147,52 @@ class _Instrument:
             # Statistics of the whole batch (whatever the replicas), applied here rather
             # than by Keras, which would also update the moving statistics.
             mean, variance = whole_batch_moments(count, mean, variance)
-            shape = [1] * len(x.shape)
-            shape[axis] = -1
-
-            def per_channel(vector):  # vectors broadcast along the last axis as they are: no reshape to trace
-                if vector is None:
-                    return None
-                vector = tf.cast(vector, tf.float32)
-                return vector if axis == len(x.shape) - 1 else tf.reshape(vector, shape)
-
-            outputs = tf.nn.batch_normalization(
-                x, per_channel(mean), per_channel(variance), per_channel(layer.beta), per_channel(layer.gamma), layer.epsilon
-            )
+            outputs = normalize(x, axis, mean, variance, layer.gamma, layer.beta, layer.epsilon)
             return tf.cast(outputs, layer.compute_dtype)
 
         return call
+
+
+#: ``data_format`` of the fused batch-norm kernel for an input rank and channel axis.
+_FUSED_FORMATS = {(4, 3): "NHWC", (4, 1): "NCHW", (5, 4): "NDHWC", (5, 1): "NCDHW"}
+#: cuDNN's ``CUDNN_BN_MIN_EPSILON`` (1e-5) with TensorFlow's margin: the smallest epsilon a
+#: GPU's fused batch-norm kernel is documented to take.
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+def normalize(x, axis: int, mean, variance, scale, offset, epsilon: float):
+    """``x`` (float32) normalized with the given per-channel ``mean`` and ``variance``
+    (float64 vectors) along ``axis``, then scaled and shifted (``scale``/``offset`` may be
+    None: a BN with ``scale=False``/``center=False``); Ioffe & Szegedy's transform.
+
+    A rank-4 or rank-5 input with its channels first or last goes through TensorFlow's
+    fused batch-norm kernel in inference form (``FusedBatchNormV3``, ``is_training=False``,
+    fed the given moments): one read and one write of ``x``, where
+    ``tf.nn.batch_normalization`` takes a multiply and an add over it (two of each).
+    Every other shape takes ``tf.nn.batch_normalization``, and so does an ``epsilon``
+    under :data:`_FUSED_MIN_EPSILON`, so that no device's kernel can differ in it.
+    """
+    tf = import_tensorflow()
+    channels = x.shape[axis]
+    mean, variance = tf.cast(mean, tf.float32), tf.cast(variance, tf.float32)
+    data_format = _FUSED_FORMATS.get((len(x.shape), axis))
+    if data_format is not None and channels is not None and epsilon >= _FUSED_MIN_EPSILON:
+        scale = tf.ones([channels], tf.float32) if scale is None else tf.cast(scale, tf.float32)
+        offset = tf.zeros([channels], tf.float32) if offset is None else tf.cast(offset, tf.float32)
+        outputs, *_ = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, mean, variance, epsilon=epsilon, data_format=data_format, is_training=False
+        )
+        return outputs
+    shape = [1] * len(x.shape)
+    shape[axis] = -1
+
+    def per_channel(vector):  # vectors broadcast along the last axis as they are: no reshape to trace
+        if vector is None:
+            return None
+        vector = tf.cast(vector, tf.float32)
+        return vector if axis == len(x.shape) - 1 else tf.reshape(vector, shape)
+
+    return tf.nn.batch_normalization(x, per_channel(mean), per_channel(variance), per_channel(offset), per_channel(scale), epsilon)
 
 
 def channel_moments(x, axis: int):
