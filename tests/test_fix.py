@@ -32,11 +32,11 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fix_in_subprocess(source, out, *args) -> dict:
+def fix_in_subprocess(source, out, *args, env: dict[str, str] | None = None) -> dict:
     """``bnaudit fix`` in its own process, as JSON: a training-mode statistics pass runs
     collectives under a MirroredStrategy whose state would outlive it in this process."""
     report = out.with_suffix(".json")
-    run = run_bnaudit("fix", source, "-o", out, *args, "--format", "json", "--report", report)
+    run = run_bnaudit("fix", source, "-o", out, *args, "--format", "json", "--report", report, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""  # TensorFlow ran for the proof: its start-up lines stay off the terminal
     return json.loads(report.read_text())
@@ -344,8 +344,8 @@ def test_layers_inside_wrappers_are_refused_not_crashed_on(tmp_path):
     outputs = keras.layers.TimeDistributed(keras.layers.BatchNormalization(name="batch_normalization"), name="td_bn")(dense)
     keras.Model(inputs, outputs).save(tmp_path / "td.keras")
     assert [(f.code, f.layer) for f in audit(tmp_path / "td.keras", select=["BN102"]).findings] == [("BN102", "td_bn/batch_normalization")]
-    for flag, says in (("--absorb-bias", "no bias can be absorbed (td_bn/batch_normalization: 'td_dense/dense' sits inside TimeDistributed 'td_dense'; wrapped layers are not rewritten)"),
-                       ("--fold", "no BN can be folded (td_bn/batch_normalization: its input comes from TimeDistributed 'td_dense', not a Dense or convolution)")):
+    for flag, says in (("--absorb-bias", "no bias can be absorbed: td_bn/batch_normalization: 'td_dense/dense' sits inside TimeDistributed 'td_dense'; wrapped layers are not rewritten"),
+                       ("--fold", "no BN can be folded: td_bn/batch_normalization: its input comes from TimeDistributed 'td_dense', not a Dense or convolution")):
         run = run_bnaudit("fix", tmp_path / "td.keras", "-o", tmp_path / "x.keras", flag, "--no-verify")
         assert run.returncode == 2 and run.stderr.count("\n") == 1 and says in run.stderr, run.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["td.keras"]
@@ -372,7 +372,7 @@ def test_unfoldable_model_and_wrong_data_write_nothing(tmp_path, samples):
     outputs = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3, activation="relu", name="fc")(inputs))
     keras.Model(inputs, outputs).save(tmp_path / "relu_between.keras")
     run = run_bnaudit("fix", tmp_path / "relu_between.keras", "-o", tmp_path / "x.keras", "--fold")
-    assert run.returncode == 2 and "no BN can be folded (bn: 'fc' applies relu before the BN (a non-linearity between))" in run.stderr
+    assert run.returncode == 2 and "no BN can be folded: bn: 'fc' applies relu before the BN (a non-linearity between)" in run.stderr
     (tmp_path / "relu_between.keras").unlink()
     np.save(tmp_path / "wrong.npy", np.zeros((4, 5, 5, 3), "float32"))
     run = run_bnaudit("fix", samples / "clean_conv_bn_relu.keras", "-o", tmp_path / "y.keras", "--recalibrate", "--data", tmp_path / "wrong.npy")
@@ -407,9 +407,11 @@ def test_resnet50_absorb_then_fold_within_tolerance(tmp_path):
 
 
 def test_a_model_tensorflow_cannot_run_here_is_folded_and_the_proof_says_why_not(tmp_path):
-    """A channels_first convolution has no CPU kernel in TensorFlow: the fold (config and
-    arrays only) is written, the output comparison is "not run" with TensorFlow's reason
-    in one line, and `check --inference` gives that reason in one line too."""
+    """A channels_first convolution has no CPU kernel in TensorFlow's own (Eigen) kernels:
+    the fold (config and arrays only) is written, the output comparison is "not run" with
+    TensorFlow's reason in one line, and `check --inference` gives that reason in one line
+    too. oneDNN's kernels, which TensorFlow uses by default on some x86 CPUs and not on
+    others, do run it, so they are turned off (``TF_ENABLE_ONEDNN_OPTS=0``) for every machine."""
     import keras
 
     model = keras.Sequential([
@@ -421,7 +423,8 @@ def test_a_model_tensorflow_cannot_run_here_is_folded_and_the_proof_says_why_not
     ])
     source = tmp_path / "nchw.keras"
     model.save(source)
-    report = fix_in_subprocess(source, tmp_path / "folded.keras", "--fold")
+    eigen_kernels = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    report = fix_in_subprocess(source, tmp_path / "folded.keras", "--fold", env=eigen_kernels)
     assert [(c["layer"], c["fix"]) for c in report["changes"]] == [("conv", "fold"), ("bn", "fold")]
     assert report["proof"]["status"] == "not run"
     assert report["proof"]["detail"] == (
@@ -429,7 +432,7 @@ def test_a_model_tensorflow_cannot_run_here_is_folded_and_the_proof_says_why_not
         "supports the NHWC tensor format on the CPU. The op was given the format: NCHW)"
     )
     assert batchnorm_paths(tmp_path / "folded.keras") == []
-    run = run_bnaudit("check", source, "--inference", "--select", "BN401")
+    run = run_bnaudit("check", source, "--inference", "--select", "BN401", env=eigen_kernels)
     assert run.returncode == 2 and run.stderr.splitlines() == [
         f"bnaudit: error: {source} [BN401]: rule crashed: UnimplementedError: The Conv2D op currently only supports the NHWC "
         "tensor format on the CPU. The op was given the format: NCHW (run with --debug for the traceback)"
@@ -447,3 +450,21 @@ def test_a_dense_and_bn_inside_a_nested_sequential_fold(tmp_path):
     assert [(c["layer"], c["fix"]) for c in report["changes"]] == [("blk/dense", "fold"), ("blk/bn", "fold")]
     assert report["refused"] == [] and report["proof"]["status"] == "passed"
     assert batchnorm_paths(tmp_path / "folded.keras") == []
+
+
+def test_a_bn_on_another_axis_than_a_nested_dense_of_unknown_rank_is_neither_folded_nor_absorbed(tmp_path):
+    """The same nested block on a sequence, its BN on axis -2 (the time steps): counted
+    from the end, the Dense's channels are axis -1, so the BN is not a per-channel affine
+    map of them and its bias is not cancelled: absorb finds nothing, fold refuses with the
+    reason, and nothing is written."""
+    import keras
+
+    block = keras.Sequential([keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(axis=-2, name="bn")], name="blk")
+    keras.Sequential([keras.Input((5, 4)), block, keras.layers.Dense(2, name="head")]).save(tmp_path / "sequence.keras")
+    run = run_bnaudit("fix", tmp_path / "sequence.keras", "-o", tmp_path / "fixed.keras", "--fold", "--absorb-bias", "--no-verify")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"bnaudit: error: {tmp_path / 'sequence.keras'}: no BN can be folded: "
+        "blk/bn: its axis -2 is not the channel axis (-1) of 'blk/dense' (nothing was written)"
+    ]
+    assert not (tmp_path / "fixed.keras").exists()

@@ -635,3 +635,28 @@ def test_data_order_options_on_the_command_line(class_folders):
     assert json.loads(shuffled.stdout)["models"][0]["measurements"]["statistics"]["order"] == "shuffled (seed 7)"
     assert json.loads(ordered.stdout)["models"][0]["measurements"]["statistics"]["order"] == "sorted (file order)"
     assert [f["code"] for f in json.loads(ordered.stdout)["models"][0]["findings"]] == ["BN302"]  # a warning: exit 0
+
+
+@pytest.mark.parametrize(("axis", "expected"), [(-1, {("BN102", "blk/bn")}), (-2, {("BN107", "blk/bn")}), (1, {("BN102", "blk/bn")})])
+def test_a_bn_after_a_dense_of_unknown_rank_is_judged_on_axes_counted_from_the_end(tmp_path, axis, expected):
+    """A nested Sequential records no input shapes, so the rank of the Dense's output is
+    unknown; its channels are axis -1 at any rank. BN on -1 cancels the Dense's bias
+    (BN102); on -2 it normalizes the 5 time steps (BN107, never BN102). Axis 1 is the
+    channels at rank 2 and not at rank 3: BN107 cannot tell, and BN102 keeps reading a
+    BN whose axis cannot be placed as one on the channels (as tf-keras's ``axis=[1]``
+    after a Dense always is)."""
+    import keras
+
+    from model_builders import set_trained_statistics_any
+
+    block = keras.Sequential([keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(axis=axis, name="bn")], name="blk")
+    model = keras.Sequential([keras.Input((5, 4)), block, keras.layers.Dense(2, name="head")])
+    set_trained_statistics_any(model)
+    for path in save_all(model, tmp_path, "sequence"):
+        result = audit(path)
+        assert result.errors == [], result.errors
+        assert findings(result) == expected, path
+    bn107 = [f for f in result.findings if f.code == "BN107"]
+    if bn107:
+        assert bn107[0].message == "BatchNormalization 'blk/bn' normalizes axis -2, but 'blk/dense' (channels_last) puts channels on axis -1"
+        assert bn107[0].details["channel_axis"] == -1 and bn107[0].details["rank"] is None

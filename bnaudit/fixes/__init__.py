@@ -146,7 +146,7 @@ def fix(
                     changes, refused = one.module.apply(copy)
                 nothing = getattr(one.module, "NOTHING", None)
                 if refused and not changes and nothing and chosen.get(one.keyword):  # asked for by name, and impossible
-                    raise FixError(f"{nothing} ({refused[0].layer}: {refused[0].why})", "nothing was written")
+                    raise FixError(f"{nothing}: {refused[0].layer}: {refused[0].why}", "nothing was written")
                 report.changes += changes
                 report.refused += refused
             report.dropped_optimizer_state = copy.dropped_optimizer

@@ -23,9 +23,8 @@ import numpy as np
 from ..graph import Layer, ModelGraph
 from ..rules.layers import (
     LINEAR_CLASSES,
+    axes_against_channels,
     baked_training,
-    bn_axes,
-    channel_axis,
     output_rank,
 )
 from .changes import ArrayChange, Change, Refusal
@@ -60,12 +59,12 @@ def why_not_foldable(graph: ModelGraph, bn: Layer) -> str | None:
         return f"{producer.path!r} also feeds {', '.join(c for c in producer.consumers if c != bn.path)}"
     if producer.config.get("lora_rank"):
         return f"{producer.path!r} has a LoRA adapter"
-    rank = bn.input_rank or output_rank(producer)
-    if rank is None and producer.class_name == "Dense" and bn.axis in (-1, [-1]):
-        return None  # Dense acts on the last axis whatever the rank (a nested model's config may not say it)
-    axes, expected = bn_axes(bn, rank), channel_axis(producer, rank)
-    if axes is None or expected is None or axes != [expected]:
-        return f"its axis {bn.config.get('axis')} is not the channel axis of {producer.path!r} (or cannot be told)"
+    compared = axes_against_channels(bn, producer, bn.input_rank or output_rank(producer))
+    if compared is None:
+        return f"its axis {bn.config.get('axis')} cannot be compared with the channel axis of {producer.path!r}: the file does not record the rank"
+    axes, channels = compared
+    if axes != [channels]:
+        return f"its axis {bn.config.get('axis')} is not the channel axis ({channels}) of {producer.path!r}"
     return None
 
 

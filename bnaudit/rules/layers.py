@@ -84,13 +84,27 @@ def output_rank(layer: Layer) -> int | None:
     return layer.input_rank if layer.class_name == "Dense" or layer.class_name in BATCHNORM_CLASSES else None
 
 
-def channel_axis(layer: Layer, rank: int | None) -> int | None:
-    """The positive channel axis of ``layer``'s output, or None when it cannot be told."""
-    if rank is None:
+def axes_against_channels(bn: Layer, producer: Layer, rank: int | None) -> tuple[list[int], int] | None:
+    """``bn``'s ``axis`` and the channel axis of ``producer``'s output, in one indexing; None
+    when they cannot be put in one.
+
+    With the rank known both are positive. Without it (a Dense keeps its input's rank,
+    which a nested model's config does not record) they are counted from the end: a
+    channels-last layer's channels are axis -1 at any rank, so BN axis -1 is on them and
+    -2 is not, while a BN axis counted from the start cannot be placed; a
+    channels-first layer's are axis 1, which a negative BN axis cannot be compared with.
+    Shared by BN102, BN107 and ``bnaudit fix`` (absorb, fold), so that they agree.
+    """
+    axis = bn.axis
+    axes = axis if isinstance(axis, list) else [axis]
+    if not all(isinstance(a, int) for a in axes):
         return None
-    if layer.config.get("data_format") == "channels_first":
-        return 1
-    return rank - 1
+    channels_first = producer.config.get("data_format") == "channels_first"
+    if rank is not None:
+        return [a % rank if -rank <= a < rank else a for a in axes], 1 if channels_first else rank - 1
+    if channels_first:
+        return (axes, 1) if all(a >= 0 for a in axes) else None
+    return (axes, -1) if all(a < 0 for a in axes) else None
 
 
 def bn_axes(bn: Layer, rank: int | None) -> list[int] | None:
@@ -139,9 +153,8 @@ def cancelled_bias(graph: ModelGraph, bn: Layer) -> Layer | None:
         consumer.class_name in BATCHNORM_CLASSES for consumer in graph.consumers_through(producer, is_identity)
     ):
         return None  # the bias still matters to a consumer that is not a BN
-    rank = bn.input_rank or output_rank(producer)
-    axes = bn_axes(bn, rank)
-    if axes is not None and channel_axis(producer, rank) is not None and axes != [channel_axis(producer, rank)]:
+    compared = axes_against_channels(bn, producer, bn.input_rank or output_rank(producer))
+    if compared is not None and compared[0] != [compared[1]]:
         return None  # BN normalizes another axis: BN107's business
     return producer
 
@@ -151,6 +164,7 @@ class AxisMismatch:
     """A normalization layer's ``axis`` misses the channel axis of the layer feeding it."""
 
     producer: Layer
+    #: Positive where ``rank`` is known; counted from the end (-1) where it is not.
     channel_axis: int
     rank: int | None
 
@@ -180,11 +194,10 @@ def channel_axis_mismatch(graph: ModelGraph, layer: Layer, producer_classes: fro
     if any((p.config.get("data_format") or "channels_last") != data_format for p in passed if p.class_name in SPATIAL_LAYOUT_CLASSES):
         return None
     rank = layer.input_rank or output_rank(producer)
-    expected = channel_axis(producer, rank)
-    axes = bn_axes(layer, rank)
-    if expected is None or axes is None or expected in axes:
+    compared = axes_against_channels(layer, producer, rank)
+    if compared is None or compared[1] in compared[0]:
         return None
-    return AxisMismatch(producer, expected, rank)
+    return AxisMismatch(producer, compared[1], rank)
 
 
 #: Findings list at most this many channel indices; the count is always given in full.
