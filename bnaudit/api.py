@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .engine import AuditOptions, Auditor, discover
 from .findings import Severity
-from .options import RUNTIME_KEYS, OptionsError, did_you_mean, runtime_options
+from .options import RUNTIME_KEYS, OptionsError, runtime_options
 from .parallel import audit_models
 from .result import AuditResult
 from .selection import Selection
@@ -100,15 +100,12 @@ _KEYWORDS = (*_DEFAULTS, "in_process", "jobs", *RUNTIME_KEYS)
 
 def _auditor(select, ignore, data, inference, settings, plugins, runtime) -> Auditor:
     """The run's :class:`Auditor`, its options checked as the command line's are."""
-    unknown = next((key for key in runtime if key not in RUNTIME_KEYS), None)
-    if unknown is not None:  # checked here too, to suggest the API's own keywords (ignor= -> ignore)
-        raise OptionsError(f"unknown option {unknown!r}{did_you_mean(unknown, _KEYWORDS)}")
     options = AuditOptions(
         selection=Selection(_codes(select, "select", ("ALL",)), _codes(ignore, "ignore")),
         settings=dict(settings or {}),
         data=data,
         inference=inference,
-        runtime=runtime_options(runtime),
+        runtime=runtime_options(runtime, suggest=_KEYWORDS),
         plugins=tuple(plugins),
         fail_on=Severity.ERROR,
     )

@@ -102,17 +102,19 @@ RUNTIME_KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
-def runtime_options(values: Mapping[str, Any], base: RuntimeOptions | None = None) -> RuntimeOptions:
+def runtime_options(values: Mapping[str, Any], base: RuntimeOptions | None = None, suggest: Iterable[str] = ()) -> RuntimeOptions:
     """``base`` (default: all defaults) with the flat ``values`` applied.
 
     Raises :class:`OptionsError` naming the key for an unknown option (with the nearest
-    known one), or a value of the wrong type; None leaves an option as it is.
+    known one, among the runtime options and ``suggest``: the other keywords of the
+    caller, so that ``bnaudit.audit(ignor=...)`` hears of ``ignore``), or a value of the
+    wrong type; None leaves an option as it is.
     """
     base = base or RuntimeOptions()
     changes: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for key, value in values.items():
         if key not in RUNTIME_KEYS:
-            raise OptionsError(f"unknown option {key!r}{did_you_mean(key, RUNTIME_KEYS)}")
+            raise OptionsError(f"unknown option {key!r}{did_you_mean(key, (*RUNTIME_KEYS, *suggest))}")
         if value is None:
             continue
         group, hint = RUNTIME_KEYS[key]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
 import random
