@@ -11,10 +11,55 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 
 class OutputError(Exception):
-    """An output file could not be written (exit 2, one line)."""
+    """An output file could not be written (exit 2, one line: the message, then ``hint``)."""
+
+    def __init__(self, message: str, hint: str = "check the path and its permissions") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def refuse_inputs(
+    outputs: "Iterable[tuple[str, str | Path | None]]",
+    inputs: "Iterable[str | Path]",
+    kind: str = "the input",
+    why: str = "inputs are never modified",
+) -> None:
+    """Refuse an output that would overwrite an input: every command reads models (and
+    data, results, statistics), and none may write over one, whatever the path says.
+
+    ``outputs`` are (option, path) pairs, a None path skipped; an output is refused when
+    it is the same file as an input (through a symlink, a hard link or ``..``) or lies
+    inside an input directory that is itself a model (a SavedModel: writing into it
+    changes the model). Outputs inside a directory that was only searched are fine.
+
+    ``kind`` and ``why`` name what the paths in ``inputs`` are in the message (``fix``
+    also keeps its report off the copy it writes).
+
+    Raises:
+        OutputError: naming the option, the output and the input.
+    """
+    from .loaders import is_savedmodel_dir
+
+    sources = [Path(p) for p in inputs if p is not None and str(p) != "-"]
+    for option, given in outputs:
+        if given is None:
+            continue
+        out = Path(given)
+        for source in sources:
+            inside = is_savedmodel_dir(source) and out.resolve().is_relative_to(source.resolve())
+            if inside or _same_file(out, source):
+                raise OutputError(f"{option} {given} would overwrite {kind} {source}; {why}", "give another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
 
 
 def write_atomic(path: str | Path, text: str | bytes) -> None:
@@ -33,7 +78,7 @@ def _write_atomic(path: Path, text: str | bytes) -> None:
     except FileNotFoundError:
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
-        raise OutputError(f"cannot write {path}: it is a directory (give a file name)")
+        raise OutputError(f"cannot write {path}: it is a directory", "give a file name")
     if mode is not None and not stat.S_ISREG(mode):
         # A device or FIFO (/dev/null, /dev/stdout, a named pipe): renaming over it would
         # replace it with a regular file, so write into it.

@@ -63,7 +63,7 @@ class Commands(click.Group):
         except OutputError as exc:  # a report that cannot be written: one line, exit 2
             from .options import fail
 
-            fail(f"{exc} (check the path and its permissions)")
+            fail(f"{exc} ({exc.hint})")
 
     def _add_plugin_commands(self) -> None:
         if self.plugins_asked:

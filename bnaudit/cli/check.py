@@ -17,6 +17,7 @@ from ..config import config_options, given_on_command_line, load as load_config
 from ..engine import AuditOptions, Auditor, discover
 from ..findings import ExitCode, Severity
 from ..options import OptionsError, runtime_options
+from ..output import refuse_inputs
 from ..parallel import audit_models, run_options
 from ..plugins import PluginError
 from ..selection import Selection
@@ -90,6 +91,7 @@ def check(paths, select, ignore, extend_select, fail_on, exit_zero, formats, out
     rendering = {**report_options(templates, timestamp), "quiet": quiet}
     started = time.perf_counter()
     files, results = discover(paths)
+    refuse_inputs([*(("-o", out) for out in outputs), ("--write-baseline", write_baseline)], [*paths, *files])
     if not files:  # nothing to audit, as pytest and ruff stop on paths that name nothing: no report
         print_errors(results)
         sys.exit(int(ExitCode.ERROR))

@@ -14,6 +14,7 @@ import click
 from ..config import ConfigError, config_options, given_on_command_line, load as load_config
 from ..engine import AuditOptions, Auditor
 from ..findings import Severity
+from ..output import refuse_inputs
 from ..parallel import native_stderr_silenced
 from ..plugins import PluginError
 from ..selection import Selection
@@ -57,6 +58,7 @@ def diff(base, tuned, select, ignore, extend_select, fail_on, exit_zero, formats
         compared = ", ".join(code for code, rule in auditor.rules.items() if "base" in rule.needs)
         fail(f"the selection leaves none of the rules diff runs ({compared}); the others run with `bnaudit check`")
     pairs = targets(auditor, formats, outputs)
+    refuse_inputs([("-o", out) for out in outputs], [base, tuned])
     with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when a SavedModel's variables are read
         result = auditor.audit_pair(base, tuned)
     if result.unreadable:  # an input that cannot be compared: one line, no report

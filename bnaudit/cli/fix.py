@@ -8,6 +8,7 @@ inspection), 2 for bad input (nothing written).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,7 +16,7 @@ from ..findings import ExitCode
 from ..fixes import FIXES
 from ..graph import ConfigError
 from ..loaders import LoadError
-from ..output import write_atomic
+from ..output import refuse_inputs, write_atomic
 from .options import MODEL_HINT, STATS_HINT, FilePath, fail
 
 
@@ -33,6 +34,10 @@ def _all_help() -> str:
     return f"Every fix the findings call for ({by_findings}; {with_data} with --data/--stats); never {never}."
 
 
+#: The change list's format for a ``--report`` file given without ``--format``.
+_REPORT_SUFFIXES = {".json": "json", ".html": "html", ".htm": "html"}
+
+
 @click.command()
 @click.argument("model", type=FilePath(MODEL_HINT))
 @click.option("-o", "--output", required=True, type=FilePath(), help="Where to write the fixed copy (same format as MODEL; never MODEL itself).")
@@ -44,7 +49,7 @@ def _all_help() -> str:
 @click.option("--verify-data", "verify_data", type=click.Path(), metavar="HELDOUT", help="Held-out data: BN301 drift, BN302 agreement and the output change, before and after --recalibrate (reported, not judged).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch of the statistics pass (default 32).")
 @click.option("--max-samples", type=click.IntRange(min=1), help="Read at most this many samples of --data.")
-@click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), default="text", show_default=True, help="Format of the change list.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]), help="Format of the change list (default: by the --report file's suffix, .json or .html, else text).")
 @click.option("--report", "report_file", type=FilePath(), help="Write the change list to FILE instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace -o OUT when it exists (refused otherwise; never when OUT is MODEL).")
 @click.option("--no-verify", is_flag=True, help="Write the copy without the proof (no TensorFlow run, no re-audit).")
@@ -56,6 +61,8 @@ def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_d
     from ..fixes.report import render
     from ..parallel import call_in_child, native_stderr_silenced
 
+    refuse_inputs([("--report", report_file)], [model])
+    refuse_inputs([("--report", report_file)], [output], kind="the copy -o writes,", why="they need a path each")
     try:  # in a child process: a model that crashes or hangs libhdf5 costs the child, not this one
         with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
             report = call_in_child(
@@ -71,7 +78,7 @@ def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_d
         if debug:
             raise
         fail(f"{model}: {exc} (the file was not written by Keras as saved)")
-    text = render(report, output_format)
+    text = render(report, output_format or _REPORT_SUFFIXES.get(Path(report_file or "").suffix.lower(), "text"))
     if report_file:
         write_atomic(report_file, text)
     else:

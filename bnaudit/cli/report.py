@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from ..findings import Severity
+from ..output import refuse_inputs
 from .format_pairing import FormatOutputCommand
 from .options import FilePath, emit, fail, rendering_options, report_options, targets
 
@@ -52,7 +53,9 @@ def report(documents, formats, outputs, templates, timestamp, plugins) -> None:
         auditor = Auditor(AuditOptions(fail_on=fail_on, plugins=tuple(plugins)))
     except PluginError as exc:
         fail(str(exc))
-    emit(auditor, results, auditor.options, targets(auditor, formats, outputs), report_options(templates, timestamp))
+    pairs = targets(auditor, formats, outputs)
+    refuse_inputs([("-o", out) for out in outputs], documents)
+    emit(auditor, results, auditor.options, pairs, report_options(templates, timestamp))
 
 
 def _read(name: str) -> Any:

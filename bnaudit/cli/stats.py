@@ -23,6 +23,7 @@ from ..findings import ExitCode
 from ..loaders import LoadError
 from ..measurements import BatchNormDrift, BatchNormNotMeasured, StatisticsPass, to_json
 from ..printable import printable
+from ..output import refuse_inputs
 from ..result import AuditResult
 from .options import MODEL_HINT, PARTS_HINT, FilePath, fail, statistics_options, statistics_runtime
 
@@ -65,6 +66,7 @@ def stats(model, data, batch_size, max_samples, upstream, per_channel, stats_fil
         except LoadError as exc:
             fail(f"{exc.message} ({exc.hint})")
     if output:
+        refuse_inputs([("-o", output)], [model, data, stats_file])
         runtime["save_statistics"] = output
     runtime["unsafe_load"] = unsafe_load
     options = AuditOptions(selection=Selection(("BN301",)), data=data, runtime=runtime_options(runtime), debug=debug)
@@ -131,6 +133,7 @@ def merge(parts: tuple[str, ...], output: str) -> None:
     """Merge partial moments written by `bnaudit stats --shard K/N -o PART` into one statistics file."""
     from ..analysis import statistics_file
 
+    refuse_inputs([("-o", output)], parts)
     try:
         loaded = sorted((statistics_file.load(part) for part in parts), key=lambda s: s.shards)
         merged = loaded[0]
