@@ -352,8 +352,6 @@ SYNTHETIC_ONLY = {
 def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
     """Why ``rule`` cannot run on this model with these options; empty when it can."""
     reruns = "runtime" in rule.needs or "data" in rule.needs
-    if graph.architecture_missing and rule.code not in graph.rules_without_architecture and not (reruns and graph.runner):
-        return graph.architecture_missing
     if rule.code in graph.not_recorded:
         return graph.not_recorded[rule.code]
     not_measured = NOT_MEASURED.get(graph.runner, {}).get(rule.code, "") if reruns else ""

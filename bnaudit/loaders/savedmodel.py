@@ -53,9 +53,9 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         return None
     metadata = path / METADATA_FILE
     if not metadata.is_file():
-        from .serving import serving_graph
+        from .export_graph import export_graph
 
-        return serving_graph(path)
+        return export_graph(path)
     nodes = read_saved_metadata(metadata)
     root = next((n for n in nodes if n["node_path"] == ROOT), None)
     if root is None or root["identifier"] not in MODEL_IDENTIFIERS:

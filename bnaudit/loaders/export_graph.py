@@ -1,0 +1,659 @@
+"""A SavedModel without layer configs (Keras 3 ``export()``, ``tf.saved_model.save``) as a ModelGraph.
+
+Such a SavedModel keeps no ``keras_metadata.pb``: what it holds is the serving
+signatures' functions in ``saved_model.pb`` and the variables in ``variables/``. As
+:mod:`bnaudit.loaders.onnx` does for an ONNX graph, the ops of one serving signature
+become :class:`~bnaudit.graph.Layer` objects carrying the Keras class names the rules
+know, so the placement and weight rules run unchanged:
+
+- the signature's function is flattened: every call of a library function
+  (``StatefulPartitionedCall``, ``PartitionedCall``, a direct call) is expanded in place,
+  its arguments and results wired to the caller's tensors (at most :data:`MAX_DEPTH`
+  levels and :data:`MAX_OPS` ops, so a hostile file cannot nest or repeat without end);
+- the function's captured arguments are resolved through the object graph
+  (``concrete_functions[fn].bound_inputs``) to the ``tf.Variable`` each holds, with its
+  name (Keras 3 writes ``<layer name>/<variable>``: ``bn1/gamma``) and its checkpoint key
+  (found by the variable's object path, ``root.variables.2``, in the checkpoint's own
+  object graph: :class:`~bnaudit.loaders.savedmodel.CheckpointReader`);
+- each batch-norm op (:func:`bnaudit.loaders.serving._batchnorms`: fused, or Keras 3's
+  unfused ``batchnorm/`` ops, which are taken together with the rest of the layer's name
+  scope, the float16 casts of a mixed-precision BN included) becomes one
+  BatchNormalization with ``epsilon``, ``axis``, ``center``/``scale`` (which variables it
+  reads) and training mode; its gamma/beta/moving statistics are read from the
+  checkpoint when a weight rule asks (:class:`ExportWeights`);
+- ``Conv2D``/``Conv3D``/``DepthwiseConv2dNative``/``Conv2DBackpropInput``/``MatMul``/
+  ``BatchMatMulV2`` with a variable kernel become Conv/Dense layers, with ``use_bias`` when
+  a ``BiasAdd``/``AddV2`` of a variable follows; ``Relu``/``Relu6``/``Elu``/``Selu``/
+  ``Sigmoid``/``Tanh``/``Softmax``... activation layers; ``Identity``/``Cast`` Identity,
+  ``Reshape``/``Squeeze``/``ExpandDims`` Reshape, ``Transpose`` Permute; every other op keeps
+  its op type as class name and is opaque to the rules. Only ops computed from a model
+  input are layers: variable reads and constants are not.
+
+Layer names. A layer with variables is named by its Keras path: the layer name from its
+variables (``bn1/gamma`` -> ``bn1``), the enclosing nested models from the op's name
+scope, with the model's own outer scope dropped and the ``_N`` suffix TensorFlow adds to
+a name scope used twice removed (``nested_1/mlp_block_1/mlp_bn_1/batchnorm/Rsqrt`` and
+``mlp_bn/gamma`` -> ``mlp_block/mlp_bn``). A BN whose variables carry no Keras name
+(``tf.Module``) keeps its name scope (``block``). Other ops are named
+``<mapped scope>/<op name>`` (``relu1/Relu``).
+
+What the serving graph does not hold is declared in ``ModelGraph.not_recorded`` (the
+rules are skipped with the reason, never shown as passed): see :data:`NOT_RECORDED`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..graph import Layer, ModelGraph
+from . import LoadError
+from .arrays import BN_VECTORS, BNArrays, assemble_bn_arrays
+from .serving import SAVED_MODEL_FILE, _batchnorms, _source, _source_of, read_saved_model
+
+if TYPE_CHECKING:
+    from .savedmodel import CheckpointReader
+
+#: Function calls nested deeper than this are refused (a function may call itself).
+MAX_DEPTH = 32
+#: A flattened signature with more ops than this is refused (calls can repeat a large function).
+MAX_OPS = 2_000_000
+#: Steps a walk through pass-through ops (``Identity``, ``ReadVariableOp``...) takes at most.
+MAX_WALK = 64
+#: DataType enum value of a resource handle (tensorflow/core/framework/types.proto).
+DT_RESOURCE = 20
+DT_HALF, DT_BFLOAT16 = 19, 14
+
+#: Ops a weight passes through between its variable and the op using it.
+WEIGHT_PASS_THROUGH = frozenset({"ReadVariableOp", "Identity", "Cast", "Reshape", "Squeeze", "ExpandDims", "StopGradient"})
+#: Op -> the Keras layer class of an op with a variable kernel.
+LINEAR_OPS = {
+    "Conv2D": "Conv2D",
+    "Conv3D": "Conv3D",
+    "DepthwiseConv2dNative": "DepthwiseConv2D",
+    "Conv2DBackpropInput": "Conv2DTranspose",
+    "Conv3DBackpropInputV2": "Conv3DTranspose",
+    "MatMul": "Dense",
+    "BatchMatMulV2": "Dense",
+}
+BIAS_OPS = frozenset({"BiasAdd", "AddV2", "Add"})
+#: Activation ops -> (Keras class, config).
+ACTIVATION_OPS = {
+    "Relu": ("ReLU", {}),
+    "Relu6": ("ReLU", {"max_value": 6.0}),
+    "LeakyRelu": ("LeakyReLU", {}),
+    "Elu": ("ELU", {}),
+    "Softmax": ("Softmax", {}),
+    "Selu": ("Activation", {"activation": "selu"}),
+    "Sigmoid": ("Activation", {"activation": "sigmoid"}),
+    "Tanh": ("Activation", {"activation": "tanh"}),
+    "LogSoftmax": ("Activation", {"activation": "log_softmax"}),
+    "Softplus": ("Activation", {"activation": "softplus"}),
+    "Softsign": ("Activation", {"activation": "softsign"}),
+}
+OTHER_OPS = {
+    "Identity": "Identity",
+    "Cast": "Identity",
+    "StopGradient": "Identity",
+    "Snapshot": "Identity",
+    "Reshape": "Reshape",
+    "Squeeze": "Reshape",
+    "ExpandDims": "Reshape",
+    "Transpose": "Permute",
+    "AddV2": "Add",
+    "Add": "Add",
+    "Mul": "Multiply",
+    "ConcatV2": "Concatenate",
+    "MaxPool": "MaxPooling2D",
+    "AvgPool": "AveragePooling2D",
+}
+#: Ops whose only activation input is the first (the others are shapes, axes, paddings).
+FIRST_INPUT_ONLY = frozenset({"Reshape", "Squeeze", "ExpandDims", "Transpose", "Mean", "Sum", "Max", "Min", "Pad", "BiasAdd", *LINEAR_OPS} - {"MatMul", "BatchMatMulV2", "Conv2DBackpropInput", "Conv3DBackpropInputV2"})
+#: Ops whose output is no activation: a walk forward from the inputs stops there.
+SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
+#: The variable names a Keras layer gives its kernel, and its BN vectors.
+KERNEL_NAMES = frozenset({"kernel", "depthwise_kernel", "pointwise_kernel"})
+
+NOT_RECORDED = {
+    "BN101": (
+        "a serving graph has no Dropout: Keras's Dropout, SpatialDropout and noise layers do nothing at inference and leave "
+        "no op in it, "
+        "so what feeds a BN in training is not recorded; audit the .keras file it was exported from for BN101"
+    ),
+    "BN108": (
+        "a serving graph records no trainable flag (which BN layers were frozen in training); "
+        "audit the .keras file it was exported from for BN108"
+    ),
+    "BN205": (
+        "export() and tf.saved_model.save keep no optimizer state, so the training step count is not recorded; "
+        "audit the .keras file it was exported from for BN205"
+    ),
+    "BN501": (
+        "a serving graph holds TensorFlow ops only: a Lambda or custom layer was traced into them and leaves no Python "
+        "object or config to judge (ops that reach beyond the computation are refused before any re-run); "
+        "audit the .keras file it was exported from for BN501"
+    ),
+}
+MOMENTUM_NOTE = (
+    "BN109 judged epsilon and dtype only: a BN's momentum is a training setting the serving graph does not record"
+)
+
+
+@dataclass
+class _Op:
+    """One op of the flattened signature: its flattened name, its name in its own
+    function (``origin``), and its inputs as flattened tensor names (control inputs dropped)."""
+
+    name: str
+    op: str
+    attr: Any
+    input: list[str]
+    origin: str
+
+
+@dataclass
+class _Flat:
+    """A serving signature flattened into one list of ops."""
+
+    ops: dict[str, _Op] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)  # pseudo-op names of the model inputs
+    outputs: list[str] = field(default_factory=list)  # tensor names
+    variables: dict[str, int] = field(default_factory=dict)  # pseudo-op name -> object-graph node id
+
+
+INPUT_PREFIX = "__input__/"
+VARIABLE_PREFIX = "__variable__/"
+
+
+class _Flattener:
+    """Expands a signature's function and every function it calls into one op list."""
+
+    def __init__(self, meta_graph) -> None:
+        self.library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+        self.bound = {name: list(fn.bound_inputs) for name, fn in meta_graph.object_graph_def.concrete_functions.items()}
+        self.alias: dict[str, str] = {}
+        self.flat = _Flat()
+
+    def flatten(self, name: str) -> _Flat:
+        function = self.library[name]
+        args = list(function.signature.input_arg)
+        bound = self.bound.get(name, [])
+        data_args = args[: len(args) - len(bound)] if len(bound) <= len(args) else args
+        for arg in data_args:
+            if arg.type == DT_RESOURCE:  # a captured variable no object maps
+                pseudo = f"{VARIABLE_PREFIX}{arg.name}"
+                self._pseudo(pseudo, "VarHandleOp")
+            else:
+                pseudo = f"{INPUT_PREFIX}{arg.name}"
+                self._pseudo(pseudo, "Placeholder", origin=arg.name)
+                self.flat.inputs.append(pseudo)
+            self.alias[arg.name] = f"{pseudo}:0"
+        for arg, node_id in zip(args[len(data_args):], bound):
+            pseudo = f"{VARIABLE_PREFIX}{node_id}"
+            self._pseudo(pseudo, "VarHandleOp")
+            self.flat.variables[pseudo] = int(node_id)
+            self.alias[arg.name] = f"{pseudo}:0"
+        self._inline(function, "", 0)
+        self.flat.outputs = [self._resolve(function.ret[a.name]) for a in function.signature.output_arg if a.name in function.ret]
+        for op in self.flat.ops.values():
+            op.input = [self._resolve(i) for i in op.input]
+        return self.flat
+
+    def _pseudo(self, name: str, op: str, origin: str = "") -> None:
+        self.flat.ops[name] = _Op(name, op, {}, [], origin or name)
+
+    def _inline(self, function, prefix: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise LoadError(f"{SAVED_MODEL_FILE}: function calls nest deeper than {MAX_DEPTH} levels", "this is not a plausible model")
+        for node in function.node_def:
+            name = prefix + node.name
+            inputs = [prefix + i for i in node.input if not i.startswith("^")]
+            callee = self._callee(node)
+            if callee is None:
+                if len(self.flat.ops) >= MAX_OPS:
+                    raise LoadError(f"{SAVED_MODEL_FILE}: a serving signature runs more than {MAX_OPS} ops", "this is not a plausible model")
+                self.flat.ops[name] = _Op(name, node.op, node.attr, inputs, node.name)
+                continue
+            for arg, value in zip(callee.signature.input_arg, inputs):
+                self.alias[f"{name}/{arg.name}"] = value
+            self._inline(callee, name + "/", depth + 1)
+            for index, arg in enumerate(callee.signature.output_arg):
+                if arg.name in callee.ret:
+                    ret = f"{name}/{callee.ret[arg.name]}"
+                    self.alias[f"{name}:output:{index}"] = ret
+                    self.alias[f"{name}:{arg.name}:0"] = ret
+
+    def _callee(self, node):
+        if node.op in self.library:
+            return self.library[node.op]
+        if node.op in ("StatefulPartitionedCall", "PartitionedCall") and "f" in node.attr:
+            return self.library.get(node.attr["f"].func.name)
+        return None
+
+    def _resolve(self, tensor: str) -> str:
+        """A tensor name with every call boundary and argument looked through."""
+        for _ in range(2 * MAX_DEPTH + 4):
+            following = self.alias.get(tensor)
+            if following is None:
+                return tensor
+            tensor = following
+        raise LoadError(f"{SAVED_MODEL_FILE}: function arguments refer to each other in a cycle", "this is not a plausible model")
+
+
+def _signature_function(meta_graph, signature: str) -> str | None:
+    """The library function a signature's outputs are computed by (its wrapper), None if none."""
+    nodes = {n.name: n for n in meta_graph.graph_def.node}
+    for tensor in meta_graph.signature_def[signature].outputs.values():
+        node = nodes.get(tensor.name.split(":")[0])
+        if node is not None and "f" in node.attr and node.attr["f"].func.name:
+            return node.attr["f"].func.name
+    return None
+
+
+def _shape(op: _Op) -> list[int | None] | None:
+    """The first output shape the op's ``_output_shapes`` records, None where unknown."""
+    if not hasattr(op.attr, "get") or "_output_shapes" not in op.attr:
+        return None
+    shapes = op.attr["_output_shapes"].list.shape
+    if not shapes or shapes[0].unknown_rank:
+        return None
+    return [d.size if d.size >= 0 else None for d in shapes[0].dim]
+
+
+@dataclass
+class _BatchNorm:
+    """One batch-norm op with everything the layer needs."""
+
+    anchor: str
+    #: Where BN106 learns the op runs in training mode (its name in its own function).
+    source: str
+    members: set[str]
+    origin_scope: str
+    op: str
+    is_training: bool
+    epsilon: float | None
+    roles: dict[str, str]  # "gamma"... -> variable pseudo-op
+
+
+class ExportGraphBuilder:
+    """Turns one SavedModel without layer configs into a :class:`ModelGraph` (module docstring)."""
+
+    def __init__(self, path: Path, saved) -> None:
+        self.path = path
+        self.meta_graph = saved.meta_graphs[0]
+        self.object_graph = self.meta_graph.object_graph_def
+        self.graph = ModelGraph(name=path.name, class_name="SavedModel", format="savedmodel", runner="serving")
+        self.graph.producer = "SavedModel serving graph"
+        self.graph.not_recorded = dict(NOT_RECORDED)
+        self._object_paths: dict[int, str] | None = None
+        self._scopes = _ScopeMap([])
+        #: BN layer path -> the variable pseudo-op of each vector it reads, and the
+        #: signature's pseudo-op -> object-graph node id map they resolve in.
+        self._roles: dict[str, dict[str, str]] = {}
+        self._variables_of: dict[str, dict[str, int]] = {}
+
+    # -- the object graph -----------------------------------------------------------
+    def variable_name(self, node_id: int) -> str:
+        nodes = self.object_graph.nodes
+        if not 0 <= node_id < len(nodes) or nodes[node_id].WhichOneof("kind") != "variable":
+            return ""
+        return nodes[node_id].variable.name
+
+    def object_path(self, node_id: int) -> str | None:
+        """``root.variables.2``: the first path to the node along children (breadth first)."""
+        if self._object_paths is None:
+            found, queue = {0: "root"}, deque([0])
+            nodes = self.object_graph.nodes
+            while queue:
+                current = queue.popleft()
+                for child in nodes[current].children:
+                    if 0 <= child.node_id < len(nodes) and child.node_id not in found:
+                        found[child.node_id] = f"{found[current]}.{child.local_name}"
+                        queue.append(child.node_id)
+            self._object_paths = found
+        return self._object_paths.get(node_id)
+
+    # -- building -------------------------------------------------------------------
+    def build(self) -> ModelGraph:
+        signatures = sorted(s for s in self.meta_graph.signature_def if not s.startswith("__"))
+        functions = {s: _signature_function(self.meta_graph, s) for s in signatures}
+        functions = {s: f for s, f in functions.items() if f is not None}
+        if not functions:
+            self.graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
+            return self.graph
+        main = "serving_default" if "serving_default" in functions else next(iter(functions))
+        flat = _Flattener(self.meta_graph).flatten(functions[main])
+        batchnorms = self._batchnorms(main, flat)
+        self._layers(flat, batchnorms)
+        for signature, function in functions.items():  # BN106 on any signature that runs a BN in training mode
+            if signature == main:
+                continue
+            other = _Flattener(self.meta_graph).flatten(function)
+            for bn in self._batchnorms(signature, other):
+                self._bn_layer(bn, other, only_if_training=True)
+        if not self.graph.batchnorms():
+            self.graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
+        self.graph.notes.append(MOMENTUM_NOTE)
+        self._weights()
+        return self.graph
+
+    def _batchnorms(self, signature: str, flat: _Flat) -> list[_BatchNorm]:
+        found = []
+        ops = list(flat.ops.values())
+        for op in _batchnorms(signature, ops):
+            anchor = flat.ops[op.node]
+            if op.op == "batch_normalization":
+                base = anchor.name[: -len("batchnorm/Rsqrt")]
+                origin_scope = anchor.origin[: -len("batchnorm/Rsqrt")].rstrip("/")
+                prefix = base if origin_scope else base + "batchnorm/"
+                members = {name for name in flat.ops if name.startswith(prefix)}
+                roles = self._named_roles(members, flat)
+            else:
+                origin_scope = anchor.origin.rpartition("/")[0]
+                members = {anchor.name}
+                roles = {}
+                for role, tensor in zip(("gamma", "beta", "moving_mean", "moving_variance"), anchor.input[1:5]):
+                    variable = _weight_variable(tensor, flat)
+                    if variable is not None:
+                        roles[role] = variable
+            found.append(_BatchNorm(anchor.name, _source_of(dataclasses.replace(op, node=anchor.origin)), members, origin_scope, op.op, op.is_training, op.epsilon, roles))
+        return found
+
+    def _named_roles(self, members: set[str], flat: _Flat) -> dict[str, str]:
+        """The BN vectors the ops of one unfused BN read, by the variables' own names."""
+        roles = {}
+        for name in sorted(members):
+            for tensor in flat.ops[name].input:
+                source = _source(tensor)
+                if source in flat.variables:
+                    role = self.variable_name(flat.variables[source]).rpartition("/")[2]
+                    if role in BN_VECTORS:
+                        roles.setdefault(role, source)
+        return roles
+
+    def _layer_name(self, variables: list[str], flat: _Flat) -> str:
+        """The Keras layer name the variables agree on (``bn1`` for ``bn1/gamma``...), "" if none."""
+        names = {self.variable_name(flat.variables[v]).rpartition("/")[0] for v in variables if v in flat.variables}
+        return names.pop() if len(names) == 1 and "" not in names else ""
+
+    def _layers(self, flat: _Flat, batchnorms: list[_BatchNorm]) -> None:
+        """Every op computed from an input becomes a layer or part of one; then wire them."""
+        owner: dict[str, str] = {}
+        data = _computed_from_inputs(flat)
+        self._scopes = _ScopeMap([bn.origin_scope for bn in batchnorms])
+        for pseudo in flat.inputs:
+            path = self._unique(flat.ops[pseudo].origin)
+            self.graph.layers[path] = Layer(path=path, name=path, class_name="InputLayer", config={})
+            self.graph.inputs.append(path)
+            owner[pseudo] = path
+        for bn in batchnorms:
+            path = self._bn_layer(bn, flat)
+            for member in bn.members:
+                owner[member] = path
+        for op in flat.ops.values():
+            if op.name in owner or op.name not in data:
+                continue
+            owner[op.name] = self._op_layer(op, flat, owner, data)
+        self._wire(flat, owner)
+        self.graph.outputs = list(dict.fromkeys(owner[_source(t)] for t in flat.outputs if _source(t) in owner))
+
+    def _bn_layer(self, bn: _BatchNorm, flat: _Flat, only_if_training: bool = False) -> str:
+        keras_name = self._layer_name(list(bn.roles.values()), flat)
+        path = self._scopes.path(bn.origin_scope, keras_name) if keras_name else bn.origin_scope or bn.anchor
+        layer = self.graph.layers.get(path)
+        if layer is not None and layer.class_name == "BatchNormalization":  # a BN called twice, or seen by another signature
+            self._mark(layer, bn)
+            return path
+        if only_if_training and not bn.is_training:
+            return path
+        path = self._unique(path)
+        config = {"name": path.rpartition("/")[2], "epsilon": bn.epsilon, "is_training": bn.is_training, "op": bn.op}
+        config.update(self._bn_setup(bn, flat))
+        layer = self.graph.layers[path] = Layer(path=path, name=config["name"], class_name="BatchNormalization", config=config)
+        output = _shape(flat.ops[bn.anchor]) if bn.op != "batch_normalization" else self._bn_output_shape(bn, flat)
+        if output is not None:
+            layer.input_shapes = [output]
+        self._roles[path] = bn.roles
+        self._variables_of[path] = flat.variables
+        self._mark(layer, bn)
+        return path
+
+    def _mark(self, layer: Layer, bn: _BatchNorm) -> None:
+        if bn.is_training and not layer.baked_training:
+            layer.config["is_training"] = True
+            layer.baked_training = bn.source
+
+    def _bn_setup(self, bn: _BatchNorm, flat: _Flat) -> dict[str, Any]:
+        """``axis``, ``center``, ``scale`` and the dtype policy of one BN, as the ops show them."""
+        setup: dict[str, Any] = {"axis": -1}
+        anchor = flat.ops[bn.anchor]
+        if bn.op != "batch_normalization":
+            data_format = anchor.attr["data_format"].s.decode() if "data_format" in anchor.attr else "NHWC"
+            setup["axis"] = 1 if data_format.startswith("NC") else -1
+            if anchor.attr["T"].type in (DT_HALF, DT_BFLOAT16):
+                setup["dtype"] = "float16"
+            return setup
+        setup["center"] = "beta" in bn.roles
+        setup["scale"] = "gamma" in bn.roles
+        for name in bn.members:
+            op = flat.ops[name]
+            if op.op == "Reshape" and op.input and _weight_variable(op.input[0], flat) is not None:
+                shape = _shape(op)  # Keras reshapes the vectors to broadcast over a BN axis that is not last
+                wide = [i for i, d in enumerate(shape or []) if d != 1]
+                if len(wide) == 1:
+                    setup["axis"] = wide[0]
+            if op.op == "Cast" and "SrcT" in op.attr and op.attr["SrcT"].type in (DT_HALF, DT_BFLOAT16):
+                setup["dtype"] = "mixed_float16" if op.attr["SrcT"].type == DT_HALF else "mixed_bfloat16"
+        return setup
+
+    def _bn_output_shape(self, bn: _BatchNorm, flat: _Flat) -> list[int | None] | None:
+        for op in flat.ops.values():
+            if op.name not in bn.members and any(_source(t) in bn.members for t in op.input):
+                for tensor in op.input:
+                    if _source(tensor) in bn.members:
+                        return _shape(flat.ops[_source(tensor)])
+        return None
+
+    def _op_layer(self, op: _Op, flat: _Flat, owner: dict[str, str], data: set[str]) -> str:
+        """The layer of one op outside the BNs: a linear layer (with the bias add that
+        follows it merged in), an activation, a pass-through or an opaque op."""
+        scope, _, local = op.origin.rpartition("/")
+        if op.op in BIAS_OPS and len(op.input) == 2:
+            first, second = (_source(t) for t in op.input)
+            linear = owner.get(first)
+            if linear is not None and self.graph.layers[linear].config.get("tf_op") in LINEAR_OPS and second not in data:
+                if _weight_variable(op.input[1], flat) is not None and not self.graph.layers[linear].config["use_bias"]:
+                    self.graph.layers[linear].config["use_bias"] = True
+                    return linear
+        if op.op in LINEAR_OPS:
+            kernel = next((v for v in (_weight_variable(t, flat) for t in op.input) if v is not None), None)
+            if kernel is not None:
+                name = self._layer_name([kernel], flat) if self.variable_name(flat.variables.get(kernel, -1)).rpartition("/")[2] in KERNEL_NAMES else ""
+                path = self._unique(self._scopes.path(scope, name) if name else self._scopes.path(scope, "") + "/" + local)
+                data_format = op.attr["data_format"].s.decode() if "data_format" in op.attr else "NHWC"
+                config = {"name": path.rpartition("/")[2], "use_bias": False, "tf_op": op.op, "data_format": "channels_first" if data_format.startswith("NC") else "channels_last"}
+                self.graph.layers[path] = Layer(path=path, name=config["name"], class_name=LINEAR_OPS[op.op], config=config)
+                return path
+        mapped = self._scopes.path(scope, "")
+        path = self._unique(f"{mapped}/{local}" if mapped else local)
+        if op.op in ACTIVATION_OPS:
+            class_name, config = ACTIVATION_OPS[op.op]
+            config = dict(config)
+        else:
+            class_name, config = OTHER_OPS.get(op.op, op.op), {}
+            if op.op in ("MaxPool", "AvgPool") and "data_format" in op.attr:
+                config["data_format"] = "channels_first" if op.attr["data_format"].s.decode().startswith("NC") else "channels_last"
+        config.update(name=path.rpartition("/")[2], tf_op=op.op)
+        shape = next((_shape(flat.ops[_source(t)]) for t in _data_inputs(op) if _source(t) in flat.ops), None)
+        self.graph.layers[path] = Layer(path=path, name=config["name"], class_name=class_name, config=config, input_shapes=[shape] if shape else [])
+        return path
+
+    def _wire(self, flat: _Flat, owner: dict[str, str]) -> None:
+        for op in flat.ops.values():
+            path = owner.get(op.name)
+            if path is None:
+                continue
+            layer = self.graph.layers[path]
+            for tensor in _data_inputs(op):
+                producer = owner.get(_source(tensor))
+                if producer is not None and producer != path and producer not in layer.producers:
+                    layer.producers.append(producer)
+        for layer in self.graph:
+            for producer in layer.producers:
+                self.graph.layers[producer].consumers.append(layer.path)
+
+    def _unique(self, path: str) -> str:
+        if path not in self.graph.layers:
+            return path
+        index = 1
+        while f"{path}_{index}" in self.graph.layers:
+            index += 1
+        return f"{path}_{index}"
+
+    def _weights(self) -> None:
+        """BN vectors from the checkpoint, where every BN's moving statistics are variables."""
+        from .savedmodel import CHECKPOINT_PREFIX, CheckpointReader
+
+        batchnorms = self.graph.batchnorms()
+        missing = [bn.path for bn in batchnorms if not {"moving_mean", "moving_variance"} <= set(self._roles.get(bn.path, {}))]
+        if missing:
+            self.graph.weights_missing = (
+                f"the moving statistics of {', '.join(repr(p) for p in missing[:3])}{', ...' if len(missing) > 3 else ''} "
+                "are not variables of this SavedModel (computed in the graph, or captured without a name): their values cannot be read"
+            )
+            return
+        object_paths = {}
+        for path, roles in self._roles.items():
+            variables = self._variables_of[path]
+            object_paths[path] = {role: self.object_path(variables[pseudo]) for role, pseudo in roles.items()}
+        self.graph.weights = ExportWeights(CheckpointReader(self.path / CHECKPOINT_PREFIX), object_paths)
+
+
+class _ScopeMap:
+    """Maps an op's name scope to a Keras path (see the module docstring).
+
+    ``scopes`` are the name scopes of the batch-norm ops: when all of them sit below one
+    common outer scope (the exported model's own, ``bias_before_bn_1``) it is dropped,
+    and when that scope carries TensorFlow's ``_N`` suffix so does every layer's.
+    """
+
+    SUFFIX = re.compile(r"_\d+$")
+
+    def __init__(self, scopes: list[str]) -> None:
+        firsts = {s.split("/")[0] for s in scopes}
+        self.outer = firsts.pop() if len(firsts) == 1 and scopes and all("/" in s for s in scopes) else ""
+        self.suffixed = bool(self.outer) and bool(self.SUFFIX.search(self.outer))
+
+    def path(self, scope: str, name: str) -> str:
+        """The Keras path of a layer called ``name`` (its variables' prefix) in ``scope``;
+        with no ``name``, the mapped scope itself."""
+        parts = scope.split("/") if scope else []
+        if self.outer and parts and parts[0] == self.outer:
+            parts = parts[1:]
+        if name and parts:
+            parts = parts[:-1]  # the layer's own scope, named by its variables instead
+        if self.suffixed:
+            parts = [self.SUFFIX.sub("", p) or p for p in parts]
+        return "/".join([*parts, name] if name else parts)
+
+
+def _weight_variable(tensor: str, flat: _Flat) -> str | None:
+    """The variable pseudo-op a weight input reads, through reads, casts and reshapes; None if none."""
+    name = _source(tensor)
+    for _ in range(MAX_WALK):
+        if name in flat.variables or name.startswith(VARIABLE_PREFIX):
+            return name
+        op = flat.ops.get(name)
+        if op is None or op.op not in WEIGHT_PASS_THROUGH or not op.input:
+            return None
+        name = _source(op.input[0])
+    return None
+
+
+def _data_inputs(op: _Op) -> list[str]:
+    """The inputs of ``op`` that carry activations, not shapes or axes."""
+    if op.op in FIRST_INPUT_ONLY:
+        return op.input[:1]
+    if op.op in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):
+        return op.input[2:3]
+    return op.input
+
+
+def _computed_from_inputs(flat: _Flat) -> set[str]:
+    """Names of the ops whose value depends on a model input (a walk forward, no recursion)."""
+    consumers: dict[str, list[str]] = {}
+    for op in flat.ops.values():
+        for tensor in _data_inputs(op):
+            consumers.setdefault(_source(tensor), []).append(op.name)
+    found = set(flat.inputs)
+    pending = list(flat.inputs)
+    while pending:
+        for consumer in consumers.get(pending.pop(), []):
+            if consumer not in found and flat.ops[consumer].op not in SHAPE_OPS:
+                found.add(consumer)
+                pending.append(consumer)
+    return found
+
+
+class ExportWeights:
+    """The BN vectors of an exported SavedModel, read from its checkpoint on demand.
+
+    ``object_paths`` maps each BN's layer path to ``{"gamma": "root.variables.2", ...}``
+    (the vectors it reads); a vector it does not read (``scale=False``) is None in its
+    :class:`~bnaudit.loaders.arrays.BNArrays`. Raises :class:`LoadError` for a damaged
+    checkpoint or a variable that is not one vector per channel.
+    """
+
+    def __init__(self, reader: "CheckpointReader", object_paths: dict[str, dict[str, str | None]]) -> None:
+        self._reader = reader
+        self._object_paths = object_paths
+        self._cache: dict[str, BNArrays] = {}
+
+    def bn_arrays(self, layer: Layer) -> BNArrays:
+        if layer.path not in self._cache:
+            self._cache[layer.path] = assemble_bn_arrays(self.layer_arrays(layer, BN_VECTORS), f"layer {layer.path!r}")
+        return self._cache[layer.path]
+
+    def layer_arrays(self, layer: Layer, names) -> dict[str, np.ndarray]:
+        """The named vectors a BN's ops read (only BN layers' variables are mapped)."""
+        found = {}
+        for name in names:
+            object_path = self._object_paths.get(layer.path, {}).get(name)
+            if object_path is None:
+                continue
+            parent, _, leaf = object_path.rpartition(".")
+            value = self._reader.variable(parent, leaf, f"layer {layer.path!r} {name}")
+            if value is not None:
+                found[name] = value
+        return found
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
+def export_graph(path: Path) -> ModelGraph:
+    """A SavedModel without ``keras_metadata.pb`` as a :class:`ModelGraph` (module docstring).
+
+    Raises :class:`LoadError` without TensorFlow (nothing can be read), when
+    ``saved_model.pb`` is missing or unreadable, or when its functions nest or repeat
+    beyond the limits.
+    """
+    if not (path / SAVED_MODEL_FILE).is_file():
+        raise LoadError(
+            f"this SavedModel has neither keras_metadata.pb nor {SAVED_MODEL_FILE} (a saved_model.pbtxt is not read)",
+            "save it again with tf.saved_model.save or Keras 3 model.export()",
+        )
+    try:
+        saved = read_saved_model(path)
+    except ImportError:
+        raise LoadError(
+            "this SavedModel has no keras_metadata.pb, and reading its serving graph needs TensorFlow",
+            "pip install 'bnaudit[tensorflow]'",
+        ) from None
+    return ExportGraphBuilder(path, saved).build()
