@@ -93,8 +93,8 @@ LOST_IN_EXPORT = {
 #: Findings the export shows that its .keras original does not, and why.
 ADDED_IN_EXPORT = {
     ("bn_training_baked", "BN106", "bn2"): (
-        "Keras 3 carries bn1's training=True to the layers called after it in the same model call: the traced serving "
-        "function computes bn2 from batch moments too, so the export really normalizes bn2 with batch statistics"
+        "Keras 3 carries bn1's training=True to the layers called after it in the same model(x) call (predict() does "
+        "not), and export() traces model(x): the serving function computes bn2 from batch moments too"
     ),
 }
 

@@ -90,7 +90,8 @@ def test_the_exports_fire_every_placement_and_weight_rule_the_serving_graph_hold
 def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
     """One model, saved as .keras and exported: BN201-BN204 give the same findings with the
     same numbers (a negative moving variance, gammas near zero, an extreme scale, in a nested
-    model and with scale=False/center=False, where the vectors a BN reads shift)."""
+    model, under a build-time name scope, and with scale=False/center=False, where the
+    vectors a BN reads shift); the layers around the BNs carry the .keras paths."""
     code = """if True:
         import sys, numpy as np, keras
         L = keras.layers
@@ -102,8 +103,9 @@ def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
         x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(inputs)
         x = L.BatchNormalization(scale=False, center=False, name="bn_plain")(x)
         x = block(L.ReLU(name="relu1")(x))
-        x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv2")(x)
-        x = L.BatchNormalization(epsilon=1e-5, name="bn_dead")(x)
+        with keras.name_scope("stage"):  # in the variable names (stage/bn_dead/gamma), not in the layer paths
+            x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv2")(x)
+            x = L.BatchNormalization(epsilon=1e-5, name="bn_dead")(x)
         x = L.GlobalAveragePooling2D(name="gap")(L.ReLU(name="relu2")(x))
         model = keras.Model(inputs, L.Dense(3, activation="softmax", name="head")(x), name="vectors")
         rng = np.random.default_rng(0)
@@ -133,6 +135,7 @@ def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
     assert _keys(export["findings"]) == _keys(keras_save["findings"])
     graph = export_graph.export_graph(tmp_path / "vectors")
     assert graph["block/inner_bn"].producers == ["block/inner_conv"]  # the nested model's path, from the name scope
+    assert (graph["bn_dead"].producers, graph["bn_dead"].consumers) == (["conv2"], ["relu2"])
     assert (graph["bn_plain"].config["scale"], graph["bn_plain"].config["center"]) == (False, False)
 
 

@@ -34,8 +34,9 @@ variables (``bn1/gamma`` -> ``bn1``), the enclosing nested models from the op's 
 scope, with the model's own outer scope dropped and the ``_N`` suffix TensorFlow adds to
 a name scope used twice removed (``nested_1/mlp_block_1/mlp_bn_1/batchnorm/Rsqrt`` and
 ``mlp_bn/gamma`` -> ``mlp_block/mlp_bn``). A BN whose variables carry no Keras name
-(``tf.Module``) keeps its name scope (``block``). Other ops are named
-``<mapped scope>/<op name>`` (``relu1/Relu``).
+(``tf.Module``) keeps its name scope (``block``). Another op is named by its mapped scope
+where it is the one op of that scope that becomes a layer (``relu1``, ``gap``), else
+``<mapped scope>/<op name>`` (``conv1/Relu`` for a convolution's fused activation).
 
 What the serving graph does not hold is declared in ``ModelGraph.not_recorded`` (the
 rules are skipped with the reason, never shown as passed): see :data:`NOT_RECORDED`.
@@ -43,9 +44,10 @@ rules are skipped with the reason, never shown as passed): see :data:`NOT_RECORD
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,8 +115,13 @@ OTHER_OPS = {
     "MaxPool": "MaxPooling2D",
     "AvgPool": "AveragePooling2D",
 }
-#: Ops whose only activation input is the first (the others are shapes, axes, paddings).
-FIRST_INPUT_ONLY = frozenset({"Reshape", "Squeeze", "ExpandDims", "Transpose", "Mean", "Sum", "Max", "Min", "Pad", "BiasAdd", *LINEAR_OPS} - {"MatMul", "BatchMatMulV2", "Conv2DBackpropInput", "Conv3DBackpropInputV2"})
+#: Ops whose only activation input is the first (the others are shapes, axes, paddings, kernels).
+FIRST_INPUT_ONLY = frozenset({
+    "Reshape", "Squeeze", "ExpandDims", "Transpose", "Mean", "Sum", "Max", "Min", "Pad", "BiasAdd",
+    "Conv2D", "Conv3D", "DepthwiseConv2dNative",
+})
+#: Transposed convolutions take (output shape, kernel, activation): the third is the activation.
+THIRD_INPUT_ONLY = frozenset({"Conv2DBackpropInput", "Conv3DBackpropInputV2"})
 #: Ops whose output is no activation: a walk forward from the inputs stops there.
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
 #: The variable names a Keras layer gives its kernel, and its BN vectors.
@@ -293,6 +300,7 @@ class ExportGraphBuilder:
         self.graph.not_recorded = dict(NOT_RECORDED)
         self._object_paths: dict[int, str] | None = None
         self._scopes = _ScopeMap([])
+        self._ops_in_scope: Counter[str] = Counter()  # mapped scope -> layer-making ops in it
         #: BN layer path -> the variable pseudo-op of each vector it reads, and the
         #: signature's pseudo-op -> object-graph node id map they resolve in.
         self._roles: dict[str, dict[str, str]] = {}
@@ -344,15 +352,27 @@ class ExportGraphBuilder:
         return self.graph
 
     def _batchnorms(self, signature: str, flat: _Flat) -> list[_BatchNorm]:
+        """The batch-norm ops of one flattened signature, each with the ops of its name scope.
+
+        Raises :class:`LoadError` when the scopes overlap so much that they hold more ops
+        in all than :data:`MAX_OPS` (nested ``batchnorm`` scopes in a hostile file)."""
         found = []
-        ops = list(flat.ops.values())
-        for op in _batchnorms(signature, ops):
+        names = sorted(flat.ops)
+        claimed = 0
+        for op in _batchnorms(signature, list(flat.ops.values())):
             anchor = flat.ops[op.node]
             if op.op == "batch_normalization":
                 base = anchor.name[: -len("batchnorm/Rsqrt")]
                 origin_scope = anchor.origin[: -len("batchnorm/Rsqrt")].rstrip("/")
                 prefix = base if origin_scope else base + "batchnorm/"
-                members = {name for name in flat.ops if name.startswith(prefix)}
+                members = set()
+                for name in names[bisect.bisect_left(names, prefix):]:
+                    if not name.startswith(prefix):
+                        break
+                    members.add(name)
+                claimed += len(members)
+                if claimed > MAX_OPS:
+                    raise LoadError(f"{SAVED_MODEL_FILE}: the batch-norm name scopes overlap beyond {MAX_OPS} ops", "this is not a plausible model")
                 roles = self._named_roles(members, flat)
             else:
                 origin_scope = anchor.origin.rpartition("/")[0]
@@ -396,11 +416,12 @@ class ExportGraphBuilder:
             path = self._bn_layer(bn, flat)
             for member in bn.members:
                 owner[member] = path
-        for op in flat.ops.values():
-            if op.name in owner or op.name not in data:
-                continue
+        rest = [op for op in flat.ops.values() if op.name not in owner and op.name in data]
+        self._ops_in_scope = Counter(self._scopes.path(op.origin.rpartition("/")[0], "") for op in rest)
+        for op in rest:
             owner[op.name] = self._op_layer(op, flat, owner, data)
         self._wire(flat, owner)
+        self._bn_shapes(flat, owner)
         self.graph.outputs = list(dict.fromkeys(owner[_source(t)] for t in flat.outputs if _source(t) in owner))
 
     def _bn_layer(self, bn: _BatchNorm, flat: _Flat, only_if_training: bool = False) -> str:
@@ -416,7 +437,7 @@ class ExportGraphBuilder:
         config = {"name": path.rpartition("/")[2], "epsilon": bn.epsilon, "is_training": bn.is_training, "op": bn.op}
         config.update(self._bn_setup(bn, flat))
         layer = self.graph.layers[path] = Layer(path=path, name=config["name"], class_name="BatchNormalization", config=config)
-        output = _shape(flat.ops[bn.anchor]) if bn.op != "batch_normalization" else self._bn_output_shape(bn, flat)
+        output = _shape(flat.ops[bn.anchor]) if bn.op != "batch_normalization" else None  # unfused: see _layers
         if output is not None:
             layer.input_shapes = [output]
         self._roles[path] = bn.roles
@@ -452,14 +473,6 @@ class ExportGraphBuilder:
                 setup["dtype"] = "mixed_float16" if op.attr["SrcT"].type == DT_HALF else "mixed_bfloat16"
         return setup
 
-    def _bn_output_shape(self, bn: _BatchNorm, flat: _Flat) -> list[int | None] | None:
-        for op in flat.ops.values():
-            if op.name not in bn.members and any(_source(t) in bn.members for t in op.input):
-                for tensor in op.input:
-                    if _source(tensor) in bn.members:
-                        return _shape(flat.ops[_source(tensor)])
-        return None
-
     def _op_layer(self, op: _Op, flat: _Flat, owner: dict[str, str], data: set[str]) -> str:
         """The layer of one op outside the BNs: a linear layer (with the bias add that
         follows it merged in), an activation, a pass-through or an opaque op."""
@@ -481,7 +494,10 @@ class ExportGraphBuilder:
                 self.graph.layers[path] = Layer(path=path, name=config["name"], class_name=LINEAR_OPS[op.op], config=config)
                 return path
         mapped = self._scopes.path(scope, "")
-        path = self._unique(f"{mapped}/{local}" if mapped else local)
+        if mapped and self._ops_in_scope[mapped] == 1 and mapped not in self.graph.layers:
+            path = mapped  # the one op of a layer's scope (relu1, gap, flatten): named as the layer
+        else:
+            path = self._unique(f"{mapped}/{local}" if mapped else local)
         if op.op in ACTIVATION_OPS:
             class_name, config = ACTIVATION_OPS[op.op]
             config = dict(config)
@@ -493,6 +509,18 @@ class ExportGraphBuilder:
         shape = next((_shape(flat.ops[_source(t)]) for t in _data_inputs(op) if _source(t) in flat.ops), None)
         self.graph.layers[path] = Layer(path=path, name=config["name"], class_name=class_name, config=config, input_shapes=[shape] if shape else [])
         return path
+
+    def _bn_shapes(self, flat: _Flat, owner: dict[str, str]) -> None:
+        """An unfused BN's shape (the same in and out): that of the op of its scope that
+        other layers, or the signature's outputs, read."""
+        read = [(op.name, t) for op in flat.ops.values() for t in _data_inputs(op)] + [("", t) for t in flat.outputs]
+        for reader, tensor in read:
+            path = owner.get(_source(tensor))
+            layer = self.graph.layers.get(path) if path is not None and owner.get(reader) != path else None
+            if layer is not None and layer.class_name == "BatchNormalization" and not layer.input_shapes:
+                shape = _shape(flat.ops[_source(tensor)])
+                if shape is not None:
+                    layer.input_shapes = [shape]
 
     def _wire(self, flat: _Flat, owner: dict[str, str]) -> None:
         for op in flat.ops.values():
@@ -550,17 +578,28 @@ class _ScopeMap:
         self.outer = firsts.pop() if len(firsts) == 1 and scopes and all("/" in s for s in scopes) else ""
         self.suffixed = bool(self.outer) and bool(self.SUFFIX.search(self.outer))
 
-    def path(self, scope: str, name: str) -> str:
-        """The Keras path of a layer called ``name`` (its variables' prefix) in ``scope``;
-        with no ``name``, the mapped scope itself."""
+    def path(self, scope: str, prefix: str) -> str:
+        """The Keras path of the layer whose variables are named ``<prefix>/gamma``... and
+        whose ops sit in ``scope``; with no ``prefix``, the mapped scope itself.
+
+        Keras 3 puts the name scopes a model was built under into the variable names
+        (NASNet's ``normal_A_block_0/adjust_block/.../adjust_bn_0/gamma``) but not into the
+        ops' scopes (``nasnet_mobile_1/adjust_bn_0_1``): where the scope ends with the
+        prefix's last part, that part is the layer's name and the scope gives the nested
+        models around it; where it does not (tf-keras runs each layer in a function of its
+        own, whose ops have no scope), the prefix is the name (``conv1/bn``).
+        """
         parts = scope.split("/") if scope else []
         if self.outer and parts and parts[0] == self.outer:
             parts = parts[1:]
-        if name and parts:
-            parts = parts[:-1]  # the layer's own scope, named by its variables instead
         if self.suffixed:
             parts = [self.SUFFIX.sub("", p) or p for p in parts]
-        return "/".join([*parts, name] if name else parts)
+        if not prefix:
+            return "/".join(parts)
+        name = prefix.rpartition("/")[2]
+        if not parts or parts[-1] != name:
+            return prefix
+        return "/".join([*parts[:-1], name])
 
 
 def _weight_variable(tensor: str, flat: _Flat) -> str | None:
@@ -580,7 +619,7 @@ def _data_inputs(op: _Op) -> list[str]:
     """The inputs of ``op`` that carry activations, not shapes or axes."""
     if op.op in FIRST_INPUT_ONLY:
         return op.input[:1]
-    if op.op in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):
+    if op.op in THIRD_INPUT_ONLY:
         return op.input[2:3]
     return op.input
 
