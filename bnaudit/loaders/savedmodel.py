@@ -16,8 +16,8 @@ with a note. Each BN is found by its object path in the checkpoint's object grap
 key), the path ``keras_metadata.pb`` records for the layer.
 
 A SavedModel without ``keras_metadata.pb`` (Keras 3 ``export()``, plain TensorFlow)
-keeps no layer configs: it is audited as the batch-norm ops of its serving signatures
-(:func:`bnaudit.loaders.serving.serving_graph`, TensorFlow needed). With TensorFlow
+keeps no layer configs: it is audited as the layer graph of its serving function, named
+by its variables (:func:`bnaudit.loaders.export_graph.export_graph`, TensorFlow needed). With TensorFlow
 installed, the serving functions of a tf-keras SavedModel are also inspected for
 batch-norm ops run in training mode (:mod:`bnaudit.loaders.serving`).
 """
