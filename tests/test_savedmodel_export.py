@@ -10,6 +10,7 @@ paths as the ``.keras`` save, less the findings the serving graph cannot hold
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -139,12 +140,24 @@ def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
     assert (graph["bn_plain"].config["scale"], graph["bn_plain"].config["center"]) == (False, False)
 
 
-def _self_calling_export(tmp_path):
-    """A real export whose model function also calls itself: nesting without end."""
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    """One real export to damage, written once for the tests below."""
+    outdir = tmp_path_factory.mktemp("small_export")
+    _export_samples(outdir, "clean_sequential_dense")
+    return outdir / "clean_sequential_dense"
+
+
+def _copy(small_export, tmp_path):
+    model = tmp_path / "exported"
+    shutil.copytree(small_export, model)
+    return model
+
+
+def _self_calling_export(model):
+    """The export with its model function also calling itself: nesting without end."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    _export_samples(tmp_path, "clean_sequential_dense")
-    model = tmp_path / "clean_sequential_dense"
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((model / "saved_model.pb").read_bytes())
     library = saved.meta_graphs[0].graph_def.library.function
@@ -155,9 +168,38 @@ def _self_calling_export(tmp_path):
     return model
 
 
+def _fanned_out_export(model, levels: int = 12, calls: int = 10):
+    """The export with its model function calling fan_0, which calls fan_1 ``calls`` times,
+    and so on: ``calls ** levels`` calls, no recursion, no op."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((model / "saved_model.pb").read_bytes())
+    library = saved.meta_graphs[0].graph_def.library
+    for level in range(levels):
+        function = library.function.add()
+        function.signature.name = f"fan_{level}"
+        for index in range(calls if level + 1 < levels else 0):
+            function.node_def.add(name=f"call_{index}", op=f"fan_{level + 1}")
+    body = next(f for f in library.function if f.signature.name.startswith("__inference___call__"))
+    body.node_def.add(name="fan", op="fan_0")
+    (model / "saved_model.pb").write_bytes(saved.SerializeToString())
+    return model
+
+
 @pytest.mark.slow
-def test_a_function_that_calls_itself_is_one_line_and_exit_2(tmp_path):
-    model = _self_calling_export(tmp_path)
+def test_calls_that_multiply_without_end_are_one_line_and_exit_2(small_export, tmp_path):
+    model = _fanned_out_export(_copy(small_export, tmp_path))
+    run = run_bnaudit("check", model)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"bnaudit: error: {model}: saved_model.pb: a serving signature runs more than {export_graph.MAX_OPS} ops and calls (this is not a plausible model)"
+    ]
+
+
+@pytest.mark.slow
+def test_a_function_that_calls_itself_is_one_line_and_exit_2(small_export, tmp_path):
+    model = _self_calling_export(_copy(small_export, tmp_path))
     run = run_bnaudit("check", model)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
