@@ -235,8 +235,8 @@ class Auditor:
                 "the model holds no BatchNormalization layer (nested models and wrappers included): "
                 "no BN rule had a layer to check"
             )
-        # Operators of a non-Keras graph (ONNX) are opaque by design, not worth a note each.
-        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith("onnx:")})
+        # Operators of a non-Keras graph (ONNX, a SavedModel's serving ops) are opaque by design, not worth a note each.
+        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith(("onnx:", "tensorflow:"))})
         for class_name in unknown:
             paths = [l.path for l in graph if l.class_name == class_name]
             result.notes.append(

@@ -16,7 +16,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, SAMPLES, audited_by_path, run_bnaudit
 
 pytest.importorskip("tensorflow")
@@ -85,6 +84,18 @@ def test_what_an_export_loses_is_skipped_with_its_reason_never_passed(exported):
 def test_the_exports_fire_every_placement_and_weight_rule_the_serving_graph_holds(exported):
     fired = {f["code"] for model in exported.values() for f in model["findings"]}
     assert fired >= {"BN102", "BN103", "BN104", "BN105", "BN106", "BN107", "BN109", "BN201", "BN202", "BN203", "BN204"}
+
+
+@pytest.mark.slow
+def test_the_layers_around_a_bn_carry_the_keras_names(exported):
+    """What the findings name besides the BN: the shared convolution called twice is one
+    layer, as in Keras; the fused softmax of a Dense keeps its op name below the layer's."""
+    shared = [f["details"]["producer"] for f in exported["shared_and_branches"]["findings"]]
+    assert shared == ["shared_conv", "shared_conv"]
+    [after_softmax] = [f for f in exported["bn_after_softmax"]["findings"] if f["code"] == "BN104"]
+    assert after_softmax["details"]["producer"] == "probs/Softmax"
+    [cancelled] = exported["nested_transfer"]["findings"]
+    assert cancelled["details"]["producer"] == "base/stem_conv"
 
 
 @pytest.mark.slow

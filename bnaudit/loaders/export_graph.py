@@ -14,7 +14,7 @@ know, so the placement and weight rules run unchanged:
   (``concrete_functions[fn].bound_inputs``) to the ``tf.Variable`` each holds, with its
   name (Keras 3 writes ``<layer name>/<variable>``: ``bn1/gamma``) and its checkpoint key
   (found by the variable's object path, ``root.variables.2``, in the checkpoint's own
-  object graph: :class:`~bnaudit.loaders.savedmodel.CheckpointReader`);
+  object graph: :class:`~bnaudit.loaders.checkpoint.CheckpointReader`);
 - each batch-norm op (:func:`bnaudit.loaders.serving._batchnorms`: fused, or Keras 3's
   unfused ``batchnorm/`` ops, which are taken together with the rest of the layer's name
   scope, the float16 casts of a mixed-precision BN included) becomes one
@@ -57,10 +57,16 @@ import numpy as np
 from ..graph import Layer, ModelGraph
 from . import LoadError
 from .arrays import BN_VECTORS, BNArrays, assemble_bn_arrays
-from .serving import SAVED_MODEL_FILE, _batchnorms, _source, _source_of, read_saved_model
+from .serving import (
+    SAVED_MODEL_FILE,
+    _batchnorms,
+    _source,
+    _source_of,
+    read_saved_model,
+)
 
 if TYPE_CHECKING:
-    from .savedmodel import CheckpointReader
+    from .checkpoint import CheckpointReader
 
 #: Function calls nested deeper than this are refused (a function may call itself).
 MAX_DEPTH = 32
@@ -176,6 +182,9 @@ class _Flat:
     variables: dict[str, int] = field(default_factory=dict)  # pseudo-op name -> object-graph node id
 
 
+#: ``Layer.module`` of every layer read from a serving graph: TensorFlow ops, not Keras
+#: classes (an op with no Keras counterpart is opaque, not an unknown Keras layer).
+MODULE = "tensorflow:ops"
 INPUT_PREFIX = "__input__/"
 VARIABLE_PREFIX = "__variable__/"
 
@@ -312,6 +321,7 @@ class ExportGraphBuilder:
 
     # -- the object graph -----------------------------------------------------------
     def variable_name(self, node_id: int) -> str:
+        """The ``tf.Variable`` name of an object-graph node (``bn1/gamma``); "" for anything else."""
         nodes = self.object_graph.nodes
         if not 0 <= node_id < len(nodes) or nodes[node_id].WhichOneof("kind") != "variable":
             return ""
@@ -349,9 +359,10 @@ class ExportGraphBuilder:
             other = _Flattener(self.meta_graph).flatten(function)
             for bn in self._batchnorms(signature, other):
                 self._bn_layer(bn, other, only_if_training=True)
-        if not self.graph.batchnorms():
+        if self.graph.batchnorms():
+            self.graph.notes.append(MOMENTUM_NOTE)
+        else:
             self.graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
-        self.graph.notes.append(MOMENTUM_NOTE)
         self._weights()
         return self.graph
 
@@ -413,7 +424,7 @@ class ExportGraphBuilder:
         self._scopes = _ScopeMap([bn.origin_scope for bn in batchnorms])
         for pseudo in flat.inputs:
             path = self._unique(flat.ops[pseudo].origin)
-            self.graph.layers[path] = Layer(path=path, name=path, class_name="InputLayer", config={})
+            self.graph.layers[path] = Layer(path=path, module=MODULE, name=path, class_name="InputLayer", config={})
             self.graph.inputs.append(path)
             owner[pseudo] = path
         for bn in batchnorms:
@@ -429,6 +440,9 @@ class ExportGraphBuilder:
         self.graph.outputs = list(dict.fromkeys(owner[_source(t)] for t in flat.outputs if _source(t) in owner))
 
     def _bn_layer(self, bn: _BatchNorm, flat: _Flat, only_if_training: bool = False) -> str:
+        """The path of the BN layer of one batch-norm op. A BN called twice (a shared layer)
+        is one layer, as in Keras; with ``only_if_training`` (another signature's op) a
+        layer is only created, unwired, for an op in training mode, so BN106 sees it."""
         keras_name = self._layer_name(list(bn.roles.values()), flat)
         path = self._scopes.path(bn.origin_scope, keras_name) if keras_name else bn.origin_scope or bn.anchor
         layer = self.graph.layers.get(path)
@@ -440,7 +454,7 @@ class ExportGraphBuilder:
         path = self._unique(path)
         config = {"name": path.rpartition("/")[2], "epsilon": bn.epsilon, "is_training": bn.is_training, "op": bn.op}
         config.update(self._bn_setup(bn, flat))
-        layer = self.graph.layers[path] = Layer(path=path, name=config["name"], class_name="BatchNormalization", config=config)
+        layer = self.graph.layers[path] = Layer(path=path, module=MODULE, name=config["name"], class_name="BatchNormalization", config=config)
         output = _shape(flat.ops[bn.anchor]) if bn.op != "batch_normalization" else None  # unfused: see _layers
         if output is not None:
             layer.input_shapes = [output]
@@ -450,6 +464,7 @@ class ExportGraphBuilder:
         return path
 
     def _mark(self, layer: Layer, bn: _BatchNorm) -> None:
+        """BN106's mark: the first op found in training mode says where."""
         if bn.is_training and not layer.baked_training:
             layer.config["is_training"] = True
             layer.baked_training = bn.source
@@ -459,7 +474,7 @@ class ExportGraphBuilder:
         setup: dict[str, Any] = {"axis": -1}
         anchor = flat.ops[bn.anchor]
         if bn.op != "batch_normalization":
-            data_format = anchor.attr["data_format"].s.decode() if "data_format" in anchor.attr else "NHWC"
+            data_format = anchor.attr["data_format"].s.decode("ascii", "replace") if "data_format" in anchor.attr else "NHWC"
             setup["axis"] = 1 if data_format.startswith("NC") else -1
             if "T" in anchor.attr and anchor.attr["T"].type in (DT_HALF, DT_BFLOAT16):
                 setup["dtype"] = "float16"
@@ -481,21 +496,22 @@ class ExportGraphBuilder:
         """The layer of one op outside the BNs: a linear layer (with the bias add that
         follows it merged in), an activation, a pass-through or an opaque op."""
         scope, _, local = op.origin.rpartition("/")
-        if op.op in BIAS_OPS and len(op.input) == 2:
-            first, second = (_source(t) for t in op.input)
-            linear = owner.get(first)
-            if linear is not None and self.graph.layers[linear].config.get("tf_op") in LINEAR_OPS and second not in data:
-                if _weight_variable(op.input[1], flat) is not None and not self.graph.layers[linear].config["use_bias"]:
-                    self.graph.layers[linear].config["use_bias"] = True
-                    return linear
+        biased = self._biased_layer(op, flat, owner, data)
+        if biased is not None:
+            self.graph.layers[biased].config["use_bias"] = True
+            return biased
         if op.op in LINEAR_OPS:
             kernel = next((v for v in (_weight_variable(t, flat) for t in op.input) if v is not None), None)
             if kernel is not None:
                 name = self._layer_name([kernel], flat) if self.variable_name(flat.variables.get(kernel, -1)).rpartition("/")[2] in KERNEL_NAMES else ""
-                path = self._unique(self._scopes.path(scope, name) if name else self._scopes.path(scope, "") + "/" + local)
-                data_format = op.attr["data_format"].s.decode() if "data_format" in op.attr else "NHWC"
+                path = self._scopes.path(scope, name) if name else self._scopes.path(scope, "") + "/" + local
+                shared = self.graph.layers.get(path)
+                if name and shared is not None and shared.config.get("tf_op") == op.op:
+                    return path  # a layer called twice (shared): one layer, as in Keras
+                path = self._unique(path)
+                data_format = op.attr["data_format"].s.decode("ascii", "replace") if "data_format" in op.attr else "NHWC"
                 config = {"name": path.rpartition("/")[2], "use_bias": False, "tf_op": op.op, "data_format": "channels_first" if data_format.startswith("NC") else "channels_last"}
-                self.graph.layers[path] = Layer(path=path, name=config["name"], class_name=LINEAR_OPS[op.op], config=config)
+                self.graph.layers[path] = Layer(path=path, module=MODULE, name=config["name"], class_name=LINEAR_OPS[op.op], config=config)
                 return path
         mapped = self._scopes.path(scope, "")
         if mapped and self._ops_in_scope[mapped] == 1 and mapped not in self.graph.layers:
@@ -508,10 +524,10 @@ class ExportGraphBuilder:
         else:
             class_name, config = OTHER_OPS.get(op.op, op.op), {}
             if op.op in ("MaxPool", "AvgPool") and "data_format" in op.attr:
-                config["data_format"] = "channels_first" if op.attr["data_format"].s.decode().startswith("NC") else "channels_last"
+                config["data_format"] = "channels_first" if op.attr["data_format"].s.decode("ascii", "replace").startswith("NC") else "channels_last"
         config.update(name=path.rpartition("/")[2], tf_op=op.op)
         shape = next((_shape(flat.ops[_source(t)]) for t in _data_inputs(op) if _source(t) in flat.ops), None)
-        self.graph.layers[path] = Layer(path=path, name=config["name"], class_name=class_name, config=config, input_shapes=[shape] if shape else [])
+        self.graph.layers[path] = Layer(path=path, module=MODULE, name=config["name"], class_name=class_name, config=config, input_shapes=[shape] if shape else [])
         return path
 
     def _bn_shapes(self, flat: _Flat, owner: dict[str, str]) -> None:
@@ -525,6 +541,16 @@ class ExportGraphBuilder:
                 shape = _shape(flat.ops[_source(tensor)])
                 if shape is not None:
                     layer.input_shapes = [shape]
+
+    def _biased_layer(self, op: _Op, flat: _Flat, owner: dict[str, str], data: set[str]) -> str | None:
+        """The Dense/Conv layer whose bias ``op`` adds (a ``BiasAdd``/``AddV2`` of a variable
+        to its output: Keras's ``use_bias``), None when ``op`` is anything else."""
+        if op.op not in BIAS_OPS or len(op.input) != 2 or _source(op.input[1]) in data:
+            return None
+        linear = owner.get(_source(op.input[0]))
+        if linear is None or self.graph.layers[linear].config.get("tf_op") not in LINEAR_OPS:
+            return None
+        return linear if _weight_variable(op.input[1], flat) is not None else None
 
     def _wire(self, flat: _Flat, owner: dict[str, str]) -> None:
         for op in flat.ops.values():
@@ -550,7 +576,7 @@ class ExportGraphBuilder:
 
     def _weights(self) -> None:
         """BN vectors from the checkpoint, where every BN's moving statistics are variables."""
-        from .savedmodel import CHECKPOINT_PREFIX, CheckpointReader
+        from .checkpoint import CHECKPOINT_PREFIX, CheckpointReader
 
         batchnorms = self.graph.batchnorms()
         missing = [bn.path for bn in batchnorms if not {"moving_mean", "moving_variance"} <= set(self._roles.get(bn.path, {}))]
@@ -653,7 +679,7 @@ class ExportWeights:
     checkpoint or a variable that is not one vector per channel.
     """
 
-    def __init__(self, reader: "CheckpointReader", object_paths: dict[str, dict[str, str | None]]) -> None:
+    def __init__(self, reader: CheckpointReader, object_paths: dict[str, dict[str, str | None]]) -> None:
         self._reader = reader
         self._object_paths = object_paths
         self._cache: dict[str, BNArrays] = {}
