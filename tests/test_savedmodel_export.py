@@ -118,7 +118,9 @@ def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
         with keras.name_scope("stage"):  # in the variable names (stage/bn_dead/gamma), not in the layer paths
             x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv2")(x)
             x = L.BatchNormalization(epsilon=1e-5, name="bn_dead")(x)
-        x = L.GlobalAveragePooling2D(name="gap")(L.ReLU(name="relu2")(x))
+        x = L.SeparableConv2D(8, 3, padding="same", name="sep")(L.ReLU(name="relu2")(x))  # with a bias: BN102
+        x = L.BatchNormalization(name="bn_sep")(x)
+        x = L.GlobalAveragePooling2D(name="gap")(x)
         model = keras.Model(inputs, L.Dense(3, activation="softmax", name="head")(x), name="vectors")
         rng = np.random.default_rng(0)
         def set_bn(layer, **values):
@@ -133,6 +135,7 @@ def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
         dead_variance = rng.uniform(0.3, 1.5, 8); dead_variance[6] = 1e-9
         set_bn(model.get_layer("bn_dead"), gamma=gamma, moving_variance=dead_variance)
         set_bn(block.get_layer("inner_bn"))
+        set_bn(model.get_layer("bn_sep"))
         model.save(sys.argv[1] + "/vectors.keras")
         model.export(sys.argv[1] + "/vectors", format="tf_saved_model", verbose=False)
     """
@@ -145,9 +148,11 @@ def test_bn_vectors_of_an_export_equal_those_of_its_keras_save(tmp_path):
     assert sorted(weight_findings) == [("BN201", "bn_plain"), ("BN203", "bn_dead"), ("BN204", "bn_dead")]
     assert {(f["code"], f["layer"]): f["details"] for f in export["findings"] if f["code"].startswith("BN2")} == weight_findings
     assert _keys(export["findings"]) == _keys(keras_save["findings"])
+    assert ("BN102", "bn_sep") in _keys(export["findings"])
     graph = export_graph.export_graph(tmp_path / "vectors")
     assert graph["block/inner_bn"].producers == ["block/inner_conv"]  # the nested model's path, from the name scope
     assert (graph["bn_dead"].producers, graph["bn_dead"].consumers) == (["conv2"], ["relu2"])
+    assert (graph["sep"].class_name, graph["bn_sep"].producers) == ("SeparableConv2D", ["sep"])  # depthwise + pointwise: one layer
     assert (graph["bn_plain"].config["scale"], graph["bn_plain"].config["center"]) == (False, False)
 
 

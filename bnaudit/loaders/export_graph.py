@@ -508,6 +508,9 @@ class ExportGraphBuilder:
                 shared = self.graph.layers.get(path)
                 if name and shared is not None and shared.config.get("tf_op") == op.op:
                     return path  # a layer called twice (shared): one layer, as in Keras
+                if name and shared is not None and shared.config.get("tf_op") == "DepthwiseConv2dNative" and op.op == "Conv2D" and owner.get(_source(op.input[0])) == path:
+                    shared.class_name = "SeparableConv2D"  # its pointwise half: SeparableConv2D runs both
+                    return path
                 path = self._unique(path)
                 data_format = op.attr["data_format"].s.decode("ascii", "replace") if "data_format" in op.attr else "NHWC"
                 config = {"name": path.rpartition("/")[2], "use_bias": False, "tf_op": op.op, "data_format": "channels_first" if data_format.startswith("NC") else "channels_last"}
