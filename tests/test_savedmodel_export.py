@@ -24,7 +24,7 @@ sys.path.insert(0, str(SAMPLES))
 from build import SPECS  # noqa: E402
 from build_exports import ADDED_IN_EXPORT, LOST_IN_EXPORT  # noqa: E402
 
-from bnaudit.loaders import export_graph  # noqa: E402
+from bnaudit.loaders import export_graph, tf_functions  # noqa: E402
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 NAMES = [spec.name for spec in SPECS]
@@ -209,7 +209,7 @@ def test_calls_that_multiply_without_end_are_one_line_and_exit_2(small_export, t
     run = run_bnaudit("check", model)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        f"bnaudit: error: {model}: saved_model.pb: a serving signature runs more than {export_graph.MAX_OPS} ops and calls (this is not a plausible model)"
+        f"bnaudit: error: {model}: saved_model.pb: a serving signature runs more than {tf_functions.MAX_OPS} ops and calls (this is not a plausible model)"
     ]
 
 
@@ -219,5 +219,5 @@ def test_a_function_that_calls_itself_is_one_line_and_exit_2(small_export, tmp_p
     run = run_bnaudit("check", model)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        f"bnaudit: error: {model}: saved_model.pb: function calls nest deeper than {export_graph.MAX_DEPTH} levels (this is not a plausible model)"
+        f"bnaudit: error: {model}: saved_model.pb: function calls nest deeper than {tf_functions.MAX_DEPTH} levels (this is not a plausible model)"
     ]

@@ -6,10 +6,8 @@ signatures' functions in ``saved_model.pb`` and the variables in ``variables/``.
 become :class:`~bnaudit.graph.Layer` objects carrying the Keras class names the rules
 know, so the placement and weight rules run unchanged:
 
-- the signature's function is flattened: every call of a library function
-  (``StatefulPartitionedCall``, ``PartitionedCall``, a direct call) is expanded in place,
-  its arguments and results wired to the caller's tensors (at most :data:`MAX_DEPTH`
-  levels and :data:`MAX_OPS` ops, so a hostile file cannot nest or repeat without end);
+- the signature's function is flattened, every call expanded in place
+  (:mod:`bnaudit.loaders.tf_functions`, which refuses calls nested or repeated without end);
 - the function's captured arguments are resolved through the object graph
   (``concrete_functions[fn].bound_inputs``) to the ``tf.Variable`` each holds, with its
   name (Keras 3 writes ``<layer name>/<variable>``: ``bn1/gamma``) and its checkpoint key
@@ -48,7 +46,7 @@ import bisect
 import dataclasses
 import re
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,20 +62,21 @@ from .serving import (
     _source_of,
     read_saved_model,
 )
+from .tf_functions import (
+    MAX_OPS,
+    VARIABLE_PREFIX,
+    Flat,
+    Op,
+    flatten_signature,
+    output_shape,
+    signature_function,
+)
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointReader
 
-#: Function calls nested deeper than this are refused (a function may call itself).
-MAX_DEPTH = 32
-#: A signature whose flattening visits more nodes (ops and calls) than this is refused:
-#: calls can repeat a function, and functions of calls multiply without an op to count.
-#: Keras 3 exports of InceptionResNetV2 and NASNetMobile visit 4,418 and 3,784.
-MAX_OPS = 500_000
 #: Steps a walk through pass-through ops (``Identity``, ``ReadVariableOp``...) takes at most.
 MAX_WALK = 64
-#: DataType enum value of a resource handle (tensorflow/core/framework/types.proto).
-DT_RESOURCE = 20
 DT_HALF, DT_BFLOAT16 = 19, 14
 
 #: Ops a weight passes through between its variable and the op using it.
@@ -160,132 +159,9 @@ MOMENTUM_NOTE = (
 )
 
 
-@dataclass
-class _Op:
-    """One op of the flattened signature: its flattened name, its name in its own
-    function (``origin``), and its inputs as flattened tensor names (control inputs dropped)."""
-
-    name: str
-    op: str
-    attr: Any
-    input: list[str]
-    origin: str
-
-
-@dataclass
-class _Flat:
-    """A serving signature flattened into one list of ops."""
-
-    ops: dict[str, _Op] = field(default_factory=dict)
-    inputs: list[str] = field(default_factory=list)  # pseudo-op names of the model inputs
-    outputs: list[str] = field(default_factory=list)  # tensor names
-    variables: dict[str, int] = field(default_factory=dict)  # pseudo-op name -> object-graph node id
-
-
 #: ``Layer.module`` of every layer read from a serving graph: TensorFlow ops, not Keras
 #: classes (an op with no Keras counterpart is opaque, not an unknown Keras layer).
 MODULE = "tensorflow:ops"
-INPUT_PREFIX = "__input__/"
-VARIABLE_PREFIX = "__variable__/"
-
-
-class _Flattener:
-    """Expands a signature's function and every function it calls into one op list."""
-
-    def __init__(self, meta_graph) -> None:
-        self.library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
-        self.bound = {name: list(fn.bound_inputs) for name, fn in meta_graph.object_graph_def.concrete_functions.items()}
-        self.alias: dict[str, str] = {}
-        self.flat = _Flat()
-        self.visited = 0
-
-    def flatten(self, name: str) -> _Flat:
-        function = self.library[name]
-        args = list(function.signature.input_arg)
-        bound = self.bound.get(name, [])
-        data_args = args[: len(args) - len(bound)] if len(bound) <= len(args) else args
-        for arg in data_args:
-            if arg.type == DT_RESOURCE:  # a captured variable no object maps
-                pseudo = f"{VARIABLE_PREFIX}{arg.name}"
-                self._pseudo(pseudo, "VarHandleOp")
-            else:
-                pseudo = f"{INPUT_PREFIX}{arg.name}"
-                self._pseudo(pseudo, "Placeholder", origin=arg.name)
-                self.flat.inputs.append(pseudo)
-            self.alias[arg.name] = f"{pseudo}:0"
-        for arg, node_id in zip(args[len(data_args):], bound):
-            pseudo = f"{VARIABLE_PREFIX}{node_id}"
-            self._pseudo(pseudo, "VarHandleOp")
-            self.flat.variables[pseudo] = int(node_id)
-            self.alias[arg.name] = f"{pseudo}:0"
-        self._inline(function, "", 0)
-        self.flat.outputs = [self._resolve(function.ret[a.name]) for a in function.signature.output_arg if a.name in function.ret]
-        for op in self.flat.ops.values():
-            op.input = [self._resolve(i) for i in op.input]
-        return self.flat
-
-    def _pseudo(self, name: str, op: str, origin: str = "") -> None:
-        self.flat.ops[name] = _Op(name, op, {}, [], origin or name)
-
-    def _inline(self, function, prefix: str, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            raise LoadError(f"{SAVED_MODEL_FILE}: function calls nest deeper than {MAX_DEPTH} levels", "this is not a plausible model")
-        for node in function.node_def:
-            name = prefix + node.name
-            inputs = [prefix + i for i in node.input if not i.startswith("^")]
-            callee = self._callee(node)
-            self.visited += 1
-            if self.visited > MAX_OPS:
-                raise LoadError(f"{SAVED_MODEL_FILE}: a serving signature runs more than {MAX_OPS} ops and calls", "this is not a plausible model")
-            if callee is None:
-                self.flat.ops[name] = _Op(name, node.op, node.attr, inputs, node.name)
-                continue
-            for arg, value in zip(callee.signature.input_arg, inputs):
-                self.alias[f"{name}/{arg.name}"] = value
-            self._inline(callee, name + "/", depth + 1)
-            for index, arg in enumerate(callee.signature.output_arg):
-                if arg.name in callee.ret:
-                    ret = f"{name}/{callee.ret[arg.name]}"
-                    self.alias[f"{name}:output:{index}"] = ret
-                    self.alias[f"{name}:{arg.name}:0"] = ret
-
-    def _callee(self, node):
-        if node.op in self.library:
-            return self.library[node.op]
-        if node.op in ("StatefulPartitionedCall", "PartitionedCall") and "f" in node.attr:
-            return self.library.get(node.attr["f"].func.name)
-        return None
-
-    def _resolve(self, tensor: str) -> str:
-        """A tensor name with every call boundary and argument looked through."""
-        for _ in range(2 * MAX_DEPTH + 4):
-            following = self.alias.get(tensor)
-            if following is None:
-                return tensor
-            tensor = following
-        raise LoadError(f"{SAVED_MODEL_FILE}: function arguments refer to each other in a cycle", "this is not a plausible model")
-
-
-def _signature_function(meta_graph, signature: str) -> str | None:
-    """The library function a signature's outputs are computed by (its wrapper), None if none."""
-    nodes = {n.name: n for n in meta_graph.graph_def.node}
-    for tensor in meta_graph.signature_def[signature].outputs.values():
-        node = nodes.get(tensor.name.split(":")[0])
-        if node is not None and "f" in node.attr and node.attr["f"].func.name:
-            return node.attr["f"].func.name
-    return None
-
-
-def _shape(op: _Op) -> list[int | None] | None:
-    """The first output shape the op's ``_output_shapes`` records, None where unknown."""
-    if "_output_shapes" not in op.attr:
-        return None
-    shapes = op.attr["_output_shapes"].list.shape
-    if not shapes or shapes[0].unknown_rank:
-        return None
-    return [d.size if d.size >= 0 else None for d in shapes[0].dim]
-
-
 @dataclass
 class _BatchNorm:
     """One batch-norm op with everything the layer needs."""
@@ -314,6 +190,7 @@ class ExportGraphBuilder:
         self._object_paths: dict[int, str] | None = None
         self._scopes = _ScopeMap([])
         self._ops_in_scope: Counter[str] = Counter()  # mapped scope -> layer-making ops in it
+        self._suffixes: dict[str, int] = {}  # see _unique
         #: BN layer path -> the variable pseudo-op of each vector it reads, and the
         #: signature's pseudo-op -> object-graph node id map they resolve in.
         self._roles: dict[str, dict[str, str]] = {}
@@ -344,19 +221,19 @@ class ExportGraphBuilder:
     # -- building -------------------------------------------------------------------
     def build(self) -> ModelGraph:
         signatures = sorted(s for s in self.meta_graph.signature_def if not s.startswith("__"))
-        functions = {s: _signature_function(self.meta_graph, s) for s in signatures}
+        functions = {s: signature_function(self.meta_graph, s) for s in signatures}
         functions = {s: f for s, f in functions.items() if f is not None}
         if not functions:
             self.graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
             return self.graph
         main = "serving_default" if "serving_default" in functions else next(iter(functions))
-        flat = _Flattener(self.meta_graph).flatten(functions[main])
+        flat = flatten_signature(self.meta_graph, functions[main])
         batchnorms = self._batchnorms(main, flat)
         self._layers(flat, batchnorms)
         for signature, function in functions.items():  # BN106 on any signature that runs a BN in training mode
             if signature == main:
                 continue
-            other = _Flattener(self.meta_graph).flatten(function)
+            other = flatten_signature(self.meta_graph, function)
             for bn in self._batchnorms(signature, other):
                 self._bn_layer(bn, other, only_if_training=True)
         if self.graph.batchnorms():
@@ -366,7 +243,7 @@ class ExportGraphBuilder:
         self._weights()
         return self.graph
 
-    def _batchnorms(self, signature: str, flat: _Flat) -> list[_BatchNorm]:
+    def _batchnorms(self, signature: str, flat: Flat) -> list[_BatchNorm]:
         """The batch-norm ops of one flattened signature, each with the ops of its name scope.
 
         Raises :class:`LoadError` when the scopes overlap so much that they hold more ops
@@ -400,7 +277,7 @@ class ExportGraphBuilder:
             found.append(_BatchNorm(anchor.name, _source_of(dataclasses.replace(op, node=anchor.origin)), members, origin_scope, op.op, op.is_training, op.epsilon, roles))
         return found
 
-    def _named_roles(self, members: set[str], flat: _Flat) -> dict[str, str]:
+    def _named_roles(self, members: set[str], flat: Flat) -> dict[str, str]:
         """The BN vectors the ops of one unfused BN read, by the variables' own names."""
         roles = {}
         for name in sorted(members):
@@ -412,12 +289,12 @@ class ExportGraphBuilder:
                         roles.setdefault(role, source)
         return roles
 
-    def _layer_name(self, variables: list[str], flat: _Flat) -> str:
+    def _layer_name(self, variables: list[str], flat: Flat) -> str:
         """The Keras layer name the variables agree on (``bn1`` for ``bn1/gamma``...), "" if none."""
         names = {self.variable_name(flat.variables[v]).rpartition("/")[0] for v in variables if v in flat.variables}
         return names.pop() if len(names) == 1 and "" not in names else ""
 
-    def _layers(self, flat: _Flat, batchnorms: list[_BatchNorm]) -> None:
+    def _layers(self, flat: Flat, batchnorms: list[_BatchNorm]) -> None:
         """Every op computed from an input becomes a layer or part of one; then wire them."""
         owner: dict[str, str] = {}
         data = _computed_from_inputs(flat)
@@ -439,7 +316,7 @@ class ExportGraphBuilder:
         self._bn_shapes(flat, owner)
         self.graph.outputs = list(dict.fromkeys(owner[_source(t)] for t in flat.outputs if _source(t) in owner))
 
-    def _bn_layer(self, bn: _BatchNorm, flat: _Flat, only_if_training: bool = False) -> str:
+    def _bn_layer(self, bn: _BatchNorm, flat: Flat, only_if_training: bool = False) -> str:
         """The path of the BN layer of one batch-norm op. A BN called twice (a shared layer)
         is one layer, as in Keras; with ``only_if_training`` (another signature's op) a
         layer is only created, unwired, for an op in training mode, so BN106 sees it."""
@@ -455,7 +332,7 @@ class ExportGraphBuilder:
         config = {"name": path.rpartition("/")[2], "epsilon": bn.epsilon, "is_training": bn.is_training, "op": bn.op}
         config.update(self._bn_setup(bn, flat))
         layer = self.graph.layers[path] = Layer(path=path, module=MODULE, name=config["name"], class_name="BatchNormalization", config=config)
-        output = _shape(flat.ops[bn.anchor]) if bn.op != "batch_normalization" else None  # unfused: see _layers
+        output = output_shape(flat.ops[bn.anchor]) if bn.op != "batch_normalization" else None  # unfused: see _layers
         if output is not None:
             layer.input_shapes = [output]
         self._roles[path] = bn.roles
@@ -469,7 +346,7 @@ class ExportGraphBuilder:
             layer.config["is_training"] = True
             layer.baked_training = bn.source
 
-    def _bn_setup(self, bn: _BatchNorm, flat: _Flat) -> dict[str, Any]:
+    def _bn_setup(self, bn: _BatchNorm, flat: Flat) -> dict[str, Any]:
         """``axis``, ``center``, ``scale`` and the dtype policy of one BN, as the ops show them."""
         setup: dict[str, Any] = {"axis": -1}
         anchor = flat.ops[bn.anchor]
@@ -484,7 +361,7 @@ class ExportGraphBuilder:
         for name in bn.members:
             op = flat.ops[name]
             if op.op == "Reshape" and op.input and _weight_variable(op.input[0], flat) is not None:
-                shape = _shape(op)  # Keras reshapes the vectors to broadcast over a BN axis that is not last
+                shape = output_shape(op)  # Keras reshapes the vectors to broadcast over a BN axis that is not last
                 wide = [i for i, d in enumerate(shape or []) if d != 1]
                 if len(wide) == 1:
                     setup["axis"] = wide[0]
@@ -492,7 +369,7 @@ class ExportGraphBuilder:
                 setup["dtype"] = "mixed_float16" if op.attr["SrcT"].type == DT_HALF else "mixed_bfloat16"
         return setup
 
-    def _op_layer(self, op: _Op, flat: _Flat, owner: dict[str, str], data: set[str]) -> str:
+    def _op_layer(self, op: Op, flat: Flat, owner: dict[str, str], data: set[str]) -> str:
         """The layer of one op outside the BNs: a linear layer (with the bias add that
         follows it merged in), an activation, a pass-through or an opaque op."""
         scope, _, local = op.origin.rpartition("/")
@@ -529,11 +406,11 @@ class ExportGraphBuilder:
             if op.op in ("MaxPool", "AvgPool") and "data_format" in op.attr:
                 config["data_format"] = "channels_first" if op.attr["data_format"].s.decode("ascii", "replace").startswith("NC") else "channels_last"
         config.update(name=path.rpartition("/")[2], tf_op=op.op)
-        shape = next((_shape(flat.ops[_source(t)]) for t in _data_inputs(op) if _source(t) in flat.ops), None)
+        shape = next((output_shape(flat.ops[_source(t)]) for t in _data_inputs(op) if _source(t) in flat.ops), None)
         self.graph.layers[path] = Layer(path=path, module=MODULE, name=config["name"], class_name=class_name, config=config, input_shapes=[shape] if shape else [])
         return path
 
-    def _bn_shapes(self, flat: _Flat, owner: dict[str, str]) -> None:
+    def _bn_shapes(self, flat: Flat, owner: dict[str, str]) -> None:
         """An unfused BN's shape (the same in and out): that of the op of its scope that
         other layers, or the signature's outputs, read."""
         read = [(op.name, t) for op in flat.ops.values() for t in _data_inputs(op)] + [("", t) for t in flat.outputs]
@@ -541,11 +418,11 @@ class ExportGraphBuilder:
             path = owner.get(_source(tensor))
             layer = self.graph.layers.get(path) if path is not None and owner.get(reader) != path else None
             if layer is not None and layer.class_name == "BatchNormalization" and not layer.input_shapes:
-                shape = _shape(flat.ops[_source(tensor)])
+                shape = output_shape(flat.ops[_source(tensor)])
                 if shape is not None:
                     layer.input_shapes = [shape]
 
-    def _biased_layer(self, op: _Op, flat: _Flat, owner: dict[str, str], data: set[str]) -> str | None:
+    def _biased_layer(self, op: Op, flat: Flat, owner: dict[str, str], data: set[str]) -> str | None:
         """The Dense/Conv layer whose bias ``op`` adds (a ``BiasAdd``/``AddV2`` of a variable
         to its output: Keras's ``use_bias``), None when ``op`` is anything else."""
         if op.op not in BIAS_OPS or len(op.input) != 2 or _source(op.input[1]) in data:
@@ -555,7 +432,7 @@ class ExportGraphBuilder:
             return None
         return linear if _weight_variable(op.input[1], flat) is not None else None
 
-    def _wire(self, flat: _Flat, owner: dict[str, str]) -> None:
+    def _wire(self, flat: Flat, owner: dict[str, str]) -> None:
         for op in flat.ops.values():
             path = owner.get(op.name)
             if path is None:
@@ -570,11 +447,14 @@ class ExportGraphBuilder:
                 self.graph.layers[producer].consumers.append(layer.path)
 
     def _unique(self, path: str) -> str:
+        """``path``, or ``path_N`` with the first N not taken. The next N to try is kept per
+        path: a function called thousands of times repeats each name as often."""
         if path not in self.graph.layers:
             return path
-        index = 1
+        index = self._suffixes.get(path, 1)
         while f"{path}_{index}" in self.graph.layers:
             index += 1
+        self._suffixes[path] = index + 1
         return f"{path}_{index}"
 
     def _weights(self) -> None:
@@ -635,7 +515,7 @@ class _ScopeMap:
         return "/".join([*parts[:-1], name])
 
 
-def _weight_variable(tensor: str, flat: _Flat) -> str | None:
+def _weight_variable(tensor: str, flat: Flat) -> str | None:
     """The variable pseudo-op a weight input reads, through reads, casts and reshapes; None if none."""
     name = _source(tensor)
     for _ in range(MAX_WALK):
@@ -648,7 +528,7 @@ def _weight_variable(tensor: str, flat: _Flat) -> str | None:
     return None
 
 
-def _data_inputs(op: _Op) -> list[str]:
+def _data_inputs(op: Op) -> list[str]:
     """The inputs of ``op`` that carry activations, not shapes or axes."""
     if op.op in FIRST_INPUT_ONLY:
         return op.input[:1]
@@ -657,7 +537,7 @@ def _data_inputs(op: _Op) -> list[str]:
     return op.input
 
 
-def _computed_from_inputs(flat: _Flat) -> set[str]:
+def _computed_from_inputs(flat: Flat) -> set[str]:
     """Names of the ops whose value depends on a model input (a walk forward, no recursion)."""
     consumers: dict[str, list[str]] = {}
     for op in flat.ops.values():
