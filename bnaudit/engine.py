@@ -235,8 +235,8 @@ class Auditor:
                 "the model holds no BatchNormalization layer (nested models and wrappers included): "
                 "no BN rule had a layer to check"
             )
-        # Operators of a non-Keras graph (ONNX) are opaque by design, not worth a note each.
-        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith("onnx:")})
+        # Operators of a non-Keras graph (ONNX, a SavedModel's serving ops) are opaque by design, not worth a note each.
+        unknown = sorted({l.class_name for l in graph if l.class_name not in KERAS_LAYER_CLASSES and not l.module.startswith(("onnx:", "tensorflow:"))})
         for class_name in unknown:
             paths = [l.path for l in graph if l.class_name == class_name]
             result.notes.append(
@@ -352,8 +352,6 @@ SYNTHETIC_ONLY = {
 def _skip_reason(rule: Rule, graph, options: AuditOptions) -> str:
     """Why ``rule`` cannot run on this model with these options; empty when it can."""
     reruns = "runtime" in rule.needs or "data" in rule.needs
-    if graph.architecture_missing and rule.code not in graph.rules_without_architecture and not (reruns and graph.runner):
-        return graph.architecture_missing
     if rule.code in graph.not_recorded:
         return graph.not_recorded[rule.code]
     not_measured = NOT_MEASURED.get(graph.runner, {}).get(rule.code, "") if reruns else ""

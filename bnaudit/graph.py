@@ -182,11 +182,6 @@ class ModelGraph:
     #: SavedModel's serving signature, with TensorFlow: BN401/402/404), or ``""``
     #: (nothing: those rules are skipped with the reason).
     runner: str = "keras"
-    #: Why the loader knows the batch-norm ops but not the architecture around them (a
-    #: SavedModel's serving graph alone); "" when it knows it. Only the rules named in
-    #: :attr:`rules_without_architecture` then run; the others are skipped with this reason.
-    architecture_missing: str = ""
-    rules_without_architecture: frozenset[str] = frozenset()
     #: Rules whose subject this format does not record, with why (an ONNX file keeps no
     #: ``trainable`` flag, so BN108 cannot judge it): skipped with that reason, never
     #: shown as passed. Set by the loader.

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from bnaudit.loaders import serving
+from bnaudit.loaders import export_graph
 from conftest import audited_by_path, ROOT, SAMPLES, run_bnaudit
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
@@ -98,19 +98,24 @@ def test_damaged_checkpoint_is_one_error_not_a_crash(tmp_path):
 
 def test_a_savedmodel_without_keras_metadata_is_audited_as_its_serving_graph(tmp_path):
     """tf-keras's serving graph of bias_before_bn without its layer configs: the three fused
-    BN ops in inference mode, no BN106, every other rule skipped with the reason."""
+    BN ops in inference mode, named by their variables (``bn1/gamma``), fed by the convolution
+    and Dense whose BiasAdd follows them: BN102 on the same layers as the .keras original;
+    what a serving graph does not record is skipped with the reason."""
     model = _copy(tmp_path)
     (model / "keras_metadata.pb").unlink()
     result = __import__("bnaudit").audit(model)
-    assert result.errors == [] and result.findings == []
-    graph = serving.serving_graph(model)
-    assert {p: layer.config["is_training"] for p, layer in graph.layers.items()} == {
-        "bias_before_bn/bn1": False,
-        "bias_before_bn/bn2": False,
-        "bias_before_bn/bn_fc": False,
+    assert result.errors == []
+    assert sorted((f.code, f.layer) for f in result.findings) == [("BN102", "bn1"), ("BN102", "bn_fc")]
+    graph = export_graph.export_graph(model)
+    assert {p: (layer.config["is_training"], layer.producers) for p, layer in graph.layers.items() if layer.class_name == "BatchNormalization"} == {
+        "bn1": (False, ["conv1"]),
+        "bn2": (False, ["conv2"]),
+        "bn_fc": (False, ["fc"]),
     }
-    assert result.rules_run == ["BN106"]
-    assert {s.code: s.reason for s in result.skipped}["BN102"] == serving.NO_ARCHITECTURE
+    assert (graph["conv1"].config["use_bias"], graph["conv2"].config["use_bias"], graph["fc"].class_name) == (True, False, "Dense")
+    assert {"BN102", "BN106", "BN107", "BN201", "BN204"} <= set(result.rules_run)
+    skipped = {s.code: s.reason for s in result.skipped}
+    assert {c: skipped[c] for c in export_graph.NOT_RECORDED} == export_graph.NOT_RECORDED
 
 
 def test_a_text_savedmodel_without_keras_metadata_is_one_line_and_exit_2(tmp_path):
@@ -218,22 +223,24 @@ def _keras3_export(tmp_path, train_last: bool):
 
 @pytest.mark.slow
 def test_a_keras3_export_is_audited_on_its_serving_graph(tmp_path):
-    """Keras 3 runs tf.nn.batch_normalization (unfused): both BN layers are found by their
-    name scope, in inference mode, and the rules that need the architecture say why not."""
+    """Keras 3 runs tf.nn.batch_normalization (unfused): both BN layers are named by their
+    variables (``bn_last/gamma``), in inference mode; bn_last is the model's output (BN104, as
+    on the .keras), the untrained moving statistics are BN202 (read from the checkpoint), and
+    what a serving graph does not record is skipped with the reason."""
     model = _keras3_export(tmp_path, train_last=False)
     run = run_bnaudit("check", model, "--format", "json")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr
     report = json.loads(run.stdout)["models"][0]
-    assert report["findings"] == [] and report["errors"] == []
+    assert sorted((f["code"], f["layer"]) for f in report["findings"]) == [("BN104", "bn_last"), ("BN202", "bn"), ("BN202", "bn_last")]
+    assert report["errors"] == []
     skipped = {s["code"]: s["reason"] for s in report["skipped"]}
-    assert "BN106" not in skipped
-    assert set(skipped) >= {"BN101", "BN102", "BN103", "BN104", "BN105", "BN107", "BN108", "BN109", "BN201", "BN204", "BN501", "BN401"}
-    assert all(skipped[c] == serving.NO_ARCHITECTURE for c in ("BN101", "BN102", "BN109", "BN201", "BN501"))
+    assert not {"BN102", "BN103", "BN104", "BN105", "BN106", "BN107", "BN109", "BN201", "BN204"} & set(skipped)
+    assert {c: skipped[c] for c in ("BN101", "BN108", "BN205", "BN501")} == {c: export_graph.NOT_RECORDED[c] for c in ("BN101", "BN108", "BN205", "BN501")}
     assert skipped["BN401"] == "needs --data or --inference"  # the serving signature is re-run with --inference
-    graph = serving.serving_graph(model)
-    assert {p: (l.config["epsilon"], l.config["is_training"]) for p, l in graph.layers.items()} == {
-        "exported_1/bn_1": (1e-3, False),
-        "exported_1/bn_last_1": (1e-2, False),
+    graph = export_graph.export_graph(model)
+    assert {p: (l.config["epsilon"], l.config["is_training"], l.producers) for p, l in graph.layers.items() if l.class_name == "BatchNormalization"} == {
+        "bn": (1e-3, False, ["conv"]),
+        "bn_last": (1e-2, False, ["conv2"]),
     }
 
 
@@ -242,8 +249,8 @@ def test_a_keras3_export_of_a_bn_called_with_training_true_is_bn106_on_the_servi
     model = _keras3_export(tmp_path, train_last=True)
     result = __import__("bnaudit").audit(model)
     assert result.errors == []
-    assert [(f.code, f.layer) for f in result.findings] == [("BN106", "exported_1/bn_last_1")]
-    finding = result.findings[0]
+    assert sorted((f.code, f.layer) for f in result.findings) == [("BN104", "bn_last"), ("BN106", "bn_last"), ("BN202", "bn"), ("BN202", "bn_last")]
+    finding = next(f for f in result.findings if f.code == "BN106")
     assert "of the serving graph runs in training mode" in finding.message
     assert "runs 'exported_1/bn_last_1/batchnorm/Rsqrt' with is_training=true" in finding.details["source"]
 
@@ -251,7 +258,8 @@ def test_a_keras3_export_of_a_bn_called_with_training_true_is_bn106_on_the_servi
 @pytest.mark.slow
 def test_a_tf_module_running_fused_batch_norm_in_training_mode_is_bn106_in_every_format(tmp_path):
     """tf.saved_model.save of a tf.Module: no Keras at all, one FusedBatchNormV3 with
-    is_training=true under the name scope ``block``. json, sarif and junit render it."""
+    is_training=true under the name scope ``block``: its variables carry no Keras name, so the
+    layer keeps the scope; it is also the function's output (BN104). json, sarif and junit render it."""
     code = """if True:
         import sys, tensorflow as tf
         class Module(tf.Module):
@@ -266,9 +274,12 @@ def test_a_tf_module_running_fused_batch_norm_in_training_mode_is_bn106_in_every
     """
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "module")], check=True, capture_output=True)
     result = __import__("bnaudit").audit(tmp_path / "module")
-    assert [(f.code, f.layer) for f in result.findings] == [("BN106", "block")]
-    assert result.findings[0].details["source"] == "serving signature 'serving_default' runs 'block/FusedBatchNormV3' with is_training=true"
-    assert serving.serving_graph(tmp_path / "module").layers["block"].config["epsilon"] == 0.01
+    assert sorted((f.code, f.layer) for f in result.findings) == [("BN104", "block"), ("BN106", "block")]
+    baked = next(f for f in result.findings if f.code == "BN106")
+    assert baked.details["source"] == "serving signature 'serving_default' runs 'block/FusedBatchNormV3' with is_training=true"
+    assert export_graph.export_graph(tmp_path / "module").layers["block"].config["epsilon"] == 0.01
+    # its moving statistics are the empty constants of training mode, not variables: nothing to read
+    assert "are not variables of this SavedModel" in {s.code: s.reason for s in result.skipped}["BN201"]
     outputs = {fmt: tmp_path / f"report.{fmt}" for fmt in ("json", "sarif", "junit")}
     for fmt, out in outputs.items():
         run = run_bnaudit("check", tmp_path / "module", "--format", fmt, "-o", out)

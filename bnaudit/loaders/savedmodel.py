@@ -16,8 +16,8 @@ with a note. Each BN is found by its object path in the checkpoint's object grap
 key), the path ``keras_metadata.pb`` records for the layer.
 
 A SavedModel without ``keras_metadata.pb`` (Keras 3 ``export()``, plain TensorFlow)
-keeps no layer configs: it is audited as the batch-norm ops of its serving signatures
-(:func:`bnaudit.loaders.serving.serving_graph`, TensorFlow needed). With TensorFlow
+keeps no layer configs: it is audited as the layer graph of its serving function, named
+by its variables (:func:`bnaudit.loaders.export_graph.export_graph`, TensorFlow needed). With TensorFlow
 installed, the serving functions of a tf-keras SavedModel are also inspected for
 batch-norm ops run in training mode (:mod:`bnaudit.loaders.serving`).
 """
@@ -34,13 +34,13 @@ import numpy as np
 from ..graph import ConfigError, ModelGraph, build_graph
 from ..hookspecs import hookimpl
 from . import MAX_CONFIG_BYTES, LoadError, is_savedmodel_dir
-from .arrays import MAX_CHANNELS, BNArrays, assemble_bn_arrays, bn_variable_names
+from .arrays import BNArrays, assemble_bn_arrays, bn_variable_names
+from .checkpoint import CHECKPOINT_PREFIX, CheckpointReader
 
 if TYPE_CHECKING:
     from ..graph import Layer
 
 METADATA_FILE = "keras_metadata.pb"
-CHECKPOINT_PREFIX = "variables/variables"
 #: tf-keras identifiers of the SavedObject that holds a whole model.
 MODEL_IDENTIFIERS = frozenset({"_tf_keras_model", "_tf_keras_network", "_tf_keras_sequential"})
 #: The part of a SavedObject that names a layer's object path: ``root.layer-1.layer_with_weights-0``.
@@ -53,9 +53,9 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         return None
     metadata = path / METADATA_FILE
     if not metadata.is_file():
-        from .serving import serving_graph
+        from .export_graph import export_graph
 
-        return serving_graph(path)
+        return export_graph(path)
     nodes = read_saved_metadata(metadata)
     root = next((n for n in nodes if n["node_path"] == ROOT), None)
     if root is None or root["identifier"] not in MODEL_IDENTIFIERS:
@@ -151,88 +151,11 @@ def _object_paths(graph: ModelGraph, nodes: list[dict[str, Any]]) -> dict[str, s
     return found
 
 
-class CheckpointReader:
-    """TensorFlow's checkpoint reader over ``variables/variables``, created on first use.
-
-    Raises ImportError at construction when TensorFlow is not installed.
-    """
-
-    def __init__(self, prefix: Path) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorflow") is None:
-            raise ImportError("tensorflow")
-        self._prefix = prefix
-        self._reader = None
-
-    def _open(self):
-        if self._reader is None:
-            from tensorflow.core.protobuf import trackable_object_graph_pb2
-            from tensorflow.python.training import py_checkpoint_reader
-
-            try:
-                self._reader = py_checkpoint_reader.NewCheckpointReader(str(self._prefix))
-                graph = trackable_object_graph_pb2.TrackableObjectGraph()
-                graph.ParseFromString(self._reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-            except Exception as exc:
-                raise LoadError(
-                    f"the SavedModel's checkpoint is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                    "the variables/ folder is truncated or damaged; save the model again",
-                ) from None
-            self._shapes = self._reader.get_variable_to_shape_map()
-            self._graph = graph
-        return self._reader
-
-    def variable(self, object_path: str, name: str, where: str) -> np.ndarray | None:
-        """The variable ``name`` of the object at ``object_path``; None when it has none."""
-        reader = self._open()
-        key = self._key(f"{object_path}.{name}")
-        if key is None:
-            return None
-        shape = self._shapes.get(key)
-        if shape is None or len(shape) != 1 or not 0 < shape[0] <= MAX_CHANNELS:
-            raise LoadError(f"{where} has shape {shape}, expected one vector per channel")
-        return np.asarray(reader.get_tensor(key), dtype=np.float64)
-
-
-    def _key(self, object_path: str) -> str | None:
-        """The checkpoint key of the variable at ``object_path`` (``root.a.b``); None if none."""
-        node_id = _resolve(self._graph, object_path)
-        if node_id is None:
-            return None
-        return next((a.checkpoint_key for a in self._graph.nodes[node_id].attributes if a.name == "VARIABLE_VALUE"), None)
-
-    def count(self, object_path: str) -> int | None:
-        """The scalar step count at ``object_path`` (``root.optimizer._iterations``); None
-        when there is none, it is not a scalar, or not a non-negative integer."""
-        from .optimizer import valid_count
-
-        reader = self._open()
-        key = self._key(object_path)
-        if key is None or self._shapes.get(key) != []:
-            return None
-        value = np.asarray(reader.get_tensor(key))
-        return valid_count(float(value)) if value.dtype.kind in "iuf" else None
-
-
 #: Where a tf-keras optimizer keeps its step count in the checkpoint (the current and the
 #: legacy optimizers, and the inner optimizer of a LossScaleOptimizer, whose own stays 0).
 OPTIMIZER_COUNTS = tuple(
     f"root.optimizer{inner}.{name}" for inner in ("", ".inner_optimizer", "._optimizer") for name in ("_iterations", "iter")
 )
-
-
-def _resolve(graph, object_path: str) -> int | None:
-    """The node id at ``root.a.b`` in the checkpoint's object graph, following child names."""
-    node_id = 0
-    for local_name in object_path.split(".")[1:]:
-        if not 0 <= node_id < len(graph.nodes):
-            return None
-        children = {c.local_name: c.node_id for c in graph.nodes[node_id].children}
-        if local_name not in children:
-            return None
-        node_id = children[local_name]
-    return node_id if 0 <= node_id < len(graph.nodes) else None
 
 
 class SavedModelWeights:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..graph import Layer, ModelGraph
+from ..graph import ModelGraph
 from . import LoadError
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -265,56 +265,3 @@ def mark_training_in_serving(path: Path, graph: ModelGraph) -> None:
 def _source_of(op: ServingBatchNorm) -> str:
     """Where BN106 learnt that ``op`` runs in training mode, as its finding says."""
     return f"serving signature {op.signature!r} runs {op.node!r} with is_training=true"
-
-
-#: Why the placement, weight and safety rules do not run on a graph read from the serving
-#: signatures alone (see :func:`serving_graph`).
-NO_ARCHITECTURE = (
-    "this SavedModel keeps no Keras layer configs (no keras_metadata.pb: Keras 3 export() and plain TensorFlow "
-    "write none), only its serving graph; audit the .keras file it was exported from for this rule"
-)
-#: The rules that judge a serving graph's batch-norm ops by themselves (BN106), and the
-#: re-runs of its serving signature (:mod:`bnaudit.runtime.serving_inference`).
-SERVING_RULES = frozenset({"BN106", "BN401", "BN402", "BN404"})
-
-
-def serving_graph(path: Path) -> ModelGraph:
-    """A SavedModel without layer configs as the batch-norm ops of its serving signatures.
-
-    Each op is one BatchNormalization layer named by its name scope (the same in every
-    signature that runs it), with ``epsilon`` and ``is_training`` as the op says; one run
-    in training mode by any signature is marked for BN106. There is no architecture, no
-    weights and no per-layer inputs: the serving signature is re-run as a whole
-    (BN401, BN402, BN404, runner ``"serving"``), and every other rule is skipped with the reason.
-
-    Raises :class:`LoadError` without TensorFlow (nothing can be read) or when
-    ``saved_model.pb`` is missing or unreadable.
-    """
-    if not (path / SAVED_MODEL_FILE).is_file():
-        raise LoadError(
-            f"this SavedModel has neither keras_metadata.pb nor {SAVED_MODEL_FILE} (a saved_model.pbtxt is not read)",
-            "save it again with tf.saved_model.save or Keras 3 model.export()",
-        )
-    try:
-        ops = serving_batchnorm_ops(path)
-    except ImportError:
-        raise LoadError(
-            "this SavedModel has no keras_metadata.pb, and reading its serving graph needs TensorFlow",
-            "pip install 'bnaudit[tensorflow]'",
-        ) from None
-    graph = ModelGraph(name=path.name, class_name="SavedModel", format="savedmodel", runner="serving")
-    graph.producer = "SavedModel serving graph"
-    graph.architecture_missing = NO_ARCHITECTURE
-    graph.rules_without_architecture = SERVING_RULES
-    for op in ops:
-        layer = graph.layers.get(op.scope)
-        if layer is None:
-            name = op.scope.rpartition("/")[2]
-            config = {"name": name, "epsilon": op.epsilon, "is_training": op.is_training, "op": op.op}
-            layer = graph.layers[op.scope] = Layer(path=op.scope, name=name, class_name="BatchNormalization", config=config)
-        if op.is_training and not layer.baked_training:
-            layer.config["is_training"] = True
-            layer.baked_training = _source_of(op)
-    if not ops:
-        graph.notes.append("no batch-norm op is reachable from a serving signature of this SavedModel")
-    return graph

@@ -299,7 +299,7 @@ def batchnorm_training_baked(ctx):
             source = bn.baked_training
         elif baked:
             source = "its own call" if baked == bn.path else f"the call of nested model {baked!r}"
-        if source and ctx.graph.architecture_missing:  # a SavedModel's serving graph alone: no layer call to fix
+        if source and ctx.graph.runner == "serving":  # a SavedModel's serving graph: no layer call to fix
             yield ctx.finding(
                 bn,
                 f"batch-norm op {bn.path!r} of the serving graph runs in training mode ({source}): "
