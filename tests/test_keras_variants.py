@@ -637,14 +637,14 @@ def test_data_order_options_on_the_command_line(class_folders):
     assert [f["code"] for f in json.loads(ordered.stdout)["models"][0]["findings"]] == ["BN302"]  # a warning: exit 0
 
 
-@pytest.mark.parametrize(("axis", "expected"), [(-1, {("BN102", "blk/bn")}), (-2, {("BN107", "blk/bn")}), (1, {("BN102", "blk/bn")})])
-def test_a_bn_after_a_dense_of_unknown_rank_is_judged_on_axes_counted_from_the_end(tmp_path, axis, expected):
-    """A nested Sequential records no input shapes, so the rank of the Dense's output is
-    unknown; its channels are axis -1 at any rank. BN on -1 cancels the Dense's bias
-    (BN102); on -2 it normalizes the 5 time steps (BN107, never BN102). Axis 1 is the
-    channels at rank 2 and not at rank 3: BN107 cannot tell, and BN102 keeps reading a
-    BN whose axis cannot be placed as one on the channels (as tf-keras's ``axis=[1]``
-    after a Dense always is)."""
+@pytest.mark.parametrize(
+    ("axis", "expected", "channel_axis"),
+    [(-1, {("BN102", "blk/bn")}, None), (-2, {("BN107", "blk/bn")}, 2), (1, {("BN107", "blk/bn")}, 2)],
+)
+def test_the_rank_of_a_bn_after_a_nested_dense_is_walked_back_to_the_input(tmp_path, axis, expected, channel_axis):
+    """A nested Sequential records no input shapes. Fed by the model's Input (5, 4), the
+    rank is walked back to it: 3, channels on axis 2, so a BN on -2 or 1 normalizes the 5
+    time steps (BN107, never BN102), and one on -1 is on the channels (BN102)."""
     import keras
 
     from model_builders import set_trained_statistics_any
@@ -658,5 +658,26 @@ def test_a_bn_after_a_dense_of_unknown_rank_is_judged_on_axes_counted_from_the_e
         assert findings(result) == expected, path
     bn107 = [f for f in result.findings if f.code == "BN107"]
     if bn107:
-        assert bn107[0].message == "BatchNormalization 'blk/bn' normalizes axis -2, but 'blk/dense' (channels_last) puts channels on axis -1"
-        assert bn107[0].details["channel_axis"] == -1 and bn107[0].details["rank"] is None
+        assert bn107[0].message == f"BatchNormalization 'blk/bn' normalizes axis {axis}, but 'blk/dense' (channels_last) puts channels on axis {channel_axis}"
+        assert bn107[0].details["channel_axis"] == channel_axis and bn107[0].details["rank"] == 3
+
+
+@pytest.mark.parametrize(
+    ("axis", "data_format", "rank", "expected"),
+    [
+        (-1, "channels_last", None, ([-1], -1)),
+        (-2, "channels_last", None, ([-2], -1)),
+        (1, "channels_last", None, None),  # rank 2: the channels; rank 3: not
+        ([1], "channels_first", None, ([1], 1)),
+        (-1, "channels_first", None, None),
+        (-2, "channels_last", 3, ([1], 2)),
+        ([1, 2], "channels_last", 4, ([1, 2], 3)),
+    ],
+)
+def test_axes_are_compared_from_the_end_where_the_rank_is_unknown(axis, data_format, rank, expected):
+    from bnaudit.graph import Layer
+    from bnaudit.rules.layers import axes_against_channels
+
+    bn = Layer(path="bn", name="bn", class_name="BatchNormalization", config={"axis": axis})
+    producer = Layer(path="conv", name="conv", class_name="Conv2D", config={"data_format": data_format})
+    assert axes_against_channels(bn, producer, rank) == expected

@@ -25,7 +25,7 @@ from ..rules.layers import (
     LINEAR_CLASSES,
     axes_against_channels,
     baked_training,
-    output_rank,
+    input_rank,
 )
 from .changes import ArrayChange, Change, Refusal
 from .copy import ModelCopy
@@ -59,7 +59,7 @@ def why_not_foldable(graph: ModelGraph, bn: Layer) -> str | None:
         return f"{producer.path!r} also feeds {', '.join(c for c in producer.consumers if c != bn.path)}"
     if producer.config.get("lora_rank"):
         return f"{producer.path!r} has a LoRA adapter"
-    compared = axes_against_channels(bn, producer, bn.input_rank or output_rank(producer))
+    compared = axes_against_channels(bn, producer, input_rank(graph, bn))
     if compared is None:
         return f"its axis {bn.config.get('axis')} cannot be compared with the channel axis of {producer.path!r}: the file does not record the rank"
     axes, channels = compared

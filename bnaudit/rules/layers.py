@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import BATCHNORM_CLASSES, Layer, ModelGraph, is_identity
+from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, is_identity
 
 DROPOUT_CLASSES = frozenset(
     {
@@ -77,11 +77,56 @@ SPATIAL_LAYOUT_CLASSES = frozenset(
 OUTPUT_ACTIVATIONS = frozenset({"softmax", "sigmoid", "log_softmax"})
 
 
-def output_rank(layer: Layer) -> int | None:
-    """Rank of ``layer``'s output where the config tells it (convs fix it; Dense keeps its input's)."""
+#: How far :func:`input_rank` walks back through rank-keeping layers (a hostile chain
+#: cannot make it long).
+MAX_RANK_WALK = 64
+
+
+def input_rank(graph: ModelGraph, layer: Layer, walked: int = 0) -> int | None:
+    """Rank of ``layer``'s input, batch axis included: as the file records it for the layer
+    (its input shapes, its build config, a ``batch_input_shape``), else the output rank of
+    its one producer (:func:`output_rank`). None when it cannot be told.
+
+    tf-keras records shapes only on the model's input (``InputLayer``'s
+    ``batch_input_shape``), so a BN after a Dense after it has rank 2 only through the walk.
+    The walk does not leave a wrapper (TimeDistributed, Bidirectional...): the layer it
+    wraps sees its input without the wrapped axis, a rank the graph does not show.
+    """
+    recorded = layer.input_rank or declared_rank(layer)
+    if recorded is not None or walked >= MAX_RANK_WALK or len(layer.producers) != 1:
+        return recorded
+    producer = graph[layer.producers[0]]
+    if producer.container != layer.container and any(m.class_name not in MODEL_CLASSES for m in graph.enclosing_models(layer)):
+        return None
+    return output_rank(graph, producer, walked + 1)
+
+
+def output_rank(graph: ModelGraph, layer: Layer, walked: int = 0) -> int | None:
+    """Rank of ``layer``'s output: fixed by a convolution or Flatten, an input's declared
+    shape, 2 for a global pooling (without ``keepdims``: batch and channels), or that
+    of its input for a layer that keeps it (Dense, BN, activations, dropout,
+    pooling/padding); None otherwise."""
     if layer.class_name in CONV_RANKS:
         return CONV_RANKS[layer.class_name]
-    return layer.input_rank if layer.class_name == "Dense" or layer.class_name in BATCHNORM_CLASSES else None
+    if layer.class_name == "Flatten":
+        return 2
+    if layer.class_name.startswith("Global") and "Pooling" in layer.class_name:  # GlobalAveragePooling2D...
+        return input_rank(graph, layer, walked) if layer.config.get("keepdims") else 2
+    if layer.class_name == "InputLayer":
+        return declared_rank(layer)
+    if layer.class_name == "Dense" or layer.class_name in BATCHNORM_CLASSES or keeps_layout(layer):
+        return input_rank(graph, layer, walked)
+    return None
+
+
+def declared_rank(layer: Layer) -> int | None:
+    """The rank of the input shape the layer's config declares (Keras 3 ``batch_shape``,
+    tf-keras ``batch_input_shape``, which a Sequential's first layer may carry)."""
+    for key in ("batch_shape", "batch_input_shape"):
+        shape = layer.config.get(key)
+        if isinstance(shape, list):
+            return len(shape)
+    return None
 
 
 def axes_against_channels(bn: Layer, producer: Layer, rank: int | None) -> tuple[list[int], int] | None:
@@ -153,7 +198,7 @@ def cancelled_bias(graph: ModelGraph, bn: Layer) -> Layer | None:
         consumer.class_name in BATCHNORM_CLASSES for consumer in graph.consumers_through(producer, is_identity)
     ):
         return None  # the bias still matters to a consumer that is not a BN
-    compared = axes_against_channels(bn, producer, bn.input_rank or output_rank(producer))
+    compared = axes_against_channels(bn, producer, input_rank(graph, bn))
     if compared is not None and compared[0] != [compared[1]]:
         return None  # BN normalizes another axis: BN107's business
     return producer
@@ -193,7 +238,7 @@ def channel_axis_mismatch(graph: ModelGraph, layer: Layer, producer_classes: fro
     data_format = producer.config.get("data_format") or "channels_last"
     if any((p.config.get("data_format") or "channels_last") != data_format for p in passed if p.class_name in SPATIAL_LAYOUT_CLASSES):
         return None
-    rank = layer.input_rank or output_rank(producer)
+    rank = input_rank(graph, layer)
     compared = axes_against_channels(layer, producer, rank)
     if compared is None or compared[1] in compared[0]:
         return None

@@ -21,7 +21,7 @@ from .layers import (
     bn_axes,
     cancelled_bias,
     channel_axis_mismatch,
-    output_rank,
+    input_rank,
 )
 
 
@@ -250,7 +250,7 @@ def consecutive_batchnorm(ctx):
         producer, _ = ctx.graph.producer_through(bn, is_identity)
         if producer is None or producer.class_name not in BATCHNORM_CLASSES:
             continue
-        rank = bn.input_rank or producer.input_rank
+        rank = input_rank(ctx.graph, bn)
         if bn_axes(bn, rank) != bn_axes(producer, rank):
             continue
         yield ctx.finding(
@@ -346,7 +346,7 @@ def batchnorm_axis_mismatch(ctx):
     """
     for bn in ctx.graph.batchnorms():
         producer, _ = ctx.graph.producer_through(bn, is_identity)
-        rank = bn.input_rank or (output_rank(producer) if producer is not None else None)
+        rank = input_rank(ctx.graph, bn)
         axis = bn.axis
         axes = axis if isinstance(axis, list) else [axis]
         if rank is not None and any(not isinstance(a, int) or not -rank <= a < rank for a in axes):
