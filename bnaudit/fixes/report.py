@@ -7,10 +7,10 @@ rendered by jinja2 with autoescaping.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 from ..printable import printable
+from ..reporters.json import dumps
 from .changes import FixReport
 from .proof import SAME_OUTPUTS
 
@@ -20,7 +20,7 @@ FORMATS = ("text", "json", "html")
 def render(report: FixReport, fmt: str) -> str:
     """``report`` in ``fmt`` (one of :data:`FORMATS`); ends with a newline."""
     if fmt == "json":
-        return json.dumps(report.to_dict(), indent=2, allow_nan=False, default=str) + "\n"
+        return dumps(report.to_dict())  # check's JSON policy: a NaN or infinity becomes a string
     if fmt == "html":
         return _html(report)
     return _text(report)
