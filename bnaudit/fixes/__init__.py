@@ -128,7 +128,10 @@ def fix(
         :class:`~bnaudit.runtime.data.DataError` for data that is missing or does not
         fit the model. Nothing is written then, and the input is never written.
     """
-    data, stats, verify_data = (None if value is None else os.fspath(value) for value in (data, stats, verify_data))
+    unknown = sorted(set(chosen) - {one.keyword for one in FIXES})
+    if unknown:
+        raise TypeError(f"fix() got an unexpected keyword argument {unknown[0]!r}")
+    data, stats, verify_data = (os.fspath(value) if isinstance(value, os.PathLike) else value for value in (data, stats, verify_data))
     check_keywords(
         {**chosen, "all_fixes": all_fixes, "data": data, "stats": stats, "recalibrate_method": recalibrate_method, "batch_size": batch_size,
          "max_samples": max_samples, "verify": verify, "verify_data": verify_data, "unsafe_load": unsafe_load, "seed": seed, "force": force},
@@ -238,9 +241,6 @@ def _needing_data(path: Path) -> list[str]:
 
 def _requested(chosen: dict[str, bool], all_fixes: bool, data: str | None, stats: str | None) -> list[Fix]:
     """The fixes to run, in order; raises for a request that cannot be met."""
-    unknown = sorted(set(chosen) - {one.keyword for one in FIXES})
-    if unknown:
-        raise TypeError(f"fix() got an unexpected keyword argument {unknown[0]!r}")
     wanted = [one for one in FIXES if chosen.get(one.keyword)]
     if not wanted and not all_fixes:
         flags = ", ".join(one.flag + (" --data DATA" if one.needs_data else "") for one in FIXES)

@@ -63,8 +63,8 @@ def _text(report: FixReport) -> str:
     lines = [printable(f"bnaudit fix: {report.path} -> {report.output} ({report.format}); fixes: {', '.join(report.fixes)}")]
     if not report.written:
         lines.append(nothing_to_fix(report))
-        lines += [printable(line) for line in needs_data(report)]
         lines += [printable(f"  {refusal.fix}  {refusal.layer}  not changed: {refusal.why}") for refusal in report.refused]
+        lines += [printable(line) for line in needs_data(report)]
         return "\n".join(lines) + "\n"
     rows = []
     for change in report.changes:
