@@ -46,7 +46,7 @@ def test_a_bn201_batchnorm_is_neither_absorbed_nor_folded_and_a_named_fix_is_ref
     inputs = keras.Input((4,))
     bn = keras.layers.BatchNormalization(name="bn")
     model = keras.Model(inputs, bn(keras.layers.Dense(3, name="fc")(inputs)))
-    gamma, beta, mean, variance = bn.get_weights()
+    gamma, beta, mean, _ = bn.get_weights()
     bn.set_weights([gamma, beta, mean + 0.5, np.array([1.0, np.nan, 2.0], "float32")])
     model.save(tmp_path / "m.keras")
     assert {(f.code, f.layer) for f in audit(tmp_path / "m.keras", select=["BN102", "BN201"]).findings} == {("BN102", "bn"), ("BN201", "bn")}

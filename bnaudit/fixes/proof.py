@@ -41,7 +41,6 @@ SAMPLES = 32
 def prove(original: Path, copy: Path, graph, applied: list[str], static_codes: list[str], options: dict[str, Any]) -> Proof:
     """Check ``copy`` against ``original`` for the ``applied`` fixes (those that changed it); see the module docstring."""
     from ..api import audit
-
     from ..runtime.data import DataError
 
     proof = Proof("passed")
