@@ -40,8 +40,9 @@ def fix(path: "str | os.PathLike[str]", out: "str | os.PathLike[str]", **options
 
     The keywords are those of :func:`bnaudit.fixes.fix` (``unbake``, ``absorb_bias``,
     ``fold``, ``recalibrate``, ``all_fixes``, ``data``, ``stats``...); ``report.changes``
-    is the change list. Raises :class:`~bnaudit.loaders.LoadError` for bad input, with
-    nothing written. Imported lazily so ``import bnaudit`` stays light.
+    is the change list. Raises :class:`~bnaudit.loaders.LoadError` (or its subclasses
+    ``FixError``, ``DataError``) for bad input and :class:`~bnaudit.options.OptionsError`
+    for a keyword of the wrong type, with nothing written. Imported lazily so ``import bnaudit`` stays light.
     """
     from .fixes import fix as run
 

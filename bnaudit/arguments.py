@@ -56,12 +56,13 @@ def module_problem(name: str) -> str | None:
     return None
 
 
-def data_problem(spec: str) -> tuple[str, str] | None:
+def data_problem(spec: str, flag: str = "--data") -> tuple[str, str] | None:
     """What is wrong with a ``--data`` value, as (message, hint), or None when it may be read.
 
     Accepted: an existing ``.npy``/``.npz`` file, an existing directory (of images), or
     ``package.module:function`` whose package can be found. Whether the data fits the
-    model is checked later, when the model is loaded.
+    model is checked later, when the model is loaded. Messages start with ``flag {spec}``
+    (``--verify-data`` takes the same sources).
     """
     path = Path(spec)
     if path.is_dir():
@@ -69,11 +70,11 @@ def data_problem(spec: str) -> tuple[str, str] | None:
     if path.is_file():
         if path.suffix.lower() in DATA_SUFFIXES:
             return None
-        return f"--data {spec}: unknown data format {path.suffix or '(no suffix)'!r}", DATA_HINT
+        return f"{flag} {spec}: unknown data format {path.suffix or '(no suffix)'!r}", DATA_HINT
     if MODULE_ATTRIBUTE.match(spec):
         problem = module_problem(spec.partition(":")[0])
-        return (f"--data {spec}: {problem}", "run from the directory that holds the module, or install it") if problem else None
-    return f"--data {spec}: no such file or directory", DATA_HINT
+        return (f"{flag} {spec}: {problem}", "run from the directory that holds the module, or install it") if problem else None
+    return f"{flag} {spec}: no such file or directory", DATA_HINT
 
 
 def _working_directory_first() -> None:

@@ -127,6 +127,16 @@ def runtime_options(values: Mapping[str, Any], base: RuntimeOptions | None = Non
     )
 
 
+def check_keywords(values: Mapping[str, Any], hints: Mapping[str, Any]) -> None:
+    """Check a function's own keywords (:func:`bnaudit.fix`'s) as runtime options are
+    checked: each value not None against its type in ``hints`` (``bool``, ``int``, ``str``,
+    ``X | None``...). Raises :class:`OptionsError` naming the key (``option 'fold' =
+    'no': expected True or False``)."""
+    for key, value in values.items():
+        if value is not None:
+            _checked(key, value, hints[key])
+
+
 def check_selection(selection: "Selection", rules: "Mapping[str, Rule]", keys: tuple[str, str, str] = ("select", "ignore", "extend-select")) -> None:
     """Every code or prefix of ``select``, ``ignore`` and ``extend-select`` must match a
     rule, and ``select`` may not be empty (a gate that runs nothing passes everything);

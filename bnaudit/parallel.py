@@ -361,6 +361,24 @@ class ChildDied(LoadError):
     """The child process running a command's work on a model died or was stopped."""
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached a process of :func:`call_in_child`: the work unwinds
+    (``finally`` blocks, temporary directories) and the process ends. A ``BaseException``,
+    so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: The signals that stop a command's work, in the command's process and in its child.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Linux ``prctl`` option: the signal the kernel sends this process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+#: In a child of :func:`call_in_child`, the pid of the process that started it; None elsewhere.
+_parent: int | None = None
+
+
 def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``function(*args, **kwargs)`` run in a forked child process: its value, or its exception raised here.
 
@@ -371,6 +389,14 @@ def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     runs TensorFlow (the test suite calling the command) cannot fork safely, and a
     daemonic one may not start children: the call runs here. Raises :class:`ChildDied` (a :class:`~bnaudit.loaders.LoadError`) when
     the child ended without an answer.
+
+    The child does not outlive this process: on Linux the kernel sends it SIGTERM when
+    this process ends, however it ends (SIGKILL included, ``prctl(PR_SET_PDEATHSIG)``),
+    and :func:`unless_orphaned` lets it write nothing once orphaned. SIGTERM or
+    SIGINT, here or in the child, makes the child unwind (:class:`Stopped`: its
+    temporary files are removed); this process waits for that, then ends by the same
+    signal. Called from a thread other than the main one, this process installs no
+    handler (Python allows none there) and ends as the signal's default action says.
     """
     import multiprocessing
 
@@ -378,28 +404,90 @@ def call_in_child(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return function(*args, **kwargs)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_answer, args=(send, function, args, kwargs))  # not daemonic: the proof starts its own
-    child.start()
-    send.close()
+    child = context.Process(target=_answer, args=(send, os.getpid(), function, args, kwargs))  # not daemonic: the proof starts its own
+    previous = _handle_stop_signals(_stop_here)
     try:
+        child.start()
+        send.close()
         ok, value = receive.recv()
     except EOFError:  # it died before answering
         child.join()
         raise ChildDied(_died_message(child.exitcode == -signal.SIGALRM), "run with --debug to see why") from None
+    except Stopped as stopped:
+        _handle_stop_signals(signal.SIG_DFL)  # a second signal ends this process now; the child still unwinds
+        if child.pid is not None:
+            child.terminate()
+            child.join()
+        os.kill(os.getpid(), stopped.signum)  # end as the signal asked, for the shell and `timeout` to see
+        raise
     finally:
         receive.close()
+        _restore(previous)
     child.join()
     if ok:
         return value
     raise value
 
 
-def _answer(send: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    """In the child: run ``function`` and send back (True, value) or (False, exception)."""
-    global _in_child
-    _in_child = True
+def _stop_here(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def _stop_child(signum: int, frame: Any) -> None:
+    """In the child: unwind once; signals that come while it unwinds (the parent's
+    SIGTERM after a Ctrl-C that reached both) must not cut its clean-up short."""
+    _handle_stop_signals(signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def _handle_stop_signals(handler: Any) -> dict[int, Any]:
+    """Set ``handler`` for :data:`STOP_SIGNALS`; the handlers before (empty outside the main thread)."""
     try:
+        return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        return {}
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent ends (Linux; elsewhere :func:`unless_orphaned`
+    alone guards the writes); :class:`Stopped` when it ended already, before the request."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: not Linux
+        pass
+    if os.getppid() != parent:
+        raise Stopped(signal.SIGTERM)
+
+
+def unless_orphaned() -> None:
+    """Raise :class:`Stopped` in a child of :func:`call_in_child` whose parent has ended;
+    called just before a write into the user's files, so that a run whose command was
+    killed writes nothing (on Linux the kernel's SIGTERM stops it too; this covers the
+    systems without ``PR_SET_PDEATHSIG`` and a signal still on its way). Outside such a
+    child, nothing."""
+    if _parent is not None and os.getppid() != _parent:
+        raise Stopped(signal.SIGTERM)
+
+
+def _answer(send: Any, parent: int, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """In the child: run ``function`` and send back (True, value) or (False, exception);
+    stopped (:class:`Stopped`), it ends once ``function`` has unwound, sending nothing."""
+    global _in_child, _parent
+    _in_child = True
+    _parent = parent
+    _handle_stop_signals(_stop_child)
+    try:
+        _die_with_parent(parent)
         answer = (True, function(*args, **kwargs))
+    except Stopped as stopped:
+        os._exit(128 + stopped.signum)
     except Exception as exc:
         answer = (False, exc)
     try:

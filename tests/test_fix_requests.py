@@ -131,6 +131,7 @@ def test_all_lists_what_it_could_not_fix_where_a_named_fix_is_an_error(tmp_path)
     assert run.stdout.splitlines()[1:] == [
         "nothing to fix: no layer that unbake, absorb-bias would change; no copy was written",
         "  absorb-bias  td_bn/batch_normalization  not changed: 'td_dense/dense' sits inside TimeDistributed 'td_dense'; wrapped layers are not rewritten",
+        "not recalibrated: BN202 td_bn/batch_normalization is fixed by --recalibrate, which needs --data DATA or --stats FILE",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["td.keras"]
 

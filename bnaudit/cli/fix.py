@@ -16,6 +16,7 @@ from ..findings import ExitCode
 from ..fixes import FIXES
 from ..graph import ConfigError
 from ..loaders import LoadError
+from ..arguments import data_problem
 from ..output import refuse_inputs, write_atomic
 from .options import MODEL_HINT, STATS_HINT, FilePath, fail
 
@@ -57,16 +58,19 @@ _REPORT_SUFFIXES = {".json": "json", ".html": "html", ".htm": "html"}
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_data, batch_size, max_samples, output_format, report_file, force, no_verify, unsafe_load, debug, **chosen) -> None:
     """Write a fixed copy of MODEL to -o OUT and prove it: outputs compared, findings re-checked."""
-    from ..fixes import fix as run_fix
-    from ..fixes.report import render
     from ..parallel import call_in_child, native_stderr_silenced
 
     refuse_inputs([("--report", report_file)], [model])
     refuse_inputs([("--report", report_file)], [output], kind="the copy -o writes,", why="they need a path each")
+    for flag, spec in (("--data", data), ("--verify-data", verify_data)):
+        problem = data_problem(spec, flag) if spec else None
+        if problem:  # now, as `check` says it, not after TensorFlow has started
+            fail(f"{problem[0]} ({problem[1]})")
+    output_format = output_format or _REPORT_SUFFIXES.get(Path(report_file or "").suffix.lower(), "text")
     try:  # in a child process: a model that crashes or hangs libhdf5 costs the child, not this one
         with native_stderr_silenced(not debug):  # TensorFlow's start-up lines, when the proof loads it
-            report = call_in_child(
-                run_fix,
+            report, text = call_in_child(
+                _fix_and_render, output_format,
                 model, output, all_fixes=all_fixes, data=data, stats=stats_file, recalibrate_method=recalibrate_method, batch_size=batch_size,
                 max_samples=max_samples, verify=not no_verify, verify_data=verify_data, unsafe_load=unsafe_load, force=force, **chosen,
             )
@@ -78,9 +82,19 @@ def fix(model, output, all_fixes, data, stats_file, recalibrate_method, verify_d
         if debug:
             raise
         fail(f"{model}: {exc} (the file was not written by Keras as saved)")
-    text = render(report, output_format or _REPORT_SUFFIXES.get(Path(report_file or "").suffix.lower(), "text"))
     if report_file:
         write_atomic(report_file, text)
     else:
         click.echo(text, nl=False)
     sys.exit(int(ExitCode.FINDINGS if report.proof.status == "failed" else ExitCode.OK))
+
+
+def _fix_and_render(output_format: str, *args, **kwargs):
+    """:func:`bnaudit.fixes.fix` and its report in ``output_format``, rendered before the
+    copy is moved into place: a report that cannot be rendered leaves nothing written."""
+    from ..fixes import fix as run_fix
+    from ..fixes.report import render
+
+    texts = []
+    report = run_fix(*args, before_write=lambda report: texts.append(render(report, output_format)), **kwargs)
+    return report, texts[0] if texts else render(report, output_format)

@@ -18,11 +18,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
+from ..arguments import data_problem
 from ..engine import Auditor, read_batchnorm_vectors
 from ..loaders import LoadError
-from ..parallel import reading_limits
+from ..options import OptionsError, check_keywords
+from ..parallel import reading_limits, unless_orphaned
 from . import absorb, fold, heldout, recalibrate, unbake
 from .changes import FixReport
 from .copy import FixError, ModelCopy
@@ -76,16 +78,17 @@ def fix(
     out: str | Path,
     *,
     all_fixes: bool = False,
-    data: str | None = None,
-    stats: str | None = None,
+    data: str | os.PathLike[str] | None = None,
+    stats: str | os.PathLike[str] | None = None,
     recalibrate_method: str = "one-pass",
     batch_size: int | None = None,
     max_samples: int | None = None,
     verify: bool = True,
-    verify_data: str | None = None,
+    verify_data: str | os.PathLike[str] | None = None,
     unsafe_load: bool = False,
     seed: int = 0,
     force: bool = False,
+    before_write: Callable[[FixReport], Any] | None = None,
     **chosen: bool,
 ) -> FixReport:
     """Write a fixed copy of the model at ``path`` to ``out`` and return what changed.
@@ -100,9 +103,17 @@ def fix(
     held-out data (same forms as ``data``) on which a recalibration is measured before
     and after (``report.heldout``, see :mod:`.heldout`). ``recalibrate_method``: one of
     :data:`.recalibrate.METHODS` ("one-pass", the default, or "per-level": one pass per
-    BN depth level with upstream BNs already recalibrated; ``data`` only). ``force``:
+    BN depth level with upstream BNs already recalibrated; ``data`` only). ``batch_size``
+    (samples per batch, at least 2 for the one-pass method, whose BNs normalize by the
+    batch) and ``max_samples``: of the statistics pass. ``force``:
     replace ``out`` when it exists (it is refused otherwise; ``out`` naming the input,
-    under any spelling or through a link, is refused always).
+    under any spelling or through a link, is refused always). ``before_write``: called
+    with the report once the proof has run, before the copy is moved to ``out``; what it
+    raises leaves nothing written (the command renders its report there).
+
+    The copy is built and proved in a temporary directory next to ``out`` and moved into
+    place last, so ``out`` holds a copy only once its proof ran: any failure (bad data
+    found by the proof, an interrupt) leaves no ``out`` and no temporary directory.
 
     :returns: the :class:`FixReport` (changes, refusals, proof); ``out`` holds the copy.
         When the fixes find nothing to change, nothing is written and no proof runs:
@@ -110,15 +121,28 @@ def fix(
         name that refuses every layer it applies to raises instead (``all_fixes`` lists
         the refusals and goes on).
     :raises TypeError: for a keyword that names no fix.
-    :raises LoadError: (or its subclass :class:`FixError`) for a model, request or data
-        that cannot be handled; nothing is written then, and the input is never written.
+    :raises bnaudit.options.OptionsError: (a ``ValueError``) naming the keyword whose value
+        is of the wrong type (``fold="no"``, ``batch_size=0``).
+    :raises LoadError: for a model that cannot be read; its subclasses
+        :class:`FixError` for a request that cannot be met and
+        :class:`~bnaudit.runtime.data.DataError` for data that is missing or does not
+        fit the model. Nothing is written then, and the input is never written.
     """
+    unknown = sorted(set(chosen) - {one.keyword for one in FIXES})
+    if unknown:
+        raise TypeError(f"fix() got an unexpected keyword argument {unknown[0]!r}")
+    data, stats, verify_data = (os.fspath(value) if isinstance(value, os.PathLike) else value for value in (data, stats, verify_data))
+    check_keywords(
+        {**chosen, "all_fixes": all_fixes, "data": data, "stats": stats, "recalibrate_method": recalibrate_method, "batch_size": batch_size,
+         "max_samples": max_samples, "verify": verify, "verify_data": verify_data, "unsafe_load": unsafe_load, "seed": seed, "force": force},
+        {**dict.fromkeys((one.keyword for one in FIXES), bool), **_KEYWORD_TYPES},
+    )
+    if before_write is not None and not callable(before_write):
+        raise OptionsError(f"option 'before_write' = {before_write!r}: expected a function of the report")
     path, out = Path(path), Path(out)
     wanted = _requested(chosen, all_fixes, data, stats)
-    if recalibrate_method not in recalibrate.METHODS:
-        raise FixError(f"unknown recalibration method {recalibrate_method!r}", f"give one of {', '.join(recalibrate.METHODS)}")
-    if recalibrate_method != "one-pass" and stats:
-        raise FixError(f"--stats holds one-pass statistics; the {recalibrate_method} method measures with --data", "give --data, or the one-pass method")
+    recalibrating = any(one.needs_data for one in wanted)
+    _check_request(recalibrating, data, stats, verify, verify_data, recalibrate_method, batch_size)
     _check_paths(path, out, force)
     from ..runtime.cluster import from_environment
 
@@ -132,9 +156,12 @@ def fix(
         read_batchnorm_vectors(graph)  # a file `check` refuses is refused here
     options = {"data": data, "batch_size": batch_size, "max_samples": max_samples, "unsafe_load": unsafe_load, "seed": seed, "method": recalibrate_method}
     report = FixReport(path=str(path), output=str(out), format=graph.format, fixes=[f.name for f in wanted])
+    if all_fixes and not recalibrating:
+        report.needs_data = _needing_data(path)
     if verify_data:
-        report.heldout = _heldout_before(path, verify_data, verify, any(one.needs_data for one in wanted), options)
+        report.heldout = _heldout_before(path, verify_data, verify, recalibrating, options)
     with tempfile.TemporaryDirectory(prefix=".bnaudit-fix-", dir=out.parent) as workdir:
+        staged = Path(workdir, f"fixed{path.suffix}")  # proved here, moved to `out` last
         copy = ModelCopy(path, graph, Path(workdir))
         try:
             for one in wanted:
@@ -151,33 +178,69 @@ def fix(
                 report.refused += refused
             report.dropped_optimizer_state = copy.dropped_optimizer
             if report.changes:
-                copy.save(out, last=True)
+                copy.save(staged, last=True)
         finally:
             copy.close()
-    if not report.changes:  # a copy equal to the input proves nothing: none is written, none is checked
-        report.written = False
-        report.proof.detail = "no copy written: nothing to fix"
-        return report
-    if verify:
-        static = [code for one in wanted for code in one.module.CODES if code in STATIC_CODES]
-        changed = [one.name for one in wanted if any(change.fix == one.name for change in report.changes)]
-        try:
-            report.proof = prove(path, out, graph, changed, static, {**options, "data": data})
+        if not report.changes:  # a copy equal to the input proves nothing: none is written, none is checked
+            report.written = False
+            report.proof.detail = "no copy written: nothing to fix"
+            return report
+        if verify:
+            static = [code for one in wanted for code in one.module.CODES if code in STATIC_CODES]
+            changed = [one.name for one in wanted if any(change.fix == one.name for change in report.changes)]
+            report.proof = prove(path, staged, graph, changed, static, {**options, "data": data})
             if report.heldout is not None and not report.heldout.not_run.get("heldout"):
-                heldout.after(report.heldout, path, out, graph, options)
-        except BaseException:  # a failure that ends the command (a bug, an interrupt): nothing is left written
-            out.unlink(missing_ok=True)
-            raise
-    else:
-        report.proof.detail = "not asked for (--no-verify)"
+                heldout.after(report.heldout, path, staged, graph, options)
+        else:
+            report.proof.detail = "not asked for (--no-verify)"
+        if before_write is not None:
+            before_write(report)
+        unless_orphaned()  # a run whose command was killed writes nothing
+        os.replace(staged, out)
     return report
+
+
+#: The types of :func:`fix`'s own keywords (the fixes' are bool), checked as runtime options are.
+_KEYWORD_TYPES: dict[str, Any] = {
+    "all_fixes": bool, "data": str, "stats": str, "recalibrate_method": str, "batch_size": int, "max_samples": int,
+    "verify": bool, "verify_data": str, "unsafe_load": bool, "seed": int, "force": bool,
+}
+
+
+def _check_request(recalibrating: bool, data: str | None, stats: str | None, verify: bool, verify_data: str | None, method: str, batch_size: int | None) -> None:
+    """What can be refused from the request alone, before the model is read (so in
+    milliseconds, before TensorFlow starts): the method, data that is not there or that
+    nothing would read, and a batch too small for the one-pass method."""
+    if method not in recalibrate.METHODS:
+        raise FixError(f"unknown recalibration method {method!r}", f"give one of {', '.join(recalibrate.METHODS)}")
+    if method != "one-pass" and stats:
+        raise FixError(f"--stats holds one-pass statistics; the {method} method measures with --data", "give --data, or the one-pass method")
+    for flag, spec in (("--data", data), ("--verify-data", verify_data)):
+        problem = data_problem(spec, flag) if spec else None
+        if problem:
+            from ..runtime.data import DataError
+
+            raise DataError(*problem)
+    if data and not recalibrating and not verify:
+        raise FixError("--data is read by --recalibrate and by the proof, which --no-verify turns off", "drop one of them")
+    if recalibrating and data and method == "one-pass" and batch_size is not None and batch_size < 2:
+        raise FixError(
+            f"one-pass recalibration at --batch-size {batch_size}: each BN would normalize by the statistics of one sample",
+            "give --batch-size 2 or more, or --recalibrate-method per-level, which measures each BN in inference mode at any batch size",
+        )
+
+
+def _needing_data(path: Path) -> list[str]:
+    """The findings on the original that only a recalibration fixes and that need no
+    data to be found (BN202; BN301 needs the data itself), as "CODE layer"."""
+    from ..api import audit
+
+    codes = [code for one in FIXES if one.needs_data for code in one.module.CODES if code in STATIC_CODES]
+    return [f"{f.code} {f.layer}" for f in audit(path, select=codes, in_process=True).findings]
 
 
 def _requested(chosen: dict[str, bool], all_fixes: bool, data: str | None, stats: str | None) -> list[Fix]:
     """The fixes to run, in order; raises for a request that cannot be met."""
-    unknown = sorted(set(chosen) - {one.keyword for one in FIXES})
-    if unknown:
-        raise TypeError(f"fix() got an unexpected keyword argument {unknown[0]!r}")
     wanted = [one for one in FIXES if chosen.get(one.keyword)]
     if not wanted and not all_fixes:
         flags = ", ".join(one.flag + (" --data DATA" if one.needs_data else "") for one in FIXES)

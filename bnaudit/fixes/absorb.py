@@ -36,6 +36,12 @@ def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
             refused.append(Refusal(NAME, bn.path, f"{inner.path!r} sits inside {wrapper.class_name} {wrapper.path!r}; wrapped layers are not rewritten"))
             continue
         targets.setdefault(producer.path, []).append(bn)
+    for path, bns in list(targets.items()):  # moving_mean - b keeps a NaN: the bias stays where BN201 can be fixed
+        invalid = {bn.path: copy.invalid_statistics(bn) for bn in bns}
+        first = next((where for where, why in invalid.items() if why), None)
+        if first is not None:  # a layer shared into several BNs keeps its bias for all of them
+            refused += [Refusal(NAME, bn.path, invalid[bn.path] or f"{path!r} also feeds {first!r}, whose statistics are invalid") for bn in bns]
+            del targets[path]
     changes = []
     for path, bns in targets.items():
         producer = graph[path]

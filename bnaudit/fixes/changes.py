@@ -99,6 +99,8 @@ class FixReport:
     recalibration: dict[str, Any] | None = None
     #: Before/after figures on held-out data (``--verify-data``); None when not asked for.
     heldout: "Heldout | None" = None
+    #: ``all_fixes`` without data: the findings only a recalibration fixes ("BN202 bn1").
+    needs_data: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}

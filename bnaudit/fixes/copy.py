@@ -170,6 +170,26 @@ class ModelCopy:
             out[name] = np.asarray(dataset[()], dtype)
         return out
 
+    def invalid_statistics(self, bn: Layer) -> str | None:
+        """Why ``bn``'s arrays, as they stand in the copy, cannot be carried into another
+        layer (BN201: NaN or Inf, or a negative moving variance); None when they can.
+
+        Folding or absorbing such a BN writes its NaN (or the NaN of ``sqrt`` of a negative
+        variance) into the kernel or the statistics, where ``check`` no longer sees it.
+        Moving statistics can be measured again (``--recalibrate``, which runs first);
+        gamma and beta cannot.
+        """
+        arrays = self.read(bn)
+        affine = [name for name in ("gamma", "beta") if name in arrays and not np.isfinite(arrays[name]).all()]
+        if affine:
+            return f"its {' and '.join(affine)} {_hold(affine)} NaN or Inf (BN201): restore a checkpoint from before training diverged"
+        moving = [name for name in ("moving_mean", "moving_variance") if not np.isfinite(arrays[name]).all()]
+        if moving:
+            return f"its {' and '.join(moving)} {_hold(moving)} NaN or Inf (BN201): measure {'them' if len(moving) > 1 else 'it'} again with --recalibrate --data DATA"
+        if (arrays["moving_variance"] < 0).any():
+            return "its moving_variance is negative (BN201): measure it again with --recalibrate --data DATA"
+        return None
+
     def write(self, layer: Layer, name: str, values: np.ndarray) -> None:
         """Overwrite one variable in place (same shape; stored in the file's dtype)."""
         dataset = self._datasets(layer)[name]
@@ -380,6 +400,10 @@ def _dataset(group: h5py.Group, key: str, layer: Layer) -> h5py.Dataset:
     if not isinstance(value, h5py.Dataset):
         raise FixError(f"layer {layer.path!r}: {key} is not an array in the weights file")
     return value
+
+
+def _hold(names: list[str]) -> str:
+    return "hold" if len(names) > 1 else "holds"
 
 
 def _strings(values) -> list[str]:

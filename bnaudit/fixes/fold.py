@@ -13,14 +13,16 @@ The result computes the same function in inference only: a folded model cannot b
 trained with BN any more. A BN is left in place, with the reason listed, when its
 input is not the only output of a single-call linear layer with a linear activation in
 the same container, when it or that layer is shared, when its axis is not the channel
-axis, or when it is called with ``training=True`` (fold after ``--unbake``).
+axis, when it is called with ``training=True`` (fold after ``--unbake``), or when its
+arrays hold NaN, Inf or a negative moving variance (BN201: the folded kernel would hold
+NaN where ``check`` does not look).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Layer, ModelGraph
+from ..graph import Layer
 from ..rules.layers import (
     LINEAR_CLASSES,
     axes_against_channels,
@@ -36,8 +38,13 @@ NOTHING = "no BN can be folded"
 CODES: tuple[str, ...] = ()
 
 
-def why_not_foldable(graph: ModelGraph, bn: Layer) -> str | None:
-    """Why ``bn`` cannot be folded into the layer before it; None when it can."""
+def why_not_foldable(copy: ModelCopy, bn: Layer) -> str | None:
+    """Why ``bn`` cannot be folded into the layer before it; None when it can.
+
+    The layout is read from ``copy.graph``; the statistics from the copy's arrays as they
+    stand (after a recalibration in the same run), last, since that reads the file.
+    """
+    graph = copy.graph
     if len(bn.call_kwargs) > 1:
         return f"the BN is shared ({len(bn.call_kwargs)} calls)"
     if baked_training(graph, bn):
@@ -61,11 +68,11 @@ def why_not_foldable(graph: ModelGraph, bn: Layer) -> str | None:
         return f"{producer.path!r} has a LoRA adapter"
     compared = axes_against_channels(bn, producer, input_rank(graph, bn))
     if compared is None:
-        return f"its axis {bn.config.get('axis')} cannot be compared with the channel axis of {producer.path!r}: the file does not record the rank"
+        return f"its axis {bn.config.get('axis')} cannot be compared with the channel axis of {producer.path!r}: the rank of its input cannot be told from the file"
     axes, channels = compared
     if axes != [channels]:
         return f"its axis {bn.config.get('axis')} is not the channel axis ({channels}) of {producer.path!r}"
-    return None
+    return copy.invalid_statistics(bn)
 
 
 def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
@@ -75,7 +82,7 @@ def apply(copy: ModelCopy) -> tuple[list[Change], list[Refusal]]:
         graph = copy.graph
         foldable: dict[str, str] = {}
         for bn in graph.batchnorms():
-            why = why_not_foldable(graph, bn)
+            why = why_not_foldable(copy, bn)
             if why:
                 refused[bn.path] = Refusal(NAME, bn.path, why)
             else:

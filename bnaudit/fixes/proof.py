@@ -1,4 +1,4 @@
-"""The proof that a fixed copy is right, run after it is written.
+"""The proof that a fixed copy is right, run on it before it is moved to ``-o OUT``.
 
 Two kinds of evidence:
 
@@ -41,6 +41,7 @@ SAMPLES = 32
 def prove(original: Path, copy: Path, graph, applied: list[str], static_codes: list[str], options: dict[str, Any]) -> Proof:
     """Check ``copy`` against ``original`` for the ``applied`` fixes (those that changed it); see the module docstring."""
     from ..api import audit
+    from ..runtime.data import DataError
 
     proof = Proof("passed")
     notes: list[str] = []
@@ -64,6 +65,8 @@ def prove(original: Path, copy: Path, graph, applied: list[str], static_codes: l
     else:
         try:
             _compare_outputs(original, copy, graph, applied, options, proof)
+        except DataError:  # data that does not fit the model is bad input, found before the copy is written
+            raise
         except LoadError as exc:
             notes.append(f"outputs not compared: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         except Exception as exc:  # TensorFlow cannot run the model here (an NCHW convolution on a CPU...)

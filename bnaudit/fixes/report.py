@@ -7,10 +7,10 @@ rendered by jinja2 with autoescaping.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 from ..printable import printable
+from ..reporters.json import dumps
 from .changes import FixReport
 from .proof import SAME_OUTPUTS
 
@@ -20,7 +20,7 @@ FORMATS = ("text", "json", "html")
 def render(report: FixReport, fmt: str) -> str:
     """``report`` in ``fmt`` (one of :data:`FORMATS`); ends with a newline."""
     if fmt == "json":
-        return json.dumps(report.to_dict(), indent=2, allow_nan=False, default=str) + "\n"
+        return dumps(report.to_dict())  # check's JSON policy: a NaN or infinity becomes a string
     if fmt == "html":
         return _html(report)
     return _text(report)
@@ -52,11 +52,19 @@ def nothing_to_fix(report: FixReport) -> str:
     return f"nothing to fix: no layer that {', '.join(report.fixes) or 'a fix'} would change; no copy was written"
 
 
+def needs_data(report: FixReport) -> list[str]:
+    """The line that says recalibration was not run for want of data, where findings call for it."""
+    if not report.needs_data:
+        return []
+    return [f"not recalibrated: {', '.join(report.needs_data)} {'is' if len(report.needs_data) == 1 else 'are'} fixed by --recalibrate, which needs --data DATA or --stats FILE"]
+
+
 def _text(report: FixReport) -> str:
     lines = [printable(f"bnaudit fix: {report.path} -> {report.output} ({report.format}); fixes: {', '.join(report.fixes)}")]
     if not report.written:
         lines.append(nothing_to_fix(report))
         lines += [printable(f"  {refusal.fix}  {refusal.layer}  not changed: {refusal.why}") for refusal in report.refused]
+        lines += [printable(line) for line in needs_data(report)]
         return "\n".join(lines) + "\n"
     rows = []
     for change in report.changes:
@@ -72,6 +80,7 @@ def _text(report: FixReport) -> str:
         lines.append(f"recalibrated {r['method']}: {r['passes']} pass{'es' if r['passes'] != 1 else ''} over {r['samples']} samples")
     if report.dropped_optimizer_state:
         lines.append("the saved optimizer state was dropped: the variables it belonged to changed")
+    lines += [printable(line) for line in needs_data(report)]
     lines.append(verdict(report))
     if report.heldout is not None:
         lines += [printable(line) for line in heldout_lines(report.heldout)]
@@ -111,4 +120,4 @@ def _html(report: FixReport) -> str:
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(resources.files("bnaudit").joinpath("templates/fix.html.j2").read_text(encoding="utf8"))
-    return template.render(report=report, verdict=verdict(report) if report.written else nothing_to_fix(report), number=_number, array_cell=array_cell)
+    return template.render(report=report, verdict=verdict(report) if report.written else nothing_to_fix(report), number=_number, array_cell=array_cell, needs_data=needs_data(report))
