@@ -167,3 +167,28 @@ def test_count_that_is_not_an_integer_scalar_is_not_trusted(tmp_path):
         with h5py.File(tmp_path / f"{name}.h5", "r") as h5:
             found[name] = (keras3_iterations(h5), legacy_h5_iterations(h5))
     assert found == {"vector": (None, None), "negative": (None, None), "fraction": (None, None), "text": (None, None), "good": (12, 12)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["slow.keras", "slow.h5", "k2_slow.h5"])
+def test_a_recalibrated_copy_is_not_dated_by_its_training_steps(trained, tmp_path, name):
+    """BN205 advises `bnaudit fix --recalibrate`: the copy's moving statistics are then
+    population statistics of the data, which the optimizer's 8 steps no longer date. The
+    copy says so (metadata.json / a root attribute, which Keras ignores: the proof loads
+    it), and BN205 is skipped on it with that reason, never passed; the original still fires."""
+    from bnaudit.loaders import RECALIBRATED_REASON
+
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32"))
+    copy = tmp_path / f"copy{'.keras' if name.endswith('.keras') else '.h5'}"
+    run = run_bnaudit("fix", trained / name, "-o", copy, "--recalibrate", "--data", tmp_path / "data.npy", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["proof"]["status"] == "passed" and [c["layer"] for c in report["changes"]] == ["bn_a", "bn_b"]
+    checked = {}
+    for path in (trained / name, copy):
+        run = run_bnaudit("check", path, "--select", "BN205", "--format", "json")
+        assert run.returncode == 0, run.stderr
+        checked[path] = json.loads(run.stdout)["models"][0]
+    assert [(f["code"], f["layer"]) for f in checked[trained / name]["findings"]] == [("BN205", "bn_a"), ("BN205", "bn_b")]
+    assert checked[copy]["findings"] == [] and checked[copy]["rules_run"] == []
+    assert checked[copy]["skipped"] == [{"code": "BN205", "reason": RECALIBRATED_REASON}]

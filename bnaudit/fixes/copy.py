@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from ..graph import BATCHNORM_CLASSES, MODEL_CLASSES, Layer, ModelGraph, build_graph
-from ..loaders import LoadError
+from ..loaders import MAX_CONFIG_BYTES, RECALIBRATED_MARK, RECALIBRATED_VALUE, LoadError
 from ..loaders.h5guard import check_dataset, first_line, read_text_attribute, refuse_links
 from ..loaders.weights import MAX_ARRAY_ELEMENTS, MAX_WEIGHT_NAMES_BYTES, FileWindow, bn_variable_names
 from . import keras_zip
@@ -46,7 +46,7 @@ from . import keras_zip
 #: Format names as the loaders set ``ModelGraph.format``.
 KERAS_ZIP, H5_KERAS2, H5_KERAS3 = "keras", "h5-keras2", "h5-keras3"
 #: The members of a ``.keras`` zip a fix rewrites.
-WEIGHTS, CONFIG = "model.weights.h5", "config.json"
+WEIGHTS, CONFIG, METADATA = "model.weights.h5", "config.json", "metadata.json"
 
 
 class FixError(LoadError):
@@ -94,6 +94,7 @@ class ModelCopy:
         self._groups: dict[str, tuple[h5py.Group, list[str]]] = {}
         self._optimizer_checked = False
         self.dropped_optimizer = False
+        self._recalibrated = False
         self.refresh()
 
     @property
@@ -305,10 +306,15 @@ class ModelCopy:
         """
         if self.format != KERAS_ZIP:
             self.h5.attrs["model_config"] = json.dumps(self.config).encode("utf8")
+            if self._recalibrated:
+                self.h5.attrs[RECALIBRATED_MARK] = RECALIBRATED_VALUE
         self.close()
         out.parent.mkdir(parents=True, exist_ok=True)
         if self.format == KERAS_ZIP:
-            self._working_zip().finish({CONFIG: json.dumps(self.config).encode("utf8")})
+            replaced = {CONFIG: json.dumps(self.config).encode("utf8")}
+            if self._recalibrated:
+                replaced[METADATA] = json.dumps({**self._metadata(), RECALIBRATED_MARK: RECALIBRATED_VALUE}).encode("utf8")
+            self._working_zip().finish(replaced)
         if last:
             os.replace(self._working, out)
             return
@@ -322,6 +328,26 @@ class ModelCopy:
             raise
         if self._zip is not None:
             self._zip.reopen()
+
+    def mark_recalibrated(self) -> None:
+        """Record in the copy that its moving statistics are population statistics of data
+        (:data:`bnaudit.loaders.RECALIBRATED_MARK`), so that BN205 does not date them by the
+        training steps its optimizer state still records."""
+        self._recalibrated = True
+
+    def _metadata(self) -> dict[str, Any]:
+        """The input's ``metadata.json`` (Keras writes its version and date there); {} when absent."""
+        import zipfile
+
+        with zipfile.ZipFile(self.source) as archive:
+            try:
+                info = archive.getinfo(METADATA)
+            except KeyError:
+                return {}
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise FixError(f"{METADATA} is {info.file_size} bytes, too large for Keras's metadata", "save the model again")
+            value = json.loads(archive.read(info))
+        return value if isinstance(value, dict) else {}
 
     def close(self) -> None:
         self._found.clear()

@@ -143,4 +143,6 @@ def apply(copy: ModelCopy, stats: DataStatistics) -> tuple[list[Change], list[Re
             copy.write(bn, name, values)
             arrays.append(ArrayChange.between(name, old[name], values))
         changes.append(Change(NAME, bn.path, f"population statistics over {stats.samples} samples ({how})", arrays))
+    if changes and not refused:  # every BN's statistics now come from the data, none from the training steps
+        copy.mark_recalibrated()
     return changes, refused

@@ -64,6 +64,24 @@ def misnamed_hint(path: Path, kind: str, hint: str) -> str:
 SAVEDMODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")
 
 
+#: How ``bnaudit fix --recalibrate`` marks its copy: the moving statistics are population
+#: statistics of data, not an average over the training steps the optimizer state still
+#: records. A key of a ``.keras`` file's ``metadata.json`` and a root attribute of an
+#: ``.h5``; Keras ignores both.
+RECALIBRATED_MARK, RECALIBRATED_VALUE = "bnaudit_moving_statistics", "population"
+#: Why BN205 is skipped on a file so marked (a ``ModelGraph.not_recorded`` reason).
+RECALIBRATED_REASON = (
+    "its moving statistics were recomputed over data by `bnaudit fix --recalibrate` "
+    "(population statistics): the training steps the file records no longer date them"
+)
+
+
+def note_recalibration(graph: "ModelGraph", mark: object) -> None:
+    """Skip BN205 on a graph whose file carries :data:`RECALIBRATED_MARK` (``mark``: its value)."""
+    if mark == RECALIBRATED_VALUE:
+        graph.not_recorded["BN205"] = RECALIBRATED_REASON
+
+
 def is_savedmodel_dir(path: Path) -> bool:
     """True for a SavedModel directory: the one place that decides it, for loaders and discovery."""
     return path.is_dir() and any((path / marker).is_file() for marker in SAVEDMODEL_MARKERS)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
-from . import HDF5_MAGIC, MAX_CONFIG_BYTES, LoadError, claims, graph_from_json, misnamed_hint, refuse_polyglot, save_call
+from . import HDF5_MAGIC, MAX_CONFIG_BYTES, RECALIBRATED_MARK, LoadError, claims, graph_from_json, misnamed_hint, note_recalibration, refuse_polyglot, save_call
 
 if TYPE_CHECKING:
     import h5py
@@ -61,6 +61,7 @@ def _graph_from(h5: h5py.File) -> ModelGraph:
     version = read_text_attribute(h5, "keras_version", 64) or ""
     graph.keras_version = version if isinstance(version, str) else ""
     graph.format = "h5-keras2" if graph.keras_version.startswith("2") else "h5-keras3"
+    note_recalibration(graph, read_text_attribute(h5, RECALIBRATED_MARK, 64))
     if graph.format == "h5-keras2":
         _correct_virtual_batch_axes(graph)
     return graph

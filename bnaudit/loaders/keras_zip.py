@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..graph import ModelGraph
 from ..hookspecs import hookimpl
-from . import MAX_CONFIG_BYTES, ZIP_MAGIC, LoadError, claims, graph_from_json, misnamed_hint, refuse_polyglot, save_call
+from . import MAX_CONFIG_BYTES, RECALIBRATED_MARK, ZIP_MAGIC, LoadError, claims, graph_from_json, misnamed_hint, note_recalibration, refuse_polyglot, save_call
 
 
 @hookimpl
@@ -35,6 +35,7 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
         metadata = _metadata(archive, members.get("metadata.json"))
         graph.format = "keras"
         graph.keras_version = str(metadata.get("keras_version", ""))
+        note_recalibration(graph, metadata.get(RECALIBRATED_MARK))
         weights = members.get("model.weights.h5")
         if weights is not None:
             from .weights import KerasV3Weights, open_zip_member_h5  # h5py only when a .keras is read

@@ -222,7 +222,9 @@ def moving_statistics_not_converged(ctx):
     Not checked (a note says which layers) where the count does not bound the layer's
     updates: frozen layers, and layers of a nested model, whose statistics may have
     been restored from pretrained weights. A file without optimizer state (saved with
-    `include_optimizer=False`, or never compiled) lists the rule as skipped.
+    `include_optimizer=False`, or never compiled) lists the rule as skipped, and so does
+    a copy written by `bnaudit fix --recalibrate`, which records that its moving
+    statistics are population statistics of data that the steps no longer date.
 
     ## Why is this bad?
     The moving statistics are still partly their initializers (0.99^100 = 0.37), so
