@@ -84,15 +84,16 @@ def _why_function(entry: dict[str, Any]) -> str:
     return ""
 
 
-def serialized_objects(config: Any) -> Iterator[tuple[str, dict[str, Any], bool]]:
+def serialized_objects(config: Any, root_is_layer: bool = True) -> Iterator[tuple[str, dict[str, Any], bool]]:
     """Every serialized object (a dict with a string ``class_name``) in a config:
-    ``(where, object, is_layer)``.
+    ``(where, object, is_layer)``; ``root_is_layer=False`` for a config whose outermost
+    object is not a layer (a tf-keras SavedModel's metric).
 
     ``where`` is the layer path for a layer (``base/bn_1``; a wrapped layer below its
     wrapper, ``td/inner``) and ``owner/key`` for anything else (``fc/kernel_initializer``).
     Iterative, so a deeply nested config cannot exhaust Python's recursion limit.
     """
-    stack: list[tuple[Any, str, str, bool]] = [(config, "", "", True)]
+    stack: list[tuple[Any, str, str, bool]] = [(config, "", "", root_is_layer)]
     root = True
     while stack:
         value, owner, trail, is_layer = stack.pop()
@@ -135,11 +136,11 @@ def _join(trail: str, key: str) -> str:
     return f"{trail}.{key}" if trail else key
 
 
-def unsafe_objects(config: Any) -> list[tuple[str, dict[str, Any], str]]:
+def unsafe_objects(config: Any, root_is_layer: bool = True) -> list[tuple[str, dict[str, Any], str]]:
     """``(where, object, why)`` for each object of ``config`` whose loading would run code
     (outermost only: a Lambda's serialized function is part of the Lambda's finding)."""
     found = []
-    for where, entry, is_layer in serialized_objects(config):
+    for where, entry, is_layer in serialized_objects(config, root_is_layer):
         class_name = entry["class_name"]
         if class_name == "function":
             why = _why_function(entry)
@@ -161,11 +162,14 @@ def unsafe_objects_of(graph: "ModelGraph") -> list[tuple[str, dict[str, Any], st
     objects from (``graph.object_configs``), each object once: an object of an object
     config is named by that config's layer path (``touch``, ``inner/touch``), so one the
     model config also holds (or holds twice: a SavedModel's root keeps ``config`` and
-    ``model_config``) is listed once."""
+    ``model_config``) is listed once. A metric's config (``graph.metric_configs``) is
+    walked as what it is, not as a layer: tf-keras revives a metric by its class (a
+    built-in one) or from the SavedModel's own functions, so its class alone is no
+    finding; code objects inside it still are."""
     found: dict[tuple[str, Any], tuple[str, dict[str, Any], str]] = {}
-    configs = [("", graph.config), *graph.object_configs.items()]
-    for owner, config in configs:
-        for where, entry, why in unsafe_objects(config):
+    configs = [("", graph.config, True), *((owner, config, owner not in graph.metric_configs) for owner, config in graph.object_configs.items())]
+    for owner, config, root_is_layer in configs:
+        for where, entry, why in unsafe_objects(config, root_is_layer):
             if owner:
                 where = owner if where == "<model>" else f"{owner}/{where}"
             if not any(where.startswith(f"{outer}/") for outer, _ in found):  # inside a flagged object: said

@@ -172,6 +172,8 @@ class ModelGraph:
     #: BN501 and the runtime's load guard walk them with ``config``
     #: (:func:`bnaudit.code_objects.unsafe_objects_of`).
     object_configs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: The keys of ``object_configs`` that are metrics (tf-keras ``_tf_keras_metric``), not layers.
+    metric_configs: frozenset[str] = frozenset()
     #: Whole-graph walks computed once (see :meth:`reaches_output`).
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     #: Why ``weights`` is None although the file holds weights (a reader is not installed).

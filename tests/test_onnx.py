@@ -390,3 +390,15 @@ def test_bn108_is_skipped_on_onnx_with_the_reason_not_shown_as_passed():
     )
     run = run_bnaudit("check", "--format", "junit", "onnx/frozen_bn.onnx", cwd=SAMPLES)
     assert 'name="BN108' in run.stdout and "<skipped" in run.stdout.split('name="BN108', 1)[1].split("</testcase>", 1)[0]
+
+
+def test_bn101_is_skipped_on_an_onnx_graph_without_dropout():
+    """tf2onnx drops Dropout from the inference graph: dropout_before_bn.onnx shows none,
+    so BN101 cannot judge it and says so, as on clean_conv_bn_relu.onnx, never passed."""
+    from bnaudit.loaders.onnx import NO_DROPOUT
+
+    run = run_bnaudit("check", "--format", "json", "--select", "BN101", "--exit-zero", "onnx/dropout_before_bn.onnx", "onnx/clean_conv_bn_relu.onnx", cwd=SAMPLES)
+    for model in json.loads(run.stdout)["models"]:
+        assert model["rules_run"] == [] and model["findings"] == [], model["path"]
+        assert model["skipped"] == [{"code": "BN101", "reason": NO_DROPOUT}]
+    # A graph with a Dropout node is judged: test_placement_rules_on_onnx_operators (BN101 on bn_after_dropout).

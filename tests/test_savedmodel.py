@@ -96,6 +96,51 @@ def test_damaged_checkpoint_is_one_error_not_a_crash(tmp_path):
     assert result["errors"] and all("checkpoint is unreadable" in e["message"] for e in result["errors"])
 
 
+@pytest.mark.parametrize("damage", ["index", "data"])
+def test_damaged_checkpoint_is_one_error_for_every_weight_rule(tmp_path, damage):
+    """The index truncated, or the data file it points at missing: one error, naming every
+    weight rule it stopped (before, with the data file missing, every rule after the
+    first crashed on a half-opened reader, one "rule crashed" line each)."""
+    model = _copy(tmp_path)
+    if damage == "index":
+        index = model / "variables" / "variables.index"
+        index.write_bytes(index.read_bytes()[:40])
+    else:
+        for data in (model / "variables").glob("variables.data-*"):
+            data.unlink()
+    run = run_bnaudit("check", "--format", "json", model)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    [result] = json.loads(run.stdout)["models"]
+    [error] = result["errors"]
+    assert error["rules"] == ["BN201", "BN202", "BN203", "BN204", "BN205"]
+    assert error["message"].startswith("the SavedModel's checkpoint is unreadable")
+    assert run.stderr.count("\n") == 1 and "rule crashed" not in run.stderr
+
+
+@pytest.mark.slow
+def test_a_compiled_tf_keras_savedmodel_is_not_bn501_for_its_builtin_metrics(tmp_path):
+    """A compiled, trained tf-keras model saves its metrics (Mean, MeanMetricWrapper) as
+    objects of keras_metadata.pb: built-in metrics, not layers, so no BN501 and the
+    runtime re-runs load it without --unsafe-load, as its .h5."""
+    code = f"""if True:
+        import numpy as np, tf_keras
+        inp = tf_keras.Input((4,))
+        x = tf_keras.layers.Dense(8, use_bias=False, name="fc")(inp)
+        x = tf_keras.layers.BatchNormalization(name="bn")(x)
+        model = tf_keras.Model(inp, tf_keras.layers.Dense(3, activation="softmax", name="head")(x))
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(np.random.rand(400, 4), np.random.randint(0, 3, 400), epochs=1, verbose=0)
+        model.save({str(tmp_path / "compiled")!r})
+    """
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert "_tf_keras_metric" in (tmp_path / "compiled" / "keras_metadata.pb").read_bytes().decode("latin-1")
+    run = run_bnaudit("check", tmp_path / "compiled", "--select", "BN501,BN401", "--inference", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    [result] = json.loads(run.stdout)["models"]
+    assert result["errors"] == [] and result["findings"] == []
+    assert result["rules_run"] == ["BN401", "BN501"]
+
+
 def test_a_savedmodel_without_keras_metadata_is_audited_as_its_serving_graph(tmp_path):
     """tf-keras's serving graph of bias_before_bn without its layer configs: the three fused
     BN ops in inference mode, named by their variables (``bn1/gamma``), fed by the convolution

@@ -37,17 +37,17 @@ class CheckpointReader:
             from tensorflow.core.protobuf import trackable_object_graph_pb2
             from tensorflow.python.training import py_checkpoint_reader
 
-            try:
-                self._reader = py_checkpoint_reader.NewCheckpointReader(str(self._prefix))
+            try:  # kept only once the object graph parsed: every later call fails the same way
+                reader = py_checkpoint_reader.NewCheckpointReader(str(self._prefix))
                 graph = trackable_object_graph_pb2.TrackableObjectGraph()
-                graph.ParseFromString(self._reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+                graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+                shapes = reader.get_variable_to_shape_map()
             except Exception as exc:
                 raise LoadError(
                     f"the SavedModel's checkpoint is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                     "the variables/ folder is truncated or damaged; save the model again",
                 ) from None
-            self._shapes = self._reader.get_variable_to_shape_map()
-            self._graph = graph
+            self._reader, self._shapes, self._graph = reader, shapes, graph
         return self._reader
 
     def variable(self, object_path: str, name: str, where: str) -> np.ndarray | None:

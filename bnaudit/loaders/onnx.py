@@ -145,6 +145,15 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+#: Why BN101 is skipped on an ONNX graph without Dropout nodes: converters (tf2onnx,
+#: ``torch.onnx.export`` in eval mode) leave Dropout out of the inference graph, so its
+#: absence does not say the model had none. A graph that keeps Dropout nodes is judged.
+NO_DROPOUT = (
+    "this ONNX graph has no Dropout node: converters leave Dropout out of inference graphs, so what fed a BN "
+    "in training is not recorded; audit the .keras original for BN101"
+)
+
+
 class OnnxGraphBuilder:
     """Turns one ``onnx.ModelProto`` into a :class:`ModelGraph` (see the module docstring)."""
 
@@ -188,6 +197,8 @@ class OnnxGraphBuilder:
         self._fold_transposes()
         for path, source in self.baked.items():
             self.graph.layers[path].baked_training = source
+        if not any(layer.class_name == "Dropout" for layer in self.graph):
+            self.graph.not_recorded["BN101"] = NO_DROPOUT
         self._check_tensors()
         self.graph.weights = OnnxWeights(self.tensors, self.bn_inputs, self.node_inputs, self.base_dir)
         return self.graph

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 METADATA_FILE = "keras_metadata.pb"
 #: tf-keras identifiers of the SavedObject that holds a whole model.
 MODEL_IDENTIFIERS = frozenset({"_tf_keras_model", "_tf_keras_network", "_tf_keras_sequential"})
+#: The tf-keras identifier of a metric object (a compiled model saves its metrics too).
+METRIC_IDENTIFIER = "_tf_keras_metric"
 #: The part of a SavedObject that names a layer's object path: ``root.layer-1.layer_with_weights-0``.
 ROOT = "root"
 
@@ -73,9 +75,9 @@ def bnaudit_load_model(path: Path) -> ModelGraph | None:
     graph.keras_version = str(root["metadata"].get("keras_version") or "")
     object_paths = _object_paths(graph, nodes)
     layer_of = {object_path: layer_path for layer_path, object_path in object_paths.items()}
-    graph.object_configs = {
-        layer_of.get(n["node_path"], n["node_path"]): n["metadata"] for n in nodes if n["node_path"] != ROOT and n["metadata"]
-    }
+    saved = [(layer_of.get(n["node_path"], n["node_path"]), n) for n in nodes if n["node_path"] != ROOT and n["metadata"]]
+    graph.object_configs = {owner: n["metadata"] for owner, n in saved}
+    graph.metric_configs = frozenset(owner for owner, n in saved if n["identifier"] == METRIC_IDENTIFIER)
     try:
         reader = CheckpointReader(path / CHECKPOINT_PREFIX)
     except ImportError:
