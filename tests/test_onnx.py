@@ -402,3 +402,25 @@ def test_bn101_is_skipped_on_an_onnx_graph_without_dropout():
         assert model["rules_run"] == [] and model["findings"] == [], model["path"]
         assert model["skipped"] == [{"code": "BN101", "reason": NO_DROPOUT}]
     # A graph with a Dropout node is judged: test_placement_rules_on_onnx_operators (BN101 on bn_after_dropout).
+
+
+def test_advice_on_a_converted_file_points_at_the_model_it_came_from():
+    """An ONNX node or a SavedModel is not edited by hand, and `bnaudit fix` rewrites only
+    .keras and .h5: the fix says where the change belongs."""
+    run = run_bnaudit("check", "--format", "json", "--select", "BN102,BN106", "savedmodel/bn_training_baked", "onnx/bias_before_bn.onnx", cwd=SAMPLES)
+    fixes = {(f["code"], f["layer"]): f["fix"] for m in json.loads(run.stdout)["models"] for f in m["findings"]}
+    assert fixes == {
+        ("BN106", "bn1"): "save the model again without training=True in the call (`bnaudit fix --unbake` rewrites the .keras or .h5 it came from)",
+        ("BN102", "bias_before_bn/bn1/FusedBatchNormV3"): (
+            "set use_bias=False on the layer 'bias_before_bn/conv1/BiasAdd' comes from, in the Keras model, and convert or export again"
+        ),
+    }
+
+
+def test_an_onnx_graph_without_batchnorm_nodes_says_what_that_may_mean(tmp_path):
+    from bnaudit.loaders.onnx import NO_BATCHNORM_NODE
+
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    result = bnaudit.audit(_save(tmp_path, nodes, []))
+    assert result.errors == [] and result.findings == []
+    assert NO_BATCHNORM_NODE in result.notes

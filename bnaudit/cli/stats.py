@@ -25,12 +25,12 @@ from ..measurements import BatchNormDrift, BatchNormNotMeasured, StatisticsPass,
 from ..printable import printable
 from ..output import refuse_inputs
 from ..result import AuditResult
-from .options import MODEL_HINT, PARTS_HINT, FilePath, fail, statistics_options, statistics_runtime
+from .options import PARTS_HINT, STATS_MODEL_HINT, FilePath, fail, statistics_options, statistics_runtime
 
 
 
 @click.command()
-@click.argument("model", type=FilePath(MODEL_HINT))
+@click.argument("model", type=FilePath(STATS_MODEL_HINT))
 @click.option("--data", type=click.Path(), help="Data to measure: .npy, .npz, an image directory or package.module:function.")
 @statistics_options
 @click.option("--shard", metavar="K/N", help="Measure only shard K of N (batches K, K+N, ...) and write its partial moments with -o.")

@@ -145,6 +145,14 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+#: What an ONNX graph without BatchNormalization nodes may mean: the BNs of a Keras model
+#: are gone when Keras 3 exported it (it runs BN as separate ops) or tf2onnx's default
+#: optimizers folded them, so a clean result says nothing about them.
+NO_BATCHNORM_NODE = (
+    "no BatchNormalization node: if this model has BN layers, they were folded or split into separate ops by the "
+    "conversion (Keras 3's export, or tf2onnx's default optimizers), and nothing about them can be audited here; "
+    "convert as docs/formats.md shows ('Converting for the audit'), or audit the .keras original"
+)
 #: Why BN101 is skipped on an ONNX graph without Dropout nodes: converters (tf2onnx,
 #: ``torch.onnx.export`` in eval mode) leave Dropout out of the inference graph, so its
 #: absence does not say the model had none. A graph that keeps Dropout nodes is judged.
@@ -199,6 +207,8 @@ class OnnxGraphBuilder:
             self.graph.layers[path].baked_training = source
         if not any(layer.class_name == "Dropout" for layer in self.graph):
             self.graph.not_recorded["BN101"] = NO_DROPOUT
+        if not self.graph.batchnorms():
+            self.graph.notes.append(NO_BATCHNORM_NODE)
         self._check_tensors()
         self.graph.weights = OnnxWeights(self.tensors, self.bn_inputs, self.node_inputs, self.base_dir)
         return self.graph

@@ -25,6 +25,11 @@ from .layers import (
 )
 
 
+#: The formats whose layers a user edits directly (and ``bnaudit fix`` rewrites); the
+#: others (ONNX, SavedModel) come from such a model, where a fix belongs.
+REWRITABLE_FORMATS = frozenset({"keras", "h5-keras3", "h5-keras2"})
+
+
 @rule("BN101", "dropout-before-batchnorm", Severity.WARNING)
 def dropout_before_batchnorm(ctx):
     """A Dropout-family layer feeds a BatchNormalization.
@@ -124,6 +129,8 @@ def _bias_fix(graph: ModelGraph, producer: Layer, bn: Layer) -> str:
             f"set use_bias=False on {producer.path!r}: the bias has no effect; {bn.path!r} has center=False, so no "
             "learned offset remains either way (set center=True on it if one is wanted)"
         )
+    if graph.format not in REWRITABLE_FORMATS:  # an ONNX node or a serving op: the layer is in the model it came from
+        return f"set use_bias=False on the layer {producer.path!r} comes from, in the Keras model, and convert or export again"
     return f"set use_bias=False on {producer.path!r}; BN's beta already provides the offset"
 
 
@@ -314,7 +321,11 @@ def batchnorm_training_baked(ctx):
                 f"BatchNormalization {bn.path!r} is called with training=True ({source}): "
                 f"it uses batch statistics at inference ({writer.baked_training_behaviour()})",
                 details={"source": source, "writer": writer.name},
-                fix="`bnaudit fix --unbake` writes a copy without training=True in the call (or rebuild the model without it and copy the weights over)",
+                fix=(
+                    "`bnaudit fix --unbake` writes a copy without training=True in the call (or rebuild the model without it and copy the weights over)"
+                    if ctx.graph.format in REWRITABLE_FORMATS
+                    else "save the model again without training=True in the call (`bnaudit fix --unbake` rewrites the .keras or .h5 it came from)"
+                ),
             )
 
 
