@@ -434,8 +434,10 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[AuditResult]
             found.append(path)
         elif path.is_dir():
             models = _models_under(path)
-            if not models:
-                problems.append(_problem(raw, "no .keras, .h5 or .onnx files or SavedModel directories in this directory", "pass model files or a directory holding them"))
+            if not models and (path / "variables").is_dir():  # what a SavedModel keeps besides its graph
+                problems.append(_problem(raw, f"this looks like a SavedModel (it has variables/) but holds no {SAVED_MODEL_FILE}", "the SavedModel is incomplete: copy or save it again"))
+            elif not models:
+                problems.append(_problem(raw, "no .keras, .h5, .hdf5 or .onnx files or SavedModel directories in this directory", "pass model files or a directory holding them"))
             found.extend(models)
         elif path.name == SAVED_MODEL_FILE and path.is_file():
             problems.append(_problem(raw, "the graph file of a TensorFlow SavedModel, not a model by itself", f"pass its directory: bnaudit check {path.parent}"))

@@ -91,7 +91,7 @@ def test_missing_path_and_empty_directory(tmp_path):
     empty.mkdir()
     run = run_bnaudit("check", empty, tmp_path / "missing.keras")
     assert run.returncode == 2
-    assert "no .keras, .h5 or .onnx files or SavedModel directories in this directory" in run.stderr
+    assert "no .keras, .h5, .hdf5 or .onnx files or SavedModel directories in this directory" in run.stderr
     assert "no such file or directory" in run.stderr
     assert "Traceback" not in run.stderr
 

@@ -223,7 +223,7 @@ OUTPUT_DIRECTORY_CASES = [
     (["check", MODEL, "--stats", "{d}"], "--stats {d}: is a directory (give the .npz file written by `bnaudit merge`)"),
     (["report", "results.json", "--format", "html", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
     (["stats", MODEL, "--data", "data.npy", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
-    (["stats", "{d}", "--data", "data.npy"], "{d}: is a directory (give a model file: .keras or .h5)"),
+    (["stats", "{d}", "--data", "data.npy"], "{d}: is a directory (give a model file: .keras, .h5 or .onnx; for a SavedModel directory, bnaudit check DIR --data DATA)"),
     (["merge", "part.npz", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
     (["merge", "{d}", "-o", "merged.npz"], "{d}: is a directory (give the .npz files written by `bnaudit stats --shard K/N -o PART`)"),
     (["fix", MODEL, "--absorb-bias", "-o", "{d}"], "-o {d}: is a directory (give a file name)"),
@@ -251,7 +251,7 @@ def test_paths_that_name_no_model_alone_are_one_line_each_and_no_report(tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     lines = [
-        f"bnaudit: error: {empty}: no .keras, .h5 or .onnx files or SavedModel directories in this directory (pass model files or a directory holding them)",
+        f"bnaudit: error: {empty}: no .keras, .h5, .hdf5 or .onnx files or SavedModel directories in this directory (pass model files or a directory holding them)",
         f"bnaudit: error: {tmp_path / 'missing.keras'}: no such file or directory (check the path)",
     ]
     for args in ([empty], [tmp_path / "missing.keras"], [empty, tmp_path / "missing.keras"]):
@@ -260,7 +260,7 @@ def test_paths_that_name_no_model_alone_are_one_line_each_and_no_report(tmp_path
     beside = invoke("check", empty, MODEL, "--format", "json")
     assert beside.returncode == 2 and beside.stderr.splitlines() == lines[:1]
     models = {m["path"]: ([e["message"] for e in m["errors"]], [(f["code"], f["layer"]) for f in m["findings"]]) for m in json.loads(beside.stdout)["models"]}
-    assert models == {str(empty): (["no .keras, .h5 or .onnx files or SavedModel directories in this directory"], []), str(MODEL): ([], [("BN101", "bn2")])}
+    assert models == {str(empty): (["no .keras, .h5, .hdf5 or .onnx files or SavedModel directories in this directory"], []), str(MODEL): ([], [("BN101", "bn2")])}
 
 
 def test_the_needs_of_a_rule_have_one_vocabulary():

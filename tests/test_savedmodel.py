@@ -355,3 +355,15 @@ def test_diff_pairs_a_savedmodel_with_the_h5_it_was_saved_from():
     layers = model["measurements"]["diff"]["layers"]
     assert list(layers) == ["bn1", "bn2", "bn_fc"]
     assert all(c["paired_by"] == "path" and c["mean_shift"] == 0 and not c["statistics_changed"] for c in layers.values())
+
+
+def test_a_savedmodel_missing_its_graph_file_is_named_as_such(tmp_path):
+    model = _copy(tmp_path)
+    (model / "saved_model.pb").unlink()
+    (model / "keras_metadata.pb").unlink()
+    run = run_bnaudit("check", model)
+    assert (run.returncode, run.stderr) == (
+        2,
+        f"bnaudit: error: {model}: this looks like a SavedModel (it has variables/) but holds no saved_model.pb "
+        "(the SavedModel is incomplete: copy or save it again)\n",
+    )

@@ -58,7 +58,7 @@ class FilePath(click.ParamType):
 #: What to give instead of a directory, per kind of input file.
 MODEL_HINT = "give a model file: .keras or .h5"
 #: ``bnaudit stats`` reads ONNX too; a SavedModel's statistics come from ``check --data``.
-STATS_MODEL_HINT = "give a model file: .keras, .h5 or .onnx (for a SavedModel directory: bnaudit check DIR --data DATA)"
+STATS_MODEL_HINT = "give a model file: .keras, .h5 or .onnx; for a SavedModel directory, bnaudit check DIR --data DATA"
 STATS_HINT = "give the .npz file written by `bnaudit merge`"
 PARTS_HINT = "give the .npz files written by `bnaudit stats --shard K/N -o PART`"
 
