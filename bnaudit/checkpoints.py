@@ -45,6 +45,10 @@ class Pair:
     paired_by: str
     base_arrays: BNArrays
     tuned_arrays: BNArrays
+    #: ``trainable=False`` in each file; None where the format records no trainable flag
+    #: (ONNX, a SavedModel's serving graph: ``ModelGraph.records_trainable``).
+    frozen_base: bool | None = None
+    frozen_tuned: bool | None = None
 
     @property
     def statistics_changed(self) -> bool:
@@ -72,8 +76,8 @@ class Pair:
             base=self.base.path,
             paired_by=self.paired_by,
             channels=b.channels,
-            frozen_base=not self.base.trainable,
-            frozen_tuned=not self.tuned.trainable,
+            frozen_base=self.frozen_base,
+            frozen_tuned=self.frozen_tuned,
             mean_shift=_largest(mean_shift),
             std_change=_largest(std_change),
             gamma_change=_max_change(b.gamma, t.gamma),
@@ -139,7 +143,11 @@ def pair_checkpoints(base: ModelGraph, tuned: ModelGraph, base_path: str) -> Che
         b = base_of.get(t.path)
         if b is None:
             continue
-        pair = Pair(b, t, kinds[b.path], base.weights.bn_arrays(b), tuned.weights.bn_arrays(t))
+        pair = Pair(
+            b, t, kinds[b.path], base.weights.bn_arrays(b), tuned.weights.bn_arrays(t),
+            frozen_base=not b.trainable if base.records_trainable else None,
+            frozen_tuned=not t.trainable if tuned.records_trainable else None,
+        )
         if pair.base_arrays.channels != pair.tuned_arrays.channels:
             raise MismatchError(
                 f"BN {b.path!r} has {pair.base_arrays.channels} channels in BASE, its counterpart {t.path!r} "

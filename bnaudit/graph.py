@@ -188,6 +188,10 @@ class ModelGraph:
     #: ``trainable`` flag, so BN108 cannot judge it): skipped with that reason, never
     #: shown as passed. Set by the loader.
     not_recorded: dict[str, str] = field(default_factory=dict)
+    #: False where the format keeps no ``trainable`` flag (ONNX, a SavedModel's serving
+    #: graph): every layer then reads as trainable, which says nothing (``bnaudit diff``
+    #: shows the flag as unknown). Set by the loader.
+    records_trainable: bool = True
 
     # -- queries -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Layer]:

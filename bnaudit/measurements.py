@@ -421,8 +421,9 @@ class BatchNormChange(Measured):
     base: str
     paired_by: str
     channels: int
-    frozen_base: bool
-    frozen_tuned: bool
+    #: None where that file's format records no trainable flag (ONNX, a serving graph).
+    frozen_base: bool | None
+    frozen_tuned: bool | None
     mean_shift: float
     std_change: float
     gamma_change: float | None

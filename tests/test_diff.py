@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import ROOT, run_bnaudit
+from conftest import ROOT, SAMPLES, run_bnaudit
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +311,19 @@ def test_a_selection_without_a_diff_rule_is_one_line_and_quiet_keeps_the_finding
     assert [line for line in quiet.stdout.splitlines() if line.startswith("  BN")] == [
         line for line in loud.stdout.splitlines() if line.startswith("  BN")
     ] and [line.split()[0] for line in quiet.stdout.splitlines() if line.startswith("  BN")] == ["BN211"]
+
+
+def test_a_format_without_a_trainable_flag_shows_it_unknown_and_skips_bn211_bn212():
+    """ONNX records no trainable flag: every node would read as trainable, which says
+    nothing. The diff shows the flag as unknown (null, "?") and BN211/BN212, which judge
+    it, are skipped with the reason, never passed."""
+    run = run_bnaudit("diff", "clean_conv_bn_relu.keras", "onnx/clean_conv_bn_relu.onnx", "--format", "json", cwd=SAMPLES)
+    assert run.returncode == 0, run.stderr
+    [model] = json.loads(run.stdout)["models"]
+    reason = "an ONNX file records no trainable flag (which BN layers were frozen in training); diff the .keras originals"
+    assert model["rules_run"] == [] and model["findings"] == []
+    assert model["skipped"] == [{"code": "BN211", "reason": reason}, {"code": "BN212", "reason": reason}]
+    layers = model["measurements"]["diff"]["layers"]
+    assert [(layer["base"], layer["frozen_base"], layer["frozen_tuned"]) for layer in layers.values()] == [("bn1", False, None), ("bn2", False, None)]
+    text = run_bnaudit("diff", "clean_conv_bn_relu.keras", "onnx/clean_conv_bn_relu.onnx", cwd=SAMPLES).stdout
+    assert "bn1 (position)    no->?" in text

@@ -144,6 +144,10 @@ NOT_RECORDED = {
         "a serving graph records no trainable flag (which BN layers were frozen in training); "
         "audit the .keras file it was exported from for BN108"
     ),
+    **dict.fromkeys(
+        ("BN211", "BN212"),
+        "a serving graph records no trainable flag (which BN layers were frozen in training); diff the .keras files it was exported from",
+    ),
     "BN205": (
         "export() and tf.saved_model.save keep no optimizer state, so the training step count is not recorded; "
         "audit the .keras file it was exported from for BN205"
@@ -187,6 +191,7 @@ class ExportGraphBuilder:
         self.graph = ModelGraph(name=path.name, class_name="SavedModel", format="savedmodel", runner="serving")
         self.graph.producer = "SavedModel serving graph"
         self.graph.not_recorded = dict(NOT_RECORDED)
+        self.graph.records_trainable = False
         self._object_paths: dict[int, str] | None = None
         self._scopes = _ScopeMap([])
         self._ops_in_scope: Counter[str] = Counter()  # mapped scope -> layer-making ops in it

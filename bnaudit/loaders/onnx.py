@@ -170,8 +170,10 @@ class OnnxGraphBuilder:
         self.graph = ModelGraph(name=model.graph.name or "", class_name="onnx")
         self.graph.format = "onnx"
         self.graph.runner = "onnxruntime"
+        self.graph.records_trainable = False
         self.graph.not_recorded = {
-            "BN108": "an ONNX file records no trainable flag (which BN layers were frozen in training); audit the .keras original for BN108"
+            "BN108": "an ONNX file records no trainable flag (which BN layers were frozen in training); audit the .keras original for BN108",
+            **dict.fromkeys(("BN211", "BN212"), "an ONNX file records no trainable flag (which BN layers were frozen in training); diff the .keras originals"),
         }
         opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         self.opset = opsets.get("ai.onnx", 0)

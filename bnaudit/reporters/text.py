@@ -74,7 +74,7 @@ def diff_lines(pairing: list[CheckpointPairing], changes: list[BatchNormChange])
     header = ("BN layer", "base (paired by)", "frozen", "mean shift", "sd change", "gamma", "beta")
     rows = [header]
     for change in changes:
-        frozen = "->".join("yes" if frozen else "no" for frozen in (change.frozen_base, change.frozen_tuned))
+        frozen = "->".join("?" if frozen is None else "yes" if frozen else "no" for frozen in (change.frozen_base, change.frozen_tuned))
         rows.append(
             (
                 p(change.layer),

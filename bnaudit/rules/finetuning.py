@@ -68,7 +68,7 @@ def frozen_batchnorm_changed(ctx):
         if pair.tuned.trainable or not (pair.statistics_changed or pair.affine_changed):
             continue
         change = pair.change()
-        was = "frozen" if change.frozen_base else "trainable"
+        was = "not recorded" if change.frozen_base is None else "frozen" if change.frozen_base else "trainable"
         yield ctx.finding(
             pair.tuned,
             f"BatchNormalization {pair.tuned.path!r} is frozen but changed since the base ({was} there, "
