@@ -16,7 +16,7 @@ import pytest
 from bnaudit import audit, fix
 from bnaudit.engine import Auditor
 from bnaudit.loaders import LoadError
-from conftest import ROOT, frameworks_imported, run_bnaudit
+from conftest import ROOT, SAMPLES, frameworks_imported, run_bnaudit
 
 #: The .keras variant runs in the quick suite; the .h5 variants are marked slow (CI runs them all).
 FORMATS = ["{}.keras", pytest.param("{}.h5", marks=pytest.mark.slow), pytest.param("k2_{}.h5", marks=pytest.mark.slow)]
@@ -469,3 +469,20 @@ def test_a_bn_on_another_axis_than_a_nested_dense_is_neither_folded_nor_absorbed
         "blk/bn: its axis -2 is not the channel axis (2) of 'blk/dense' (nothing was written)"
     ]
     assert not (tmp_path / "fixed.keras").exists()
+
+
+def test_a_proof_on_constant_outputs_says_it_shows_little(tmp_path):
+    """A Dense with a zero kernel gives every sample the same outputs: the copy's equal
+    outputs are no evidence, and the verdict says so (the figure is in the JSON too)."""
+    import keras
+
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, kernel_initializer="zeros", bias_initializer="ones", name="fc")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    keras.Model(inputs, keras.layers.Dense(2, name="head")(x)).save(tmp_path / "flat.keras")
+    report = fix_in_subprocess(tmp_path / "flat.keras", tmp_path / "absorbed.keras", "--absorb-bias")
+    assert report["proof"]["status"] == "passed" and report["proof"]["figures"]["constant_outputs"] is True
+    run = run_bnaudit("fix", tmp_path / "flat.keras", "-o", tmp_path / "again.keras", "--absorb-bias")
+    assert "the original gives every sample the same outputs (untrained?), so equal outputs show little" in run.stdout.splitlines()[-1]
+    report = fix_in_subprocess(SAMPLES / "bias_before_bn.keras", tmp_path / "trained.keras", "--absorb-bias")
+    assert "constant_outputs" not in report["proof"]["figures"]

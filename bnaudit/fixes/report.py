@@ -34,6 +34,8 @@ def verdict(report: FixReport) -> str:
         changing = ", ".join(name for name in report.fixes if name not in SAME_OUTPUTS)
         bound = f" (allowed {proof.tolerance:g} + {proof.figures.get('rtol', 0):g} |original|)" if proof.tolerance is not None else f" (reported, not judged: {changing} may change them)"
         parts.append(f"outputs max |Δ| {proof.outputs_max_abs_delta:.3g}{bound} on {proof.samples} {proof.inputs}")
+        if proof.figures.get("constant_outputs"):
+            parts.append("the original gives every sample the same outputs (untrained?), so equal outputs show little")
     if proof.checked_codes:
         left = ", ".join(f"{r['code']} {r['layer']}" for r in proof.remaining)
         parts.append(f"{', '.join(proof.checked_codes)} on the copy: " + (f"still reported: {left}" if left else "clean"))
