@@ -207,3 +207,38 @@ def test_per_level_needs_data_and_a_known_method(tmp_path, samples):
     with pytest.raises(LoadError, match="unknown recalibration method 'exact'"):
         fix(source, tmp_path / "x.keras", recalibrate=True, data=str(tmp_path / "d.npy"), recalibrate_method="exact")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_pass_recalibrates_a_model_with_frozen_batchnorms(tmp_path):
+    """Transfer learning's usual model: the first two BNs frozen. One-pass recalibration
+    replaces the frozen BNs' statistics too, so they must normalize with batch statistics
+    in the pass like the others; measured behind their old moving statistics, the BNs
+    after them got statistics of an input the copy no longer produces (BN301 on bn2,
+    proof failed). With the whole data in one batch, one pass is then exact."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for i in range(3):
+        x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    model = keras.Model(inputs, x)
+    model.get_layer("bn0").trainable = model.get_layer("bn1").trainable = False
+    model.save(tmp_path / "frozen.keras")
+    x = (np.random.default_rng(6).standard_normal((64, 8, 8, 3)) * 3 + 2).astype("float32")
+    np.save(tmp_path / "d.npy", x)
+    report = fix_in_subprocess(tmp_path / "frozen.keras", tmp_path / "fixed.keras", "--recalibrate", "--data", tmp_path / "d.npy", "--batch-size", "64")
+    assert report["proof"]["status"] == "passed" and report["proof"]["remaining"] == []
+    fixed = keras.saving.load_model(tmp_path / "fixed.keras", compile=False)
+    for bn in ("bn0", "bn1", "bn2"):
+        mean, variance = input_population_statistics(fixed, bn, x)
+        layer = fixed.get_layer(bn)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-3, atol=1e-4)
+    # Statistics measured by `bnaudit stats` keep frozen BNs on their moving statistics: refused for this model.
+    run = run_bnaudit("stats", tmp_path / "frozen.keras", "--data", tmp_path / "d.npy", "--upstream", "training", "-o", tmp_path / "s.npz")
+    assert run.returncode == 0, run.stderr
+    run = run_bnaudit("fix", tmp_path / "frozen.keras", "-o", tmp_path / "from_stats.keras", "--recalibrate", "--stats", tmp_path / "s.npz")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "the model has frozen BN layers (bn0, bn1)" in run.stderr, run.stderr
+    assert not (tmp_path / "from_stats.keras").exists()

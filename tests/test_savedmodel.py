@@ -160,7 +160,8 @@ def test_a_savedmodel_without_keras_metadata_is_audited_as_its_serving_graph(tmp
     assert (graph["conv1"].config["use_bias"], graph["conv2"].config["use_bias"], graph["fc"].class_name) == (True, False, "Dense")
     assert {"BN102", "BN106", "BN107", "BN201", "BN204"} <= set(result.rules_run)
     skipped = {s.code: s.reason for s in result.skipped}
-    assert {c: skipped[c] for c in export_graph.NOT_RECORDED} == export_graph.NOT_RECORDED
+    checked = {code: why for code, why in export_graph.NOT_RECORDED.items() if code not in ("BN211", "BN212")}  # those two: bnaudit diff's
+    assert {c: skipped[c] for c in checked} == checked
 
 
 def test_a_text_savedmodel_without_keras_metadata_is_one_line_and_exit_2(tmp_path):

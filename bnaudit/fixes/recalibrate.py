@@ -104,7 +104,9 @@ def measure(model_path: Path, graph, options: dict[str, Any]) -> DataStatistics:
 
     if options.get("method") == "per-level":
         return per_level(model, levels(graph), batches, batch_size)
-    return collect(model, batches(), batch_size=batch_size, upstream=UPSTREAM)
+    # Every BN is recalibrated, frozen ones too: all of them normalize with batch statistics,
+    # or the BNs after a frozen one would be measured behind the statistics it is about to lose.
+    return collect(model, batches(), batch_size=batch_size, upstream=UPSTREAM, frozen_use_batch=True)
 
 
 def load_statistics(path: str, copy: ModelCopy) -> DataStatistics:
@@ -116,6 +118,13 @@ def load_statistics(path: str, copy: ModelCopy) -> DataStatistics:
         raise FixError(
             f"--stats {path} was measured with upstream BNs in {stats.upstream} mode",
             "measure with `bnaudit stats --upstream training`: recalibration needs each BN's input with upstream BNs on batch statistics",
+        )
+    frozen = [bn.path for bn in copy.graph.batchnorms() if not bn.trainable]
+    if frozen:
+        raise FixError(
+            f"--stats {path}: the model has frozen BN layers ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}), which "
+            "`bnaudit stats` measures behind their moving statistics, as training does, while recalibration replaces those too",
+            "recalibrate with --data DATA",
         )
     if stats.fingerprint != static_fingerprint(copy):
         raise FixError(f"--stats {path} was measured on another model (its moving statistics differ)", "measure this model's statistics")
