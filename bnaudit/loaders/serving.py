@@ -263,5 +263,8 @@ def mark_training_in_serving(path: Path, graph: ModelGraph) -> None:
 
 
 def _source_of(op: ServingBatchNorm) -> str:
-    """Where BN106 learnt that ``op`` runs in training mode, as its finding says."""
-    return f"serving signature {op.signature!r} runs {op.node!r} with is_training=true"
+    """Where BN106 learnt that ``op`` runs in training mode, as its finding says: a fused
+    op's ``is_training``, or the batch variance an unfused ``tf.nn.batch_normalization`` reads."""
+    if op.op in BATCHNORM_OPS:
+        return f"serving signature {op.signature!r} runs {op.node!r} with is_training=true"
+    return f"serving signature {op.signature!r} runs {op.node!r} on the variance of the batch (a Mean over its input), not a moving variance"

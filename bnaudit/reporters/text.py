@@ -88,7 +88,7 @@ def diff_lines(pairing: list[CheckpointPairing], changes: list[BatchNormChange])
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     base = pairing[-1].base if pairing else "the base checkpoint"
-    title = f"  change since {p(base)} ({len(rows) - 1} BN layers):"
+    title = f"  change since {p(base)} ({len(rows) - 1} BN layer{'' if len(rows) == 2 else 's'}):"
     return [title] + ["    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
