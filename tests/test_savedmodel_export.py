@@ -204,20 +204,16 @@ def _fanned_out_export(model, levels: int = 12, calls: int = 10):
 
 
 @pytest.mark.slow
-def test_calls_that_multiply_without_end_are_one_line_and_exit_2(small_export, tmp_path):
-    model = _fanned_out_export(_copy(small_export, tmp_path))
+@pytest.mark.parametrize(
+    ("hostile", "says"),
+    [
+        (_fanned_out_export, f"a serving signature runs more than {tf_functions.MAX_OPS} ops and calls"),
+        (_self_calling_export, f"function calls nest deeper than {tf_functions.MAX_DEPTH} levels"),
+    ],
+    ids=["calls that multiply without end", "a function that calls itself"],
+)
+def test_hostile_call_graphs_are_one_line_and_exit_2(small_export, tmp_path, hostile, says):
+    model = hostile(_copy(small_export, tmp_path))
     run = run_bnaudit("check", model)
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines() == [
-        f"bnaudit: error: {model}: saved_model.pb: a serving signature runs more than {tf_functions.MAX_OPS} ops and calls (this is not a plausible model)"
-    ]
-
-
-@pytest.mark.slow
-def test_a_function_that_calls_itself_is_one_line_and_exit_2(small_export, tmp_path):
-    model = _self_calling_export(_copy(small_export, tmp_path))
-    run = run_bnaudit("check", model)
-    assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines() == [
-        f"bnaudit: error: {model}: saved_model.pb: function calls nest deeper than {tf_functions.MAX_DEPTH} levels (this is not a plausible model)"
-    ]
+    assert run.stderr.strip().splitlines() == [f"bnaudit: error: {model}: saved_model.pb: {says} (this is not a plausible model)"]
