@@ -13,7 +13,7 @@ know, so the placement and weight rules run unchanged:
   name (Keras 3 writes ``<layer name>/<variable>``: ``bn1/gamma``) and its checkpoint key
   (found by the variable's object path, ``root.variables.2``, in the checkpoint's own
   object graph: :class:`~bnaudit.loaders.checkpoint.CheckpointReader`);
-- each batch-norm op (:func:`bnaudit.loaders.serving._batchnorms`: fused, or Keras 3's
+- each batch-norm op (:func:`bnaudit.loaders.serving.function_batchnorms`: fused, or Keras 3's
   unfused ``batchnorm/`` ops, which are taken together with the rest of the layer's name
   scope, the float16 casts of a mixed-precision BN included) becomes one
   BatchNormalization with ``epsilon``, ``axis``, ``center``/``scale`` (which variables it
@@ -57,8 +57,8 @@ from . import LoadError
 from .arrays import BN_VECTORS, BNArrays, assemble_bn_arrays
 from .serving import (
     SAVED_MODEL_FILE,
-    _batchnorms,
-    _source,
+    function_batchnorms,
+    source_node,
     _source_of,
     read_saved_model,
 )
@@ -256,7 +256,7 @@ class ExportGraphBuilder:
         found = []
         names = sorted(flat.ops)
         claimed = 0
-        for op in _batchnorms(signature, list(flat.ops.values())):
+        for op in function_batchnorms(signature, list(flat.ops.values())):
             anchor = flat.ops[op.node]
             if op.op == "batch_normalization":
                 base = anchor.name[: -len("batchnorm/Rsqrt")]
@@ -287,7 +287,7 @@ class ExportGraphBuilder:
         roles = {}
         for name in sorted(members):
             for tensor in flat.ops[name].input:
-                source = _source(tensor)
+                source = source_node(tensor)
                 if source in flat.variables:
                     role = self.variable_name(flat.variables[source]).rpartition("/")[2]
                     if role in BN_VECTORS:
@@ -319,7 +319,7 @@ class ExportGraphBuilder:
             owner[op.name] = self._op_layer(op, flat, owner, data)
         self._wire(flat, owner)
         self._bn_shapes(flat, owner)
-        self.graph.outputs = list(dict.fromkeys(owner[_source(t)] for t in flat.outputs if _source(t) in owner))
+        self.graph.outputs = list(dict.fromkeys(owner[source_node(t)] for t in flat.outputs if source_node(t) in owner))
 
     def _bn_layer(self, bn: _BatchNorm, flat: Flat, only_if_training: bool = False) -> str:
         """The path of the BN layer of one batch-norm op. A BN called twice (a shared layer)
@@ -390,7 +390,7 @@ class ExportGraphBuilder:
                 shared = self.graph.layers.get(path)
                 if name and shared is not None and shared.config.get("tf_op") == op.op:
                     return path  # a layer called twice (shared): one layer, as in Keras
-                if name and shared is not None and shared.config.get("tf_op") == "DepthwiseConv2dNative" and op.op == "Conv2D" and owner.get(_source(op.input[0])) == path:
+                if name and shared is not None and shared.config.get("tf_op") == "DepthwiseConv2dNative" and op.op == "Conv2D" and owner.get(source_node(op.input[0])) == path:
                     shared.class_name = "SeparableConv2D"  # its pointwise half: SeparableConv2D runs both
                     return path
                 path = self._unique(path)
@@ -411,7 +411,7 @@ class ExportGraphBuilder:
             if op.op in ("MaxPool", "AvgPool") and "data_format" in op.attr:
                 config["data_format"] = "channels_first" if op.attr["data_format"].s.decode("ascii", "replace").startswith("NC") else "channels_last"
         config.update(name=path.rpartition("/")[2], tf_op=op.op)
-        shape = next((output_shape(flat.ops[_source(t)]) for t in _data_inputs(op) if _source(t) in flat.ops), None)
+        shape = next((output_shape(flat.ops[source_node(t)]) for t in _data_inputs(op) if source_node(t) in flat.ops), None)
         self.graph.layers[path] = Layer(path=path, module=MODULE, name=config["name"], class_name=class_name, config=config, input_shapes=[shape] if shape else [])
         return path
 
@@ -420,19 +420,19 @@ class ExportGraphBuilder:
         other layers, or the signature's outputs, read."""
         read = [(op.name, t) for op in flat.ops.values() for t in _data_inputs(op)] + [("", t) for t in flat.outputs]
         for reader, tensor in read:
-            path = owner.get(_source(tensor))
+            path = owner.get(source_node(tensor))
             layer = self.graph.layers.get(path) if path is not None and owner.get(reader) != path else None
             if layer is not None and layer.class_name == "BatchNormalization" and not layer.input_shapes:
-                shape = output_shape(flat.ops[_source(tensor)])
+                shape = output_shape(flat.ops[source_node(tensor)])
                 if shape is not None:
                     layer.input_shapes = [shape]
 
     def _biased_layer(self, op: Op, flat: Flat, owner: dict[str, str], data: set[str]) -> str | None:
         """The Dense/Conv layer whose bias ``op`` adds (a ``BiasAdd``/``AddV2`` of a variable
         to its output: Keras's ``use_bias``), None when ``op`` is anything else."""
-        if op.op not in BIAS_OPS or len(op.input) != 2 or _source(op.input[1]) in data:
+        if op.op not in BIAS_OPS or len(op.input) != 2 or source_node(op.input[1]) in data:
             return None
-        linear = owner.get(_source(op.input[0]))
+        linear = owner.get(source_node(op.input[0]))
         if linear is None or self.graph.layers[linear].config.get("tf_op") not in LINEAR_OPS:
             return None
         return linear if _weight_variable(op.input[1], flat) is not None else None
@@ -444,7 +444,7 @@ class ExportGraphBuilder:
                 continue
             layer = self.graph.layers[path]
             for tensor in _data_inputs(op):
-                producer = owner.get(_source(tensor))
+                producer = owner.get(source_node(tensor))
                 if producer is not None and producer != path and producer not in layer.producers:
                     layer.producers.append(producer)
         for layer in self.graph:
@@ -522,14 +522,14 @@ class _ScopeMap:
 
 def _weight_variable(tensor: str, flat: Flat) -> str | None:
     """The variable pseudo-op a weight input reads, through reads, casts and reshapes; None if none."""
-    name = _source(tensor)
+    name = source_node(tensor)
     for _ in range(MAX_WALK):
         if name in flat.variables or name.startswith(VARIABLE_PREFIX):
             return name
         op = flat.ops.get(name)
         if op is None or op.op not in WEIGHT_PASS_THROUGH or not op.input:
             return None
-        name = _source(op.input[0])
+        name = source_node(op.input[0])
     return None
 
 
@@ -547,7 +547,7 @@ def _computed_from_inputs(flat: Flat) -> set[str]:
     consumers: dict[str, list[str]] = {}
     for op in flat.ops.values():
         for tensor in _data_inputs(op):
-            consumers.setdefault(_source(tensor), []).append(op.name)
+            consumers.setdefault(source_node(tensor), []).append(op.name)
     found = set(flat.inputs)
     pending = list(flat.inputs)
     while pending:

@@ -78,7 +78,7 @@ def serving_batchnorm_ops(path: Path) -> list[ServingBatchNorm]:
                 continue  # __saved_model_init_op and friends
             start = [nodes[t.name.split(":")[0]] for t in definition.outputs.values() if t.name.split(":")[0] in nodes]
             for name in _reachable(start, library):
-                found.extend(_batchnorms(signature, library[name].node_def))
+                found.extend(function_batchnorms(signature, library[name].node_def))
     return found
 
 
@@ -154,7 +154,7 @@ def unsafe_ops(path: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _batchnorms(signature: str, node_defs) -> list[ServingBatchNorm]:
+def function_batchnorms(signature: str, node_defs) -> list[ServingBatchNorm]:
     """The batch-norm ops among one function's nodes, fused or not."""
     by_name = {n.name: n for n in node_defs}
     found = []
@@ -163,16 +163,16 @@ def _batchnorms(signature: str, node_defs) -> list[ServingBatchNorm]:
             epsilon = _float32(node.attr["epsilon"].f) if "epsilon" in node.attr else FUSED_EPSILON_DEFAULT
             found.append(ServingBatchNorm(signature, node.name, node.name.rpartition("/")[0], node.op, _is_training(node), epsilon))
         elif node.op == "Rsqrt" and (node.name == "batchnorm/Rsqrt" or node.name.endswith("/batchnorm/Rsqrt")):
-            add = by_name.get(_source(node.input[0])) if node.input else None
+            add = by_name.get(source_node(node.input[0])) if node.input else None
             if add is None or add.op not in ("AddV2", "Add") or len(add.input) != 2:
                 continue
-            variance, epsilon = (by_name.get(_source(i)) for i in add.input)
+            variance, epsilon = (by_name.get(source_node(i)) for i in add.input)
             scope = node.name[: -len("batchnorm/Rsqrt")].rstrip("/")
             found.append(ServingBatchNorm(signature, node.name, scope, "batch_normalization", _computed_from_input(variance, by_name), _constant(epsilon)))
     return found
 
 
-def _source(tensor: str) -> str:
+def source_node(tensor: str) -> str:
     """The node name of a function-body input (``scope/op:output:0``, ``^control``)."""
     return tensor.lstrip("^").split(":")[0]
 
@@ -182,7 +182,7 @@ def _computed_from_input(node, by_name) -> bool:
     through ops that pass values on; a variable read, an argument or a constant is not."""
     seen = 0
     while node is not None and node.op in PASS_THROUGH_OPS and node.input and seen < 64:
-        node, seen = by_name.get(_source(node.input[0])), seen + 1
+        node, seen = by_name.get(source_node(node.input[0])), seen + 1
     return node is not None and node.op == "Mean"
 
 
