@@ -11,7 +11,7 @@ In one run:
    imported (the process exits 3 if it was). Python's bytecode is cached (in a
    temporary ``PYTHONPYCACHEPREFIX``, by one unmeasured run first), as an installed
    package has it. The floor, ``python -c "import numpy, h5py"``, is printed beside.
-2. The statistics pass recalibration runs (``collect(..., upstream="training")`` reading
+2. The statistics pass recalibration runs (``bnaudit.fixes.recalibrate.one_pass`` reading
    a ``.npy``, as ``--recalibrate --data`` does) against a plain ``model.predict`` over
    the same samples in memory, same batch size (32), each including its own tracing,
    alternating, medians compared. Target: <= 1.2x. MobileNetV2 (96x96x3, 52 BN).
@@ -95,10 +95,10 @@ def static_fixes(tmp: Path, repeat: int) -> None:
 
 
 def statistics_pass(model, data: Path) -> None:
+    from bnaudit.fixes.recalibrate import one_pass
     from bnaudit.runtime.data import iter_batches
-    from bnaudit.runtime.statistics import collect
 
-    collect(model, iter_batches(str(data), model, BATCH, None), batch_size=BATCH, upstream="training")
+    one_pass(model, iter_batches(str(data), model, BATCH, None), BATCH)
 
 
 def wall_and_cpu(run) -> tuple[float, float]:

@@ -94,7 +94,6 @@ def measure(model_path: Path, graph, options: dict[str, Any]) -> DataStatistics:
     from ..runtime import load_keras_model
     from ..runtime.data import DEFAULT_BATCH_SIZE, iter_batches
     from ..runtime.recalibration import per_level
-    from ..runtime.statistics import collect
 
     model = load_keras_model(model_path, graph, RuntimeOptions(unsafe_load=bool(options.get("unsafe_load"))))
     batch_size = int(options.get("batch_size") or DEFAULT_BATCH_SIZE)
@@ -104,9 +103,19 @@ def measure(model_path: Path, graph, options: dict[str, Any]) -> DataStatistics:
 
     if options.get("method") == "per-level":
         return per_level(model, levels(graph), batches, batch_size)
-    # Every BN is recalibrated, frozen ones too: all of them normalize with batch statistics,
-    # or the BNs after a frozen one would be measured behind the statistics it is about to lose.
-    return collect(model, batches(), batch_size=batch_size, upstream=UPSTREAM, frozen_use_batch=True)
+    return one_pass(model, batches(), batch_size)
+
+
+def one_pass(model, batches, batch_size: int) -> DataStatistics:
+    """The one-pass method's statistics pass over ``batches`` (what ``benchmarks/fix_speed.py`` times).
+
+    Every BN is recalibrated, frozen ones too, so all of them normalize with batch
+    statistics: measured behind a frozen BN's moving statistics, the BNs after it would
+    get statistics of an input the copy no longer produces.
+    """
+    from ..runtime.statistics import collect
+
+    return collect(model, batches, batch_size=batch_size, upstream=UPSTREAM, frozen_use_batch=True)
 
 
 def load_statistics(path: str, copy: ModelCopy) -> DataStatistics:
